@@ -1,0 +1,151 @@
+//! Error codes carried in `error` frames, and the errors of the protocol core.
+
+use thiserror::Error;
+
+/// Stable error codes sent to clients in `{"type":"error","code":…}`.
+///
+/// The string form (see [`ErrorCode::as_str`]) is part of the wire protocol:
+/// never rename one. docs/PROTOCOL.md says for each whether the connection
+/// is closed after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The payload is not valid UTF-8 JSON.
+    InvalidJson,
+    /// The payload is valid JSON but its top level is not an object.
+    NotAnObject,
+    /// The object has no `type` field, or it is not a string.
+    MissingType,
+    /// No handler for this `type` (the CLI server registers no custom types).
+    UnknownType,
+    /// A field the message type requires is missing or has the wrong JSON type.
+    InvalidField,
+    /// The frame header announced a length of zero.
+    EmptyFrame,
+    /// The frame header announced more than the server's `max_frame_bytes`.
+    FrameTooLarge,
+    /// The server is at `max_connections` (or `max_connections_per_ip`).
+    ServerFull,
+    /// The client did not read its broadcasts and fell `max_pending_bytes` behind.
+    SlowConsumer,
+    /// The client exceeded its per-connection message rate.
+    RateLimited,
+    /// Authentication is required and the first frame was not a valid `auth`.
+    Unauthorized,
+    /// The server is shutting down; the connection will be closed.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::NotAnObject,
+        ErrorCode::MissingType,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidField,
+        ErrorCode::EmptyFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::ServerFull,
+        ErrorCode::SlowConsumer,
+        ErrorCode::RateLimited,
+        ErrorCode::Unauthorized,
+        ErrorCode::ShuttingDown,
+    ];
+
+    /// The wire string of this code.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::NotAnObject => "not_an_object",
+            ErrorCode::MissingType => "missing_type",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::EmptyFrame => "empty_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::ServerFull => "server_full",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Parses a wire string back into a code (used by clients).
+    pub fn from_wire(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Whether the server closes the connection after sending this code.
+    ///
+    /// Framing errors close because the byte stream can no longer be trusted
+    /// to be in step; JSON-level errors leave the stream in step, so the
+    /// connection stays usable.
+    pub const fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::EmptyFrame
+                | ErrorCode::FrameTooLarge
+                | ErrorCode::ServerFull
+                | ErrorCode::SlowConsumer
+                | ErrorCode::Unauthorized
+                | ErrorCode::ShuttingDown
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A framing error: the byte stream broke the length-prefix rules.
+///
+/// After one of these the decoder is poisoned; the connection must be closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum FrameError {
+    /// A header announced a zero-length payload.
+    #[error("frame length is zero")]
+    Empty,
+    /// A header announced more than the limit.
+    #[error("frame length {len} exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The announced payload length.
+        len: u64,
+        /// The configured `max_frame_bytes`.
+        max: usize,
+    },
+}
+
+impl FrameError {
+    /// The wire error code for this framing error.
+    pub const fn code(self) -> ErrorCode {
+        match self {
+            FrameError::Empty => ErrorCode::EmptyFrame,
+            FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+        }
+    }
+}
+
+/// Why a frame's payload could not be turned into a request.
+///
+/// These are answered with an `error` frame and the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError<'a> {
+    /// The wire error code.
+    pub code: ErrorCode,
+    /// A human-readable explanation (static, so building one never allocates).
+    pub message: &'static str,
+    /// The request's `type`, when it could be read.
+    pub request_type: Option<&'a str>,
+}
+
+impl<'a> RequestError<'a> {
+    pub(crate) const fn new(code: ErrorCode, message: &'static str) -> Self {
+        RequestError {
+            code,
+            message,
+            request_type: None,
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Length-prefixed framing: a 4-byte big-endian length `N`, then `N` bytes of payload.
+//!
+//! [`FrameDecoder`] is incremental and sans-IO: feed it whatever chunks the
+//! transport produced and it hands out complete payloads, in place (no copy)
+//! when a frame lies inside one chunk, and from its own reused buffer when a
+//! frame straddles chunks. It never reserves memory for a length it has only
+//! been told about: the straddle buffer grows with the bytes that actually
+//! arrived, so a hostile header costs nothing.
+
+use super::error::FrameError;
+use std::ops::ControlFlow;
+
+/// Bytes in a frame header.
+pub const HEADER_LEN: usize = 4;
+
+/// Default payload limit: 1 MiB, enough for any sane JSON message while
+/// bounding what one connection can make the server hold.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// After a straddling frame completes, a straddle buffer larger than this is
+/// freed rather than kept, so a connection that once sent a large frame does
+/// not pin that memory while idle.
+const KEEP_STRADDLE_CAPACITY: usize = 64 * 1024;
+
+/// Incremental frame decoder. One per connection.
+///
+/// Call [`FrameDecoder::feed`] with each chunk in arrival order. After it
+/// returns an error the stream is out of step: close the connection.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    max_frame_bytes: usize,
+    /// Bytes of the frame in progress (header included) that arrived in
+    /// earlier chunks. Empty when the previous chunk ended on a frame boundary.
+    straddle: Vec<u8>,
+    poisoned: Option<FrameError>,
+}
+
+impl FrameDecoder {
+    /// A decoder that rejects payloads longer than `max_frame_bytes`.
+    pub fn new(max_frame_bytes: usize) -> Self {
+        FrameDecoder {
+            max_frame_bytes,
+            straddle: Vec::new(),
+            poisoned: None,
+        }
+    }
+
+    /// The configured payload limit.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// Bytes held for a frame that has not completed yet.
+    pub fn buffered(&self) -> usize {
+        self.straddle.len()
+    }
+
+    /// Capacity held by the straddle buffer (for memory accounting).
+    pub fn buffered_capacity(&self) -> usize {
+        self.straddle.capacity()
+    }
+
+    /// Whether a frame is in progress (a truncated frame if the peer closes now).
+    pub fn in_frame(&self) -> bool {
+        !self.straddle.is_empty()
+    }
+
+    /// Checks a complete header and returns the payload length.
+    fn check_header(&self, h: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
+        let len = u32::from_be_bytes(h) as u64;
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if len > self.max_frame_bytes as u64 {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
+        }
+        Ok(len as usize)
+    }
+
+    /// Feeds one chunk. `on_frame` is called with each complete payload, in
+    /// order; it may modify the payload in place (the JSON parser does).
+    /// Returning `ControlFlow::Break` from it stops decoding; the rest of the
+    /// chunk is dropped (the caller is closing the connection).
+    ///
+    /// Returns the first framing error; frames before it have been delivered.
+    pub fn feed<F>(&mut self, chunk: &mut [u8], mut on_frame: F) -> Result<(), FrameError>
+    where
+        F: FnMut(&mut [u8]) -> ControlFlow<()>,
+    {
+        if let Some(e) = self.poisoned {
+            return Err(e);
+        }
+        let r = self.feed_inner(chunk, &mut on_frame);
+        if let Err(e) = r {
+            self.poisoned = Some(e);
+            self.straddle = Vec::new();
+        }
+        r
+    }
+
+    fn feed_inner<F>(&mut self, chunk: &mut [u8], on_frame: &mut F) -> Result<(), FrameError>
+    where
+        F: FnMut(&mut [u8]) -> ControlFlow<()>,
+    {
+        let mut pos = 0;
+        // 1. Finish a frame begun in an earlier chunk.
+        if !self.straddle.is_empty() {
+            if self.straddle.len() < HEADER_LEN {
+                let take = (HEADER_LEN - self.straddle.len()).min(chunk.len());
+                self.straddle.extend_from_slice(&chunk[..take]);
+                pos = take;
+                if self.straddle.len() < HEADER_LEN {
+                    return Ok(());
+                }
+            }
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&self.straddle[..HEADER_LEN]);
+            let len = self.check_header(h)?;
+            let have = self.straddle.len() - HEADER_LEN;
+            let take = (len - have).min(chunk.len() - pos);
+            self.straddle.extend_from_slice(&chunk[pos..pos + take]);
+            pos += take;
+            if self.straddle.len() - HEADER_LEN < len {
+                return Ok(());
+            }
+            let flow = on_frame(&mut self.straddle[HEADER_LEN..]);
+            if self.straddle.capacity() > KEEP_STRADDLE_CAPACITY {
+                self.straddle = Vec::new();
+            } else {
+                self.straddle.clear();
+            }
+            if flow.is_break() {
+                return Ok(());
+            }
+        }
+        // 2. Whole frames inside this chunk: handed out in place.
+        loop {
+            let rest = chunk.len() - pos;
+            if rest < HEADER_LEN {
+                self.straddle.extend_from_slice(&chunk[pos..]);
+                return Ok(());
+            }
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&chunk[pos..pos + HEADER_LEN]);
+            let len = self.check_header(h)?;
+            if rest - HEADER_LEN < len {
+                // 3. The tail straddles into the next chunk: keep what arrived.
+                self.straddle.extend_from_slice(&chunk[pos..]);
+                return Ok(());
+            }
+            let start = pos + HEADER_LEN;
+            pos = start + len;
+            if on_frame(&mut chunk[start..pos]).is_break() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Starts a frame at the end of `out`: reserves the header and returns the
+/// offset to pass to [`finish_frame`] once the payload has been appended.
+#[inline]
+pub fn begin_frame(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    start
+}
+
+/// Patches the header of the frame begun at `start`. Returns the payload length.
+///
+/// # Panics
+/// If the payload exceeds `u32::MAX` bytes, which the server's limits make
+/// impossible (responses are bounded by `max_frame_bytes` plus a small overhead).
+#[inline]
+pub fn finish_frame(out: &mut [u8], start: usize) -> usize {
+    let len = out.len() - start - HEADER_LEN;
+    let n = u32::try_from(len).expect("frame payload over 4 GiB");
+    out[start..start + HEADER_LEN].copy_from_slice(&n.to_be_bytes());
+    len
+}
+
+/// Appends one whole frame (header + `payload`) to `out`.
+pub fn encode_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    let start = begin_frame(out);
+    out.extend_from_slice(payload);
+    finish_frame(out, start);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(dec: &mut FrameDecoder, chunks: &mut [Vec<u8>]) -> Result<Vec<Vec<u8>>, FrameError> {
+        let mut got = Vec::new();
+        for c in chunks.iter_mut() {
+            dec.feed(c, |p| {
+                got.push(p.to_vec());
+                ControlFlow::Continue(())
+            })?;
+        }
+        Ok(got)
+    }
+
+    fn frames(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in payloads {
+            encode_frame(&mut out, p);
+        }
+        out
+    }
+
+    #[test]
+    fn many_frames_in_one_chunk() {
+        let mut d = FrameDecoder::new(100);
+        let got = collect(&mut d, &mut [frames(&[b"a", b"bc", b"{}"])]).unwrap();
+        assert_eq!(got, vec![b"a".to_vec(), b"bc".to_vec(), b"{}".to_vec()]);
+        assert!(!d.in_frame());
+    }
+
+    #[test]
+    fn frame_split_byte_by_byte() {
+        let bytes = frames(&[b"hello", b"world!"]);
+        let mut chunks: Vec<Vec<u8>> = bytes.iter().map(|b| vec![*b]).collect();
+        let mut d = FrameDecoder::new(100);
+        let got = collect(&mut d, &mut chunks).unwrap();
+        assert_eq!(got, vec![b"hello".to_vec(), b"world!".to_vec()]);
+    }
+
+    #[test]
+    fn in_place_frames_are_not_copied() {
+        let mut buf = frames(&[b"xyz"]);
+        let base = buf.as_ptr() as usize;
+        let mut d = FrameDecoder::new(100);
+        d.feed(&mut buf, |p| {
+            assert_eq!(p.as_ptr() as usize, base + HEADER_LEN);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn zero_length_is_empty_frame() {
+        let mut d = FrameDecoder::new(100);
+        let r = d.feed(&mut [0, 0, 0, 0], |_| ControlFlow::Continue(()));
+        assert_eq!(r, Err(FrameError::Empty));
+        // Poisoned: later input is refused with the same error.
+        let r = d.feed(&mut frames(&[b"x"]), |_| panic!("no frames after an error"));
+        assert_eq!(r, Err(FrameError::Empty));
+    }
+
+    #[test]
+    fn oversize_is_rejected_from_header_alone() {
+        let mut d = FrameDecoder::new(100);
+        let r = d.feed(&mut [0, 0, 0, 101], |_| ControlFlow::Continue(()));
+        assert_eq!(r, Err(FrameError::TooLarge { len: 101, max: 100 }));
+        let mut d = FrameDecoder::new(100);
+        // Header split over two chunks.
+        assert!(d.feed(&mut [0xff, 0xff], |_| ControlFlow::Continue(())).is_ok());
+        let r = d.feed(&mut [0xff, 0xff], |_| ControlFlow::Continue(()));
+        assert_eq!(
+            r,
+            Err(FrameError::TooLarge {
+                len: u32::MAX as u64,
+                max: 100
+            })
+        );
+    }
+
+    #[test]
+    fn a_huge_header_reserves_nothing() {
+        let mut d = FrameDecoder::new(1 << 30);
+        let mut head = vec![0x3f, 0xff, 0xff, 0xff, b'{'];
+        d.feed(&mut head, |_| ControlFlow::Continue(())).unwrap();
+        assert!(d.buffered_capacity() < 1024, "capacity {}", d.buffered_capacity());
+    }
+
+    #[test]
+    fn frame_of_exactly_the_limit_is_accepted() {
+        let payload = vec![b'x'; 100];
+        let mut d = FrameDecoder::new(100);
+        let got = collect(&mut d, &mut [frames(&[&payload])]).unwrap();
+        assert_eq!(got[0].len(), 100);
+    }
+
+    #[test]
+    fn break_stops_delivery() {
+        let mut d = FrameDecoder::new(100);
+        let mut n = 0;
+        d.feed(&mut frames(&[b"a", b"b", b"c"]), |_| {
+            n += 1;
+            ControlFlow::Break(())
+        })
+        .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn large_straddle_buffer_is_released() {
+        let payload = vec![b'x'; 200_000];
+        let bytes = frames(&[&payload]);
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut chunks: Vec<Vec<u8>> = bytes.chunks(1000).map(|c| c.to_vec()).collect();
+        let got = collect(&mut d, &mut chunks).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(d.buffered_capacity(), 0);
+    }
+}

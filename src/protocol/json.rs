@@ -1,0 +1,494 @@
+//! JSON in and out of frames.
+//!
+//! In: [`JsonParser`] parses a payload in place with simd-json into a tape,
+//! reusing simd-json's buffers and the tape across messages, so a warmed-up
+//! parser allocates nothing per message. [`JsonValue`] is a zero-copy view of
+//! one value on that tape.
+//!
+//! Out: responses are written straight into the caller's output buffer by the
+//! small hand-written writer below. A serde `Serialize` round trip would build
+//! and walk a value per message; the responses have fixed shapes, so writing
+//! their bytes directly is both simpler and several times faster (see
+//! docs/ARCHITECTURE.md for the numbers).
+
+use simd_json::{Buffers, Node, StaticNode, Tape};
+
+/// Parses frames in place, reusing its buffers. One per thread (shard,
+/// client receiver, generator thread): it is cheap to keep and costly to
+/// rebuild.
+pub struct JsonParser {
+    buffers: Buffers,
+    /// The reused tape, stored with a `'static` lifetime while empty.
+    tape: Option<Tape<'static>>,
+}
+
+impl Default for JsonParser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for JsonParser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonParser").finish_non_exhaustive()
+    }
+}
+
+/// The payload was not valid UTF-8 JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidJson;
+
+impl JsonParser {
+    /// A parser with buffers sized for typical small messages; they grow to
+    /// the largest message seen and are kept.
+    pub fn new() -> Self {
+        JsonParser {
+            buffers: Buffers::new(4096),
+            tape: Some(Tape(Vec::with_capacity(64))),
+        }
+    }
+
+    /// Parses `payload` in place (strings are unescaped inside it) and calls
+    /// `f` with the root value. The tape is only valid inside `f`.
+    pub fn parse<'a, R>(
+        &mut self,
+        payload: &'a mut [u8],
+        f: impl for<'t> FnOnce(Result<JsonValue<'t, 'a>, InvalidJson>) -> R,
+    ) -> R {
+        let mut tape: Tape<'a> = self
+            .tape
+            .take()
+            .unwrap_or_else(|| Tape(Vec::new()))
+            .reset();
+        let r = match simd_json::fill_tape(payload, &mut self.buffers, &mut tape) {
+            Ok(()) if !tape.0.is_empty() => f(Ok(JsonValue(&tape.0))),
+            _ => f(Err(InvalidJson)),
+        };
+        self.tape = Some(tape.reset());
+        r
+    }
+}
+
+/// Number of tape nodes a value occupies, header included.
+#[inline]
+fn node_count(n: &Node<'_>) -> usize {
+    match n {
+        Node::Object { count, .. } | Node::Array { count, .. } => *count + 1,
+        _ => 1,
+    }
+}
+
+/// A zero-copy view of one JSON value on a simd-json tape.
+#[derive(Clone, Copy, Debug)]
+pub struct JsonValue<'t, 'a>(&'t [Node<'a>]);
+
+impl<'t, 'a> JsonValue<'t, 'a> {
+    #[inline]
+    fn head(&self) -> &Node<'a> {
+        &self.0[0]
+    }
+
+    /// The string, if this is a string.
+    #[inline]
+    pub fn as_str(&self) -> Option<&'a str> {
+        match self.head() {
+            Node::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The number as u64, if this is a non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
+        match self.head() {
+            Node::Static(StaticNode::U64(v)) => Some(*v),
+            Node::Static(StaticNode::I64(v)) if *v >= 0 => Some(*v as u64),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an object.
+    #[inline]
+    pub fn is_object(&self) -> bool {
+        matches!(self.head(), Node::Object { .. })
+    }
+
+    /// Whether this is a scalar (string, number, bool or null).
+    #[inline]
+    pub fn is_scalar(&self) -> bool {
+        matches!(self.head(), Node::String(_) | Node::Static(_))
+    }
+
+    /// Whether this is JSON `null`.
+    #[inline]
+    pub fn is_null(&self) -> bool {
+        matches!(self.head(), Node::Static(StaticNode::Null))
+    }
+
+    /// Looks a key up in an object (first match). Linear in the number of
+    /// top-level keys; nested values are skipped in O(1) each.
+    pub fn get(&self, key: &str) -> Option<JsonValue<'t, 'a>> {
+        self.entries().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// The key/value pairs of an object (empty for any other value).
+    pub fn entries(&self) -> Entries<'t, 'a> {
+        match self.head() {
+            Node::Object { len, .. } => Entries {
+                nodes: &self.0[1..],
+                left: *len,
+            },
+            _ => Entries {
+                nodes: &[],
+                left: 0,
+            },
+        }
+    }
+
+    /// Appends this value as compact JSON to `out`. Iterative, so nesting
+    /// depth costs heap (a small stack), never the thread's stack.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Open containers: (is_object, members not yet completed).
+        let mut stack: Vec<(bool, usize)> = Vec::new();
+        let nodes = self.0;
+        let mut i = 0;
+        loop {
+            // Write the value starting at nodes[i].
+            let node = &nodes[i];
+            i += 1;
+            match node {
+                Node::Object { len, .. } => {
+                    out.push(b'{');
+                    if *len == 0 {
+                        out.push(b'}');
+                    } else {
+                        stack.push((true, *len));
+                        i = write_key(out, nodes, i);
+                        continue;
+                    }
+                }
+                Node::Array { len, .. } => {
+                    out.push(b'[');
+                    if *len == 0 {
+                        out.push(b']');
+                    } else {
+                        stack.push((false, *len));
+                        continue;
+                    }
+                }
+                Node::String(s) => write_str(out, s),
+                Node::Static(s) => write_static(out, s),
+            }
+            // A value is complete: close every container it completes.
+            loop {
+                let Some(top) = stack.last_mut() else {
+                    return;
+                };
+                top.1 -= 1;
+                if top.1 == 0 {
+                    out.push(if top.0 { b'}' } else { b']' });
+                    stack.pop();
+                    continue;
+                }
+                out.push(b',');
+                if top.0 {
+                    i = write_key(out, nodes, i);
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// Writes the object key at `nodes[i]` and a colon; returns the next index.
+fn write_key(out: &mut Vec<u8>, nodes: &[Node<'_>], i: usize) -> usize {
+    if let Node::String(k) = &nodes[i] {
+        write_str(out, k);
+    }
+    out.push(b':');
+    i + 1
+}
+
+/// Iterator over an object's members.
+pub struct Entries<'t, 'a> {
+    nodes: &'t [Node<'a>],
+    left: usize,
+}
+
+impl<'t, 'a> Iterator for Entries<'t, 'a> {
+    type Item = (&'a str, JsonValue<'t, 'a>);
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let Node::String(k) = self.nodes.first()? else {
+            return None;
+        };
+        let n = node_count(self.nodes.get(1)?);
+        let v = JsonValue(&self.nodes[1..1 + n]);
+        self.nodes = &self.nodes[1 + n..];
+        Some((k, v))
+    }
+}
+
+fn write_static(out: &mut Vec<u8>, s: &StaticNode) {
+    match s {
+        StaticNode::I64(v) => out.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),
+        StaticNode::U64(v) => out.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),
+        StaticNode::F64(v) => {
+            if v.is_finite() {
+                // `{:?}` keeps a `.0` on integral floats, so 1.0 stays a float.
+                use std::io::Write;
+                let _ = write!(out, "{v:?}");
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        }
+        StaticNode::Bool(true) => out.extend_from_slice(b"true"),
+        StaticNode::Bool(false) => out.extend_from_slice(b"false"),
+        StaticNode::Null => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Bytes that must be escaped inside a JSON string: `"`, `\` and controls.
+#[inline]
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Whether any byte of the 8 in `x` needs escaping (SWAR: exact, no false
+/// negatives or positives for the "any" question).
+#[inline]
+fn word_needs_escape(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let lt_0x20 = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+    let quote = has_zero(x ^ (ONES * b'"' as u64));
+    let backslash = has_zero(x ^ (ONES * b'\\' as u64));
+    (lt_0x20 | quote | backslash) != 0
+}
+
+/// Appends `s` as a quoted JSON string.
+///
+/// Hand-written because echo and broadcast copy client content into every
+/// response: the scan skips 8 bytes at a time and copies clean runs with one
+/// memcpy, which is what makes 64 KiB echoes cheap.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    out.reserve(b.len() + 2);
+    out.push(b'"');
+    let mut run_start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if i + 8 <= b.len() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            if !word_needs_escape(u64::from_le_bytes(w)) {
+                i += 8;
+                continue;
+            }
+        }
+        let c = b[i];
+        if needs_escape(c) {
+            out.extend_from_slice(&b[run_start..i]);
+            write_escape(out, c);
+            run_start = i + 1;
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&b[run_start..]);
+    out.push(b'"');
+}
+
+fn write_escape(out: &mut Vec<u8>, c: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match c {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        _ => out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[(c >> 4) as usize],
+            HEX[(c & 15) as usize],
+        ]),
+    }
+}
+
+/// Appends an unsigned integer.
+#[inline]
+pub fn write_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Writes the members of a JSON object one by one, handling the commas.
+///
+/// ```
+/// let mut out = Vec::new();
+/// let mut o = ringcast::protocol::json::ObjectWriter::new(&mut out);
+/// o.str("type", "pong");
+/// o.u64("n", 3);
+/// o.finish();
+/// assert_eq!(out, br#"{"type":"pong","n":3}"#);
+/// ```
+pub struct ObjectWriter<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl<'o> ObjectWriter<'o> {
+    /// Opens an object at the end of `out`.
+    #[inline]
+    pub fn new(out: &'o mut Vec<u8>) -> Self {
+        out.push(b'{');
+        ObjectWriter { out, first: true }
+    }
+
+    /// Writes `"key":` (with a leading comma when needed) and returns the
+    /// buffer for the value. `key` must not need escaping.
+    #[inline]
+    pub fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    /// A string member.
+    #[inline]
+    pub fn str(&mut self, key: &str, v: &str) {
+        let o = self.key(key);
+        write_str(o, v);
+    }
+
+    /// A string member whose value needs no escaping (our own timestamps, codes).
+    #[inline]
+    pub fn raw_str(&mut self, key: &str, v: &str) {
+        let o = self.key(key);
+        o.push(b'"');
+        o.extend_from_slice(v.as_bytes());
+        o.push(b'"');
+    }
+
+    /// An unsigned integer member.
+    #[inline]
+    pub fn u64(&mut self, key: &str, v: u64) {
+        let o = self.key(key);
+        write_u64(o, v);
+    }
+
+    /// A member whose value is copied from a parsed value.
+    #[inline]
+    pub fn value(&mut self, key: &str, v: &JsonValue<'_, '_>) {
+        let o = self.key(key);
+        v.write_json(o);
+    }
+
+    /// A `null` member.
+    #[inline]
+    pub fn null(&mut self, key: &str) {
+        self.key(key).extend_from_slice(b"null");
+    }
+
+    /// Closes the object.
+    #[inline]
+    pub fn finish(self) {
+        self.out.push(b'}');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(src: &str) -> String {
+        let mut p = JsonParser::new();
+        let mut buf = src.as_bytes().to_vec();
+        p.parse(&mut buf, |v| {
+            let mut out = Vec::new();
+            v.unwrap().write_json(&mut out);
+            String::from_utf8(out).unwrap()
+        })
+    }
+
+    #[test]
+    fn writes_back_what_it_parsed() {
+        for src in [
+            r#"{"a":1,"b":[1,2,{"c":null}],"d":{"e":"f\"g"},"h":[],"i":{}}"#,
+            r#"[[[]],[{}],{"x":[true,false]}]"#,
+            r#""plain""#,
+            r#"-12"#,
+            r#"{"nested":{"deep":{"deeper":[1,[2,[3]]]}},"after":true}"#,
+            r#"1.5"#,
+        ] {
+            let got = roundtrip(src);
+            let a: serde_json::Value = serde_json::from_str(src).unwrap();
+            let b: serde_json::Value = serde_json::from_str(&got).unwrap();
+            assert_eq!(a, b, "{src} -> {got}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_does_not_recurse() {
+        let depth = 100_000;
+        let src = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(roundtrip(&src), src);
+    }
+
+    #[test]
+    fn escapes_match_serde_json() {
+        for s in [
+            "",
+            "plain ascii text that is long enough for words",
+            "quote\" back\\slash",
+            "ctl \u{0001}\u{001f}\n\r\t\u{0008}\u{000c}",
+            "unicode é 漢字 🎉 and \"more\" 12345678",
+            "\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"",
+        ] {
+            let mut out = Vec::new();
+            write_str(&mut out, s);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn swar_agrees_with_bytewise() {
+        for b in 0..=255u8 {
+            let w = u64::from_le_bytes([b'a', b'a', b'a', b, b'a', b'a', b'a', b'a']);
+            assert_eq!(word_needs_escape(w), needs_escape(b), "byte {b:#x}");
+        }
+    }
+
+    #[test]
+    fn get_skips_nested_values() {
+        let mut p = JsonParser::new();
+        let mut buf = br#"{"x":{"type":"inner"},"y":[{"type":1}],"type":"outer"}"#.to_vec();
+        p.parse(&mut buf, |v| {
+            let v = v.unwrap();
+            assert_eq!(v.get("type").unwrap().as_str(), Some("outer"));
+            assert!(v.get("missing").is_none());
+        });
+    }
+
+    #[test]
+    fn invalid_inputs_are_errors() {
+        let mut p = JsonParser::new();
+        for bad in [&b"{"[..], b"", b"{\"a\":}", b"\xff\xfe", b"{\"a\":\"\xc3\x28\"}", b"nul"] {
+            let mut buf = bad.to_vec();
+            assert!(p.parse(&mut buf, |v| v.is_err()), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The messages: parsing requests off a tape and writing responses as frames.
+//!
+//! Field names and shapes follow the seed protocol exactly (see
+//! docs/PROTOCOL.md). Every response to a request copies the request's
+//! optional `id` back unchanged so pipelined clients can correlate.
+
+use super::error::{ErrorCode, RequestError};
+use super::frame::{begin_frame, finish_frame};
+use super::json::{JsonValue, ObjectWriter};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The value of `echoed_by` in echo responses.
+pub const SERVER_NAME: &str = "ringcast";
+
+/// The request types the server itself understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// `ping` → `pong`.
+    Ping,
+    /// `echo` → `echo_response`.
+    Echo,
+    /// `broadcast` → `broadcast_sent`, and `broadcast_message` to the others.
+    Broadcast,
+    /// `get_stats` → `server_stats`.
+    GetStats,
+    /// `message` (plain text from the interactive client) → `message_ack`.
+    Message,
+    /// `auth` → `auth_ok` (only meaningful when the server requires a token).
+    Auth,
+    /// Any other type: handled by a registered custom handler, or `unknown_type`.
+    Custom,
+}
+
+impl RequestKind {
+    /// Known kinds, in the order used for per-type counters.
+    pub const ALL: [RequestKind; 7] = [
+        RequestKind::Ping,
+        RequestKind::Echo,
+        RequestKind::Broadcast,
+        RequestKind::GetStats,
+        RequestKind::Message,
+        RequestKind::Auth,
+        RequestKind::Custom,
+    ];
+
+    /// Classifies a `type` string.
+    #[inline]
+    pub fn from_type(t: &str) -> RequestKind {
+        match t {
+            "ping" => RequestKind::Ping,
+            "echo" => RequestKind::Echo,
+            "broadcast" => RequestKind::Broadcast,
+            "get_stats" => RequestKind::GetStats,
+            "message" => RequestKind::Message,
+            "auth" => RequestKind::Auth,
+            _ => RequestKind::Custom,
+        }
+    }
+
+    /// The counter label (`custom` for every custom type).
+    pub const fn label(self) -> &'static str {
+        match self {
+            RequestKind::Ping => "ping",
+            RequestKind::Echo => "echo",
+            RequestKind::Broadcast => "broadcast",
+            RequestKind::GetStats => "get_stats",
+            RequestKind::Message => "message",
+            RequestKind::Auth => "auth",
+            RequestKind::Custom => "custom",
+        }
+    }
+
+    /// Index into per-type counter arrays.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A parsed request: a view over the frame's tape, valid while the frame is.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'t, 'a> {
+    /// What the server does with it.
+    pub kind: RequestKind,
+    /// The `type` string as sent.
+    pub type_name: &'a str,
+    /// The optional correlation `id` (a JSON scalar).
+    pub id: Option<JsonValue<'t, 'a>>,
+    /// The whole object, for custom handlers and optional fields.
+    pub root: JsonValue<'t, 'a>,
+}
+
+impl<'t, 'a> Request<'t, 'a> {
+    /// Validates a parsed payload as a request.
+    ///
+    /// Errors carry the request's `type` when it could be read, and its `id`
+    /// is still wanted in the error response, so [`Request::id_of`] exists.
+    pub fn from_value(root: JsonValue<'t, 'a>) -> Result<Self, RequestError<'a>> {
+        if !root.is_object() {
+            return Err(RequestError::new(
+                ErrorCode::NotAnObject,
+                "a message must be a JSON object",
+            ));
+        }
+        let mut type_name = None;
+        let mut id = None;
+        let mut type_seen = false;
+        for (k, v) in root.entries() {
+            match k {
+                "type" => {
+                    type_seen = true;
+                    type_name = v.as_str();
+                }
+                "id" => id = Some(v),
+                _ => {}
+            }
+        }
+        let Some(type_name) = type_name else {
+            return Err(RequestError::new(
+                ErrorCode::MissingType,
+                if type_seen {
+                    "the type field must be a string"
+                } else {
+                    "a message needs a string type field"
+                },
+            ));
+        };
+        let err = |message| RequestError {
+            code: ErrorCode::InvalidField,
+            message,
+            request_type: Some(type_name),
+        };
+        if let Some(id) = id {
+            if !id.is_scalar() {
+                return Err(err("id must be a JSON scalar (string, number, bool or null)"));
+            }
+        }
+        let kind = RequestKind::from_type(type_name);
+        match kind {
+            RequestKind::Echo | RequestKind::Broadcast | RequestKind::Message => {
+                if root.get("content").is_none() {
+                    return Err(err("this message type needs a content field"));
+                }
+            }
+            RequestKind::Auth => {
+                if root.get("token").and_then(|t| t.as_str()).is_none() {
+                    return Err(err("auth needs a string token field"));
+                }
+            }
+            _ => {}
+        }
+        Ok(Request {
+            kind,
+            type_name,
+            id,
+            root,
+        })
+    }
+
+    /// The `id` of a payload that may not be a valid request, so that even
+    /// error responses can be correlated.
+    pub fn id_of(root: &JsonValue<'t, 'a>) -> Option<JsonValue<'t, 'a>> {
+        root.get("id").filter(|v| v.is_scalar())
+    }
+
+    /// The `type` of a payload, if it has a string one.
+    pub fn type_of(root: &JsonValue<'t, 'a>) -> Option<&'a str> {
+        root.get("type").and_then(|v| v.as_str())
+    }
+
+    /// A field of the request.
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<JsonValue<'t, 'a>> {
+        self.root.get(key)
+    }
+}
+
+/// Writes a response frame: header, `{"type":…`, the caller's fields, the
+/// request's `id`, `}`. Everything lands in `out` with no allocation once
+/// `out` has capacity.
+#[inline]
+pub fn write_response(
+    out: &mut Vec<u8>,
+    type_name: &str,
+    id: Option<&JsonValue<'_, '_>>,
+    fields: impl FnOnce(&mut ObjectWriter<'_>),
+) {
+    let start = begin_frame(out);
+    let mut o = ObjectWriter::new(out);
+    o.raw_str("type", type_name);
+    fields(&mut o);
+    if let Some(id) = id {
+        o.value("id", id);
+    }
+    o.finish();
+    finish_frame(out, start);
+}
+
+/// `pong`: `ping_timestamp` is the ping's `timestamp` (null if it had none).
+pub fn write_pong(
+    out: &mut Vec<u8>,
+    req: &Request<'_, '_>,
+    now: &str,
+    client_id: &str,
+) {
+    write_response(out, "pong", req.id.as_ref(), |o| {
+        match req.get("timestamp") {
+            Some(ts) => o.value("ping_timestamp", &ts),
+            None => o.null("ping_timestamp"),
+        }
+        o.raw_str("pong_timestamp", now);
+        o.str("client_id", client_id);
+    });
+}
+
+/// `echo_response`: the request's `content`, unchanged.
+pub fn write_echo_response(out: &mut Vec<u8>, req: &Request<'_, '_>, now: &str) {
+    write_response(out, "echo_response", req.id.as_ref(), |o| {
+        if let Some(c) = req.get("content") {
+            o.value("content", &c);
+        }
+        o.raw_str("timestamp", now);
+        o.raw_str("echoed_by", SERVER_NAME);
+    });
+}
+
+/// `broadcast_sent`: how many clients the broadcast was delivered or queued to.
+pub fn write_broadcast_sent(out: &mut Vec<u8>, req: &Request<'_, '_>, recipients: u64, now: &str) {
+    write_response(out, "broadcast_sent", req.id.as_ref(), |o| {
+        o.u64("recipients", recipients);
+        o.raw_str("timestamp", now);
+    });
+}
+
+/// `broadcast_message`, as delivered to every other client. Carries no `id`:
+/// the sender's id would collide with the recipients' own correlation ids.
+pub fn write_broadcast_message(out: &mut Vec<u8>, req: &Request<'_, '_>, from: &str, now: &str) {
+    write_response(out, "broadcast_message", None, |o| {
+        if let Some(c) = req.get("content") {
+            o.value("content", &c);
+        }
+        o.str("from", from);
+        o.raw_str("timestamp", now);
+    });
+}
+
+/// `message_ack` for a plain-text `message`.
+pub fn write_message_ack(out: &mut Vec<u8>, req: &Request<'_, '_>, now: &str) {
+    write_response(out, "message_ack", req.id.as_ref(), |o| {
+        o.raw_str("timestamp", now);
+    });
+}
+
+/// `auth_ok` after a valid `auth`.
+pub fn write_auth_ok(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>) {
+    write_response(out, "auth_ok", id, |_| {});
+}
+
+/// `error` with a stable code, a message and, when known, the request type.
+pub fn write_error(
+    out: &mut Vec<u8>,
+    id: Option<&JsonValue<'_, '_>>,
+    code: ErrorCode,
+    message: &str,
+    request_type: Option<&str>,
+) {
+    write_response(out, "error", id, |o| {
+        o.raw_str("code", code.as_str());
+        o.str("message", message);
+        if let Some(t) = request_type {
+            o.str("request_type", t);
+        }
+    });
+}
+
+/// The figures in a `server_stats` response, borrowed from the caller so
+/// that writing one allocates nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatsReport<'a> {
+    /// Clients connected now, over all shards.
+    pub connected_clients: u64,
+    /// Whole seconds since the server started.
+    pub uptime_seconds: u64,
+    /// Requests handled since start.
+    pub total_messages: u64,
+    /// When the server started (timestamp format).
+    pub server_start_time: &'a str,
+    /// Now (timestamp format).
+    pub current_time: &'a str,
+    /// Number of shards.
+    pub shards: u64,
+    /// Connections accepted since start.
+    pub total_connections: u64,
+    /// Requests by type label (ping, echo, …, custom).
+    pub messages_by_type: &'a [(&'a str, u64)],
+    /// Bytes read from clients.
+    pub bytes_received: u64,
+    /// Bytes written to clients.
+    pub bytes_sent: u64,
+    /// `broadcast_message` frames queued to recipients.
+    pub broadcasts_delivered: u64,
+    /// Clients cut for falling `max_pending_bytes` behind.
+    pub slow_consumer_disconnects: u64,
+    /// Error frames sent (framing and JSON-level).
+    pub protocol_errors: u64,
+    /// Error frames by code.
+    pub errors_by_code: &'a [(&'a str, u64)],
+    /// Resident set size of the server process.
+    pub rss_bytes: u64,
+    /// Requests handled during the last whole second.
+    pub messages_per_second: u64,
+    /// Connected clients per shard.
+    pub connections_per_shard: &'a [u64],
+}
+
+/// `server_stats`: the seed's five fields first, then ours.
+pub fn write_server_stats(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, s: &StatsReport<'_>) {
+    write_response(out, "server_stats", id, |o| {
+        o.u64("connected_clients", s.connected_clients);
+        o.u64("uptime_seconds", s.uptime_seconds);
+        o.u64("total_messages", s.total_messages);
+        o.raw_str("server_start_time", s.server_start_time);
+        o.raw_str("current_time", s.current_time);
+        o.u64("shards", s.shards);
+        o.u64("total_connections", s.total_connections);
+        write_counts(o.key("messages_by_type"), s.messages_by_type);
+        o.u64("bytes_received", s.bytes_received);
+        o.u64("bytes_sent", s.bytes_sent);
+        o.u64("broadcasts_delivered", s.broadcasts_delivered);
+        o.u64("slow_consumer_disconnects", s.slow_consumer_disconnects);
+        o.u64("protocol_errors", s.protocol_errors);
+        write_counts(o.key("errors_by_code"), s.errors_by_code);
+        o.u64("rss_bytes", s.rss_bytes);
+        o.u64("messages_per_second", s.messages_per_second);
+        let a = o.key("connections_per_shard");
+        a.push(b'[');
+        for (i, n) in s.connections_per_shard.iter().enumerate() {
+            if i > 0 {
+                a.push(b',');
+            }
+            super::json::write_u64(a, *n);
+        }
+        a.push(b']');
+    });
+}
+
+fn write_counts(out: &mut Vec<u8>, counts: &[(&str, u64)]) {
+    let mut o = ObjectWriter::new(out);
+    for (k, v) in counts {
+        o.u64(k, *v);
+    }
+    o.finish();
+}
+
+/// `server_stats` as a client reads it (serde; not on the server's hot path).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// Clients connected now.
+    pub connected_clients: u64,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// Requests handled since start.
+    pub total_messages: u64,
+    /// Start time.
+    pub server_start_time: String,
+    /// The server's current time.
+    pub current_time: String,
+    /// Shards (absent from servers that do not report it).
+    #[serde(default)]
+    pub shards: u64,
+    /// Connections accepted since start.
+    #[serde(default)]
+    pub total_connections: u64,
+    /// Requests by type.
+    #[serde(default)]
+    pub messages_by_type: BTreeMap<String, u64>,
+    /// Bytes read from clients.
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// Bytes written to clients.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Broadcast deliveries.
+    #[serde(default)]
+    pub broadcasts_delivered: u64,
+    /// Slow-consumer disconnects.
+    #[serde(default)]
+    pub slow_consumer_disconnects: u64,
+    /// Error frames sent.
+    #[serde(default)]
+    pub protocol_errors: u64,
+    /// Error frames by code.
+    #[serde(default)]
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Server RSS in bytes.
+    #[serde(default)]
+    pub rss_bytes: u64,
+    /// Requests during the last second.
+    #[serde(default)]
+    pub messages_per_second: u64,
+    /// Connected clients per shard.
+    #[serde(default)]
+    pub connections_per_shard: Vec<u64>,
+}
