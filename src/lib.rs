@@ -9,3 +9,6 @@
 #![warn(missing_docs)]
 
 pub mod protocol;
+pub mod bench;
+pub mod client;
+pub mod server;

@@ -1,0 +1,3 @@
+//! (bench: being built; see the open issue.)
+
+pub mod cli;

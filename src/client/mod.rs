@@ -1,0 +1,3 @@
+//! (client: being built; see the open issue.)
+
+pub mod cli;

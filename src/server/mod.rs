@@ -1,0 +1,3 @@
+//! (server: being built; see the open issue.)
+
+pub mod cli;
