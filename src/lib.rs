@@ -12,3 +12,4 @@ pub mod protocol;
 pub mod bench;
 pub mod client;
 pub mod server;
+pub mod uring;
