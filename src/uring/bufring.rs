@@ -93,7 +93,10 @@ impl BufRing {
             ));
         }
         if size == 0 || size > u32::MAX as usize {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad receive buffer size"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad receive buffer size",
+            ));
         }
         let ring_map = Mapping::new(count as usize * std::mem::size_of::<BufRingEntry>())?;
         let bufs = Mapping::new(count as usize * size)?;
@@ -111,9 +114,12 @@ impl BufRing {
         // The kernel pins its pages on registration, so even if this BufRing
         // is dropped before the ring is closed the kernel never sees freed memory.
         unsafe {
-            ring.inner
-                .submitter()
-                .register_buf_ring_with_flags(br.ring.ptr as u64, count, group, 0)?;
+            ring.inner.submitter().register_buf_ring_with_flags(
+                br.ring.ptr as u64,
+                count,
+                group,
+                0,
+            )?;
         }
         for bid in 0..count {
             br.push(bid);
@@ -164,7 +170,10 @@ impl BufRing {
     /// kernel has handed that buffer over and will not touch it again until
     /// it is returned.
     pub fn with_buf<R>(&mut self, bid: u16, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        assert!(bid < self.count && len <= self.size, "buffer id {bid}/{len} out of range");
+        assert!(
+            bid < self.count && len <= self.size,
+            "buffer id {bid}/{len} out of range"
+        );
         // SAFETY: bounds checked above; the kernel gave up this buffer with
         // the completion that named `bid`, and it goes back to the ring only
         // after `f` returns, so this is the only live reference to it.

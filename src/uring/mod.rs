@@ -106,7 +106,11 @@ unsafe impl Send for SendBatch {}
 impl SendBatch {
     /// Total bytes still to send.
     pub fn remaining(&self) -> usize {
-        self.segments.iter().map(|s| s.as_slice().len()).sum::<usize>() - self.offset
+        self.segments
+            .iter()
+            .map(|s| s.as_slice().len())
+            .sum::<usize>()
+            - self.offset
     }
 
     /// Drops `n` sent bytes from the front, returning fully sent owned
@@ -176,7 +180,9 @@ pub struct Uring {
 
 impl std::fmt::Debug for Uring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Uring").field("features", &self.features).finish()
+        f.debug_struct("Uring")
+            .field("features", &self.features)
+            .finish()
     }
 }
 
@@ -312,7 +318,10 @@ impl Uring {
             });
         }
         // SAFETY: an all-zero msghdr is a valid empty header.
-        let mut hdr: Box<libc::msghdr> = batch.hdr.take().unwrap_or_else(|| Box::new(unsafe { std::mem::zeroed() }));
+        let mut hdr: Box<libc::msghdr> = batch
+            .hdr
+            .take()
+            .unwrap_or_else(|| Box::new(unsafe { std::mem::zeroed() }));
         hdr.msg_iov = batch.iov.as_mut_ptr();
         hdr.msg_iovlen = batch.iov.len() as _;
         let hdr_ptr: *const libc::msghdr = &*hdr;
@@ -344,7 +353,11 @@ impl Uring {
         let mut buf = Box::new([0u8; 8]);
         let ptr = buf.as_mut_ptr();
         let ud = self.own(user_data, Owned::Read(buf));
-        self.push(opcode::Read::new(types::Fd(fd), ptr, 8).build().user_data(ud))
+        self.push(
+            opcode::Read::new(types::Fd(fd), ptr, 8)
+                .build()
+                .user_data(ud),
+        )
     }
 
     /// Posts a completion with `user_data` and `result` on another ring
@@ -360,7 +373,11 @@ impl Uring {
     /// Cancels the operation submitted with `target` user data (caller data
     /// only: the layer's own sends are stopped by shutting the socket down).
     pub fn cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
-        self.push(opcode::AsyncCancel::new(target).build().user_data(user_data))
+        self.push(
+            opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(user_data),
+        )
     }
 
     /// `shutdown(fd, SHUT_RDWR)`: pending receives and sends on it complete.
@@ -374,7 +391,11 @@ impl Uring {
 
     /// Closes `fd`.
     pub fn close(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
-        self.push(opcode::Close::new(types::Fd(fd)).build().user_data(user_data))
+        self.push(
+            opcode::Close::new(types::Fd(fd))
+                .build()
+                .user_data(user_data),
+        )
     }
 
     /// Submits what is queued and waits for at least `want` completions:
@@ -384,7 +405,10 @@ impl Uring {
             Ok(n) => Ok(n),
             // Interrupted by a signal, or the CQ is momentarily full: the
             // caller drains completions and comes back.
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINTR)
+                    || e.raw_os_error() == Some(libc::EBUSY) =>
+            {
                 Ok(0)
             }
             Err(e) => Err(e),
@@ -456,7 +480,12 @@ mod tests {
     #[test]
     fn advance_through_segments() {
         let mut b = SendBatch {
-            segments: [seg(10), seg(5), Segment::Shared(Bytes::from_static(b"abcdef"))].into(),
+            segments: [
+                seg(10),
+                seg(5),
+                Segment::Shared(Bytes::from_static(b"abcdef")),
+            ]
+            .into(),
             ..Default::default()
         };
         assert_eq!(b.remaining(), 21);
@@ -477,7 +506,10 @@ mod tests {
         match Uring::new(64) {
             Ok(r) => assert!(r.fd() >= 0),
             Err(e) => {
-                eprintln!("skipping ring_sets_up_with_a_fallback: {}", explain_setup_error(&e));
+                eprintln!(
+                    "skipping ring_sets_up_with_a_fallback: {}",
+                    explain_setup_error(&e)
+                );
             }
         }
     }
