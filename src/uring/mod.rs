@@ -469,6 +469,64 @@ pub fn eventfd_signal(fd: RawFd) {
     }
 }
 
+/// The system page size.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant; no memory is passed.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}
+
+/// Takes ownership of a descriptor returned by a successful accept completion.
+///
+/// `fd` must be the non-negative result of an accept on this ring, not yet
+/// wrapped: each accepted descriptor is wrapped exactly once, by the shard
+/// that reaped it.
+pub fn accepted_stream(fd: i32) -> std::net::TcpStream {
+    assert!(fd >= 0, "accept result {fd} is not a descriptor");
+    // SAFETY: the kernel just created this descriptor for us in an accept
+    // completion; nothing else owns it, and the TcpStream closes it once.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit (and, for a
+/// privileged process, the hard limit to `fs.nr_open`); returns (old, new).
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the live local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let old = lim.rlim_cur;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if nr_open > lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: nr_open,
+            rlim_max: nr_open,
+        };
+        // SAFETY: setrlimit reads the live local struct. Raising the hard
+        // limit fails without CAP_SYS_RESOURCE; we then keep the old one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return Ok((old, nr_open));
+        }
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads the live local struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((old, lim.rlim_cur))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
