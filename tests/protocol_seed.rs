@@ -638,6 +638,33 @@ fn bad_json_and_bad_utf8_are_invalid_json() {
 }
 
 #[test]
+fn integers_beyond_64_bits_are_invalid_json() {
+    // Documented limit (docs/PROTOCOL.md): simd-json, built without its
+    // `big-int-as-float` feature, rejects integers that fit neither u64 nor
+    // i64, although they are valid JSON (serde_json reads them as f64).
+    // Enabling that feature changes this answer: update the doc and this test.
+    for payload in [
+        r#"{"type":"echo","content":18446744073709551616}"#,
+        r#"{"type":"echo","content":-9223372036854775809}"#,
+        r#"{"type":"ping","id":100000000000000000000000}"#,
+    ] {
+        assert!(serde_json::from_str::<Value>(payload).is_ok());
+        assert_eq!(
+            reject(payload.as_bytes()).code,
+            ErrorCode::InvalidJson,
+            "{payload}"
+        );
+    }
+    // The extremes that do fit are accepted and echoed exactly.
+    let req = r#"{"type":"echo","content":[18446744073709551615,-9223372036854775808]}"#;
+    let mut out = Vec::new();
+    with_request(req, |r| {
+        write_echo_response(&mut out, r, "2024-01-01T12:00:00.001Z")
+    });
+    assert_eq!(one_frame(&out)["content"], json!([u64::MAX, i64::MIN]));
+}
+
+#[test]
 fn required_fields_are_invalid_field() {
     for (payload, ty) in [
         (r#"{"type":"echo"}"#, "echo"),
