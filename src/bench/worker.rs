@@ -9,6 +9,7 @@
 use super::report::new_histogram;
 use super::{Control, Workload};
 use crate::protocol::json::ObjectWriter;
+use crate::protocol::frame::BoundedPool;
 use crate::protocol::{frame, FrameDecoder};
 use crate::uring::{BufRing, Completion, Segment, SendBatch, Uring};
 use hdrhistogram::Histogram;
@@ -261,6 +262,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
     let mut batches: Vec<SendBatch> = Vec::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut cqes: Vec<Completion> = Vec::with_capacity(1024);
+    let mut straddle_pool = BoundedPool::new(4 << 20, 64 << 20);
     let wait = if plan.rate_per_conn.is_some() {
         Duration::from_micros(200)
     } else {
@@ -381,7 +383,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
                         let role = c.role;
                         let sent = &mut c.sent;
                         let r = bufs.with_buf(bid, cqe.result as usize, |chunk| {
-                            c.decoder.feed(chunk, |payload| {
+                            c.decoder.feed_pooled(chunk, &mut straddle_pool, |payload| {
                                 match frame_type(payload) {
                                     FrameKind::Broadcast => {
                                         if role == Role::Subscriber {

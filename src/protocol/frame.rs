@@ -22,6 +22,80 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
 /// not pin that memory while idle.
 const KEEP_STRADDLE_CAPACITY: usize = 64 * 1024;
 
+/// Where a decoder gets and returns its straddle buffer, so that a busy
+/// thread recycles a few large buffers instead of every connection keeping
+/// (or reallocating) its own. The server passes its shard pool; [`NoPool`]
+/// keeps the buffer in the decoder.
+pub trait BufferPool {
+    /// A cleared buffer, if one is available.
+    fn take(&mut self) -> Option<Vec<u8>>;
+    /// Offers a cleared buffer back; a pool that does not keep it returns it.
+    fn give(&mut self, buf: Vec<u8>) -> Option<Vec<u8>>;
+}
+
+/// No pool: the decoder keeps a straddle buffer of up to 64 KiB between
+/// frames and frees a larger one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoPool;
+
+impl BufferPool for NoPool {
+    fn take(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+    fn give(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
+        Some(buf)
+    }
+}
+
+/// A bounded pool of spare byte buffers, for one thread: reply buffers
+/// after their send completes, straddle buffers after their frame
+/// completes. Recycling them keeps large messages from costing an
+/// allocation each (and, past glibc's mmap threshold, page faults).
+/// Buffers the pool declines are dropped, so with a pool a connection
+/// keeps no straddle buffer between frames.
+#[derive(Debug)]
+pub struct BoundedPool {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+    max_capacity: usize,
+    max_bytes: usize,
+}
+
+impl BoundedPool {
+    /// Keeps buffers of at most `max_capacity` bytes, `max_bytes` in all.
+    pub fn new(max_capacity: usize, max_bytes: usize) -> Self {
+        BoundedPool {
+            bufs: Vec::new(),
+            bytes: 0,
+            max_capacity,
+            max_bytes,
+        }
+    }
+
+    /// Bytes of capacity held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl BufferPool for BoundedPool {
+    fn take(&mut self) -> Option<Vec<u8>> {
+        let v = self.bufs.pop()?;
+        self.bytes -= v.capacity();
+        Some(v)
+    }
+
+    fn give(&mut self, mut buf: Vec<u8>) -> Option<Vec<u8>> {
+        let cap = buf.capacity();
+        if cap > 0 && cap <= self.max_capacity && self.bytes + cap <= self.max_bytes {
+            buf.clear();
+            self.bytes += cap;
+            self.bufs.push(buf);
+        }
+        None
+    }
+}
+
 /// Incremental frame decoder. One per connection.
 ///
 /// Call [`FrameDecoder::feed`] with each chunk in arrival order. After it
@@ -86,14 +160,25 @@ impl FrameDecoder {
     /// chunk is dropped (the caller is closing the connection).
     ///
     /// Returns the first framing error; frames before it have been delivered.
-    pub fn feed<F>(&mut self, chunk: &mut [u8], mut on_frame: F) -> Result<(), FrameError>
+    pub fn feed<F>(&mut self, chunk: &mut [u8], on_frame: F) -> Result<(), FrameError>
     where
+        F: FnMut(&mut [u8]) -> ControlFlow<()>,
+    {
+        self.feed_pooled(chunk, &mut NoPool, on_frame)
+    }
+
+    /// Like [`FrameDecoder::feed`], but a straddle buffer is taken from
+    /// `pool` when a frame starts to straddle and given back as soon as it
+    /// completes, so an idle connection holds no buffer at all.
+    pub fn feed_pooled<P, F>(&mut self, chunk: &mut [u8], pool: &mut P, mut on_frame: F) -> Result<(), FrameError>
+    where
+        P: BufferPool + ?Sized,
         F: FnMut(&mut [u8]) -> ControlFlow<()>,
     {
         if let Some(e) = self.poisoned {
             return Err(e);
         }
-        let r = self.feed_inner(chunk, &mut on_frame);
+        let r = self.feed_inner(chunk, pool, &mut on_frame);
         if let Err(e) = r {
             self.poisoned = Some(e);
             self.straddle = Vec::new();
@@ -101,8 +186,20 @@ impl FrameDecoder {
         r
     }
 
-    fn feed_inner<F>(&mut self, chunk: &mut [u8], on_frame: &mut F) -> Result<(), FrameError>
+    /// Starts keeping bytes of a frame that continues in the next chunk.
+    fn begin_straddle<P: BufferPool + ?Sized>(&mut self, pool: &mut P, bytes: &[u8]) {
+        if self.straddle.capacity() == 0 {
+            if let Some(v) = pool.take() {
+                self.straddle = v;
+                self.straddle.clear();
+            }
+        }
+        self.straddle.extend_from_slice(bytes);
+    }
+
+    fn feed_inner<P, F>(&mut self, chunk: &mut [u8], pool: &mut P, on_frame: &mut F) -> Result<(), FrameError>
     where
+        P: BufferPool + ?Sized,
         F: FnMut(&mut [u8]) -> ControlFlow<()>,
     {
         let mut pos = 0;
@@ -127,10 +224,13 @@ impl FrameDecoder {
                 return Ok(());
             }
             let flow = on_frame(&mut self.straddle[HEADER_LEN..]);
-            if self.straddle.capacity() > KEEP_STRADDLE_CAPACITY {
-                self.straddle = Vec::new();
-            } else {
-                self.straddle.clear();
+            let mut done = std::mem::take(&mut self.straddle);
+            done.clear();
+            // A buffer the pool declines is kept only if it is modest.
+            if let Some(back) = pool.give(done) {
+                if back.capacity() <= KEEP_STRADDLE_CAPACITY {
+                    self.straddle = back;
+                }
             }
             if flow.is_break() {
                 return Ok(());
@@ -140,7 +240,9 @@ impl FrameDecoder {
         loop {
             let rest = chunk.len() - pos;
             if rest < HEADER_LEN {
-                self.straddle.extend_from_slice(&chunk[pos..]);
+                if rest > 0 {
+                    self.begin_straddle(pool, &chunk[pos..]);
+                }
                 return Ok(());
             }
             let mut h = [0u8; HEADER_LEN];
@@ -148,7 +250,7 @@ impl FrameDecoder {
             let len = self.check_header(h)?;
             if rest - HEADER_LEN < len {
                 // 3. The tail straddles into the next chunk: keep what arrived.
-                self.straddle.extend_from_slice(&chunk[pos..]);
+                self.begin_straddle(pool, &chunk[pos..]);
                 return Ok(());
             }
             let start = pos + HEADER_LEN;

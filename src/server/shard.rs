@@ -10,6 +10,7 @@
 
 use super::broadcast::Wake;
 use super::conn::{Bucket, Conn, Output, Phase, Recv};
+use crate::protocol::frame::{BoundedPool as BufPool, BufferPool};
 use super::stats::{bump, RssReader, ShardCounters};
 use super::{ServerError, Shared, WakeMode};
 use crate::protocol::message::{self, StatsReport};
@@ -57,10 +58,12 @@ fn ud_parts(u: u64) -> (u64, u32, usize) {
 const HIGH_WATER: usize = 1 << 20;
 /// Resume reading when unsent output falls below this.
 const LOW_WATER: usize = 256 << 10;
-/// Reply buffers larger than this are freed rather than pooled.
-const POOL_MAX_CAPACITY: usize = 256 << 10;
-/// At most this many reply buffers are pooled per shard.
-const POOL_MAX_BUFFERS: usize = 4096;
+/// Largest spare buffer a shard keeps: a maximum-size frame (1 MiB)
+/// straddling receive buffers, after Vec growth.
+const POOL_MAX_CAPACITY: usize = 2 << 20;
+/// What one pool may hold in all (a shard has two: replies, straddles), so
+/// a burst of large messages does not pin memory afterwards.
+const POOL_MAX_BYTES: usize = 32 << 20;
 /// A reply buffer starts this large (one recv buffer of small replies).
 const REPLY_BUF_CAPACITY: usize = 16 << 10;
 /// Seconds a closing connection may take to flush its last frame, and to
@@ -80,7 +83,7 @@ struct Ctx<'a> {
     now_secs: u64,
     rss: RssReader,
     per_shard: Vec<u64>,
-    pool: Vec<Vec<u8>>,
+    pool: BufPool,
     /// Broadcast frames produced this turn, with the sender's slot.
     outgoing: Vec<(Bytes, usize)>,
     rate: f64,
@@ -88,20 +91,17 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn reply_buf<'o>(pool: &mut Vec<Vec<u8>>, out: &'o mut Output) -> &'o mut Vec<u8> {
+    fn reply_buf<'o>(pool: &mut BufPool, out: &'o mut Output) -> &'o mut Vec<u8> {
         if out.building.capacity() == 0 {
             out.building = pool
-                .pop()
+                .take()
                 .unwrap_or_else(|| Vec::with_capacity(REPLY_BUF_CAPACITY));
         }
         &mut out.building
     }
 
-    fn recycle(pool: &mut Vec<Vec<u8>>, mut v: Vec<u8>) {
-        if v.capacity() <= POOL_MAX_CAPACITY && pool.len() < POOL_MAX_BUFFERS {
-            v.clear();
-            pool.push(v);
-        }
+    fn recycle(pool: &mut BufPool, v: Vec<u8>) {
+        pool.give(v);
     }
 }
 
@@ -172,6 +172,7 @@ pub(crate) fn run(
         next_gen: 1,
         dirty: Vec::new(),
         batches: Vec::new(),
+        straddle_pool: BufPool::new(POOL_MAX_CAPACITY, POOL_MAX_BYTES),
         wake_targets: vec![None; shared.shards],
         use_msg_ring,
         stopping: false,
@@ -187,7 +188,7 @@ pub(crate) fn run(
             now_secs: 0,
             rss: RssReader::new(),
             per_shard: Vec::with_capacity(shared.shards),
-            pool: Vec::new(),
+            pool: BufPool::new(POOL_MAX_CAPACITY, POOL_MAX_BYTES),
             outgoing: Vec::new(),
             rate,
             burst,
@@ -210,6 +211,9 @@ struct Shard<'a> {
     dirty: Vec<usize>,
     /// Spare send batches (they keep their iovec and msghdr allocations).
     batches: Vec<SendBatch>,
+    /// Spare straddle buffers for frames that cross receive buffers (the
+    /// reply buffers have their own pool in `ctx`: both are in use at once).
+    straddle_pool: BufPool,
     /// Shards to wake at the end of this turn.
     wake_targets: Vec<Option<std::os::fd::RawFd>>,
     use_msg_ring: bool,
@@ -472,7 +476,8 @@ impl Shard<'_> {
                 bucket,
                 ..
             } = conn;
-            decoder.feed(chunk, |payload| {
+            let straddle_pool = &mut self.straddle_pool;
+            decoder.feed_pooled(chunk, straddle_pool, |payload| {
                 let flow = handle_frame(ctx, key, payload, out, client_id, authed, bucket);
                 if let ControlFlow::Break(reason) = flow {
                     close = Some(reason);
