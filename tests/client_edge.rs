@@ -129,22 +129,27 @@ fn bad_bytes_from_the_server_are_errors_not_panics() {
     // A well-formed answer of the wrong type for our id.
     let e = ping_bad(
         frame(br#"{"type":"echo_response","id":1,"content":"?"}"#),
-        false,
+        true,
     );
     assert!(
         matches!(&e, ClientError::Protocol(m) if m.contains("expected pong")),
         "{e:?}"
     );
 
-    // Random garbage, many times: never a panic.
+    // Random garbage, many times: never a panic. Half of it framed
+    // properly, so that the JSON parser sees it.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..20 {
+    for i in 0..24 {
         let mut junk = Vec::new();
         for _ in 0..64 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             junk.push(x as u8);
+        }
+        if i % 2 == 0 {
+            junk[0] = b'{';
+            junk = frame(&junk);
         }
         let _ = ping_bad(junk, true);
     }
@@ -218,6 +223,7 @@ fn servers_that_do_not_copy_ids_still_work_one_request_at_a_time() {
         }
     });
     a.ping().unwrap();
+    b.ping().unwrap(); // b's connection is registered server-side
     assert_eq!(a.echo("no ids").unwrap(), "no ids");
     assert!(a.get_stats().unwrap().connected_clients >= 2);
     b.broadcast("hey").unwrap();
@@ -250,4 +256,17 @@ fn the_message_iterator_ends_when_the_client_is_closed() {
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
     ));
     assert!(c.messages().recv_timeout(LIMIT).is_err());
+}
+
+#[test]
+fn a_panicking_callback_does_not_stop_the_receiver() {
+    let server = FakeServer::start(FakeOptions::default());
+    let a = Client::connect_with(server.addr(), config()).unwrap();
+    let b = Client::connect_with(server.addr(), config()).unwrap();
+    a.ping().unwrap();
+    a.set_message_callback(|_| panic!("callback bug (expected in this test)"));
+    let rx = a.messages();
+    assert_eq!(b.broadcast("boom").unwrap(), 1);
+    assert!(matches!(rx.recv_timeout(LIMIT), Ok(Event::Message(_))));
+    assert_eq!(a.echo("still alive").unwrap(), "still alive");
 }

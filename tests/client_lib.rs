@@ -133,6 +133,9 @@ fn callback_gets_broadcasts_from_others_while_requests_are_in_flight() {
         }
     });
     let rx = a.messages();
+    // Both connections are registered server-side once they have answers.
+    a.ping().unwrap();
+    b.ping().unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         for t in 0..4 {
@@ -408,7 +411,8 @@ fn requests_from_the_callback_fail_instead_of_deadlocking() {
             *r2.lock().unwrap() = Some(format!("{:?}", c.ping()));
         }
     });
-    b.broadcast("poke").unwrap();
+    a.ping().unwrap();
+    assert_eq!(b.broadcast("poke").unwrap(), 1);
     wait_until(LIMIT, "the callback", || result.lock().unwrap().is_some());
     assert!(result
         .lock()

@@ -417,7 +417,12 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if let Some(cb) = cb {
-            cb(&ev);
+            // A panicking callback must not take the receiver thread (and
+            // with it every waiting request) down.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&ev)));
+            if r.is_err() {
+                tracing::error!("the client message callback panicked; event dropped");
+            }
         }
         let mut subs = lock(&self.subscribers);
         subs.retain(|tx| match tx.try_send(ev.clone()) {
