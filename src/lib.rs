@@ -8,7 +8,8 @@
 //! - [`bench`]: the load generator.
 #![warn(missing_docs)]
 
-pub mod protocol;
 pub mod bench;
 pub mod client;
+pub mod protocol;
 pub mod server;
+pub mod uring;

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ringcast", version, about = "io_uring TCP message server, client and load generator")]
+#[command(
+    name = "ringcast",
+    version,
+    about = "io_uring TCP message server, client and load generator"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

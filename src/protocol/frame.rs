@@ -258,7 +258,9 @@ mod tests {
         assert_eq!(r, Err(FrameError::TooLarge { len: 101, max: 100 }));
         let mut d = FrameDecoder::new(100);
         // Header split over two chunks.
-        assert!(d.feed(&mut [0xff, 0xff], |_| ControlFlow::Continue(())).is_ok());
+        assert!(d
+            .feed(&mut [0xff, 0xff], |_| ControlFlow::Continue(()))
+            .is_ok());
         let r = d.feed(&mut [0xff, 0xff], |_| ControlFlow::Continue(()));
         assert_eq!(
             r,
@@ -274,7 +276,11 @@ mod tests {
         let mut d = FrameDecoder::new(1 << 30);
         let mut head = vec![0x3f, 0xff, 0xff, 0xff, b'{'];
         d.feed(&mut head, |_| ControlFlow::Continue(())).unwrap();
-        assert!(d.buffered_capacity() < 1024, "capacity {}", d.buffered_capacity());
+        assert!(
+            d.buffered_capacity() < 1024,
+            "capacity {}",
+            d.buffered_capacity()
+        );
     }
 
     #[test]

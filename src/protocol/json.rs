@@ -55,11 +55,7 @@ impl JsonParser {
         payload: &'a mut [u8],
         f: impl for<'t> FnOnce(Result<JsonValue<'t, 'a>, InvalidJson>) -> R,
     ) -> R {
-        let mut tape: Tape<'a> = self
-            .tape
-            .take()
-            .unwrap_or_else(|| Tape(Vec::new()))
-            .reset();
+        let mut tape: Tape<'a> = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
         let r = match simd_json::fill_tape(payload, &mut self.buffers, &mut tape) {
             Ok(()) if !tape.0.is_empty() => f(Ok(JsonValue(&tape.0))),
             _ => f(Err(InvalidJson)),
@@ -486,7 +482,14 @@ mod tests {
     #[test]
     fn invalid_inputs_are_errors() {
         let mut p = JsonParser::new();
-        for bad in [&b"{"[..], b"", b"{\"a\":}", b"\xff\xfe", b"{\"a\":\"\xc3\x28\"}", b"nul"] {
+        for bad in [
+            &b"{"[..],
+            b"",
+            b"{\"a\":}",
+            b"\xff\xfe",
+            b"{\"a\":\"\xc3\x28\"}",
+            b"nul",
+        ] {
             let mut buf = bad.to_vec();
             assert!(p.parse(&mut buf, |v| v.is_err()), "{bad:?}");
         }

@@ -133,20 +133,20 @@ impl<'t, 'a> Request<'t, 'a> {
         };
         if let Some(id) = id {
             if !id.is_scalar() {
-                return Err(err("id must be a JSON scalar (string, number, bool or null)"));
+                return Err(err(
+                    "id must be a JSON scalar (string, number, bool or null)",
+                ));
             }
         }
         let kind = RequestKind::from_type(type_name);
         match kind {
-            RequestKind::Echo | RequestKind::Broadcast | RequestKind::Message => {
-                if root.get("content").is_none() {
-                    return Err(err("this message type needs a content field"));
-                }
+            RequestKind::Echo | RequestKind::Broadcast | RequestKind::Message
+                if root.get("content").is_none() =>
+            {
+                return Err(err("this message type needs a content field"));
             }
-            RequestKind::Auth => {
-                if root.get("token").and_then(|t| t.as_str()).is_none() {
-                    return Err(err("auth needs a string token field"));
-                }
+            RequestKind::Auth if root.get("token").and_then(|t| t.as_str()).is_none() => {
+                return Err(err("auth needs a string token field"));
             }
             _ => {}
         }
@@ -198,12 +198,7 @@ pub fn write_response(
 }
 
 /// `pong`: `ping_timestamp` is the ping's `timestamp` (null if it had none).
-pub fn write_pong(
-    out: &mut Vec<u8>,
-    req: &Request<'_, '_>,
-    now: &str,
-    client_id: &str,
-) {
+pub fn write_pong(out: &mut Vec<u8>, req: &Request<'_, '_>, now: &str, client_id: &str) {
     write_response(out, "pong", req.id.as_ref(), |o| {
         match req.get("timestamp") {
             Some(ts) => o.value("ping_timestamp", &ts),

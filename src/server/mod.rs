@@ -1,3 +1,394 @@
-//! (server: being built; see the open issue.)
+//! The sharded io_uring server.
+//!
+//! One shard per core, each a pinned thread with its own ring, buffer ring
+//! and SO_REUSEPORT listener; shards share no lock on the hot path. A
+//! broadcast is serialised once into a [`bytes::Bytes`] and handed to the
+//! other shards over lock-free queues (see [`broadcast`]). See
+//! docs/ARCHITECTURE.md for the picture.
+//!
+//! ```no_run
+//! use ringcast::server::Server;
+//! let handle = Server::builder()
+//!     .addr("127.0.0.1:0".parse().unwrap())
+//!     .shards(2)
+//!     .build()
+//!     .unwrap()
+//!     .spawn()
+//!     .unwrap();
+//! println!("listening on {}", handle.local_addr());
+//! handle.shutdown();
+//! ```
 
+pub mod broadcast;
 pub mod cli;
+pub mod config;
+mod conn;
+mod listener;
+mod shard;
+pub mod stats;
+
+pub use config::{ServerConfig, WakeMode};
+
+use crate::protocol::{Request, TimestampCache};
+use crate::uring;
+use broadcast::Mailbox;
+use crossbeam_utils::CachePadded;
+use stats::{Counters, ShardCounters, Totals};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use thiserror::Error;
+
+/// Why the server could not start (or failed while running).
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// io_uring is unavailable or misconfigured; the message says how to fix it.
+    #[error("io_uring unavailable: {0}")]
+    Uring(String),
+    /// The listen address could not be bound.
+    #[error("{0}")]
+    Bind(io::Error),
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Any other I/O failure.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A handler for a custom message type, registered by an embedding
+/// application (the seed promises an extensible format).
+///
+/// It runs on the shard thread, inline: keep it short and non-blocking.
+/// It writes its response frame(s) into `out`, usually with
+/// [`crate::protocol::message::write_response`], copying `req.id`.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers `req`, sent by `client_id`, at time `now` (timestamp format).
+    fn handle(&self, req: &Request<'_, '_>, client_id: &str, now: &str, out: &mut Vec<u8>);
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&Request<'_, '_>, &str, &str, &mut Vec<u8>) + Send + Sync + 'static,
+{
+    fn handle(&self, req: &Request<'_, '_>, client_id: &str, now: &str, out: &mut Vec<u8>) {
+        self(req, client_id, now, out)
+    }
+}
+
+/// State shared by all shards: read-mostly, plus per-shard padded slots.
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub shards: usize,
+    pub counters: Counters,
+    pub mailboxes: Box<[CachePadded<Mailbox>]>,
+    /// Connections over all shards (for `max_connections`); touched on
+    /// accept and close only.
+    pub connections: AtomicUsize,
+    /// Connections per IP (only when `max_connections_per_ip` is set).
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+    pub stop: AtomicBool,
+    pub start_unix_ms: u64,
+    pub start_time: String,
+    pub handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Shared {
+    /// Sums every shard's counters.
+    pub fn totals(&self, per_shard: &mut Vec<u64>) -> Totals {
+        Totals::read(&self.counters, per_shard)
+    }
+}
+
+/// Builds a [`Server`].
+#[derive(Default)]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+macro_rules! setter {
+    ($(#[$m:meta])* $name:ident: $t:ty) => {
+        $(#[$m])*
+        pub fn $name(mut self, v: $t) -> Self {
+            self.config.$name = v;
+            self
+        }
+    };
+}
+
+impl ServerBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+    setter!(/// Listen address (port 0 picks a free port).
+        addr: SocketAddr);
+    setter!(/// Number of shards (0 = one per core).
+        shards: usize);
+    setter!(/// Pin shard threads to cores.
+        pin: bool);
+    setter!(/// Connection limit over all shards.
+        max_connections: usize);
+    setter!(/// Connection limit per client IP (0 = none).
+        max_connections_per_ip: usize);
+    setter!(/// Largest frame payload accepted.
+        max_frame_bytes: usize);
+    setter!(/// Unsent output after which a broadcast recipient is cut.
+        max_pending_bytes: usize);
+    setter!(/// Idle timeout in seconds (0 = off).
+        idle_timeout_secs: u64);
+    setter!(/// Listen backlog.
+        backlog: i32);
+    setter!(/// Seconds allowed to flush output at shutdown.
+        drain_secs: u64);
+    setter!(/// Receive buffers per shard (power of two).
+        recv_buffers: u16);
+    setter!(/// Size of each receive buffer.
+        recv_buffer_size: usize);
+    setter!(/// Require this token in a first `auth` frame.
+        auth_token: Option<String>);
+    setter!(/// Per-connection messages per second (0 = unlimited).
+        rate_limit: u32);
+    setter!(/// Burst for the rate limit (0 = one second's worth).
+        rate_burst: u32);
+    setter!(/// Cross-shard wake-up mechanism.
+        wake: WakeMode);
+
+    /// Registers a handler for custom messages of type `type_name`.
+    pub fn handler(mut self, type_name: &str, h: impl Handler) -> Self {
+        self.handlers.insert(type_name.to_string(), Arc::new(h));
+        self
+    }
+
+    /// Validates the configuration and binds the listeners.
+    pub fn build(self) -> Result<Server, ServerError> {
+        self.config.validate().map_err(ServerError::Config)?;
+        let n = self.config.effective_shards();
+        let listeners = listener::bind_all(self.config.addr, n, self.config.backlog)
+            .map_err(ServerError::Bind)?;
+        let local_addr = listeners[0].local_addr()?;
+        let start_unix_ms = crate::protocol::time::unix_ms_now();
+        let start_time = TimestampCache::new().format(start_unix_ms).to_string();
+        let mut wake_fds = Vec::with_capacity(n);
+        for _ in 0..n {
+            wake_fds.push(uring::eventfd()?);
+        }
+        let shared = Arc::new(Shared {
+            config: self.config,
+            shards: n,
+            counters: (0..n)
+                .map(|_| CachePadded::new(ShardCounters::default()))
+                .collect(),
+            mailboxes: wake_fds
+                .iter()
+                .map(|fd| CachePadded::new(Mailbox::new(fd.as_raw_fd())))
+                .collect(),
+            connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            start_unix_ms,
+            start_time,
+            handlers: self.handlers,
+        });
+        Ok(Server {
+            shared,
+            listeners,
+            wake_fds,
+            local_addr,
+        })
+    }
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    wake_fds: Vec<OwnedFd>,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("shards", &self.shared.shards)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Starts building a server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Starts the shard threads and returns at once.
+    pub fn spawn(self) -> Result<ServerHandle, ServerError> {
+        let cores = if self.shared.config.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        for (i, (listener, wake)) in self.listeners.into_iter().zip(self.wake_fds).enumerate() {
+            let shared = self.shared.clone();
+            let core = if cores.is_empty() {
+                None
+            } else {
+                Some(cores[i % cores.len()])
+            };
+            let ready = ready_tx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("ringcast-shard-{i}"))
+                .spawn(move || shard::run(i, shared, listener, wake, core, ready))?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        let mut features = None;
+        let mut first_err = None;
+        for _ in 0..threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(f)) => features = Some(f),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(ServerError::Uring(
+                        "a shard thread died during start-up".into(),
+                    ));
+                }
+            }
+        }
+        let handle = ServerHandle {
+            shared: self.shared,
+            threads,
+            local_addr: self.local_addr,
+        };
+        if let Some(e) = first_err {
+            handle.stop();
+            let _ = handle.join();
+            return Err(e);
+        }
+        let pinned: Vec<String> = if cores.is_empty() {
+            vec!["none".into()]
+        } else {
+            (0..handle.shared.shards)
+                .map(|i| cores[i % cores.len()].id.to_string())
+                .collect()
+        };
+        tracing::info!(
+            addr = %handle.local_addr,
+            shards = handle.shared.shards,
+            pinned_cores = %pinned.join(","),
+            io_uring = %features.map(|f: uring::Features| f.to_string()).unwrap_or_default(),
+            "ringcast listening"
+        );
+        Ok(handle)
+    }
+
+    /// Runs until stopped (SIGINT/SIGTERM when `handle_signals`), then
+    /// returns the final totals.
+    pub fn run(self) -> Result<Totals, ServerError> {
+        let handle = self.spawn()?;
+        handle.join()
+    }
+}
+
+/// Controls a running server.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Current totals over all shards.
+    pub fn totals(&self) -> Totals {
+        self.shared.totals(&mut Vec::new())
+    }
+
+    /// Asks every shard to shut down gracefully (returns at once).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for m in self.shared.mailboxes.iter() {
+            m.wake_external();
+        }
+    }
+
+    /// A cloneable, thread-safe trigger for [`ServerHandle::stop`] (for
+    /// signal handlers and other threads).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.shared.clone())
+    }
+
+    /// Waits for every shard to finish; returns the final totals.
+    pub fn join(mut self) -> Result<Totals, ServerError> {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        Ok(self.shared.totals(&mut Vec::new()))
+    }
+
+    /// Stops gracefully (clients get `shutting_down`, output is flushed
+    /// within `drain_secs`) and waits for the shards.
+    pub fn shutdown(self) -> Totals {
+        self.stop();
+        self.join().unwrap_or_default()
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Stops a running server from any thread.
+#[derive(Clone)]
+pub struct Stopper(Arc<Shared>);
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stopper")
+    }
+}
+
+impl Stopper {
+    /// Asks every shard to shut down gracefully.
+    pub fn stop(&self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+        for m in self.0.mailboxes.iter() {
+            m.wake_external();
+        }
+    }
+}

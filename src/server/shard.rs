@@ -1,0 +1,1013 @@
+//! The shard event loop: one thread, one ring, one listener.
+//!
+//! Each turn: publish returned receive buffers, start sends for connections
+//! that produced output, then one `io_uring_enter` that submits everything
+//! and waits; reap completions (accepts, receive chunks parsed in place,
+//! send completions), deliver broadcasts from the mailbox, wake other
+//! shards. Connections live in a slab; user data names the operation kind,
+//! the slot and its generation, so a stale completion can never touch a
+//! reused slot.
+
+use super::broadcast::Wake;
+use super::conn::{Bucket, Conn, Output, Phase, Recv};
+use super::stats::{bump, RssReader, ShardCounters};
+use super::{ServerError, Shared, WakeMode};
+use crate::protocol::message::{self, StatsReport};
+use crate::protocol::{
+    parse_request, ErrorCode, FrameDecoder, JsonParser, RequestKind, TimestampCache,
+};
+use crate::uring::{self, BufRing, Completion, SendBatch, Uring};
+use bytes::Bytes;
+use slab::Slab;
+use std::net::TcpListener;
+use std::ops::ControlFlow;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+// Operation kinds in the top byte of the user data (bit 63 stays clear:
+// it belongs to the io_uring layer).
+const K_ACCEPT: u64 = 1;
+const K_RECV: u64 = 2;
+const K_SEND: u64 = 3;
+const K_SHUTDOWN: u64 = 4;
+const K_CANCEL: u64 = 5;
+const K_TICK: u64 = 6;
+const K_EVENTFD: u64 = 7;
+const K_WAKE: u64 = 8;
+
+#[inline]
+fn ud(kind: u64, gen: u32, key: usize) -> u64 {
+    (kind << 56) | ((gen as u64 & 0xff_ffff) << 32) | (key as u64 & 0xffff_ffff)
+}
+
+#[inline]
+fn ud_parts(u: u64) -> (u64, u32, usize) {
+    (
+        u >> 56,
+        ((u >> 32) & 0xff_ffff) as u32,
+        (u & 0xffff_ffff) as usize,
+    )
+}
+
+/// Pause reading a connection's requests while this much of its output is
+/// unsent: TCP flow control then slows the client instead of our memory
+/// growing. 1 MiB keeps dozens of large replies in flight.
+const HIGH_WATER: usize = 1 << 20;
+/// Resume reading when unsent output falls below this.
+const LOW_WATER: usize = 256 << 10;
+/// Reply buffers larger than this are freed rather than pooled.
+const POOL_MAX_CAPACITY: usize = 256 << 10;
+/// At most this many reply buffers are pooled per shard.
+const POOL_MAX_BUFFERS: usize = 4096;
+/// A reply buffer starts this large (one recv buffer of small replies).
+const REPLY_BUF_CAPACITY: usize = 16 << 10;
+/// Seconds a closing connection may take to flush its last frame, and to
+/// linger for the peer's close, before it is cut.
+const CLOSE_GRACE_SECS: u64 = 2;
+/// The shard's housekeeping tick (idle sweep, deadlines, messages/s).
+const TICK: Duration = Duration::from_secs(1);
+
+/// Per-turn scratch and per-shard tools used while handling frames.
+struct Ctx<'a> {
+    shared: &'a Shared,
+    counters: &'a ShardCounters,
+    parser: JsonParser,
+    ts: TimestampCache,
+    now_ms: u64,
+    /// Seconds since the shard started (monotonic), for idle and deadlines.
+    now_secs: u64,
+    rss: RssReader,
+    per_shard: Vec<u64>,
+    pool: Vec<Vec<u8>>,
+    /// Broadcast frames produced this turn, with the sender's slot.
+    outgoing: Vec<(Bytes, usize)>,
+    rate: f64,
+    burst: f64,
+}
+
+impl Ctx<'_> {
+    fn reply_buf<'o>(pool: &mut Vec<Vec<u8>>, out: &'o mut Output) -> &'o mut Vec<u8> {
+        if out.building.capacity() == 0 {
+            out.building = pool
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(REPLY_BUF_CAPACITY));
+        }
+        &mut out.building
+    }
+
+    fn recycle(pool: &mut Vec<Vec<u8>>, mut v: Vec<u8>) {
+        if v.capacity() <= POOL_MAX_CAPACITY && pool.len() < POOL_MAX_BUFFERS {
+            v.clear();
+            pool.push(v);
+        }
+    }
+}
+
+/// The shard thread's body.
+pub(crate) fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    wake_fd: OwnedFd,
+    core: Option<core_affinity::CoreId>,
+    ready: std::sync::mpsc::Sender<Result<uring::Features, ServerError>>,
+) {
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(
+                shard = id,
+                core = core.id,
+                "could not pin shard to its core"
+            );
+        }
+    }
+    let cfg = &shared.config;
+    let mut ring = match Uring::new(cfg.ring_entries) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(ServerError::Uring(uring::explain_setup_error(&e))));
+            return;
+        }
+    };
+    let bufs = match BufRing::new(&ring, 0, cfg.recv_buffers, cfg.recv_buffer_size) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(ServerError::Uring(format!(
+                "cannot register the receive buffer ring ({e}): ringcast needs Linux 6.0 or newer; \
+                 if RLIMIT_MEMLOCK is low, raise it (ulimit -l)"
+            ))));
+            return;
+        }
+    };
+    shared.mailboxes[id].set_ring_fd(ring.fd());
+    let use_msg_ring = cfg.wake == WakeMode::MsgRing && ring.features().msg_ring;
+    let setup = (|| -> std::io::Result<()> {
+        ring.accept_multi(listener.as_raw_fd(), ud(K_ACCEPT, 0, 0))?;
+        ring.read_eventfd(wake_fd.as_raw_fd(), ud(K_EVENTFD, 0, 0))?;
+        ring.timeout(TICK, ud(K_TICK, 0, 0))?;
+        Ok(())
+    })();
+    if let Err(e) = setup {
+        let _ = ready.send(Err(ServerError::Io(e)));
+        return;
+    }
+    let _ = ready.send(Ok(ring.features().clone()));
+    drop(ready);
+
+    let rate = cfg.rate_limit as f64;
+    let burst = if cfg.rate_burst > 0 {
+        cfg.rate_burst as f64
+    } else {
+        rate
+    };
+    let mut shard = Shard {
+        id,
+        ring,
+        bufs,
+        listener: Some(listener),
+        wake_fd,
+        conns: Slab::new(),
+        next_gen: 1,
+        dirty: Vec::new(),
+        batches: Vec::new(),
+        wake_targets: vec![None; shared.shards],
+        use_msg_ring,
+        stopping: false,
+        stop_deadline: 0,
+        accept_armed: true,
+        last_tick_messages: 0,
+        ctx: Ctx {
+            shared: &shared,
+            counters: &shared.counters[id],
+            parser: JsonParser::new(),
+            ts: TimestampCache::new(),
+            now_ms: crate::protocol::time::unix_ms_now(),
+            now_secs: 0,
+            rss: RssReader::new(),
+            per_shard: Vec::with_capacity(shared.shards),
+            pool: Vec::new(),
+            outgoing: Vec::new(),
+            rate,
+            burst,
+        },
+    };
+    if let Err(e) = shard.run() {
+        tracing::error!(shard = id, error = %e, "shard stopped on an I/O error");
+    }
+}
+
+struct Shard<'a> {
+    id: usize,
+    ring: Uring,
+    bufs: BufRing,
+    listener: Option<TcpListener>,
+    wake_fd: OwnedFd,
+    conns: Slab<Conn>,
+    next_gen: u32,
+    /// Connections with new output this turn.
+    dirty: Vec<usize>,
+    /// Spare send batches (they keep their iovec and msghdr allocations).
+    batches: Vec<SendBatch>,
+    /// Shards to wake at the end of this turn.
+    wake_targets: Vec<Option<std::os::fd::RawFd>>,
+    use_msg_ring: bool,
+    stopping: bool,
+    stop_deadline: u64,
+    accept_armed: bool,
+    last_tick_messages: u64,
+    ctx: Ctx<'a>,
+}
+
+impl Shard<'_> {
+    fn run(&mut self) -> std::io::Result<()> {
+        let started = Instant::now();
+        let mut cqes: Vec<Completion> = Vec::with_capacity(1024);
+        loop {
+            self.flush_dirty()?;
+            self.bufs.commit();
+            self.ring.submit_and_wait(1)?;
+            // The clock is read once per turn: every response in the batch
+            // carries this turn's timestamp.
+            self.ctx.now_ms = crate::protocol::time::unix_ms_now();
+            self.ctx.now_secs = started.elapsed().as_secs();
+            self.ring.drain(&mut cqes);
+            for c in cqes.drain(..) {
+                self.complete(c)?;
+            }
+            self.deliver_broadcasts();
+            if self.ctx.shared.stop.load(Ordering::Relaxed) && !self.stopping {
+                self.begin_stop()?;
+            }
+            if self.stopping
+                && (self.conns.is_empty()
+                    || self.ctx.now_secs > self.stop_deadline + CLOSE_GRACE_SECS)
+            {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    /// Dispatches one completion.
+    fn complete(&mut self, c: Completion) -> std::io::Result<()> {
+        let (kind, gen, key) = ud_parts(c.user_data);
+        match kind {
+            K_ACCEPT => self.on_accept(&c)?,
+            K_RECV => self.on_recv(&c, gen, key)?,
+            K_SEND => self.on_send(c, gen, key)?,
+            K_SHUTDOWN | K_CANCEL => self.op_done(gen, key),
+            K_TICK => self.on_tick()?,
+            K_EVENTFD => {
+                if !self.stopping || !self.conns.is_empty() {
+                    self.ring
+                        .read_eventfd(self.wake_fd.as_raw_fd(), ud(K_EVENTFD, 0, 0))?;
+                }
+            }
+            K_WAKE => {} // the mailbox is drained every turn
+            _ => {
+                if let Some(bid) = c.buffer_id() {
+                    self.bufs.give_back(bid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn conn_mut(&mut self, gen: u32, key: usize) -> Option<&mut Conn> {
+        self.conns.get_mut(key).filter(|c| c.gen & 0xff_ffff == gen)
+    }
+
+    fn on_accept(&mut self, c: &Completion) -> std::io::Result<()> {
+        if !c.more() {
+            self.accept_armed = false;
+        }
+        if c.result < 0 {
+            let e = std::io::Error::from_raw_os_error(-c.result);
+            if !self.stopping {
+                tracing::warn!(shard = self.id, error = %e, "accept failed; retrying at the next tick");
+            }
+            return Ok(());
+        }
+        let stream = uring::accepted_stream(c.result);
+        if self.stopping {
+            return Ok(()); // dropped: closed at once
+        }
+        if !self.accept_armed {
+            if let Some(l) = &self.listener {
+                self.ring.accept_multi(l.as_raw_fd(), ud(K_ACCEPT, 0, 0))?;
+                self.accept_armed = true;
+            }
+        }
+        let peer = match stream.peer_addr() {
+            Ok(p) => p,
+            Err(_) => return Ok(()), // already gone
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = self.ctx.shared;
+        let cfg = &shared.config;
+        bump(&self.ctx.counters.total_connections, 1);
+        let total = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut full = total > cfg.max_connections;
+        let mut ip_slot = false;
+        if !full && cfg.max_connections_per_ip > 0 {
+            let mut m = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = m.entry(peer.ip()).or_insert(0);
+            if *n >= cfg.max_connections_per_ip {
+                full = true;
+            } else {
+                *n += 1;
+                ip_slot = true;
+            }
+        }
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1) & 0xff_ffff;
+        let conn = Conn {
+            stream,
+            gen,
+            client_id: peer.to_string().into_boxed_str(),
+            ip: peer.ip(),
+            decoder: FrameDecoder::new(cfg.max_frame_bytes),
+            out: Output::default(),
+            inflight: 0,
+            send_inflight: false,
+            recv: Recv::Done,
+            ops: 0,
+            phase: Phase::Open,
+            last_active: self.ctx.now_secs,
+            authed: cfg.auth_token.is_none(),
+            established: false,
+            ip_slot,
+            dirty: false,
+            bucket: Bucket::full(self.ctx.burst, self.ctx.now_ms),
+        };
+        let key = self.conns.insert(conn);
+        if full {
+            let msg = if total > cfg.max_connections {
+                "the server is at its connection limit"
+            } else {
+                "too many connections from your address"
+            };
+            tracing::debug!(shard = self.id, peer = %peer, "{msg}");
+            self.fail(key, ErrorCode::ServerFull, msg);
+            return Ok(());
+        }
+        let conn = &mut self.conns[key];
+        if conn.authed {
+            conn.established = true;
+            bump(&self.ctx.counters.connected, 1);
+        }
+        tracing::debug!(shard = self.id, client_id = %conn.client_id, "connection opened");
+        self.arm_recv(key)
+    }
+
+    fn arm_recv(&mut self, key: usize) -> std::io::Result<()> {
+        let conn = &mut self.conns[key];
+        let fd = conn.fd();
+        let u = ud(K_RECV, conn.gen, key);
+        conn.recv = Recv::Armed;
+        conn.ops += 1;
+        self.ring.recv_multi(fd, self.bufs.group(), u)
+    }
+
+    fn on_recv(&mut self, c: &Completion, gen: u32, key: usize) -> std::io::Result<()> {
+        let Some(conn) = self.conn_mut(gen, key) else {
+            if let Some(bid) = c.buffer_id() {
+                self.bufs.give_back(bid);
+            }
+            return Ok(());
+        };
+        let ended = !c.more();
+        if ended {
+            conn.ops -= 1;
+        }
+        if c.result > 0 {
+            let Some(bid) = c.buffer_id() else {
+                return Ok(());
+            };
+            let n = c.result as usize;
+            bump(&self.ctx.counters.bytes_received, n as u64);
+            self.on_data(key, bid, n);
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Ok(());
+        };
+        if !ended {
+            return Ok(());
+        }
+        match c.result {
+            // Out of receive buffers: they are returned every turn, so simply re-arm.
+            r if r == -libc::ENOBUFS => {
+                if conn.recv == Recv::Armed && conn.phase != Phase::Closing {
+                    conn.recv = Recv::Done;
+                    return self.arm_recv(key);
+                }
+                conn.recv = Recv::Done;
+            }
+            r if r > 0 => {
+                // The multishot ended after data (cancelled for backpressure, or the kernel stopped it).
+                if conn.recv == Recv::Armed && conn.phase != Phase::Closing {
+                    conn.recv = Recv::Done;
+                    return self.arm_recv(key);
+                }
+                if conn.recv != Recv::Paused {
+                    conn.recv = Recv::Done;
+                }
+            }
+            r if r == -libc::ECANCELED => {
+                if conn.recv != Recv::Paused {
+                    conn.recv = Recv::Done;
+                }
+            }
+            0 => {
+                // The peer closed its side: answer what was asked, then close.
+                conn.recv = Recv::Done;
+                if conn.decoder.in_frame() {
+                    tracing::debug!(client_id = %conn.client_id, "peer closed in the middle of a frame");
+                }
+                self.close_after_flush(key);
+            }
+            _ => {
+                conn.recv = Recv::Done;
+                self.abort(key);
+            }
+        }
+        self.maybe_free(key);
+        Ok(())
+    }
+
+    /// Handles `n` received bytes in buffer `bid` for connection `key`.
+    fn on_data(&mut self, key: usize, bid: u16, n: usize) {
+        let conn = &mut self.conns[key];
+        conn.last_active = self.ctx.now_secs;
+        if conn.phase != Phase::Open {
+            // Closing: input is read only so the socket can close cleanly.
+            self.bufs.give_back(bid);
+            return;
+        }
+        let ctx = &mut self.ctx;
+        let mut close: Option<(ErrorCode, &'static str)> = None;
+        let result = self.bufs.with_buf(bid, n, |chunk| {
+            let Conn {
+                decoder,
+                out,
+                client_id,
+                authed,
+                established,
+                bucket,
+                ..
+            } = conn;
+            decoder.feed(chunk, |payload| {
+                let flow = handle_frame(ctx, key, payload, out, client_id, authed, bucket);
+                if let ControlFlow::Break(reason) = flow {
+                    close = Some(reason);
+                    return ControlFlow::Break(());
+                }
+                if *authed && !*established {
+                    *established = true;
+                    bump(&ctx.counters.connected, 1);
+                }
+                ControlFlow::Continue(())
+            })
+        });
+        if let Err(e) = result {
+            let code = e.code();
+            let msg = match code {
+                ErrorCode::EmptyFrame => "frame length must not be zero",
+                _ => "frame length exceeds the server's max_frame_bytes",
+            };
+            self.fail(key, code, msg);
+            return;
+        }
+        if let Some((code, msg)) = close {
+            self.fail(key, code, msg);
+            return;
+        }
+        self.mark_dirty(key);
+        let conn = &mut self.conns[key];
+        if conn.pending() > HIGH_WATER && conn.recv == Recv::Armed {
+            // Backpressure: stop taking this client's requests until its
+            // replies drain. TCP flow control slows the client meanwhile.
+            conn.recv = Recv::Paused;
+            conn.ops += 1;
+            let (target, cancel) = (ud(K_RECV, conn.gen, key), ud(K_CANCEL, conn.gen, key));
+            if self.ring.cancel(target, cancel).is_err() {
+                self.conns[key].ops -= 1;
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.dirty && conn.out.len() > 0 {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Sends an error that ends the connection: flush it, then close.
+    fn fail(&mut self, key: usize, code: ErrorCode, msg: &str) {
+        let conn = &mut self.conns[key];
+        let buf = Ctx::reply_buf(&mut self.ctx.pool, &mut conn.out);
+        message::write_error(buf, None, code, msg, None);
+        self.ctx.counters.error(code);
+        if code == ErrorCode::SlowConsumer {
+            bump(&self.ctx.counters.slow_consumer_disconnects, 1);
+            tracing::warn!(client_id = %conn.client_id, pending = conn.pending(), "slow consumer disconnected");
+        }
+        self.close_after_flush(key);
+        self.mark_dirty(key);
+    }
+
+    /// Stops serving; closes once the output is flushed (bounded by a deadline).
+    fn close_after_flush(&mut self, key: usize) {
+        let now = self.ctx.now_secs;
+        let conn = &mut self.conns[key];
+        if conn.phase != Phase::Open {
+            return;
+        }
+        conn.phase = Phase::Draining {
+            deadline: now + CLOSE_GRACE_SECS,
+        };
+        self.unestablish(key);
+        self.after_flush(key);
+    }
+
+    fn unestablish(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.established {
+            conn.established = false;
+            let c = &self.ctx.counters.connected;
+            c.store(
+                c.load(Ordering::Relaxed).saturating_sub(1),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Called when output may have drained: moves a draining connection on.
+    fn after_flush(&mut self, key: usize) {
+        let now = self.ctx.now_secs;
+        let conn = &mut self.conns[key];
+        if let Phase::Draining { .. } = conn.phase {
+            if conn.pending() == 0 {
+                if conn.recv == Recv::Armed {
+                    // Send our FIN, keep reading until the peer closes.
+                    conn.phase = Phase::Lingering {
+                        deadline: now + CLOSE_GRACE_SECS,
+                    };
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                } else {
+                    self.abort(key);
+                }
+            }
+        }
+    }
+
+    /// Closes now: cancels everything in flight; the slot is freed when
+    /// the last completion arrives.
+    fn abort(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        conn.phase = Phase::Closing;
+        let (gen, fd) = (conn.gen, conn.fd());
+        let had_ops = conn.ops > 0;
+        self.unestablish(key);
+        let discard = {
+            let conn = &mut self.conns[key];
+            let mut v = Vec::new();
+            conn.out.discard(|b| v.push(b));
+            v
+        };
+        for b in discard {
+            Ctx::recycle(&mut self.ctx.pool, b);
+        }
+        if had_ops {
+            // shutdown(2) ends the multishot receive (EOF) and fails a send
+            // stuck on a full socket, so every operation completes.
+            self.conns[key].ops += 1;
+            if self.ring.shutdown(fd, ud(K_SHUTDOWN, gen, key)).is_err() {
+                self.conns[key].ops -= 1;
+            }
+        }
+        self.maybe_free(key);
+    }
+
+    fn op_done(&mut self, gen: u32, key: usize) {
+        if let Some(conn) = self.conn_mut(gen, key) {
+            conn.ops -= 1;
+            self.maybe_free(key);
+        }
+    }
+
+    /// Frees the slot of a closing connection once nothing is in flight.
+    fn maybe_free(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if conn.phase != Phase::Closing || conn.ops > 0 {
+            return;
+        }
+        let conn = self.conns.remove(key);
+        let shared = self.ctx.shared;
+        shared.connections.fetch_sub(1, Ordering::AcqRel);
+        if conn.ip_slot {
+            let mut m = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&conn.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&conn.ip);
+                }
+            }
+        }
+        tracing::debug!(shard = self.id, client_id = %conn.client_id, "connection closed");
+        // Dropping the stream closes the descriptor: nothing names it any more.
+    }
+
+    /// Starts a send for every connection that has output and none in flight.
+    fn flush_dirty(&mut self) -> std::io::Result<()> {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for key in dirty.drain(..) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.dirty = false;
+                if !conn.send_inflight && conn.phase != Phase::Closing {
+                    let batch = self.batches.pop().unwrap_or_default();
+                    self.start_send(key, batch)?;
+                }
+            }
+        }
+        self.dirty = dirty;
+        Ok(())
+    }
+
+    /// Moves queued output into `batch` (after what it still holds) and sends it.
+    fn start_send(&mut self, key: usize, mut batch: SendBatch) -> std::io::Result<()> {
+        let conn = &mut self.conns[key];
+        conn.out.seal();
+        while batch.segments.len() < uring::MAX_SEND_SEGMENTS {
+            let Some(seg) = conn.out.queue.pop_front() else {
+                break;
+            };
+            conn.out.queued -= seg.as_slice().len();
+            batch.segments.push_back(seg);
+        }
+        if batch.segments.is_empty() {
+            self.batches.push(batch);
+            return Ok(());
+        }
+        conn.inflight = batch.remaining();
+        conn.send_inflight = true;
+        conn.ops += 1;
+        let (fd, u) = (conn.fd(), ud(K_SEND, conn.gen, key));
+        self.ring.send(fd, batch, u)
+    }
+
+    fn on_send(&mut self, c: Completion, gen: u32, key: usize) -> std::io::Result<()> {
+        let Some(mut batch) = c.send else {
+            return Ok(());
+        };
+        let pool = &mut self.ctx.pool;
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen & 0xff_ffff == gen) else {
+            batch.advance(usize::MAX, |b| Ctx::recycle(pool, b));
+            batch.segments.clear();
+            self.batches.push(batch);
+            return Ok(());
+        };
+        conn.ops -= 1;
+        conn.send_inflight = false;
+        conn.inflight = 0;
+        if c.result < 0 || conn.phase == Phase::Closing {
+            batch.segments.clear();
+            batch.offset = 0;
+            self.batches.push(batch);
+            if c.result < 0 {
+                self.abort(key);
+            }
+            self.maybe_free(key);
+            return Ok(());
+        }
+        bump(&self.ctx.counters.bytes_sent, c.result as u64);
+        batch.advance(c.result as usize, |b| Ctx::recycle(pool, b));
+        if !batch.segments.is_empty() || conn.out.len() > 0 {
+            // Short send or new output meanwhile: keep going (what is left
+            // of the batch goes first, so order is kept).
+            self.start_send(key, batch)?;
+        } else {
+            self.batches.push(batch);
+        }
+        let conn = &mut self.conns[key];
+        if conn.recv == Recv::Paused
+            && conn.pending() < LOW_WATER
+            && conn.is_open()
+            && conn.ops == conn.send_inflight as u32
+        {
+            conn.recv = Recv::Done;
+            self.arm_recv(key)?;
+        }
+        self.after_flush(key);
+        Ok(())
+    }
+
+    /// Delivers this turn's broadcasts: to local connections now, and to
+    /// other shards' mailboxes (waking each at most once).
+    fn deliver_broadcasts(&mut self) {
+        let shared = self.ctx.shared;
+        let mut outgoing = std::mem::take(&mut self.ctx.outgoing);
+        for (frame, sender) in outgoing.drain(..) {
+            for (i, mb) in shared.mailboxes.iter().enumerate() {
+                if i != self.id {
+                    if let Wake::Ring(fd) = mb.push(frame.clone(), self.use_msg_ring) {
+                        self.wake_targets[i] = Some(fd);
+                    }
+                }
+            }
+            self.deliver_local(&frame, Some(sender));
+        }
+        self.ctx.outgoing = outgoing;
+        let mailbox = &shared.mailboxes[self.id];
+        let mut inbound = Vec::new();
+        mailbox.drain(|b| inbound.push(b));
+        for frame in inbound {
+            self.deliver_local(&frame, None);
+        }
+        for i in 0..self.wake_targets.len() {
+            if let Some(fd) = self.wake_targets[i].take() {
+                let _ = self.ring.msg_ring(fd, 0, ud(K_WAKE, 0, 0));
+            }
+        }
+    }
+
+    fn deliver_local(&mut self, frame: &Bytes, except: Option<usize>) {
+        let max = self.ctx.shared.config.max_pending_bytes;
+        let mut slow = Vec::new();
+        let mut delivered = 0;
+        for (key, conn) in self.conns.iter_mut() {
+            if !conn.established || Some(key) == except {
+                continue;
+            }
+            if conn.pending() + frame.len() > max {
+                slow.push(key);
+                continue;
+            }
+            conn.out.push_shared(frame.clone());
+            delivered += 1;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+        bump(&self.ctx.counters.broadcasts_delivered, delivered);
+        for key in slow {
+            let pool = &mut self.ctx.pool;
+            self.conns[key].out.discard(|b| Ctx::recycle(pool, b));
+            self.fail(
+                key,
+                ErrorCode::SlowConsumer,
+                "you fell too far behind reading broadcasts",
+            );
+        }
+    }
+
+    fn on_tick(&mut self) -> std::io::Result<()> {
+        let total = self.ctx.counters.total_messages();
+        self.ctx
+            .counters
+            .messages_last_second
+            .store(total - self.last_tick_messages, Ordering::Relaxed);
+        self.last_tick_messages = total;
+        let now = self.ctx.now_secs;
+        let idle = self.ctx.shared.config.idle_timeout_secs;
+        let mut expired = Vec::new();
+        for (key, conn) in self.conns.iter() {
+            match conn.phase {
+                Phase::Open if idle > 0 && now.saturating_sub(conn.last_active) >= idle => {
+                    expired.push((key, true))
+                }
+                Phase::Draining { deadline } | Phase::Lingering { deadline } if now >= deadline => {
+                    expired.push((key, false))
+                }
+                _ => {}
+            }
+        }
+        for (key, idle) in expired {
+            if idle {
+                tracing::debug!(client_id = %self.conns[key].client_id, "idle timeout");
+            }
+            self.abort(key);
+        }
+        if !self.accept_armed && !self.stopping {
+            if let Some(l) = &self.listener {
+                self.ring.accept_multi(l.as_raw_fd(), ud(K_ACCEPT, 0, 0))?;
+                self.accept_armed = true;
+            }
+        }
+        self.ring.timeout(TICK, ud(K_TICK, 0, 0))
+    }
+
+    /// Graceful stop: no new connections; every client gets `shutting_down`
+    /// and its pending output is flushed within `drain_secs`.
+    fn begin_stop(&mut self) -> std::io::Result<()> {
+        self.stopping = true;
+        self.stop_deadline = self.ctx.now_secs + self.ctx.shared.config.drain_secs;
+        // Closing the listener ends the multishot accept.
+        self.listener = None;
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if self.conns[key].is_open() {
+                self.fail(key, ErrorCode::ShuttingDown, "the server is shutting down");
+                if let Phase::Draining { .. } = self.conns[key].phase {
+                    self.conns[key].phase = Phase::Draining {
+                        deadline: self.stop_deadline,
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After the loop: cut whatever is left and wait briefly for its
+    /// operations so no buffer is freed under the kernel.
+    fn finish(&mut self) -> std::io::Result<()> {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.abort(key);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut cqes = Vec::new();
+        while !self.conns.is_empty() && Instant::now() < deadline {
+            self.ring.submit_and_wait(1)?;
+            self.ring.drain(&mut cqes);
+            for c in cqes.drain(..) {
+                let (kind, gen, key) = ud_parts(c.user_data);
+                match kind {
+                    K_RECV => {
+                        if let Some(bid) = c.buffer_id() {
+                            self.bufs.give_back(bid);
+                        }
+                        if !c.more() {
+                            if let Some(conn) = self.conn_mut(gen, key) {
+                                conn.ops -= 1;
+                                conn.recv = Recv::Done;
+                            }
+                            self.maybe_free(key);
+                        }
+                    }
+                    K_SEND => self.on_send(c, gen, key)?,
+                    K_SHUTDOWN | K_CANCEL => self.op_done(gen, key),
+                    _ => {}
+                }
+            }
+            self.bufs.commit();
+        }
+        let t = self.ctx.shared.totals(&mut Vec::new());
+        tracing::info!(
+            shard = self.id,
+            total_messages = t.total_messages(),
+            total_connections = t.total_connections,
+            "shard stopped"
+        );
+        Ok(())
+    }
+}
+
+/// Handles one request frame; writes the response into `out`. Returns
+/// `Break` with an error to send when the connection must close.
+#[allow(clippy::too_many_arguments)]
+fn handle_frame(
+    ctx: &mut Ctx<'_>,
+    key: usize,
+    payload: &mut [u8],
+    out: &mut Output,
+    client_id: &str,
+    authed: &mut bool,
+    bucket: &mut Bucket,
+) -> ControlFlow<(ErrorCode, &'static str)> {
+    let shared = ctx.shared;
+    let now = ctx.ts.format(ctx.now_ms);
+    let counters = ctx.counters;
+    let pool = &mut ctx.pool;
+    let parser = &mut ctx.parser;
+    let outgoing = &mut ctx.outgoing;
+    let (rate, burst, now_ms) = (ctx.rate, ctx.burst, ctx.now_ms);
+    let rss = &ctx.rss;
+    let per_shard = &mut ctx.per_shard;
+    parse_request(parser, payload, |r| {
+        let buf = Ctx::reply_buf(pool, out);
+        let req = match r {
+            Ok(req) => req,
+            Err(rej) => {
+                counters.error(rej.error.code);
+                message::write_error(
+                    buf,
+                    rej.id.as_ref(),
+                    rej.error.code,
+                    rej.error.message,
+                    rej.error.request_type,
+                );
+                if !*authed {
+                    return ControlFlow::Break((
+                        ErrorCode::Unauthorized,
+                        "the first message must be auth",
+                    ));
+                }
+                return ControlFlow::Continue(());
+            }
+        };
+        if !*authed {
+            let token = req.get("token").and_then(|t| t.as_str());
+            let expected = shared.config.auth_token.as_deref().unwrap_or("");
+            if req.kind == RequestKind::Auth
+                && token.is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
+            {
+                *authed = true;
+                counters.message(RequestKind::Auth);
+                message::write_auth_ok(buf, req.id.as_ref());
+                return ControlFlow::Continue(());
+            }
+            return ControlFlow::Break((
+                ErrorCode::Unauthorized,
+                "the first message must be auth with a valid token",
+            ));
+        }
+        if rate > 0.0 && !bucket.take(rate, burst, now_ms) {
+            counters.error(ErrorCode::RateLimited);
+            message::write_error(
+                buf,
+                req.id.as_ref(),
+                ErrorCode::RateLimited,
+                "rate limit exceeded; slow down",
+                Some(req.type_name),
+            );
+            return ControlFlow::Continue(());
+        }
+        counters.message(req.kind);
+        match req.kind {
+            RequestKind::Ping => message::write_pong(buf, &req, now, client_id),
+            RequestKind::Echo => message::write_echo_response(buf, &req, now),
+            RequestKind::Message => message::write_message_ack(buf, &req, now),
+            RequestKind::Auth => message::write_auth_ok(buf, req.id.as_ref()),
+            RequestKind::Broadcast => {
+                let mut frame = Vec::with_capacity(128);
+                message::write_broadcast_message(&mut frame, &req, client_id, now);
+                outgoing.push((Bytes::from(frame), key));
+                let t = super::stats::Totals::read(&shared.counters, per_shard);
+                message::write_broadcast_sent(buf, &req, t.connected.saturating_sub(1), now);
+            }
+            RequestKind::GetStats => {
+                let t = shared.totals(per_shard);
+                let by_type: [(&str, u64); 7] =
+                    std::array::from_fn(|i| (RequestKind::ALL[i].label(), t.messages[i]));
+                let by_code: [(&str, u64); 12] =
+                    std::array::from_fn(|i| (ErrorCode::ALL[i].as_str(), t.errors[i]));
+                let report = StatsReport {
+                    connected_clients: t.connected,
+                    uptime_seconds: now_ms.saturating_sub(shared.start_unix_ms) / 1000,
+                    total_messages: t.total_messages(),
+                    server_start_time: &shared.start_time,
+                    current_time: now,
+                    shards: shared.shards as u64,
+                    total_connections: t.total_connections,
+                    messages_by_type: &by_type,
+                    bytes_received: t.bytes_received,
+                    bytes_sent: t.bytes_sent,
+                    broadcasts_delivered: t.broadcasts_delivered,
+                    slow_consumer_disconnects: t.slow_consumer_disconnects,
+                    protocol_errors: t.protocol_errors(),
+                    errors_by_code: &by_code,
+                    rss_bytes: rss.rss_bytes(),
+                    messages_per_second: t.messages_per_second,
+                    connections_per_shard: per_shard,
+                };
+                message::write_server_stats(buf, req.id.as_ref(), &report);
+            }
+            RequestKind::Custom => match shared.handlers.get(req.type_name) {
+                Some(h) => h.handle(&req, client_id, now, buf),
+                None => {
+                    counters.error(ErrorCode::UnknownType);
+                    message::write_error(
+                        buf,
+                        req.id.as_ref(),
+                        ErrorCode::UnknownType,
+                        "no handler for this message type",
+                        Some(req.type_name),
+                    );
+                }
+            },
+        }
+        ControlFlow::Continue(())
+    })
+}
+
+/// Compares secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    diff == 0 && a.len() == b.len()
+}

@@ -1,0 +1,171 @@
+//! Per-shard counters, summed when read.
+//!
+//! Each shard writes only its own [`ShardCounters`] (cache-line padded, so
+//! shards never share a line); `get_stats` and metrics read all of them with
+//! relaxed loads. A single writer lets [`bump`] avoid locked instructions.
+
+use crate::protocol::{ErrorCode, RequestKind};
+use crossbeam_utils::CachePadded;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Adds `n` to a counter that only the calling shard writes: a plain load
+/// and store, no `lock` prefix, still tear-free for readers.
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Counters of one shard.
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    /// Clients connected now (established: accepted, not server_full).
+    pub connected: AtomicU64,
+    /// Connections accepted since start.
+    pub total_connections: AtomicU64,
+    /// Requests handled, by [`RequestKind::index`].
+    pub messages: [AtomicU64; 7],
+    /// Bytes read.
+    pub bytes_received: AtomicU64,
+    /// Bytes written.
+    pub bytes_sent: AtomicU64,
+    /// Broadcast frames queued to recipients on this shard.
+    pub broadcasts_delivered: AtomicU64,
+    /// Slow consumers cut.
+    pub slow_consumer_disconnects: AtomicU64,
+    /// Error frames sent, by position in [`ErrorCode::ALL`].
+    pub errors: [AtomicU64; 12],
+    /// Requests in the last whole second (set by the shard's 1 s tick).
+    pub messages_last_second: AtomicU64,
+}
+
+impl ShardCounters {
+    /// Total requests handled by this shard.
+    pub fn total_messages(&self) -> u64 {
+        self.messages.iter().map(|m| m.load(Relaxed)).sum()
+    }
+
+    /// Counts one error frame.
+    #[inline]
+    pub fn error(&self, code: ErrorCode) {
+        let i = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
+        bump(&self.errors[i], 1);
+    }
+
+    /// Counts one request.
+    #[inline]
+    pub fn message(&self, kind: RequestKind) {
+        bump(&self.messages[kind.index()], 1);
+    }
+}
+
+/// Every shard's counters.
+pub type Counters = Box<[CachePadded<ShardCounters>]>;
+
+/// Totals over all shards at one moment (each counter read once; shards keep
+/// running meanwhile, so totals are consistent to within a loop turn).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Sum of connected clients.
+    pub connected: u64,
+    /// Sum of accepted connections.
+    pub total_connections: u64,
+    /// Requests by kind.
+    pub messages: [u64; 7],
+    /// Bytes read.
+    pub bytes_received: u64,
+    /// Bytes written.
+    pub bytes_sent: u64,
+    /// Broadcast deliveries.
+    pub broadcasts_delivered: u64,
+    /// Slow consumers cut.
+    pub slow_consumer_disconnects: u64,
+    /// Error frames by code.
+    pub errors: [u64; 12],
+    /// Requests in the last second.
+    pub messages_per_second: u64,
+}
+
+impl Totals {
+    /// Sums every shard's counters; `per_shard` receives each shard's
+    /// connected count (cleared first).
+    pub fn read(counters: &[CachePadded<ShardCounters>], per_shard: &mut Vec<u64>) -> Totals {
+        let mut t = Totals::default();
+        per_shard.clear();
+        for c in counters {
+            let conn = c.connected.load(Relaxed);
+            per_shard.push(conn);
+            t.connected += conn;
+            t.total_connections += c.total_connections.load(Relaxed);
+            for (a, b) in t.messages.iter_mut().zip(&c.messages) {
+                *a += b.load(Relaxed);
+            }
+            t.bytes_received += c.bytes_received.load(Relaxed);
+            t.bytes_sent += c.bytes_sent.load(Relaxed);
+            t.broadcasts_delivered += c.broadcasts_delivered.load(Relaxed);
+            t.slow_consumer_disconnects += c.slow_consumer_disconnects.load(Relaxed);
+            for (a, b) in t.errors.iter_mut().zip(&c.errors) {
+                *a += b.load(Relaxed);
+            }
+            t.messages_per_second += c.messages_last_second.load(Relaxed);
+        }
+        t
+    }
+
+    /// Total requests.
+    pub fn total_messages(&self) -> u64 {
+        self.messages.iter().sum()
+    }
+
+    /// Total error frames.
+    pub fn protocol_errors(&self) -> u64 {
+        self.errors.iter().sum()
+    }
+}
+
+/// Reads the resident set size from an open `/proc/self/statm` with one
+/// `pread` into a stack buffer (no allocation, so `get_stats` stays free of
+/// heap traffic).
+#[derive(Debug)]
+pub struct RssReader {
+    statm: Option<std::fs::File>,
+    page: u64,
+}
+
+impl Default for RssReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RssReader {
+    /// Opens `/proc/self/statm` (RSS reads as 0 where it is missing).
+    pub fn new() -> Self {
+        RssReader {
+            statm: std::fs::File::open("/proc/self/statm").ok(),
+            page: page_size(),
+        }
+    }
+
+    /// Resident set size in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        use std::os::unix::fs::FileExt;
+        let Some(f) = &self.statm else { return 0 };
+        let mut buf = [0u8; 128];
+        let Ok(n) = f.read_at(&mut buf, 0) else {
+            return 0;
+        };
+        // "size resident shared ...": the second field, in pages.
+        let mut fields = buf[..n].split(|b| *b == b' ');
+        fields.next();
+        let pages = fields
+            .next()
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        pages * self.page
+    }
+}
+
+fn page_size() -> u64 {
+    crate::uring::page_size()
+}
