@@ -31,7 +31,12 @@ pub struct ClientArgs {
     #[arg(value_enum, default_value_t = Mode::Demo)]
     pub mode: Mode,
     /// Server address.
-    #[arg(long, default_value = "127.0.0.1:9999", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9999",
+        value_name = "HOST:PORT",
+        env = "RINGCAST_ADDR"
+    )]
     pub addr: String,
     /// Authentication token, sent first on every connection.
     #[arg(long, env = "RINGCAST_TOKEN", hide_env_values = true)]

@@ -182,22 +182,36 @@ pub(crate) struct Established {
     pub(crate) early: Vec<Message>,
 }
 
-/// Connects and, if configured, authenticates.
+/// Connects and, if configured, authenticates. With `verify` (used for
+/// reconnections) and no token, a `ping` must be answered first: a TCP
+/// connect alone can land in the backlog of a server that is shutting down
+/// and never answers.
 pub(crate) fn establish(
     addrs: &[SocketAddr],
     cfg: &ClientConfig,
     ids: &AtomicU64,
+    verify: bool,
 ) -> Result<Established> {
     let stream = connect_any(addrs, cfg.connect_timeout)?;
     stream.set_nodelay(true)?;
     let mut reader = FrameReader::new(stream.try_clone()?, cfg.max_frame_bytes);
     let mut early = Vec::new();
-    if let Some(token) = &cfg.auth_token {
+    let mut fields = Map::new();
+    let (type_name, want) = match &cfg.auth_token {
+        Some(token) => {
+            fields.insert("token".into(), Value::from(token.as_str()));
+            ("auth", "auth_ok")
+        }
+        None if verify => {
+            fields.insert("client_info".into(), Value::from(cfg.client_info.as_str()));
+            ("ping", "pong")
+        }
+        None => ("", ""),
+    };
+    if !type_name.is_empty() {
         let id = ids.fetch_add(1, Ordering::Relaxed);
-        let mut fields = Map::new();
-        fields.insert("token".into(), Value::from(token.as_str()));
         let mut frame = Vec::new();
-        request_frame(&mut frame, "auth", &fields, id);
+        request_frame(&mut frame, type_name, &fields, id);
         stream.set_write_timeout(Some(cfg.request_timeout))?;
         (&stream).write_all(&frame)?;
         stream.set_read_timeout(Some(cfg.request_timeout))?;
@@ -207,20 +221,21 @@ pub(crate) fn establish(
                 e => e,
             })?;
             let answers = m.get("id").and_then(Value::as_u64) == Some(id)
-                || (m.get("id").is_none() && matches!(m.kind(), "auth_ok" | "error"));
+                || (m.get("id").is_none() && (m.kind() == want || m.is_error()));
             if !answers {
                 early.push(m);
                 continue;
             }
-            match m.kind() {
-                "auth_ok" => break,
-                "error" => return Err(m.to_server_error()),
-                other => {
-                    return Err(ClientError::Protocol(format!(
-                        "expected auth_ok, got {other:?}"
-                    )))
-                }
+            if m.kind() == want {
+                break;
             }
+            if m.is_error() {
+                return Err(m.to_server_error());
+            }
+            return Err(ClientError::Protocol(format!(
+                "expected {want}, got {:?}",
+                m.kind()
+            )));
         }
         stream.set_read_timeout(None)?;
     }

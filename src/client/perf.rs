@@ -18,7 +18,7 @@ pub(crate) fn run(args: &ClientArgs, style: &Style) -> Result<ExitCode, ClientEr
     let cfg = args.config();
     // Connect (and authenticate) like the library does, then drive the
     // socket directly: requests are written ahead of their answers.
-    let est = establish(&addrs, &cfg, &AtomicU64::new(1))?;
+    let est = establish(&addrs, &cfg, &AtomicU64::new(1), false)?;
     let mut writer = est.conn.try_clone_stream()?;
     let mut reader: FrameReader = est.reader;
     reader.set_read_timeout(Some(cfg.request_timeout))?;

@@ -2,7 +2,7 @@
 
 use super::conn::{establish, lock, Conn, Established, Failure, FrameReader};
 use super::{ClientBuilder, ClientConfig, ClientError, Event, Message, Result};
-use crate::protocol::{time::unix_ms_now, ServerStats, TimestampCache};
+use crate::protocol::{time::unix_ms_now, ErrorCode, ServerStats, TimestampCache};
 use serde_json::{Map, Value};
 use std::hash::{BuildHasher, Hasher};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -85,7 +85,7 @@ impl Client {
             ));
         }
         let next_id = AtomicU64::new(1);
-        let est = establish(&addrs, &cfg, &next_id)?;
+        let est = establish(&addrs, &cfg, &next_id, false)?;
         let inner = Arc::new(Inner {
             cfg,
             addrs,
@@ -554,22 +554,34 @@ fn io_main(inner: Arc<Inner>, first: Established) {
 }
 
 /// Reads and routes frames until the connection fails; returns why.
+///
+/// An `error` whose code means the server closes the connection
+/// (`shutting_down`, `slow_consumer`, …) ends it here at once: nothing more
+/// will be answered, and closing our side lets the server finish sooner.
 fn read_until_dead(inner: &Inner, conn: &Conn, reader: &mut FrameReader) -> Failure {
-    let mut shutting_down = false;
     loop {
         match reader.next_message() {
             Ok(m) => {
-                if m.is_error() && m.get_str("code") == Some("shutting_down") {
-                    shutting_down = true;
-                }
+                let closing = m
+                    .is_error()
+                    .then(|| m.get_str("code").and_then(ErrorCode::from_wire))
+                    .flatten()
+                    .filter(|c| c.closes_connection());
+                let reason = closing.map(|code| match code {
+                    ErrorCode::ShuttingDown => "the server is shutting down".to_owned(),
+                    _ => format!(
+                        "the server closed the connection: {code}: {}",
+                        m.get_str("message").unwrap_or("")
+                    ),
+                });
                 inner.dispatch(conn, m);
+                if let Some(reason) = reason {
+                    return Failure::Lost(reason);
+                }
             }
             Err(e) => {
                 if let Some(r) = conn.kill_reason() {
                     return Failure::Lost(r);
-                }
-                if shutting_down {
-                    return Failure::Lost("the server is shutting down".into());
                 }
                 return Failure::from_error(e);
             }
@@ -592,7 +604,7 @@ fn reconnect(inner: &Inner) -> Reconnect {
         if inner.sleep_unless_closed(wait) {
             return Reconnect::Closed;
         }
-        match establish(&inner.addrs, &inner.cfg, &inner.next_id) {
+        match establish(&inner.addrs, &inner.cfg, &inner.next_id, true) {
             Ok(e) => return Reconnect::Up(e, attempt),
             Err(e) => {
                 tracing::debug!(attempt, error = %e, "reconnection attempt failed");
