@@ -22,6 +22,7 @@ fn ringcast_client(args: &[&str], stdin: &str) -> Run {
         .args(args)
         .env("NO_COLOR", "1")
         .env_remove("RINGCAST_TOKEN")
+        .env_remove("RINGCAST_ADDR")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

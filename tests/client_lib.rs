@@ -78,6 +78,11 @@ fn every_library_call() {
         }
         other => panic!("{other:?}"),
     }
+    let custom = c
+        .send_custom("fake_custom", json!({"data": {"x": [1, 2], "s": "é"}}))
+        .unwrap();
+    assert_eq!(custom.kind(), "fake_custom_ok");
+    assert_eq!(custom.get("data"), Some(&json!({"x": [1, 2], "s": "é"})));
     let raw = c.request("no_such_type", serde_json::Map::new()).unwrap();
     assert!(raw.is_error());
     assert_eq!(raw.get_str("code"), Some("unknown_type"));

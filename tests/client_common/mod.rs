@@ -388,34 +388,65 @@ pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// The server the required tests run against. Until the real
-/// `ringcast::server` lands this is the fake one; the tests only use
-/// `start`, `start_on`, `with_token`, `addr` and `stop`.
-pub struct Backend(FakeServer);
+/// The real server (`ringcast::server`), in this process on 127.0.0.1
+/// with two shards, for the required tests. It has one custom handler:
+/// `fake_custom` answers `fake_custom_ok` with the request's `data`.
+pub struct Backend(ringcast::server::ServerHandle);
 
 impl Backend {
+    fn build(addr: SocketAddr, token: Option<&str>) -> Backend {
+        // A restarted server may find its port busy for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let built = ringcast::server::Server::builder()
+                .addr(addr)
+                .shards(2)
+                .idle_timeout_secs(0)
+                .auth_token(token.map(str::to_owned))
+                .handler(
+                    "fake_custom",
+                    |req: &ringcast::protocol::Request<'_, '_>,
+                     _: &str,
+                     _: &str,
+                     out: &mut Vec<u8>| {
+                        write_response(out, "fake_custom_ok", req.id.as_ref(), |o| {
+                            if let Some(d) = req.get("data") {
+                                o.value("data", &d);
+                            }
+                        })
+                    },
+                )
+                .build();
+            match built {
+                Ok(server) => return Backend(server.spawn().expect("server start")),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("server on {addr}: {e}"),
+            }
+        }
+    }
+
     pub fn start() -> Backend {
-        Backend(FakeServer::start(FakeOptions::default()))
+        Self::build("127.0.0.1:0".parse().unwrap(), None)
     }
 
     pub fn with_token(token: &str) -> Backend {
-        Backend(FakeServer::start(FakeOptions {
-            token: Some(token.into()),
-            ..FakeOptions::default()
-        }))
+        Self::build("127.0.0.1:0".parse().unwrap(), Some(token))
     }
 
     /// Binds a fixed address (to restart on the same port).
     pub fn start_on(addr: SocketAddr) -> Backend {
-        Backend(FakeServer::start_on(addr, FakeOptions::default()))
+        Self::build(addr, None)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.0.addr()
+        self.0.local_addr()
     }
 
-    /// Graceful stop (`shutting_down`, close, join).
+    /// Graceful stop (`shutting_down`, drain, join).
     pub fn stop(self) {
-        self.0.stop()
+        self.0.shutdown();
     }
 }
