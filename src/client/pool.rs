@@ -18,7 +18,8 @@ struct Slots {
 /// [`Pool::get`] lends an idle client (or waits for one to come back);
 /// the [`PooledClient`] guard returns it on drop. A client found dead
 /// (its connection lost and not back) is dropped and replaced by a fresh
-/// connection, so callers always get a live one or an error.
+/// connection, so callers always get a live one or an error. Every pooled
+/// connection has answered a `ping` (or `auth`) before it is first lent.
 pub struct Pool {
     addrs: Vec<SocketAddr>,
     config: ClientConfig,
@@ -52,7 +53,7 @@ impl Pool {
         }
         let mut idle = Vec::with_capacity(size);
         for _ in 0..size {
-            idle.push(Client::connect_addrs(addrs.clone(), config.clone())?);
+            idle.push(Client::connect_addrs(addrs.clone(), config.clone(), true)?);
         }
         Ok(Pool {
             addrs,
@@ -100,7 +101,7 @@ impl Pool {
             if s.vacant > 0 {
                 s.vacant -= 1;
                 drop(s);
-                return match Client::connect_addrs(self.addrs.clone(), self.config.clone()) {
+                return match Client::connect_addrs(self.addrs.clone(), self.config.clone(), true) {
                     Ok(c) => Ok(self.lend(c)),
                     Err(e) => {
                         lock(&self.slots).vacant += 1;

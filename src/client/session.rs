@@ -75,17 +75,23 @@ impl Client {
     /// `auth` when a token is set. Reconnections go to the same addresses.
     pub fn connect_with(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Client> {
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
-        Self::connect_addrs(addrs, config)
+        Self::connect_addrs(addrs, config, false)
     }
 
-    pub(crate) fn connect_addrs(addrs: Vec<SocketAddr>, cfg: ClientConfig) -> Result<Client> {
+    /// Connects; with `verify` (and no token) a ping must be answered
+    /// before the client is returned.
+    pub(crate) fn connect_addrs(
+        addrs: Vec<SocketAddr>,
+        cfg: ClientConfig,
+        verify: bool,
+    ) -> Result<Client> {
         if addrs.is_empty() {
             return Err(ClientError::InvalidArgument(
                 "the address resolved to nothing".into(),
             ));
         }
         let next_id = AtomicU64::new(1);
-        let est = establish(&addrs, &cfg, &next_id, false)?;
+        let est = establish(&addrs, &cfg, &next_id, verify)?;
         let inner = Arc::new(Inner {
             cfg,
             addrs,

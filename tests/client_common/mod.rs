@@ -445,8 +445,18 @@ impl Backend {
         self.0.local_addr()
     }
 
-    /// Graceful stop (`shutting_down`, drain, join).
+    /// Graceful stop (`shutting_down`, drain, join), then waits until the
+    /// port refuses connections: the listener outlives `shutdown()` by a
+    /// few milliseconds (reported to the server's owner), and a restart in
+    /// that window would share the port with it.
     pub fn stop(self) {
+        let addr = self.addr();
         self.0.shutdown();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
