@@ -1,13 +1,144 @@
 //! `ringcast bench` command-line arguments.
 
+use super::{BenchConfig, Workload};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Arguments of `ringcast bench`.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Server address.
+    #[arg(long, default_value = crate::server::config::DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+    /// What to send.
+    #[arg(long, value_enum, default_value = "echo")]
+    pub workload: Workload,
+    /// Generator threads, each with its own io_uring (default: the cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Connections (request/response workloads and `connections`).
+    #[arg(long, short = 'c', default_value_t = 64)]
+    pub connections: usize,
+    /// Requests outstanding per connection (closed loop).
+    #[arg(long, short = 'P', default_value_t = 1)]
+    pub pipeline: usize,
+    /// Open loop: total messages per second, latency measured from each
+    /// message's intended send time (coordinated-omission corrected).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Bytes of echo or broadcast content.
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    /// New connections per second (default: as fast as possible).
+    #[arg(long)]
+    pub connect_rate: Option<u64>,
+    /// Seconds to measure.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop after this many requests in total (instead of --duration).
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Seconds of warm-up before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Broadcast workload: publishers.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Broadcast workload: subscribers.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Connections workload: spread over source addresses 127.0.0.1..=N.
+    #[arg(long, default_value_t = 1)]
+    pub source_ips: usize,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the latency distribution in HdrHistogram's .hgrm format.
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+    /// Draw latency by percentile to an SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// A label stored in the JSON report.
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// No progress lines.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+impl BenchArgs {
+    /// The run configuration.
+    pub fn to_config(&self) -> BenchConfig {
+        let d = BenchConfig::default();
+        BenchConfig {
+            addr: self.addr,
+            workload: self.workload,
+            threads: self.threads.unwrap_or(d.threads),
+            connections: self.connections,
+            pipeline: self.pipeline,
+            rate: self.rate,
+            size: self.size,
+            connect_rate: self.connect_rate,
+            duration: Duration::from_secs_f64(self.duration.max(0.0)),
+            requests: self.requests,
+            warmup: Duration::from_secs_f64(self.warmup.max(0.0)),
+            publishers: self.publishers,
+            subscribers: self.subscribers,
+            source_ips: self.source_ips,
+            progress: !self.quiet,
+            label: self.label.clone(),
+        }
+    }
+}
 
 /// Runs `ringcast bench`.
-pub fn run(_args: BenchArgs) -> ExitCode {
-    eprintln!("ringcast bench: not built yet");
-    ExitCode::FAILURE
+pub fn run(args: BenchArgs) -> ExitCode {
+    let _ = crate::uring::raise_nofile_limit();
+    let report = match super::run(args.to_config()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ringcast bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.to_text());
+    let hist = super::last_histogram();
+    let mut ok = true;
+    if let Some(p) = &args.json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(p, text + "\n") {
+            eprintln!("ringcast bench: writing {}: {e}", p.display());
+            ok = false;
+        }
+    }
+    if let (Some(p), Some(h)) = (&args.hgrm, &hist) {
+        if let Err(e) = std::fs::write(p, super::report::to_hgrm(h)) {
+            eprintln!("ringcast bench: writing {}: {e}", p.display());
+            ok = false;
+        }
+    }
+    if let (Some(p), Some(h)) = (&args.plot, &hist) {
+        let title = format!(
+            "ringcast {} — {} conns, pipeline {}, {:.0} msgs/s",
+            report.workload, report.connections, report.pipeline, report.msgs_per_sec
+        );
+        let name = if report.label.is_empty() {
+            "latency"
+        } else {
+            &report.label
+        };
+        if let Err(e) = super::plot::write_svg(p, &title, &[(name, h)]) {
+            eprintln!("ringcast bench: drawing {}: {e}", p.display());
+            ok = false;
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

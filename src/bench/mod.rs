@@ -1,3 +1,384 @@
-//! (bench: being built; see the open issue.)
+//! The load generator behind `ringcast bench`.
+//!
+//! Threads each own an io_uring and many connections (see [`worker`]), so the
+//! generator costs little per message and is not the bottleneck. Latency
+//! goes into one HdrHistogram per thread (µs, 3 significant digits), merged
+//! at the end. Closed loop keeps `pipeline` requests outstanding per
+//! connection; open loop (`rate`) sends on a fixed schedule and measures
+//! from each message's intended send time, so a stalled server cannot hide
+//! its stall (coordinated omission).
 
 pub mod cli;
+pub mod conns;
+pub mod plot;
+pub mod report;
+pub mod worker;
+
+use report::{Latency, Machine, Report};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use worker::{Plan, Role};
+
+/// What the generator sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// `ping` → `pong`.
+    Ping,
+    /// `echo` of `size` bytes of content.
+    Echo,
+    /// Publishers broadcast to subscribers; latency is publish → delivery.
+    Broadcast,
+    /// `get_stats`.
+    Stats,
+    /// 45 % ping, 45 % echo, 10 % get_stats.
+    Mixed,
+    /// Open and hold many connections, ping a sample, report RSS per connection.
+    Connections,
+}
+
+impl Workload {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Ping => "ping",
+            Workload::Echo => "echo",
+            Workload::Broadcast => "broadcast",
+            Workload::Stats => "stats",
+            Workload::Mixed => "mixed",
+            Workload::Connections => "connections",
+        }
+    }
+}
+
+/// A run's parameters.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Workload.
+    pub workload: Workload,
+    /// Generator threads.
+    pub threads: usize,
+    /// Connections (requesters; for broadcast, publishers + subscribers).
+    pub connections: usize,
+    /// Requests outstanding per connection (closed loop).
+    pub pipeline: usize,
+    /// Total messages/s (open loop); None = closed loop.
+    pub rate: Option<u64>,
+    /// Content bytes for echo and broadcast.
+    pub size: usize,
+    /// New connections per second (None = as fast as possible).
+    pub connect_rate: Option<u64>,
+    /// Measured duration.
+    pub duration: Duration,
+    /// Stop after this many requests in total instead of a duration.
+    pub requests: Option<u64>,
+    /// Warm-up before measuring.
+    pub warmup: Duration,
+    /// Broadcast publishers.
+    pub publishers: usize,
+    /// Broadcast subscribers.
+    pub subscribers: usize,
+    /// Source addresses 127.0.0.1..=N (connections workload).
+    pub source_ips: usize,
+    /// Print a progress line each second (to stderr).
+    pub progress: bool,
+    /// Free-form label in the report.
+    pub label: String,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            addr: crate::server::config::DEFAULT_ADDR.parse().expect("valid"),
+            workload: Workload::Echo,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            connections: 64,
+            pipeline: 1,
+            rate: None,
+            size: 32,
+            connect_rate: None,
+            duration: Duration::from_secs(10),
+            requests: None,
+            warmup: Duration::from_secs(1),
+            publishers: 1,
+            subscribers: 100,
+            source_ips: 1,
+            progress: true,
+            label: String::new(),
+        }
+    }
+}
+
+/// Shared between the threads of one run.
+pub struct Control {
+    /// The run's parameters.
+    pub config: BenchConfig,
+    clock: Instant,
+    /// Measuring starts at this clock reading (ns); 0 until every thread
+    /// has connected.
+    measure_from: AtomicU64,
+    /// Sending stops at this clock reading (ns).
+    measure_until: AtomicU64,
+    /// Threads connected so far.
+    connected: AtomicUsize,
+    /// Set to end the run early.
+    pub stop: AtomicBool,
+    /// Messages measured so far, per thread (for the progress line).
+    pub progress: Vec<AtomicU64>,
+}
+
+impl Control {
+    /// Nanoseconds on the run's clock (monotonic, shared by all threads).
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    /// Called by each thread once connected; blocks until all are, then
+    /// returns the measuring window `(from, until)` in clock ns. The last
+    /// thread to connect starts the clock's schedule, so connecting (which
+    /// may be slow for many connections) is never measured.
+    pub fn connected_wait(&self) -> (u64, u64) {
+        let n = self.connected.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.config.threads {
+            let now = self.now_ns();
+            let (warm, len) = if self.config.requests.is_some() {
+                (0, u64::MAX / 4)
+            } else {
+                let w = self.config.warmup.as_nanos() as u64;
+                (w, w + self.config.duration.as_nanos() as u64)
+            };
+            self.measure_from.store(now + warm, Ordering::SeqCst);
+            self.measure_until.store(now + len, Ordering::SeqCst);
+        }
+        loop {
+            let until = self.measure_until.load(Ordering::SeqCst);
+            if until != 0 {
+                return (self.measure_from.load(Ordering::SeqCst), until);
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return (0, 0);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Bad parameters.
+    #[error("invalid parameters: {0}")]
+    Config(String),
+    /// A generator thread failed (connect, ring setup…).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs a load test and returns its report.
+pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
+    if config.workload == Workload::Connections {
+        return conns::run(&config);
+    }
+    let threads = config.threads.max(1);
+    let (roles, conns_total) = match config.workload {
+        Workload::Broadcast => {
+            if config.publishers == 0 {
+                return Err(BenchError::Config(
+                    "broadcast needs at least one publisher".into(),
+                ));
+            }
+            let mut r = vec![Role::Publisher; config.publishers];
+            r.extend(std::iter::repeat_n(Role::Subscriber, config.subscribers));
+            let n = r.len();
+            (r, n)
+        }
+        _ => {
+            if config.connections == 0 {
+                return Err(BenchError::Config("need at least one connection".into()));
+            }
+            (
+                vec![Role::Requester; config.connections],
+                config.connections,
+            )
+        }
+    };
+    let threads = threads.min(conns_total);
+    let mut config = config;
+    config.threads = threads;
+    // Deal connections round-robin so every thread gets a mix of roles.
+    let mut per_thread: Vec<Vec<Role>> = vec![Vec::new(); threads];
+    for (i, r) in roles.iter().enumerate() {
+        per_thread[i % threads].push(*r);
+    }
+    let senders = roles
+        .iter()
+        .filter(|r| **r != Role::Subscriber)
+        .count()
+        .max(1);
+    let rate_per_conn = config.rate.map(|r| r as f64 / senders as f64);
+    let ctl = Arc::new(Control {
+        measure_from: AtomicU64::new(0),
+        measure_until: AtomicU64::new(0),
+        connected: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        progress: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+        config: config.clone(),
+        clock: Instant::now(),
+    });
+    let mut handles = Vec::new();
+    for (i, roles) in per_thread.into_iter().enumerate() {
+        let budget = config
+            .requests
+            .map(|n| n / threads as u64 + u64::from((i as u64) < n % threads as u64));
+        let plan = Plan {
+            index: i,
+            roles,
+            request_budget: budget,
+            rate_per_conn,
+            source_ips: source_ips(config.source_ips),
+        };
+        let ctl = ctl.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("ringcast-bench-{i}"))
+                .spawn(move || {
+                    let r = worker::run(plan, ctl.clone());
+                    if r.is_err() {
+                        // Release the others from the connect barrier.
+                        ctl.stop.store(true, Ordering::SeqCst);
+                    }
+                    r
+                })?,
+        );
+    }
+    let mut last = 0u64;
+    let mut tick = Instant::now();
+    while handles.iter().any(|h| !h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+        if tick.elapsed() >= Duration::from_secs(1) {
+            let done: u64 = ctl.progress.iter().map(|p| p.load(Ordering::Relaxed)).sum();
+            if config.progress {
+                let from = ctl.measure_from.load(Ordering::Relaxed);
+                let phase = if from == 0 {
+                    "connecting"
+                } else if ctl.now_ns() < from {
+                    "warm-up"
+                } else {
+                    "measuring"
+                };
+                eprintln!(
+                    "  [{:>5.1}s {phase:>10}] {:>12.0} msgs/s",
+                    ctl.now_ns() as f64 / 1e9,
+                    done.saturating_sub(last) as f64 / tick.elapsed().as_secs_f64()
+                );
+            }
+            last = done;
+            tick = Instant::now();
+        }
+    }
+    let mut outcomes = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(o)) => outcomes.push(o),
+            Ok(Err(e)) => return Err(BenchError::Io(e)),
+            Err(_) => {
+                return Err(BenchError::Io(std::io::Error::other(
+                    "a generator thread panicked",
+                )))
+            }
+        }
+    }
+    let hist = report::merge(outcomes.iter().map(|o| &o.hist));
+    let responses: u64 = outcomes.iter().map(|o| o.responses).sum();
+    let deliveries: u64 = outcomes.iter().map(|o| o.deliveries).sum();
+    let bytes: u64 = outcomes.iter().map(|o| o.bytes).sum();
+    let errors: u64 = outcomes.iter().map(|o| o.errors).sum();
+    let reconnects: u64 = outcomes.iter().map(|o| o.reconnects).sum();
+    if let Some(e) = outcomes.iter().find_map(|o| o.first_error.clone()) {
+        eprintln!("  first error: {}", truncate(&e, 200));
+    }
+    let seconds = if config.requests.is_some() {
+        outcomes
+            .iter()
+            .map(|o| o.finished_ns)
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(ctl.measure_from.load(Ordering::Relaxed)) as f64
+            / 1e9
+    } else {
+        config.duration.as_secs_f64()
+    };
+    let messages = if config.workload == Workload::Broadcast {
+        deliveries
+    } else {
+        responses
+    };
+    let report = Report {
+        label: config.label.clone(),
+        addr: config.addr.to_string(),
+        workload: config.workload.name().into(),
+        connections: conns_total,
+        pipeline: config.pipeline,
+        rate: config.rate.unwrap_or(0),
+        size: config.size,
+        threads,
+        seconds,
+        messages,
+        msgs_per_sec: messages as f64 / seconds.max(1e-9),
+        mb_per_sec: bytes as f64 / 1e6 / seconds.max(1e-9),
+        deliveries_per_sec: deliveries as f64 / seconds.max(1e-9),
+        latency_us: Latency::from_histogram(&hist),
+        errors,
+        reconnects,
+        rss_bytes_per_connection: None,
+        machine: Machine::current(),
+        date: utc_now(),
+    };
+    LAST_HIST.with(|h| *h.borrow_mut() = Some(hist));
+    Ok(report)
+}
+
+thread_local! {
+    /// The merged histogram of the last run on this thread (for --hgrm and --plot).
+    static LAST_HIST: std::cell::RefCell<Option<hdrhistogram::Histogram<u64>>> = const { std::cell::RefCell::new(None) };
+}
+
+pub(crate) fn set_last_histogram(h: hdrhistogram::Histogram<u64>) {
+    LAST_HIST.with(|c| *c.borrow_mut() = Some(h));
+}
+
+/// The merged histogram of the last [`run`] on this thread.
+pub fn last_histogram() -> Option<hdrhistogram::Histogram<u64>> {
+    LAST_HIST.with(|h| h.borrow().clone())
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// 127.0.0.1 ..= 127.0.0.N.
+pub fn source_ips(n: usize) -> Vec<IpAddr> {
+    if n <= 1 {
+        return Vec::new();
+    }
+    (1..=n.min(254))
+        .map(|i| IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, i as u8)))
+        .collect()
+}
+
+/// The current UTC time as a timestamp string.
+pub fn utc_now() -> String {
+    crate::protocol::TimestampCache::new()
+        .format(crate::protocol::time::unix_ms_now())
+        .to_string()
+}

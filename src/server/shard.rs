@@ -265,7 +265,21 @@ impl Shard<'_> {
                         .read_eventfd(self.wake_fd.as_raw_fd(), ud(K_EVENTFD, 0, 0))?;
                 }
             }
-            K_WAKE => {} // the mailbox is drained every turn
+            K_WAKE => {
+                // Our own MSG_RING failed (success posts nothing here): fall
+                // back to the target's eventfd so the wake-up is not lost.
+                if c.result < 0 {
+                    tracing::debug!(
+                        target_shard = key,
+                        error = c.result,
+                        "MSG_RING failed; waking by eventfd"
+                    );
+                    if let Some(mb) = self.ctx.shared.mailboxes.get(key) {
+                        mb.wake_external();
+                    }
+                }
+                // On the receiving side the mailbox is drained every turn.
+            }
             _ => {
                 if let Some(bid) = c.buffer_id() {
                     self.bufs.give_back(bid);
@@ -735,7 +749,9 @@ impl Shard<'_> {
         }
         for i in 0..self.wake_targets.len() {
             if let Some(fd) = self.wake_targets[i].take() {
-                let _ = self.ring.msg_ring(fd, 0, ud(K_WAKE, 0, 0));
+                if self.ring.msg_ring(fd, 0, ud(K_WAKE, 0, i)).is_err() {
+                    shared.mailboxes[i].wake_external();
+                }
             }
         }
     }

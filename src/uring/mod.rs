@@ -415,6 +415,28 @@ impl Uring {
         }
     }
 
+    /// Like [`Uring::submit_and_wait`], but returns after `timeout` even
+    /// with no completion (5.11 EXT_ARG): for loops that must act on time,
+    /// such as an open-loop load generator.
+    pub fn submit_and_wait_timeout(&mut self, want: usize, timeout: Duration) -> io::Result<usize> {
+        let ts = types::Timespec::new()
+            .sec(timeout.as_secs())
+            .nsec(timeout.subsec_nanos());
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.inner.submitter().submit_with_args(want, &args) {
+            Ok(n) => Ok(n),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Submits what is queued without waiting.
     pub fn submit(&mut self) -> io::Result<usize> {
         self.inner.submit()

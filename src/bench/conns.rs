@@ -1,0 +1,171 @@
+//! The connections workload: open many connections (over several
+//! 127.0.0.x source addresses, to get past one address's ephemeral ports),
+//! hold them, ping a sample, and report the server's RSS growth per
+//! connection from `get_stats`.
+
+use super::report::{new_histogram, Latency, Machine, Report};
+use super::{source_ips, utc_now, worker, BenchConfig, BenchError};
+use crate::protocol::{encode_frame, FrameDecoder, ServerStats};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+/// Sends one frame and reads one frame back (blocking, with a timeout).
+pub fn roundtrip(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    encode_frame(&mut out, payload);
+    stream.write_all(&out)?;
+    read_frame(stream)
+}
+
+/// Reads one frame (blocking; the stream's read timeout applies).
+pub fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut dec = FrameDecoder::new(64 << 20);
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut got = None;
+        dec.feed(&mut buf[..n], |p| {
+            got = Some(p.to_vec());
+            ControlFlow::Break(())
+        })
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        if let Some(g) = got {
+            return Ok(g);
+        }
+    }
+}
+
+/// Asks the server for its stats over a fresh connection.
+pub fn get_stats(addr: std::net::SocketAddr) -> Result<ServerStats, BenchError> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let r = roundtrip(&mut s, br#"{"type":"get_stats"}"#)?;
+    serde_json::from_slice(&r)
+        .map_err(|e| BenchError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// Runs the connections workload.
+pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
+    let before = get_stats(cfg.addr)?;
+    let threads = cfg.threads.max(1).min(cfg.connections.max(1));
+    let ips = source_ips(cfg.source_ips);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let n = cfg.connections / threads + usize::from(t < cfg.connections % threads);
+        let ips = ips.clone();
+        let addr = cfg.addr;
+        let gap = cfg
+            .connect_rate
+            .filter(|r| *r > 0)
+            .map(|r| Duration::from_secs_f64(threads as f64 / r as f64));
+        handles.push(std::thread::spawn(
+            move || -> Result<Vec<TcpStream>, std::io::Error> {
+                let mut v = Vec::with_capacity(n);
+                for i in 0..n {
+                    let src = if ips.is_empty() {
+                        None
+                    } else {
+                        Some(ips[(i * threads + t) % ips.len()])
+                    };
+                    v.push(worker::connect(addr, src)?);
+                    if let Some(g) = gap {
+                        std::thread::sleep(g);
+                    }
+                }
+                Ok(v)
+            },
+        ));
+    }
+    let mut streams = Vec::with_capacity(cfg.connections);
+    let mut connect_error = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(v)) => streams.extend(v),
+            Ok(Err(e)) => connect_error = Some(e),
+            Err(_) => connect_error = Some(std::io::Error::other("a connect thread panicked")),
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    if let Some(e) = connect_error {
+        return Err(BenchError::Io(std::io::Error::new(
+            e.kind(),
+            format!(
+                "opened {} of {} connections before: {e} (raise ulimit -n, or use more --source-ips)",
+                streams.len(),
+                cfg.connections
+            ),
+        )));
+    }
+    eprintln!(
+        "  opened {} connections in {:.2} s ({:.0}/s)",
+        streams.len(),
+        connect_secs,
+        streams.len() as f64 / connect_secs.max(1e-9)
+    );
+    // Let the server accept everything, then read its memory.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut held = get_stats(cfg.addr)?;
+    while held.connected_clients < before.connected_clients + streams.len() as u64
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        held = get_stats(cfg.addr)?;
+    }
+    // Ping a sample spread over the whole set.
+    let mut hist = new_histogram();
+    let mut errors = 0u64;
+    let sample = streams.len().clamp(1, 1000);
+    let step = (streams.len() / sample).max(1);
+    let t0 = Instant::now();
+    let mut pinged = 0u64;
+    for s in streams.iter_mut().step_by(step) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let t = Instant::now();
+        match roundtrip(s, br#"{"type":"ping"}"#) {
+            Ok(r) if r.starts_with(br#"{"type":"pong""#) => {
+                hist.saturating_record(t.elapsed().as_micros() as u64);
+                pinged += 1;
+            }
+            _ => errors += 1,
+        }
+    }
+    let ping_secs = t0.elapsed().as_secs_f64();
+    let hold = cfg.duration.min(Duration::from_secs(3600));
+    std::thread::sleep(hold.saturating_sub(Duration::from_secs_f64(ping_secs)));
+    let during = get_stats(cfg.addr)?;
+    let n = streams.len() as f64;
+    let missing =
+        (before.connected_clients + streams.len() as u64).saturating_sub(during.connected_clients);
+    errors += missing;
+    drop(streams);
+    let per_conn =
+        (held.rss_bytes.max(during.rss_bytes) as f64 - before.rss_bytes as f64) / n.max(1.0);
+    Ok(Report {
+        label: cfg.label.clone(),
+        addr: cfg.addr.to_string(),
+        workload: "connections".into(),
+        connections: cfg.connections,
+        pipeline: 1,
+        rate: 0,
+        size: 0,
+        threads,
+        seconds: ping_secs,
+        messages: pinged,
+        msgs_per_sec: pinged as f64 / ping_secs.max(1e-9),
+        mb_per_sec: 0.0,
+        deliveries_per_sec: 0.0,
+        latency_us: Latency::from_histogram(&hist),
+        errors,
+        reconnects: 0,
+        rss_bytes_per_connection: Some(per_conn),
+        machine: Machine::current(),
+        date: utc_now(),
+    })
+    .inspect(|_| super::set_last_histogram(hist))
+}

@@ -1,0 +1,571 @@
+//! One load-generator thread: its own io_uring and buffer ring, many
+//! connections, closed or open loop.
+//!
+//! Responses on a connection come in request order, so a FIFO of send times
+//! per connection matches each response to its request without parsing ids.
+//! Every request queued in a loop turn is stamped with that turn's clock
+//! reading; requests queued in one turn leave in one `sendmsg`.
+
+use super::report::new_histogram;
+use super::{Control, Workload};
+use crate::protocol::json::ObjectWriter;
+use crate::protocol::{frame, FrameDecoder};
+use crate::uring::{BufRing, Completion, Segment, SendBatch, Uring};
+use hdrhistogram::Histogram;
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+const K_RECV: u64 = 1;
+const K_SEND: u64 = 2;
+
+/// What a connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sends requests and times their responses.
+    Requester,
+    /// Sends broadcasts (their `broadcast_sent` acks pace it).
+    Publisher,
+    /// Only receives broadcasts and times their delivery.
+    Subscriber,
+}
+
+/// One thread's share of the run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Thread index.
+    pub index: usize,
+    /// Roles of this thread's connections.
+    pub roles: Vec<Role>,
+    /// Requests this thread may send in total (None = until the end time).
+    pub request_budget: Option<u64>,
+    /// Open loop: messages/s per connection (None = closed loop).
+    pub rate_per_conn: Option<f64>,
+    /// Source addresses to spread connections over.
+    pub source_ips: Vec<IpAddr>,
+}
+
+/// What a thread measured.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Latency (µs) of measured responses or deliveries.
+    pub hist: Histogram<u64>,
+    /// Responses (requesters, publishers) measured.
+    pub responses: u64,
+    /// Broadcast deliveries measured at subscribers.
+    pub deliveries: u64,
+    /// Bytes received during the measured window.
+    pub bytes: u64,
+    /// Error frames and lost responses.
+    pub errors: u64,
+    /// Re-established connections.
+    pub reconnects: u64,
+    /// First error seen, for the report.
+    pub first_error: Option<String>,
+    /// When this thread finished (clock ns).
+    pub finished_ns: u64,
+}
+
+struct Conn {
+    stream: TcpStream,
+    role: Role,
+    decoder: FrameDecoder,
+    /// Requests queued this turn (sent at the end of the turn).
+    out: Vec<u8>,
+    send_inflight: bool,
+    recv_armed: bool,
+    /// Send time (ns on the run's clock) of each request without a response.
+    sent: VecDeque<u64>,
+    /// Open loop: when the next request is due (ns).
+    next_due: u64,
+    /// Rotates the mixed workload.
+    counter: u64,
+    gen: u32,
+}
+
+/// Connects to `addr`, from `source` when given.
+pub fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if let Some(ip) = source {
+        s.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    s.set_nodelay(true)?;
+    Ok(s.into())
+}
+
+/// Pre-built request frames.
+struct Requests {
+    ping: Vec<u8>,
+    echo: Vec<u8>,
+    stats: Vec<u8>,
+    content: String,
+}
+
+impl Requests {
+    fn new(size: usize) -> Requests {
+        let content: String = "x".repeat(size);
+        let mut ping = Vec::new();
+        let st = frame::begin_frame(&mut ping);
+        let mut o = ObjectWriter::new(&mut ping);
+        o.raw_str("type", "ping");
+        o.raw_str("timestamp", "2024-01-01T12:00:00.000Z");
+        o.raw_str("client_info", "ringcast-bench");
+        o.finish();
+        frame::finish_frame(&mut ping, st);
+        let mut echo = Vec::new();
+        let st = frame::begin_frame(&mut echo);
+        let mut o = ObjectWriter::new(&mut echo);
+        o.raw_str("type", "echo");
+        o.str("content", &content);
+        o.finish();
+        frame::finish_frame(&mut echo, st);
+        let mut stats = Vec::new();
+        frame::encode_frame(&mut stats, br#"{"type":"get_stats"}"#);
+        Requests {
+            ping,
+            echo,
+            stats,
+            content,
+        }
+    }
+}
+
+/// Writes a broadcast whose content starts with the publish time.
+fn write_broadcast(out: &mut Vec<u8>, now_ns: u64, pad: &str) {
+    let st = frame::begin_frame(out);
+    out.extend_from_slice(br#"{"type":"broadcast","content":"t="#);
+    crate::protocol::json::write_u64(out, now_ns);
+    out.push(b';');
+    out.extend_from_slice(pad.as_bytes());
+    out.extend_from_slice(br#""}"#);
+    frame::finish_frame(out, st);
+}
+
+/// The publish time inside a broadcast_message payload, if it is one of ours.
+pub fn publish_time(payload: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = br#""content":"t="#;
+    let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let mut v: u64 = 0;
+    let mut any = false;
+    for &b in &payload[at..] {
+        if b.is_ascii_digit() {
+            v = v.checked_mul(10)?.checked_add((b - b'0') as u64)?;
+            any = true;
+        } else {
+            break;
+        }
+    }
+    any.then_some(v)
+}
+
+/// What kind of frame a response is, from its first bytes (servers write
+/// `type` first); anything else is parsed to be sure.
+fn frame_type(payload: &[u8]) -> FrameKind {
+    if payload.starts_with(br#"{"type":"broadcast_message""#) {
+        return FrameKind::Broadcast;
+    }
+    if payload.starts_with(br#"{"type":"error""#) {
+        return FrameKind::Error;
+    }
+    if payload.starts_with(br#"{"type":""#) {
+        return FrameKind::Response;
+    }
+    // Not our layout: look properly.
+    let v: Result<serde_json::Value, _> = serde_json::from_slice(payload);
+    match v
+        .as_ref()
+        .ok()
+        .and_then(|v| v.get("type"))
+        .and_then(|t| t.as_str())
+    {
+        Some("broadcast_message") => FrameKind::Broadcast,
+        Some("error") | None => FrameKind::Error,
+        Some(_) => FrameKind::Response,
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum FrameKind {
+    Response,
+    Broadcast,
+    Error,
+}
+
+/// Runs one thread's share until the control says stop.
+pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
+    let cfg = &ctl.config;
+    let mut ring = Uring::new(4096)?;
+    // Big enough for 64 KiB frames to arrive in few completions.
+    let mut bufs = BufRing::new(&ring, 0, 1024, 64 * 1024)?;
+    let reqs = Requests::new(cfg.size);
+    let mut conns: Vec<Conn> = Vec::with_capacity(plan.roles.len());
+    let mut out = Outcome {
+        hist: new_histogram(),
+        responses: 0,
+        deliveries: 0,
+        bytes: 0,
+        errors: 0,
+        reconnects: 0,
+        first_error: None,
+        finished_ns: 0,
+    };
+    let progress = &ctl.progress[plan.index];
+    // Connect, paced by --connect-rate (shared evenly by the threads).
+    let gap = cfg
+        .connect_rate
+        .filter(|r| *r > 0)
+        .map(|r| Duration::from_secs_f64(cfg.threads as f64 / r as f64));
+    for (i, role) in plan.roles.iter().enumerate() {
+        let src = if plan.source_ips.is_empty() {
+            None
+        } else {
+            Some(plan.source_ips[i % plan.source_ips.len()])
+        };
+        let stream = connect(cfg.addr, src)
+            .map_err(|e| io::Error::new(e.kind(), format!("connecting to {}: {e}", cfg.addr)))?;
+        conns.push(Conn {
+            stream,
+            role: *role,
+            decoder: FrameDecoder::new(64 << 20),
+            out: Vec::with_capacity(4096),
+            send_inflight: false,
+            recv_armed: false,
+            sent: VecDeque::new(),
+            next_due: 0,
+            counter: i as u64,
+            gen: 0,
+        });
+        if let Some(g) = gap {
+            std::thread::sleep(g);
+        }
+    }
+    let (measure_from, measure_until) = ctl.connected_wait();
+    for (i, c) in conns.iter_mut().enumerate() {
+        ring.recv_multi(c.stream.as_raw_fd(), bufs.group(), ud(K_RECV, c.gen, i))?;
+        c.recv_armed = true;
+    }
+    let start = ctl.now_ns();
+    let pipeline = cfg.pipeline.max(1);
+    let mut budget = plan.request_budget;
+    let pad = reqs
+        .content
+        .get(..cfg.size.saturating_sub(24))
+        .unwrap_or("")
+        .to_string();
+    let mut batches: Vec<SendBatch> = Vec::new();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut cqes: Vec<Completion> = Vec::with_capacity(1024);
+    let wait = if plan.rate_per_conn.is_some() {
+        Duration::from_micros(200)
+    } else {
+        Duration::from_millis(50)
+    };
+    // Closed loop: fill the pipeline.
+    let issue = |c: &mut Conn, now: u64, budget: &mut Option<u64>| -> bool {
+        if let Some(b) = budget {
+            if *b == 0 {
+                return false;
+            }
+            *b -= 1;
+        }
+        match c.role {
+            Role::Subscriber => return false,
+            Role::Publisher => write_broadcast(&mut c.out, now, &pad),
+            Role::Requester => {
+                let f = match cfg.workload {
+                    Workload::Ping => &reqs.ping,
+                    Workload::Echo => &reqs.echo,
+                    Workload::Stats => &reqs.stats,
+                    _ => match c.counter % 10 {
+                        0 => &reqs.stats,
+                        n if n % 2 == 1 => &reqs.ping,
+                        _ => &reqs.echo,
+                    },
+                };
+                c.counter += 1;
+                c.out.extend_from_slice(f);
+            }
+        }
+        c.sent.push_back(now);
+        true
+    };
+    if plan.rate_per_conn.is_none() {
+        for c in conns.iter_mut() {
+            for _ in 0..pipeline {
+                issue(c, start, &mut budget);
+            }
+        }
+    } else {
+        let per = plan.rate_per_conn.unwrap_or(1.0);
+        let n = conns.len().max(1) as f64;
+        for (i, c) in conns.iter_mut().enumerate() {
+            // Stagger connections evenly over one interval.
+            c.next_due = start + ((i as f64 / n) * 1e9 / per) as u64;
+        }
+    }
+    let mut draining_since: Option<u64> = None;
+    loop {
+        // Start sends for connections with queued requests.
+        for (i, c) in conns.iter_mut().enumerate() {
+            if !c.send_inflight && !c.out.is_empty() {
+                let mut batch = batches.pop().unwrap_or_default();
+                let fresh = spare.pop().unwrap_or_default();
+                batch
+                    .segments
+                    .push_back(Segment::Owned(std::mem::replace(&mut c.out, fresh)));
+                c.send_inflight = true;
+                ring.send(c.stream.as_raw_fd(), batch, ud(K_SEND, c.gen, i))?;
+            }
+        }
+        bufs.commit();
+        ring.submit_and_wait_timeout(1, wait)?;
+        let now = ctl.now_ns();
+        let measuring = now >= measure_from && now < measure_until;
+        let sending = now < measure_until && !ctl.stop.load(Ordering::Relaxed);
+        ring.drain(&mut cqes);
+        for cqe in cqes.drain(..) {
+            let (kind, gen, idx) = ud_parts(cqe.user_data);
+            let Some(c) = conns.get_mut(idx).filter(|c| c.gen == gen) else {
+                if let Some(bid) = cqe.buffer_id() {
+                    bufs.give_back(bid);
+                }
+                if let Some(mut b) = cqe.send {
+                    b.segments.clear();
+                    batches.push(b);
+                }
+                continue;
+            };
+            match kind {
+                K_SEND => {
+                    let Some(mut b) = cqe.send else { continue };
+                    c.send_inflight = false;
+                    if cqe.result < 0 {
+                        b.segments.clear();
+                        b.offset = 0;
+                        batches.push(b);
+                        continue; // the receive side sees the close
+                    }
+                    b.advance(cqe.result as usize, |mut v| {
+                        v.clear();
+                        spare.push(v);
+                    });
+                    if !b.segments.is_empty() {
+                        // Short send: the rest goes first, then anything new.
+                        if !c.out.is_empty() {
+                            let fresh = spare.pop().unwrap_or_default();
+                            b.segments
+                                .push_back(Segment::Owned(std::mem::replace(&mut c.out, fresh)));
+                        }
+                        c.send_inflight = true;
+                        ring.send(c.stream.as_raw_fd(), b, ud(K_SEND, c.gen, idx))?;
+                    } else {
+                        batches.push(b);
+                    }
+                }
+                K_RECV => {
+                    if !cqe.more() {
+                        c.recv_armed = false;
+                    }
+                    if cqe.result > 0 {
+                        let Some(bid) = cqe.buffer_id() else { continue };
+                        if measuring {
+                            out.bytes += cqe.result as u64;
+                        }
+                        let mut replies = 0usize;
+                        let role = c.role;
+                        let sent = &mut c.sent;
+                        let r = bufs.with_buf(bid, cqe.result as usize, |chunk| {
+                            c.decoder.feed(chunk, |payload| {
+                                match frame_type(payload) {
+                                    FrameKind::Broadcast => {
+                                        if role == Role::Subscriber {
+                                            if let Some(t) = publish_time(payload) {
+                                                if measuring {
+                                                    out.hist.saturating_record(
+                                                        now.saturating_sub(t) / 1000,
+                                                    );
+                                                    out.deliveries += 1;
+                                                }
+                                            }
+                                        }
+                                    }
+                                    kind => {
+                                        if kind == FrameKind::Error {
+                                            out.errors += 1;
+                                            if out.first_error.is_none() {
+                                                out.first_error = Some(
+                                                    String::from_utf8_lossy(payload).into_owned(),
+                                                );
+                                            }
+                                        }
+                                        if let Some(t) = sent.pop_front() {
+                                            if measuring {
+                                                if kind == FrameKind::Response
+                                                    && role == Role::Requester
+                                                {
+                                                    out.hist.saturating_record(
+                                                        now.saturating_sub(t) / 1000,
+                                                    );
+                                                }
+                                                out.responses += 1;
+                                            }
+                                            replies += 1;
+                                        }
+                                    }
+                                }
+                                std::ops::ControlFlow::Continue(())
+                            })
+                        });
+                        if r.is_err() {
+                            out.errors += 1;
+                        }
+                        if plan.rate_per_conn.is_none() && sending {
+                            for _ in 0..replies {
+                                if !issue(c, now, &mut budget) {
+                                    break;
+                                }
+                            }
+                        }
+                    } else if !cqe.more() {
+                        if cqe.result == -libc::ENOBUFS {
+                            ring.recv_multi(
+                                c.stream.as_raw_fd(),
+                                bufs.group(),
+                                ud(K_RECV, c.gen, idx),
+                            )?;
+                            c.recv_armed = true;
+                        } else if sending || !c.sent.is_empty() {
+                            // Unexpected close: count what was lost, reconnect.
+                            out.errors += c.sent.len() as u64 + 1;
+                            if out.first_error.is_none() {
+                                out.first_error = Some(format!(
+                                    "connection closed by the server ({})",
+                                    io::Error::from_raw_os_error(-cqe.result.min(0))
+                                ));
+                            }
+                            c.sent.clear();
+                            if sending && !c.send_inflight {
+                                if let Ok(s) = connect(cfg.addr, None) {
+                                    c.stream = s;
+                                    c.gen = c.gen.wrapping_add(1) & 0xff_ffff;
+                                    c.decoder = FrameDecoder::new(64 << 20);
+                                    c.out.clear();
+                                    out.reconnects += 1;
+                                    ring.recv_multi(
+                                        c.stream.as_raw_fd(),
+                                        bufs.group(),
+                                        ud(K_RECV, c.gen, idx),
+                                    )?;
+                                    c.recv_armed = true;
+                                    if plan.rate_per_conn.is_none() {
+                                        for _ in 0..pipeline {
+                                            issue(c, now, &mut budget);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if cqe.result > 0 && !cqe.more() && !c.recv_armed {
+                        ring.recv_multi(
+                            c.stream.as_raw_fd(),
+                            bufs.group(),
+                            ud(K_RECV, c.gen, idx),
+                        )?;
+                        c.recv_armed = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Open loop: issue what is due, stamped with its intended time
+        // (coordinated-omission correction, as wrk2 does).
+        if let Some(per) = plan.rate_per_conn {
+            if sending {
+                let interval = (1e9 / per) as u64;
+                for c in conns.iter_mut() {
+                    while c.next_due <= now {
+                        let due = c.next_due;
+                        if !issue(c, due, &mut budget) {
+                            break;
+                        }
+                        c.next_due += interval.max(1);
+                    }
+                }
+            }
+        }
+        progress.store(out.responses + out.deliveries, Ordering::Relaxed);
+        let outstanding: usize = conns.iter().map(|c| c.sent.len()).sum();
+        let budget_done = budget == Some(0);
+        if !sending || budget_done {
+            if budget_done && outstanding == 0 && plan.request_budget.is_some() {
+                break;
+            }
+            if !sending {
+                let since = *draining_since.get_or_insert(now);
+                // Subscribers get a moment for deliveries still in flight;
+                // everyone gets at most two seconds for outstanding replies.
+                let grace = if outstanding == 0 {
+                    200_000_000
+                } else {
+                    2_000_000_000
+                };
+                if now.saturating_sub(since) > grace {
+                    out.errors += outstanding as u64;
+                    break;
+                }
+            }
+        }
+    }
+    out.finished_ns = ctl.now_ns();
+    Ok(out)
+}
+
+#[inline]
+fn ud(kind: u64, gen: u32, idx: usize) -> u64 {
+    (kind << 56) | ((gen as u64 & 0xff_ffff) << 32) | (idx as u64 & 0xffff_ffff)
+}
+
+#[inline]
+fn ud_parts(u: u64) -> (u64, u32, usize) {
+    (
+        u >> 56,
+        ((u >> 32) & 0xff_ffff) as u32,
+        (u & 0xffff_ffff) as usize,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_time_is_read_from_content() {
+        let mut f = Vec::new();
+        write_broadcast(&mut f, 123_456_789, "pad");
+        let payload = &f[4..];
+        let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        assert_eq!(v["content"], "t=123456789;pad");
+        let delivered = br#"{"type":"broadcast_message","content":"t=123456789;pad","from":"x"}"#;
+        assert_eq!(publish_time(delivered), Some(123_456_789));
+        assert_eq!(
+            publish_time(br#"{"type":"broadcast_message","content":"hello"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn frames_are_classified() {
+        assert!(frame_type(br#"{"type":"error","code":"x"}"#) == FrameKind::Error);
+        assert!(frame_type(br#"{"type":"pong"}"#) == FrameKind::Response);
+        assert!(frame_type(br#"{"code":"x","type":"error"}"#) == FrameKind::Error);
+        assert!(frame_type(br#"{"from":"a","type":"broadcast_message"}"#) == FrameKind::Broadcast);
+        assert!(frame_type(br#"{"id":1,"type":"echo_response"}"#) == FrameKind::Response);
+    }
+}
