@@ -1,13 +1,422 @@
-//! `ringcast client` command-line arguments.
+//! `ringcast client [demo|interactive|performance]`.
+//!
+//! Human output is aligned in a label column and coloured only when stdout
+//! is a terminal and `NO_COLOR` is unset; `--json` prints the raw frames
+//! received instead, one per line, for scripts.
 
+use super::{
+    interactive, perf, Client, ClientConfig, ClientError, Event, Message, ReconnectPolicy,
+};
+use crate::protocol::ServerStats;
+use serde_json::{json, Value};
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// What `ringcast client` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Walk through ping, echo, broadcast, stats, a custom message and a text message.
+    Demo,
+    /// Read commands (/ping, /echo, /broadcast, /stats, /custom, /help, /exit) and text.
+    Interactive,
+    /// Time pipelined echos over one connection and print msgs/s and latency.
+    Performance,
+}
 
 /// Arguments of `ringcast client`.
 #[derive(Debug, clap::Args)]
-pub struct ClientArgs {}
+pub struct ClientArgs {
+    /// What to do.
+    #[arg(value_enum, default_value_t = Mode::Demo)]
+    pub mode: Mode,
+    /// Server address.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9999",
+        value_name = "HOST:PORT",
+        env = "RINGCAST_ADDR"
+    )]
+    pub addr: String,
+    /// Authentication token, sent first on every connection.
+    #[arg(long, env = "RINGCAST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the raw frames received, one JSON object per line (performance
+    /// mode prints one JSON summary line).
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for a connection or an answer.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Performance mode: echo requests to send.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: u64,
+    /// Performance mode: bytes of content in each echo.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Performance mode: requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+}
+
+impl ClientArgs {
+    pub(crate) fn timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.timeout)
+            .unwrap_or(Duration::from_secs(5))
+            .max(Duration::from_millis(1))
+    }
+
+    pub(crate) fn config(&self) -> ClientConfig {
+        ClientConfig {
+            connect_timeout: self.timeout(),
+            request_timeout: self.timeout(),
+            auth_token: self.token.clone(),
+            ..ClientConfig::default()
+        }
+    }
+}
 
 /// Runs `ringcast client`.
-pub fn run(_args: ClientArgs) -> ExitCode {
-    eprintln!("ringcast client: not built yet");
-    ExitCode::FAILURE
+pub fn run(args: ClientArgs) -> ExitCode {
+    let style = Style::detect(args.json);
+    let r = match args.mode {
+        Mode::Demo => demo(&args, &style),
+        Mode::Interactive => interactive::run(&args, &style),
+        // BENCH HOOK: `ringcast::bench` will provide a preset runner; call it
+        // here and delete perf.rs. Until then, a small pipelined echo loop.
+        Mode::Performance => perf::run(&args, &style),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{} {e}", style.paint(RED, "error:"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Width of the label column.
+pub(crate) const LABEL_W: usize = 14;
+
+const BOLD: &str = "1";
+const DIM: &str = "2";
+pub(crate) const RED: &str = "31";
+const GREEN: &str = "32";
+const YELLOW: &str = "33";
+const CYAN: &str = "36";
+
+/// How to print: colour or not, human or raw JSON.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Style {
+    pub(crate) color: bool,
+    pub(crate) json: bool,
+}
+
+impl Style {
+    pub(crate) fn detect(json: bool) -> Style {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Style {
+            color: !json && !no_color && std::io::stdout().is_terminal(),
+            json,
+        }
+    }
+
+    pub(crate) fn paint(&self, sgr: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{sgr}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
+    }
+
+    /// A label padded to the column (padding first, so colour codes do not
+    /// upset the alignment).
+    pub(crate) fn label(&self, l: &str) -> String {
+        self.paint(BOLD, &format!("{l:<LABEL_W$}"))
+    }
+
+    /// An empty label column.
+    pub(crate) fn indent(&self) -> String {
+        " ".repeat(LABEL_W)
+    }
+
+    pub(crate) fn sent(&self, s: &str) -> String {
+        format!("{} {s}", self.paint(CYAN, "→"))
+    }
+
+    pub(crate) fn got(&self, s: &str) -> String {
+        format!("{} {s}", self.paint(GREEN, "←"))
+    }
+
+    pub(crate) fn got_error(&self, s: &str) -> String {
+        format!("{} {}", self.paint(RED, "←"), self.paint(RED, s))
+    }
+}
+
+/// A duration in milliseconds with three decimals.
+pub(crate) fn fmt_ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn quoted(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => format!("{s:?}"),
+        Some(v) => v.to_string(),
+        None => "(none)".into(),
+    }
+}
+
+/// Lines that describe an answer, for human output.
+pub(crate) fn describe_answer(m: &Message, rtt: Duration) -> Vec<String> {
+    match m.kind() {
+        "pong" => vec![format!(
+            "pong in {} (client_id {})",
+            fmt_ms(rtt),
+            m.get_str("client_id").unwrap_or("?")
+        )],
+        "echo_response" => vec![format!(
+            "{} (echoed by {}, {})",
+            quoted(m.get("content")),
+            m.get_str("echoed_by").unwrap_or("?"),
+            fmt_ms(rtt)
+        )],
+        "broadcast_sent" => {
+            let n = m.get_u64("recipients").unwrap_or(0);
+            vec![format!(
+                "sent to {n} other client{} ({})",
+                if n == 1 { "" } else { "s" },
+                fmt_ms(rtt)
+            )]
+        }
+        "server_stats" => match serde_json::from_value::<ServerStats>(m.value.clone()) {
+            Ok(s) => describe_stats(&s),
+            Err(e) => vec![format!("unreadable server_stats ({e}): {}", m.raw)],
+        },
+        "message_ack" => vec![format!(
+            "ack at {} ({})",
+            m.get_str("timestamp").unwrap_or("?"),
+            fmt_ms(rtt)
+        )],
+        "auth_ok" => vec!["authenticated".into()],
+        "error" => vec![describe_error(m)],
+        _ => vec![m.raw.clone()],
+    }
+}
+
+fn describe_error(m: &Message) -> String {
+    format!(
+        "error {}: {}",
+        m.get_str("code").unwrap_or("?"),
+        m.get_str("message").unwrap_or("")
+    )
+}
+
+fn describe_stats(s: &ServerStats) -> Vec<String> {
+    let counts = |m: &std::collections::BTreeMap<String, u64>| {
+        if m.is_empty() {
+            "-".to_owned()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    };
+    let rows: Vec<(&str, String)> = vec![
+        ("connected_clients", s.connected_clients.to_string()),
+        ("uptime_seconds", s.uptime_seconds.to_string()),
+        ("total_messages", s.total_messages.to_string()),
+        ("messages_per_second", s.messages_per_second.to_string()),
+        ("total_connections", s.total_connections.to_string()),
+        ("shards", s.shards.to_string()),
+        ("bytes_received", s.bytes_received.to_string()),
+        ("bytes_sent", s.bytes_sent.to_string()),
+        ("broadcasts_delivered", s.broadcasts_delivered.to_string()),
+        ("protocol_errors", s.protocol_errors.to_string()),
+        ("messages_by_type", counts(&s.messages_by_type)),
+        ("errors_by_code", counts(&s.errors_by_code)),
+        ("server_start_time", s.server_start_time.clone()),
+        ("current_time", s.current_time.clone()),
+    ];
+    rows.into_iter()
+        .map(|(k, v)| format!("{k:<21}{v}"))
+        .collect()
+}
+
+/// One line for an event, or None when there is nothing to print.
+/// In JSON mode only frames are printed (raw); connection events go to
+/// stderr as text.
+pub(crate) fn describe_event(style: &Style, ev: &Event) -> Option<EventLine> {
+    let line = match ev {
+        Event::Message(m) if style.json => return Some(EventLine::Out(m.raw.clone())),
+        Event::Message(m) if m.kind() == "broadcast_message" => format!(
+            "{} {}",
+            style.paint(
+                YELLOW,
+                &format!("[broadcast from {}]", m.get_str("from").unwrap_or("?"))
+            ),
+            match m.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                v => quoted(v),
+            }
+        ),
+        Event::Message(m) if m.is_error() => {
+            style.paint(RED, &format!("[server] {}", describe_error(m)))
+        }
+        Event::Message(m) => format!("{} {}", style.paint(YELLOW, "[pushed]"), m.raw),
+        Event::Disconnected { reason } => {
+            return Some(EventLine::Err(format!("[disconnected] {reason}")))
+        }
+        Event::Reconnected { attempt } => {
+            return Some(EventLine::Err(format!(
+                "[reconnected] on attempt {attempt}"
+            )))
+        }
+        Event::ReconnectFailed {
+            attempts,
+            last_error,
+        } => {
+            return Some(EventLine::Err(format!(
+                "[gave up reconnecting] after {attempts} attempts: {last_error}"
+            )))
+        }
+    };
+    Some(EventLine::Out(line))
+}
+
+/// Where an event line goes.
+pub(crate) enum EventLine {
+    Out(String),
+    Err(String),
+}
+
+/// Connects, printing nothing; errors say where.
+pub(crate) fn connect(args: &ClientArgs, reconnect: bool) -> Result<Client, ClientError> {
+    let mut cfg = args.config();
+    if reconnect {
+        cfg.reconnect = ReconnectPolicy::default();
+        cfg.wait_for_reconnect = true;
+        cfg.heartbeat_interval = Some(Duration::from_secs(15));
+    }
+    Client::connect_with(args.addr.as_str(), cfg).map_err(|e| match e {
+        ClientError::Io(io) => ClientError::Io(std::io::Error::new(
+            io.kind(),
+            format!("cannot connect to {}: {io}", args.addr),
+        )),
+        e => e,
+    })
+}
+
+/// Sends one request and prints the exchange; returns the answer.
+pub(crate) fn exchange(
+    client: &Client,
+    style: &Style,
+    label: &str,
+    shown: &str,
+    type_name: &str,
+    fields: Value,
+) -> Result<Message, ClientError> {
+    if !style.json {
+        println!("{}{}", style.label(label), style.sent(shown));
+    }
+    let start = Instant::now();
+    let m = client.request(type_name, fields)?;
+    let rtt = start.elapsed();
+    if style.json {
+        println!("{}", m.raw);
+    } else {
+        for (i, line) in describe_answer(&m, rtt).iter().enumerate() {
+            let text = if i > 0 {
+                format!("  {line}")
+            } else if m.is_error() {
+                style.got_error(line)
+            } else {
+                style.got(line)
+            };
+            println!("{}{text}", style.indent());
+        }
+    }
+    Ok(m)
+}
+
+fn demo(args: &ClientArgs, style: &Style) -> Result<ExitCode, ClientError> {
+    let client = connect(args, false)?;
+    let events = client.messages();
+    let ev_style = *style;
+    let printer = std::thread::spawn(move || {
+        for ev in events {
+            match describe_event(&ev_style, &ev) {
+                Some(EventLine::Out(l)) => println!("{l}"),
+                Some(EventLine::Err(l)) => eprintln!("{l}"),
+                None => {}
+            }
+        }
+    });
+    if !style.json {
+        println!(
+            "{} connected to {} from {}",
+            style.paint(BOLD, "ringcast client demo:"),
+            args.addr,
+            client
+                .local_addr()
+                .map_or_else(|| "?".into(), |a| a.to_string())
+        );
+        println!();
+    }
+    let info = client.config().client_info.clone();
+    let ts = || {
+        Value::from(
+            crate::protocol::TimestampCache::new()
+                .format(crate::protocol::time::unix_ms_now())
+                .to_owned(),
+        )
+    };
+    let steps: [(&str, String, &str, Value); 6] = [
+        (
+            "ping",
+            format!("ping ({info})"),
+            "ping",
+            json!({"timestamp": ts(), "client_info": info}),
+        ),
+        (
+            "echo",
+            "\"Hello, ringcast!\"".into(),
+            "echo",
+            json!({"content": "Hello, ringcast!", "timestamp": ts()}),
+        ),
+        (
+            "broadcast",
+            "\"Hello, everyone!\"".into(),
+            "broadcast",
+            json!({"content": "Hello, everyone!", "timestamp": ts()}),
+        ),
+        (
+            "stats",
+            "get_stats".into(),
+            "get_stats",
+            json!({"timestamp": ts()}),
+        ),
+        (
+            "custom",
+            "custom_type {\"data\":\"value\"}".into(),
+            "custom_type",
+            json!({"data": "value", "timestamp": ts()}),
+        ),
+        (
+            "message",
+            "\"Just a plain message\"".into(),
+            "message",
+            json!({"content": "Just a plain message"}),
+        ),
+    ];
+    for (label, shown, type_name, fields) in steps {
+        exchange(&client, style, label, &shown, type_name, fields)?;
+    }
+    if !style.json {
+        println!();
+        println!("{}", style.paint(DIM, "demo complete"));
+    }
+    client.disconnect();
+    let _ = printer.join();
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,437 @@
+//! One TCP connection: reading frames, writing requests, waiting answers.
+
+use super::{ClientConfig, ClientError, Message, Result};
+use crate::protocol::{encode_frame, FrameDecoder, FrameError};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Response types that a server which does not copy `id`s still sends only
+/// as answers, so they can be matched to the oldest waiting request.
+const RESPONSE_TYPES: [&str; 6] = [
+    "pong",
+    "echo_response",
+    "broadcast_sent",
+    "server_stats",
+    "message_ack",
+    "auth_ok",
+];
+
+/// Locks, ignoring poisoning: every critical section here leaves the data
+/// consistent, so a panic elsewhere must not cascade.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads whole frames off a stream and parses them.
+pub(crate) struct FrameReader {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    buf: Box<[u8]>,
+    ready: VecDeque<Result<Message>>,
+}
+
+impl FrameReader {
+    pub(crate) fn new(stream: TcpStream, max_frame_bytes: usize) -> Self {
+        FrameReader {
+            stream,
+            decoder: FrameDecoder::new(max_frame_bytes),
+            buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(d)
+    }
+
+    /// The next frame. Errors are final: the stream is out of step or gone.
+    pub(crate) fn next_message(&mut self) -> Result<Message> {
+        loop {
+            if let Some(m) = self.ready.pop_front() {
+                return m;
+            }
+            let n = match self.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    let reason = if self.decoder.in_frame() {
+                        "server closed the connection in the middle of a frame"
+                    } else {
+                        "server closed the connection"
+                    };
+                    return Err(ClientError::Disconnected {
+                        reason: reason.into(),
+                    });
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) => {
+                    return Err(ClientError::Timeout(
+                        self.stream
+                            .read_timeout()
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default(),
+                    ))
+                }
+                Err(e) => return Err(ClientError::Io(e)),
+            };
+            let ready = &mut self.ready;
+            let fed = self.decoder.feed(&mut self.buf[..n], |payload| {
+                let m = parse_message(payload);
+                let bad = m.is_err();
+                ready.push_back(m);
+                if bad {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            if let Err(e) = fed {
+                self.ready.push_back(Err(match e {
+                    FrameError::TooLarge { len, max } => ClientError::FrameTooLarge { len, max },
+                    FrameError::Empty => ClientError::Protocol("server sent an empty frame".into()),
+                }));
+            }
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Parses one payload; anything but a UTF-8 JSON object is a protocol error.
+pub(crate) fn parse_message(payload: &[u8]) -> Result<Message> {
+    let value: Value = serde_json::from_slice(payload).map_err(|e| {
+        ClientError::Protocol(format!(
+            "server sent a frame that is not valid JSON ({e}): {}",
+            preview(payload)
+        ))
+    })?;
+    if !value.is_object() {
+        return Err(ClientError::Protocol(format!(
+            "server sent a frame that is not a JSON object: {}",
+            preview(payload)
+        )));
+    }
+    Ok(Message {
+        value,
+        raw: String::from_utf8_lossy(payload).into_owned(),
+    })
+}
+
+fn preview(payload: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&payload[..payload.len().min(64)]);
+    let mut out: String = s.escape_debug().collect();
+    if payload.len() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+/// Builds a request frame: `{"type":…, fields…, "id":…}`.
+pub(crate) fn request_frame(
+    out: &mut Vec<u8>,
+    type_name: &str,
+    fields: &Map<String, Value>,
+    id: u64,
+) {
+    let mut obj = Map::with_capacity(fields.len() + 2);
+    obj.insert("type".into(), Value::from(type_name));
+    for (k, v) in fields {
+        if k != "type" && k != "id" {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    obj.insert("id".into(), Value::from(id));
+    // Serializing a Map of Values cannot fail.
+    let payload = serde_json::to_vec(&obj).unwrap_or_default();
+    encode_frame(out, &payload);
+}
+
+/// Connects to the first address that answers.
+fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream> {
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) if is_timeout(&e) => ClientError::Timeout(timeout),
+        Some(e) => ClientError::Io(e),
+        None => ClientError::InvalidArgument("the address resolved to nothing".into()),
+    })
+}
+
+/// A connected (and authenticated) stream, with what arrived early.
+pub(crate) struct Established {
+    pub(crate) conn: std::sync::Arc<Conn>,
+    pub(crate) reader: FrameReader,
+    /// Frames that arrived during the handshake and answer nothing.
+    pub(crate) early: Vec<Message>,
+}
+
+/// Connects and, if configured, authenticates. With `verify` (used for
+/// reconnections) and no token, a `ping` must be answered first: a TCP
+/// connect alone can land in the backlog of a server that is shutting down
+/// and never answers.
+pub(crate) fn establish(
+    addrs: &[SocketAddr],
+    cfg: &ClientConfig,
+    ids: &AtomicU64,
+    verify: bool,
+) -> Result<Established> {
+    let stream = connect_any(addrs, cfg.connect_timeout)?;
+    stream.set_nodelay(true)?;
+    let mut reader = FrameReader::new(stream.try_clone()?, cfg.max_frame_bytes);
+    let mut early = Vec::new();
+    let mut fields = Map::new();
+    let (type_name, want) = match &cfg.auth_token {
+        Some(token) => {
+            fields.insert("token".into(), Value::from(token.as_str()));
+            ("auth", "auth_ok")
+        }
+        None if verify => {
+            fields.insert("client_info".into(), Value::from(cfg.client_info.as_str()));
+            ("ping", "pong")
+        }
+        None => ("", ""),
+    };
+    if !type_name.is_empty() {
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        request_frame(&mut frame, type_name, &fields, id);
+        stream.set_write_timeout(Some(cfg.request_timeout))?;
+        (&stream).write_all(&frame)?;
+        stream.set_read_timeout(Some(cfg.request_timeout))?;
+        loop {
+            let m = reader.next_message().map_err(|e| match e {
+                ClientError::Timeout(_) => ClientError::Timeout(cfg.request_timeout),
+                e => e,
+            })?;
+            let answers = m.get("id").and_then(Value::as_u64) == Some(id)
+                || (m.get("id").is_none() && (m.kind() == want || m.is_error()));
+            if !answers {
+                early.push(m);
+                continue;
+            }
+            if m.kind() == want {
+                break;
+            }
+            if m.is_error() {
+                return Err(m.to_server_error());
+            }
+            return Err(ClientError::Protocol(format!(
+                "expected {want}, got {:?}",
+                m.kind()
+            )));
+        }
+        stream.set_read_timeout(None)?;
+    }
+    let conn = Conn::new(stream, cfg.request_timeout)?;
+    Ok(Established {
+        conn: std::sync::Arc::new(conn),
+        reader,
+        early,
+    })
+}
+
+/// What a waiting request receives.
+pub(crate) type Reply = Result<Message>;
+
+struct Pending {
+    /// Waiters by id. Ids are assigned under the writer lock, so id order is
+    /// the order requests went on the wire.
+    waiting: BTreeMap<u64, SyncSender<Reply>>,
+    /// Set once the connection is dead: no new waiter may register.
+    dead: Option<String>,
+}
+
+/// The writing half of a connection and its table of waiting requests.
+pub(crate) struct Conn {
+    writer: Mutex<(TcpStream, Vec<u8>)>,
+    pending: Mutex<Pending>,
+    /// Why the connection was killed locally (heartbeat, disconnect).
+    kill_reason: Mutex<Option<String>>,
+    control: TcpStream,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, write_timeout: Duration) -> Result<Conn> {
+        // A server that stops reading must not block writers forever; a
+        // write that times out leaves the stream out of step, so it kills
+        // the connection.
+        stream.set_write_timeout(Some(write_timeout.max(Duration::from_millis(1))))?;
+        Ok(Conn {
+            control: stream.try_clone()?,
+            writer: Mutex::new((stream, Vec::with_capacity(256))),
+            pending: Mutex::new(Pending {
+                waiting: BTreeMap::new(),
+                dead: None,
+            }),
+            kill_reason: Mutex::new(None),
+        })
+    }
+
+    /// Sends a request and returns the receiver its answer will come on.
+    pub(crate) fn send(
+        &self,
+        ids: &AtomicU64,
+        type_name: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<(u64, Receiver<Reply>)> {
+        let (tx, rx) = sync_channel(1);
+        let mut w = lock(&self.writer);
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut p = lock(&self.pending);
+            if let Some(reason) = &p.dead {
+                return Err(ClientError::Disconnected {
+                    reason: reason.clone(),
+                });
+            }
+            p.waiting.insert(id, tx);
+        }
+        let (stream, buf) = &mut *w;
+        buf.clear();
+        request_frame(buf, type_name, fields, id);
+        if let Err(e) = stream.write_all(buf) {
+            drop(w);
+            lock(&self.pending).waiting.remove(&id);
+            self.kill(&format!("write failed: {e}"));
+            return Err(if is_timeout(&e) {
+                ClientError::Disconnected {
+                    reason: "the server stopped reading (write timed out)".into(),
+                }
+            } else {
+                ClientError::Io(e)
+            });
+        }
+        Ok((id, rx))
+    }
+
+    /// Forgets a request that timed out.
+    pub(crate) fn forget(&self, id: u64) {
+        lock(&self.pending).waiting.remove(&id);
+    }
+
+    /// Routes a frame to its waiter. Returns it back if it answers nothing
+    /// waiting (an unsolicited frame, or a late answer to a forgotten id).
+    pub(crate) fn route(&self, m: Message) -> Option<Message> {
+        let mut p = lock(&self.pending);
+        let tx = match m.get("id") {
+            Some(id) => match id.as_u64().and_then(|id| p.waiting.remove(&id)) {
+                Some(tx) => tx,
+                None => return Some(m),
+            },
+            None if RESPONSE_TYPES.contains(&m.kind()) => match p.waiting.pop_first() {
+                Some((_, tx)) => tx,
+                None => return Some(m),
+            },
+            None => return Some(m),
+        };
+        drop(p);
+        // The waiter may have timed out and gone; that is fine.
+        let _ = tx.try_send(Ok(m));
+        None
+    }
+
+    /// Whether the connection has been declared dead.
+    pub(crate) fn is_dead(&self) -> bool {
+        lock(&self.pending).dead.is_some()
+    }
+
+    /// Kills the connection: wakes the reader (which then fails every
+    /// waiter). The first reason given is the one reported.
+    pub(crate) fn kill(&self, reason: &str) {
+        lock(&self.kill_reason).get_or_insert_with(|| reason.to_owned());
+        let _ = self.control.shutdown(Shutdown::Both);
+    }
+
+    /// The reason given to [`Conn::kill`], if any.
+    pub(crate) fn kill_reason(&self) -> Option<String> {
+        lock(&self.kill_reason).clone()
+    }
+
+    /// Marks the connection dead and fails every waiter with `cause`
+    /// (a copy of it each).
+    pub(crate) fn fail_all(&self, cause: &Failure) {
+        let waiting = {
+            let mut p = lock(&self.pending);
+            p.dead.get_or_insert_with(|| cause.reason());
+            std::mem::take(&mut p.waiting)
+        };
+        for (_, tx) in waiting {
+            let _ = tx.try_send(Err(cause.to_error()));
+        }
+        let _ = self.control.shutdown(Shutdown::Both);
+    }
+
+    /// Another handle on the socket, for callers that write frames themselves.
+    pub(crate) fn try_clone_stream(&self) -> io::Result<TcpStream> {
+        self.control.try_clone()
+    }
+
+    /// The local address of the socket.
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        self.control.local_addr().ok()
+    }
+}
+
+/// Why a connection ended, kept so that every waiter gets a typed error.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// Closed, reset, killed locally: [`ClientError::Disconnected`].
+    Lost(String),
+    /// Bad bytes: [`ClientError::Protocol`].
+    Protocol(String),
+    /// An oversized frame: [`ClientError::FrameTooLarge`].
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// Client limit.
+        max: usize,
+    },
+}
+
+impl Failure {
+    pub(crate) fn from_error(e: ClientError) -> Failure {
+        match e {
+            ClientError::Disconnected { reason } => Failure::Lost(reason),
+            ClientError::Protocol(m) => Failure::Protocol(m),
+            ClientError::FrameTooLarge { len, max } => Failure::TooLarge { len, max },
+            e => Failure::Lost(e.to_string()),
+        }
+    }
+
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            Failure::Lost(r) => r.clone(),
+            other => other.to_error().to_string(),
+        }
+    }
+
+    pub(crate) fn to_error(&self) -> ClientError {
+        match self {
+            Failure::Lost(reason) => ClientError::Disconnected {
+                reason: reason.clone(),
+            },
+            Failure::Protocol(m) => ClientError::Protocol(m.clone()),
+            Failure::TooLarge { len, max } => ClientError::FrameTooLarge {
+                len: *len,
+                max: *max,
+            },
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! `ringcast client` as a process: demo, interactive through a pipe, and
+//! performance, against a server in this process on 127.0.0.1.
+
+mod client_common;
+
+use client_common::Backend;
+use ringcast::client::{Client, ClientConfig};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `ringcast client <args>` with `stdin` piped in; killed after 20 s.
+fn ringcast_client(args: &[&str], stdin: &str) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .arg("client")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("RINGCAST_TOKEN")
+        .env_remove("RINGCAST_ADDR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_owned();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ringcast client {args:?} did not finish in 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    writer.join().unwrap();
+    Run {
+        code: status.code(),
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+#[test]
+fn interactive_through_a_pipe() {
+    let server = Backend::start();
+    let addr = server.addr().to_string();
+    let r = ringcast_client(
+        &["interactive", "--addr", &addr],
+        "/ping\n/echo hi\nhello\n/stats\n/custom no_such_type {\"k\":1}\n/bogus\n/help\n/exit\n/echo never sent\n",
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let o = &r.stdout;
+    assert!(o.contains("pong in "), "{o}");
+    assert!(o.contains("← \"hi\" (echoed by"), "{o}");
+    assert!(o.contains("ack at "), "{o}");
+    assert!(o.contains("connected_clients"), "{o}");
+    assert!(o.contains("error unknown_type"), "{o}");
+    assert!(o.contains("/broadcast <text>"), "help: {o}");
+    assert!(!o.contains("never sent"), "{o}");
+    assert!(r.stderr.contains("unknown command /bogus"), "{}", r.stderr);
+    assert!(!o.contains('\x1b'), "no colour through a pipe");
+    // Labels and arrows are aligned in one column.
+    for l in o.lines().filter(|l| l.contains('→') || l.contains('←')) {
+        let col = l.chars().position(|c| c == '→' || c == '←').unwrap();
+        assert_eq!(col, 14, "{l:?}");
+    }
+    server.stop();
+}
+
+#[test]
+fn interactive_ends_at_eof_and_prints_broadcasts_from_others() {
+    let server = Backend::start();
+    let addr = server.addr().to_string();
+    let other = Client::connect_with(server.addr(), ClientConfig::default()).unwrap();
+    let addr2 = addr.clone();
+    // The piped client stays connected while its input is open; feed it
+    // slowly so the other client's broadcast arrives in between.
+    let h = std::thread::spawn(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(["client", "interactive", "--addr", &addr2])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"/ping\n").unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        stdin.write_all(b"/echo last\n").unwrap();
+        drop(stdin); // EOF
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "no exit at EOF");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut s = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+        (child.wait().unwrap().code(), s)
+    });
+    // Wait until the piped client is connected, then broadcast to it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while other.get_stats().unwrap().connected_clients < 2 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(other.broadcast("news for you").unwrap(), 1);
+    let (code, out) = h.join().unwrap();
+    assert_eq!(code, Some(0));
+    assert!(out.contains("[broadcast from "), "{out}");
+    assert!(out.contains("] news for you"), "{out}");
+    assert!(out.contains("\"last\""), "{out}");
+    drop(other);
+    server.stop();
+}
+
+#[test]
+fn interactive_json_prints_raw_frames_one_per_line() {
+    let server = Backend::start();
+    let addr = server.addr().to_string();
+    let r = ringcast_client(
+        &["interactive", "--json", "--addr", &addr],
+        "/ping\n/echo hi\nhello\n",
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let types: Vec<String> = r
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("each line is JSON");
+            v["type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(types, ["pong", "echo_response", "message_ack"]);
+    server.stop();
+}
+
+#[test]
+fn demo_walks_through_every_exchange() {
+    let server = Backend::start();
+    let addr = server.addr().to_string();
+    let r = ringcast_client(&["demo", "--addr", &addr], "");
+    assert_eq!(
+        r.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let o = &r.stdout;
+    for want in [
+        "ringcast client demo: connected to",
+        "ping          → ping (ringcast-client/",
+        "pong in ",
+        "echo          → \"Hello, ringcast!\"",
+        "← \"Hello, ringcast!\" (echoed by",
+        "broadcast     → \"Hello, everyone!\"",
+        "← sent to 0 other clients",
+        "stats         → get_stats",
+        "connected_clients",
+        "custom        → custom_type {\"data\":\"value\"}",
+        "← error unknown_type",
+        "message       → \"Just a plain message\"",
+        "ack at ",
+        "demo complete",
+    ] {
+        assert!(o.contains(want), "missing {want:?} in:\n{o}");
+    }
+    // Default mode is demo.
+    let r2 = ringcast_client(&["--addr", &addr], "");
+    assert_eq!(r2.code, Some(0));
+    assert!(r2.stdout.contains("demo complete"));
+    server.stop();
+}
+
+#[test]
+fn demo_json_and_auth_token() {
+    let server = Backend::with_token("tok");
+    let addr = server.addr().to_string();
+    let r = ringcast_client(&["demo", "--json", "--token", "tok", "--addr", &addr], "");
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let types: Vec<String> = r
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "pong",
+            "echo_response",
+            "broadcast_sent",
+            "server_stats",
+            "error",
+            "message_ack"
+        ]
+    );
+    let bad = ringcast_client(&["demo", "--token", "nope", "--addr", &addr], "");
+    assert_eq!(bad.code, Some(1));
+    assert!(bad.stderr.contains("unauthorized"), "{}", bad.stderr);
+    server.stop();
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let r = ringcast_client(&["demo", "--addr", &addr, "--timeout", "2"], "");
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr.contains(&format!("cannot connect to {addr}")),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn performance_reports_rate_and_percentiles() {
+    let server = Backend::start();
+    let addr = server.addr().to_string();
+    let r = ringcast_client(
+        &[
+            "performance",
+            "--addr",
+            &addr,
+            "--count",
+            "2000",
+            "--window",
+            "16",
+            "--size",
+            "32",
+        ],
+        "",
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    for want in [
+        "throughput",
+        "msgs/s",
+        "latency p50",
+        "latency p99",
+        "latency max",
+    ] {
+        assert!(r.stdout.contains(want), "{}", r.stdout);
+    }
+    let j = ringcast_client(
+        &["performance", "--json", "--addr", &addr, "--count", "500"],
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(j.stdout.trim()).unwrap();
+    assert_eq!(v["requests"], 500);
+    assert!(v["msgs_per_s"].as_f64().unwrap() > 0.0);
+    server.stop();
+}

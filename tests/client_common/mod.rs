@@ -1,0 +1,462 @@
+//! Test support for the client tests: a small threaded fake server speaking
+//! the protocol through `ringcast::protocol` (for behaviour a real server
+//! cannot be made to show: slow answers, no ids, bad bytes, silence), and
+//! helpers with time bounds.
+#![allow(dead_code)]
+
+use ringcast::protocol::message::{
+    write_auth_ok, write_broadcast_message, write_broadcast_sent, write_echo_response, write_error,
+    write_message_ack, write_pong, write_response, write_server_stats,
+};
+use ringcast::protocol::{
+    parse_request, time::unix_ms_now, ErrorCode, FrameDecoder, JsonParser, RequestKind,
+    StatsReport, TimestampCache,
+};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How the fake server behaves.
+#[derive(Clone, Default)]
+pub struct FakeOptions {
+    /// Require `auth` with this token first.
+    pub token: Option<String>,
+    /// Leave `id`s out of answers (like the Python seed server).
+    pub no_ids: bool,
+}
+
+type Peer = (u64, Arc<Mutex<TcpStream>>);
+
+struct Shared {
+    opts: FakeOptions,
+    stop: AtomicBool,
+    peers: Mutex<Vec<Peer>>,
+    next_peer: AtomicU64,
+    total_messages: AtomicU64,
+    total_connections: AtomicU64,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A threaded fake server on 127.0.0.1.
+///
+/// Custom types: `slow` answers `slow_ok` after `{"ms": N}` milliseconds
+/// (the connection's later requests wait behind it: answers stay in order),
+/// `fake_custom` answers `fake_custom_ok` with the request's `data`, `close`
+/// closes the connection without answering, every other type is
+/// `unknown_type`.
+pub struct FakeServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl FakeServer {
+    pub fn start(opts: FakeOptions) -> FakeServer {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), opts)
+    }
+
+    /// Binds `addr` (retrying for a while: the port may be in TIME_WAIT).
+    pub fn start_on(addr: SocketAddr, opts: FakeOptions) -> FakeServer {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(addr) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        };
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared {
+            opts,
+            stop: AtomicBool::new(false),
+            peers: Mutex::new(Vec::new()),
+            next_peer: AtomicU64::new(1),
+            total_messages: AtomicU64::new(0),
+            total_connections: AtomicU64::new(0),
+            threads: Mutex::new(Vec::new()),
+        });
+        let s = shared.clone();
+        let accept = std::thread::spawn(move || {
+            while !s.stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let s2 = s.clone();
+                        let t = std::thread::spawn(move || serve(s2, stream));
+                        s.threads.lock().unwrap().push(t);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        FakeServer {
+            addr,
+            shared,
+            accept: Some(accept),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.peers.lock().unwrap().len()
+    }
+
+    /// Closes every connection abruptly (no `shutting_down`), keeps listening.
+    pub fn drop_connections(&self) {
+        for (_, w) in self.shared.peers.lock().unwrap().iter() {
+            let _ = w.lock().unwrap().shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Graceful stop: `shutting_down` to everyone, close, join.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(a) = self.accept.take() {
+            let _ = a.join();
+        }
+        for (_, w) in self.shared.peers.lock().unwrap().iter() {
+            let mut out = Vec::new();
+            write_error(
+                &mut out,
+                None,
+                ErrorCode::ShuttingDown,
+                "server shutting down",
+                None,
+            );
+            let w = w.lock().unwrap();
+            let _ = (&*w).write_all(&out);
+            let _ = w.shutdown(Shutdown::Both);
+        }
+        let threads = std::mem::take(&mut *self.shared.threads.lock().unwrap());
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+fn serve(s: Arc<Shared>, stream: TcpStream) {
+    let me = s.next_peer.fetch_add(1, Ordering::Relaxed);
+    s.total_connections.fetch_add(1, Ordering::Relaxed);
+    let peer_name = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let writer = Arc::new(Mutex::new(stream.try_clone().unwrap()));
+    s.peers.lock().unwrap().push((me, writer.clone()));
+    let mut reader = stream;
+    let mut dec = FrameDecoder::new(1 << 20);
+    let mut parser = JsonParser::new();
+    let mut ts = TimestampCache::new();
+    let mut authed = s.opts.token.is_none();
+    let mut buf = vec![0u8; 64 * 1024];
+    let start_ms = unix_ms_now();
+    'conn: loop {
+        if s.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let n = match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut close = false;
+        let r = dec.feed(&mut buf[..n], |payload| {
+            s.total_messages.fetch_add(1, Ordering::Relaxed);
+            let mut out = Vec::new();
+            let mut fanout: Option<Vec<u8>> = None;
+            let mut sleep = None;
+            let now = ts.format(unix_ms_now()).to_owned();
+            parse_request(&mut parser, payload, |req| {
+                let req = match req {
+                    Ok(r) => r,
+                    Err(rej) => {
+                        write_error(
+                            &mut out,
+                            rej.id.as_ref(),
+                            rej.error.code,
+                            rej.error.message,
+                            None,
+                        );
+                        return;
+                    }
+                };
+                let id = if s.opts.no_ids { None } else { req.id };
+                let mut req = req;
+                req.id = id;
+                if !authed {
+                    let ok = req.kind == RequestKind::Auth
+                        && req.get("token").and_then(|t| t.as_str()) == s.opts.token.as_deref();
+                    if ok {
+                        authed = true;
+                        write_auth_ok(&mut out, req.id.as_ref());
+                    } else {
+                        write_error(
+                            &mut out,
+                            req.id.as_ref(),
+                            ErrorCode::Unauthorized,
+                            "bad token",
+                            None,
+                        );
+                        close = true;
+                    }
+                    return;
+                }
+                match req.kind {
+                    RequestKind::Ping => write_pong(&mut out, &req, &now, &peer_name),
+                    RequestKind::Echo => write_echo_response(&mut out, &req, &now),
+                    RequestKind::Message => write_message_ack(&mut out, &req, &now),
+                    RequestKind::Auth => write_auth_ok(&mut out, req.id.as_ref()),
+                    RequestKind::Broadcast => {
+                        let mut b = Vec::new();
+                        write_broadcast_message(&mut b, &req, &peer_name, &now);
+                        let n = s.peers.lock().unwrap().len() as u64 - 1;
+                        fanout = Some(b);
+                        write_broadcast_sent(&mut out, &req, n, &now);
+                    }
+                    RequestKind::GetStats => {
+                        let peers = s.peers.lock().unwrap().len() as u64;
+                        let report = StatsReport {
+                            connected_clients: peers,
+                            uptime_seconds: (unix_ms_now() - start_ms) / 1000,
+                            total_messages: s.total_messages.load(Ordering::Relaxed),
+                            server_start_time: &now,
+                            current_time: &now,
+                            shards: 1,
+                            total_connections: s.total_connections.load(Ordering::Relaxed),
+                            connections_per_shard: &[peers],
+                            ..StatsReport::default()
+                        };
+                        write_server_stats(&mut out, req.id.as_ref(), &report);
+                    }
+                    RequestKind::Custom => match req.type_name {
+                        "slow" => {
+                            let ms = req.get("ms").and_then(|v| v.as_u64()).unwrap_or(200);
+                            sleep = Some(Duration::from_millis(ms));
+                            write_response(&mut out, "slow_ok", req.id.as_ref(), |_| {});
+                        }
+                        "fake_custom" => {
+                            write_response(&mut out, "fake_custom_ok", req.id.as_ref(), |o| {
+                                if let Some(d) = req.get("data") {
+                                    o.value("data", &d);
+                                }
+                            })
+                        }
+                        "close" => close = true,
+                        t => write_error(
+                            &mut out,
+                            req.id.as_ref(),
+                            ErrorCode::UnknownType,
+                            "no handler for this type",
+                            Some(t),
+                        ),
+                    },
+                }
+            });
+            if let Some(b) = fanout {
+                for (p, w) in s.peers.lock().unwrap().iter() {
+                    if *p != me {
+                        let _ = (&*w.lock().unwrap()).write_all(&b);
+                    }
+                }
+            }
+            if let Some(d) = sleep {
+                std::thread::sleep(d);
+            }
+            if !out.is_empty() {
+                let _ = (&*writer.lock().unwrap()).write_all(&out);
+            }
+            if close {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        if r.is_err() || close {
+            break 'conn;
+        }
+    }
+    s.peers.lock().unwrap().retain(|(p, _)| *p != me);
+    let _ = writer.lock().unwrap().shutdown(Shutdown::Both);
+}
+
+/// A listener that accepts and then never says anything (keeps the
+/// connections open until dropped).
+pub struct SilentPeer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SilentPeer {
+    pub fn start() -> SilentPeer {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((s, _)) = l.accept() {
+                    held.push(s);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        SilentPeer {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for SilentPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A one-connection server that reads the first request frame, then writes
+/// `reply` (raw bytes, header included) and keeps the socket open for a
+/// moment so the client sees the bytes before any close.
+pub fn bad_server(reply: Vec<u8>, then_close: bool) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut hdr = [0u8; 4];
+        if s.read_exact(&mut hdr).is_err() {
+            return;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(hdr) as usize];
+        if s.read_exact(&mut body).is_err() {
+            return;
+        }
+        let _ = s.write_all(&reply);
+        if then_close {
+            let _ = s.shutdown(Shutdown::Both);
+        } else {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    });
+    addr
+}
+
+/// A frame: 4-byte big-endian length, then `payload`.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Polls `f` every 10 ms until it is true; panics after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The real server (`ringcast::server`), in this process on 127.0.0.1
+/// with two shards, for the required tests. It has one custom handler:
+/// `fake_custom` answers `fake_custom_ok` with the request's `data`.
+pub struct Backend(ringcast::server::ServerHandle);
+
+impl Backend {
+    fn build(addr: SocketAddr, token: Option<&str>) -> Backend {
+        // A restarted server may find its port busy for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let built = ringcast::server::Server::builder()
+                .addr(addr)
+                .shards(2)
+                .idle_timeout_secs(0)
+                .auth_token(token.map(str::to_owned))
+                .handler(
+                    "fake_custom",
+                    |req: &ringcast::protocol::Request<'_, '_>,
+                     _: &str,
+                     _: &str,
+                     out: &mut Vec<u8>| {
+                        write_response(out, "fake_custom_ok", req.id.as_ref(), |o| {
+                            if let Some(d) = req.get("data") {
+                                o.value("data", &d);
+                            }
+                        })
+                    },
+                )
+                .build();
+            match built {
+                Ok(server) => return Backend(server.spawn().expect("server start")),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("server on {addr}: {e}"),
+            }
+        }
+    }
+
+    pub fn start() -> Backend {
+        Self::build("127.0.0.1:0".parse().unwrap(), None)
+    }
+
+    pub fn with_token(token: &str) -> Backend {
+        Self::build("127.0.0.1:0".parse().unwrap(), Some(token))
+    }
+
+    /// Binds a fixed address (to restart on the same port).
+    pub fn start_on(addr: SocketAddr) -> Backend {
+        Self::build(addr, None)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.local_addr()
+    }
+
+    /// Graceful stop (`shutting_down`, drain, join), then waits until the
+    /// port refuses connections: the listener outlives `shutdown()` by a
+    /// few milliseconds (reported to the server's owner), and a restart in
+    /// that window would share the port with it.
+    pub fn stop(self) {
+        let addr = self.addr();
+        self.0.shutdown();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
