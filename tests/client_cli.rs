@@ -100,47 +100,62 @@ fn interactive_through_a_pipe() {
 
 #[test]
 fn interactive_ends_at_eof_and_prints_broadcasts_from_others() {
+    use std::io::BufRead;
     let server = Backend::start();
     let addr = server.addr().to_string();
     let other = Client::connect_with(server.addr(), ClientConfig::default()).unwrap();
-    let addr2 = addr.clone();
-    // The piped client stays connected while its input is open; feed it
-    // slowly so the other client's broadcast arrives in between.
-    let h = std::thread::spawn(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-            .args(["client", "interactive", "--addr", &addr2])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"/ping\n").unwrap();
-        std::thread::sleep(Duration::from_millis(700));
-        stdin.write_all(b"/echo last\n").unwrap();
-        drop(stdin); // EOF
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "no exit at EOF");
-            std::thread::sleep(Duration::from_millis(10));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["client", "interactive", "--addr", &addr])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read its output line by line on a thread, so each step waits for what
+    // it needs to see instead of sleeping and hoping.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
         }
-        let mut s = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut s).unwrap();
-        (child.wait().unwrap().code(), s)
     });
-    // Wait until the piped client is connected, then broadcast to it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while other.get_stats().unwrap().connected_clients < 2 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut out = String::new();
+    let wait_for = |needle: &str, out: &mut String| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !out.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => {
+                    out.push_str(&l);
+                    out.push('\n');
+                }
+                Err(_) => panic!("never saw {needle:?} in:\n{out}"),
+            }
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"/ping\n").unwrap();
+    wait_for("pong", &mut out);
+    // Connected (it answered a ping): a broadcast from the other client
+    // must be printed while the piped client waits for its next line.
     assert_eq!(other.broadcast("news for you").unwrap(), 1);
-    let (code, out) = h.join().unwrap();
-    assert_eq!(code, Some(0));
+    wait_for("] news for you", &mut out);
     assert!(out.contains("[broadcast from "), "{out}");
-    assert!(out.contains("] news for you"), "{out}");
-    assert!(out.contains("\"last\""), "{out}");
+    stdin.write_all(b"/echo last\n").unwrap();
+    drop(stdin); // EOF
+    wait_for("\"last\"", &mut out);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no exit at EOF");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let _ = reader.join();
     drop(other);
     server.stop();
 }

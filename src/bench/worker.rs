@@ -8,8 +8,8 @@
 
 use super::report::new_histogram;
 use super::{Control, Workload};
-use crate::protocol::json::ObjectWriter;
 use crate::protocol::frame::BoundedPool;
+use crate::protocol::json::ObjectWriter;
 use crate::protocol::{frame, FrameDecoder};
 use crate::uring::{BufRing, Completion, Segment, SendBatch, Uring};
 use hdrhistogram::Histogram;

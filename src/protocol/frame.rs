@@ -170,7 +170,12 @@ impl FrameDecoder {
     /// Like [`FrameDecoder::feed`], but a straddle buffer is taken from
     /// `pool` when a frame starts to straddle and given back as soon as it
     /// completes, so an idle connection holds no buffer at all.
-    pub fn feed_pooled<P, F>(&mut self, chunk: &mut [u8], pool: &mut P, mut on_frame: F) -> Result<(), FrameError>
+    pub fn feed_pooled<P, F>(
+        &mut self,
+        chunk: &mut [u8],
+        pool: &mut P,
+        mut on_frame: F,
+    ) -> Result<(), FrameError>
     where
         P: BufferPool + ?Sized,
         F: FnMut(&mut [u8]) -> ControlFlow<()>,
@@ -197,7 +202,12 @@ impl FrameDecoder {
         self.straddle.extend_from_slice(bytes);
     }
 
-    fn feed_inner<P, F>(&mut self, chunk: &mut [u8], pool: &mut P, on_frame: &mut F) -> Result<(), FrameError>
+    fn feed_inner<P, F>(
+        &mut self,
+        chunk: &mut [u8],
+        pool: &mut P,
+        on_frame: &mut F,
+    ) -> Result<(), FrameError>
     where
         P: BufferPool + ?Sized,
         F: FnMut(&mut [u8]) -> ControlFlow<()>,

@@ -261,10 +261,9 @@ const SCAN_BLOCK: usize = 64;
 /// instruction on x86_64); safe code, no intrinsics.
 #[inline]
 fn block_needs_escape(block: &[u8]) -> bool {
-    block
-        .iter()
-        .fold(0u8, |acc, &b| acc | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\'))
-        != 0
+    block.iter().fold(0u8, |acc, &b| {
+        acc | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
+    }) != 0
 }
 
 /// Appends `s` as a quoted JSON string.

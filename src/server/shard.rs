@@ -10,9 +10,9 @@
 
 use super::broadcast::Wake;
 use super::conn::{Bucket, Conn, Output, Phase, Recv};
-use crate::protocol::frame::{BoundedPool as BufPool, BufferPool};
 use super::stats::{bump, RssReader, ShardCounters};
 use super::{ServerError, Shared, WakeMode};
+use crate::protocol::frame::{BoundedPool as BufPool, BufferPool};
 use crate::protocol::message::{self, StatsReport};
 use crate::protocol::{
     parse_request, ErrorCode, FrameDecoder, JsonParser, RequestKind, TimestampCache,
@@ -444,7 +444,14 @@ impl Shard<'_> {
                 if conn.decoder.in_frame() {
                     tracing::debug!(client_id = %conn.client_id, "peer closed in the middle of a frame");
                 }
-                self.close_after_flush(key);
+                match conn.phase {
+                    Phase::Open => self.close_after_flush(key),
+                    // Still flushing our last frame: finish that, then close.
+                    Phase::Draining { .. } => self.after_flush(key),
+                    // The peer read our FIN and closed: nothing left to wait for.
+                    Phase::Lingering { .. } => self.abort(key),
+                    Phase::Closing => {}
+                }
             }
             _ => {
                 conn.recv = Recv::Done;
@@ -833,8 +840,17 @@ impl Shard<'_> {
     fn begin_stop(&mut self) -> std::io::Result<()> {
         self.stopping = true;
         self.stop_deadline = self.ctx.now_secs + self.ctx.shared.config.drain_secs;
-        // Closing the listener ends the multishot accept.
-        self.listener = None;
+        // Stop listening now: shutdown(2) on a listening socket makes the
+        // kernel refuse new connections at once (merely dropping it would
+        // leave it open while the multishot accept still holds a reference),
+        // and the accept completes, so cancel it too.
+        if let Some(l) = self.listener.take() {
+            let _ = socket2::SockRef::from(&l).shutdown(std::net::Shutdown::Both);
+            let _ = self.ring.cancel(
+                ud(K_ACCEPT, 0, 0),
+                ud(K_CANCEL, 0, usize::MAX & 0xffff_ffff),
+            );
+        }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             if self.conns[key].is_open() {
