@@ -65,6 +65,9 @@ pub struct BenchArgs {
     /// A label stored in the JSON report.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Token for servers started with --auth-token.
+    #[arg(long, env = "RINGCAST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// No progress lines.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -91,6 +94,7 @@ impl BenchArgs {
             source_ips: self.source_ips,
             progress: !self.quiet,
             label: self.label.clone(),
+            token: self.token.clone(),
         }
     }
 }

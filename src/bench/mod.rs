@@ -88,6 +88,8 @@ pub struct BenchConfig {
     pub progress: bool,
     /// Free-form label in the report.
     pub label: String,
+    /// Token for servers that require `auth` as the first frame.
+    pub token: Option<String>,
 }
 
 impl Default for BenchConfig {
@@ -111,6 +113,7 @@ impl Default for BenchConfig {
             source_ips: 1,
             progress: true,
             label: String::new(),
+            token: None,
         }
     }
 }

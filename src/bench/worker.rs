@@ -100,6 +100,36 @@ pub fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream
     Ok(s.into())
 }
 
+/// Connects and, when a token is given, authenticates (blocking, before
+/// the connection joins the ring).
+pub fn connect_auth(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    token: Option<&str>,
+) -> io::Result<TcpStream> {
+    let mut s = connect(addr, source)?;
+    if let Some(token) = token {
+        let mut payload = Vec::new();
+        let mut o = ObjectWriter::new(&mut payload);
+        o.raw_str("type", "auth");
+        o.str("token", token);
+        o.finish();
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let reply = super::conns::roundtrip(&mut s, &payload)?;
+        s.set_read_timeout(None)?;
+        if !reply.starts_with(br#"{"type":"auth_ok""#) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "authentication refused: {}",
+                    String::from_utf8_lossy(&reply)
+                ),
+            ));
+        }
+    }
+    Ok(s)
+}
+
 /// Pre-built request frames.
 struct Requests {
     ping: Vec<u8>,
@@ -228,7 +258,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
         } else {
             Some(plan.source_ips[i % plan.source_ips.len()])
         };
-        let stream = connect(cfg.addr, src)
+        let stream = connect_auth(cfg.addr, src, cfg.token.as_deref())
             .map_err(|e| io::Error::new(e.kind(), format!("connecting to {}: {e}", cfg.addr)))?;
         conns.push(Conn {
             stream,
@@ -453,7 +483,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
                             }
                             c.sent.clear();
                             if sending && !c.send_inflight {
-                                if let Ok(s) = connect(cfg.addr, None) {
+                                if let Ok(s) = connect_auth(cfg.addr, None, cfg.token.as_deref()) {
                                     c.stream = s;
                                     c.gen = c.gen.wrapping_add(1) & 0xff_ffff;
                                     c.decoder = FrameDecoder::new(64 << 20);

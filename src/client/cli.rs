@@ -20,7 +20,7 @@ pub enum Mode {
     Demo,
     /// Read commands (/ping, /echo, /broadcast, /stats, /custom, /help, /exit) and text.
     Interactive,
-    /// Time pipelined echos over one connection and print msgs/s and latency.
+    /// Run a short preset of the load generator (echo, pipelined) and print msgs/s and latency.
     Performance,
 }
 
@@ -82,8 +82,7 @@ pub fn run(args: ClientArgs) -> ExitCode {
     let r = match args.mode {
         Mode::Demo => demo(&args, &style),
         Mode::Interactive => interactive::run(&args, &style),
-        // BENCH HOOK: `ringcast::bench` will provide a preset runner; call it
-        // here and delete perf.rs. Until then, a small pipelined echo loop.
+        // A short preset of the load generator (src/client/perf.rs).
         Mode::Performance => perf::run(&args, &style),
     };
     match r {

@@ -47,10 +47,6 @@ impl FrameReader {
         }
     }
 
-    pub(crate) fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(d)
-    }
-
     /// The next frame. Errors are final: the stream is out of step or gone.
     pub(crate) fn next_message(&mut self) -> Result<Message> {
         loop {
@@ -376,11 +372,6 @@ impl Conn {
             let _ = tx.try_send(Err(cause.to_error()));
         }
         let _ = self.control.shutdown(Shutdown::Both);
-    }
-
-    /// Another handle on the socket, for callers that write frames themselves.
-    pub(crate) fn try_clone_stream(&self) -> io::Result<TcpStream> {
-        self.control.try_clone()
     }
 
     /// The local address of the socket.

@@ -1,94 +1,90 @@
-//! `ringcast client performance`: a deliberately small pipelined echo loop
-//! over one connection. Placeholder until `ringcast::bench` provides the
-//! preset runner (see the BENCH HOOK in cli.rs).
+//! `ringcast client performance`: a short preset of the load generator
+//! (`ringcast::bench`): echo requests over a few connections, each keeping
+//! `--window` requests in flight, `--count` requests in all.
 
-use super::cli::{fmt_ms, ClientArgs, Style};
-use super::conn::{establish, request_frame, FrameReader};
+use super::cli::{ClientArgs, Style};
 use super::ClientError;
-use serde_json::{json, Map, Value};
-use std::collections::VecDeque;
-use std::io::Write;
+use crate::bench::{self, BenchConfig, Workload};
+use serde_json::json;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// Connections the preset uses: enough to keep both sides busy on a small
+/// machine, few enough to start instantly.
+const PRESET_CONNECTIONS: usize = 4;
 
 pub(crate) fn run(args: &ClientArgs, style: &Style) -> Result<ExitCode, ClientError> {
-    let addrs: Vec<SocketAddr> = args.addr.as_str().to_socket_addrs()?.collect();
-    let cfg = args.config();
-    // Connect (and authenticate) like the library does, then drive the
-    // socket directly: requests are written ahead of their answers.
-    let est = establish(&addrs, &cfg, &AtomicU64::new(1), false)?;
-    let mut writer = est.conn.try_clone_stream()?;
-    let mut reader: FrameReader = est.reader;
-    reader.set_read_timeout(Some(cfg.request_timeout))?;
-
+    let addr: SocketAddr = args
+        .addr
+        .as_str()
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| {
+            ClientError::InvalidArgument(format!("{} resolves to no address", args.addr))
+        })?;
     let count = args.count.max(1);
-    let window = args.window.clamp(1, 1 << 16) as u64;
-    let mut fields = Map::new();
-    fields.insert("content".into(), Value::from("x".repeat(args.size)));
-    let mut out = Vec::new();
-    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(window as usize);
-    let mut lat: Vec<Duration> = Vec::with_capacity(count as usize);
-    let (mut sent, mut got) = (0u64, 0u64);
-    let start = Instant::now();
-    while got < count {
-        out.clear();
-        while sent < count && sent - got < window {
-            request_frame(&mut out, "echo", &fields, 1_000 + sent);
-            sent_at.push_back(Instant::now());
-            sent += 1;
-        }
-        if !out.is_empty() {
-            writer.write_all(&out)?;
-        }
-        let m = reader.next_message()?;
-        if m.is_error() {
-            return Err(m.to_server_error());
-        }
-        if m.kind() != "echo_response" {
-            continue; // a broadcast from someone else
-        }
-        if let Some(t) = sent_at.pop_front() {
-            lat.push(t.elapsed());
-        }
-        got += 1;
-    }
-    let elapsed = start.elapsed();
-    lat.sort_unstable();
-    let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
-    let rate = count as f64 / elapsed.as_secs_f64();
+    let connections = PRESET_CONNECTIONS.min(count as usize);
+    let config = BenchConfig {
+        addr,
+        workload: Workload::Echo,
+        threads: 1,
+        connections,
+        pipeline: args.window.clamp(1, 1 << 16),
+        size: args.size,
+        requests: Some(count),
+        warmup: Duration::ZERO,
+        progress: false,
+        label: "client performance".into(),
+        token: args.token.clone(),
+        ..BenchConfig::default()
+    };
+    let report = bench::run(config).map_err(|e| match e {
+        bench::BenchError::Io(e) => ClientError::Io(e),
+        other => ClientError::InvalidArgument(other.to_string()),
+    })?;
+    let l = &report.latency_us;
     if style.json {
         println!(
             "{}",
             json!({
-                "requests": count, "size": args.size, "window": window,
-                "elapsed_s": elapsed.as_secs_f64(), "msgs_per_s": rate,
-                "p50_us": pct(0.50).as_micros() as u64, "p90_us": pct(0.90).as_micros() as u64,
-                "p99_us": pct(0.99).as_micros() as u64, "p999_us": pct(0.999).as_micros() as u64,
-                "max_us": pct(1.0).as_micros() as u64,
+                "requests": report.messages, "size": args.size, "window": report.pipeline,
+                "connections": report.connections, "elapsed_s": report.seconds,
+                "msgs_per_s": report.msgs_per_sec, "errors": report.errors,
+                "p50_us": l.p50, "p90_us": l.p90, "p99_us": l.p99, "p999_us": l.p999, "max_us": l.max,
             })
         );
     } else {
         println!(
-            "{count} echos of {} B, {window} in flight, one connection to {}",
-            args.size, args.addr
+            "{} echos of {} B, {} in flight on each of {} connections to {}",
+            report.messages, args.size, report.pipeline, report.connections, args.addr
         );
-        println!("{}{:.3} s", style.label("elapsed"), elapsed.as_secs_f64());
-        println!("{}{rate:.0} msgs/s", style.label("throughput"));
-        for (name, p) in [
-            ("p50", 0.50),
-            ("p90", 0.90),
-            ("p99", 0.99),
-            ("p99.9", 0.999),
-            ("max", 1.0),
+        println!("{}{:.3} s", style.label("elapsed"), report.seconds);
+        println!(
+            "{}{:.0} msgs/s",
+            style.label("throughput"),
+            report.msgs_per_sec
+        );
+        for (name, v) in [
+            ("p50", l.p50),
+            ("p90", l.p90),
+            ("p99", l.p99),
+            ("p99.9", l.p999),
+            ("max", l.max),
         ] {
             println!(
-                "{}{}",
+                "{}{:.3} ms",
                 style.label(&format!("latency {name}")),
-                fmt_ms(pct(p))
+                v as f64 / 1000.0
             );
         }
+        if report.errors > 0 {
+            println!("{}{}", style.label("errors"), report.errors);
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if report.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
