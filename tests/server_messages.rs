@@ -30,7 +30,13 @@ fn ping_pong_fields() {
     assert_eq!(v["id"], "p1");
     assert_eq!(
         keys(&v),
-        ["client_id", "id", "ping_timestamp", "pong_timestamp", "type"]
+        [
+            "client_id",
+            "id",
+            "ping_timestamp",
+            "pong_timestamp",
+            "type"
+        ]
     );
 
     // Without a timestamp the field is null; without an id there is no id.
@@ -61,7 +67,10 @@ fn echo_returns_content_unchanged() {
         assert_eq!(v["id"], i);
         assert_eq!(v["echoed_by"], "ringcast");
         assert!(is_timestamp(v["timestamp"].as_str().unwrap()), "{v}");
-        assert_eq!(keys(&v), ["content", "echoed_by", "id", "timestamp", "type"]);
+        assert_eq!(
+            keys(&v),
+            ["content", "echoed_by", "id", "timestamp", "type"]
+        );
     }
     // Escapes that serde would not produce itself: \u escapes and \/.
     let raw = br#"{"type":"echo","content":"\u00e9\/\ud83d\ude00\u0000","id":"r"}"#;
@@ -106,7 +115,10 @@ fn broadcast_to_others_without_id() {
         assert_eq!(m["content"], json!({"k": "v ✓"}));
         assert_eq!(m["from"], a.client_id());
         assert!(is_timestamp(m["timestamp"].as_str().unwrap()), "{m}");
-        assert!(m.get("id").is_none(), "broadcast_message carries an id: {m}");
+        assert!(
+            m.get("id").is_none(),
+            "broadcast_message carries an id: {m}"
+        );
         assert_eq!(keys(&m), ["content", "from", "timestamp", "type"]);
     }
     // The sender does not receive its own broadcast: its next frame is the pong.
@@ -121,7 +133,10 @@ fn get_stats_fields() {
     let mut a = Client::connect(addr);
     let mut b = Client::connect(addr);
     let mut c = Client::connect(addr);
-    assert!(wait_until(Duration::from_secs(3), || server.totals().connected == 3));
+    assert!(wait_until(Duration::from_secs(3), || server
+        .totals()
+        .connected
+        == 3));
     a.request(&json!({"type": "ping"}));
     a.request(&json!({"type": "ping"}));
     b.request(&json!({"type": "echo", "content": "x"}));
@@ -138,7 +153,10 @@ fn get_stats_fields() {
     assert_eq!(u64_of(&v, "connected_clients"), 3);
     assert!(v["uptime_seconds"].is_u64(), "{v}");
     assert_eq!(u64_of(&v, "total_messages"), 6);
-    assert!(is_timestamp(v["server_start_time"].as_str().unwrap()), "{v}");
+    assert!(
+        is_timestamp(v["server_start_time"].as_str().unwrap()),
+        "{v}"
+    );
     assert!(is_timestamp(v["current_time"].as_str().unwrap()), "{v}");
     assert!(v["server_start_time"].as_str() <= v["current_time"].as_str());
     assert_eq!(u64_of(&v, "shards"), 2);
@@ -239,11 +257,7 @@ fn id_is_copied_back() {
             json!({"type": "nope", "id": id}),
         ] {
             let v = c.request(&req);
-            assert_eq!(
-                v.get("id"),
-                Some(id),
-                "id not copied for {req}: got {v}"
-            );
+            assert_eq!(v.get("id"), Some(id), "id not copied for {req}: got {v}");
         }
     }
     // A non-scalar id is an invalid_field error, connection stays usable.
@@ -264,7 +278,9 @@ fn request_errors_keep_the_connection() {
     assert_eq!(c.request(&json!({"type": "ping", "id": 1}))["type"], "pong");
 
     // Invalid UTF-8 inside a string is invalid JSON too.
-    c.send_raw(&frame_bytes(b"{\"type\":\"echo\",\"content\":\"\xff\xfe\"}"));
+    c.send_raw(&frame_bytes(
+        b"{\"type\":\"echo\",\"content\":\"\xff\xfe\"}",
+    ));
     c.expect_error("invalid_json");
     assert_eq!(c.request(&json!({"type": "ping"}))["type"], "pong");
 
