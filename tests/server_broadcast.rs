@@ -1,0 +1,227 @@
+//! Broadcast across shards (both wake-up modes), per-sender ordering, and a
+//! slow consumer cut while everyone else receives everything.
+
+mod common;
+
+use common::*;
+use ringcast::server::WakeMode;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const CLIENTS: usize = 16;
+const PER_SENDER: u64 = 200;
+
+/// 16 clients over 2 shards; clients 0 and 1 each broadcast 200 numbered
+/// messages; everyone else receives both sequences, each in order.
+fn cross_shard_broadcast(wake: WakeMode) {
+    let server = spawn(builder(2).wake(wake));
+    let addr = server.local_addr();
+    let mut clients = connect_many(addr, CLIENTS);
+    let ids: Vec<String> = clients.iter().map(|c| c.client_id()).collect();
+
+    // Every client registered, on both shards.
+    let mut stats = Value::Null;
+    assert!(wait_until(Duration::from_secs(3), || {
+        stats = clients[0].stats();
+        u64_of(&stats, "connected_clients") == CLIENTS as u64
+    }));
+    let per_shard: Vec<u64> = stats["connections_per_shard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(per_shard.len(), 2, "{stats}");
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "SO_REUSEPORT put every client on one shard: {per_shard:?}"
+    );
+
+    let threads: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(me, mut c)| {
+            let ids = ids.clone();
+            std::thread::spawn(move || {
+                let sender = me < 2;
+                if sender {
+                    let mut bytes = Vec::new();
+                    for n in 0..PER_SENDER {
+                        bytes.extend(frame(&json!({
+                            "type": "broadcast",
+                            "content": {"sender": me, "n": n},
+                            "id": n,
+                        })));
+                    }
+                    c.send_raw(&bytes);
+                }
+                // Senders get 200 broadcast_sent and the other sender's 200
+                // messages; everyone else both senders' messages.
+                let mut next: HashMap<String, u64> = HashMap::new();
+                let mut next_ack = 0u64;
+                let want_msgs = if sender { PER_SENDER } else { 2 * PER_SENDER };
+                let mut msgs = 0u64;
+                while msgs < want_msgs || (sender && next_ack < PER_SENDER) {
+                    let v = c.recv();
+                    match v["type"].as_str() {
+                        Some("broadcast_sent") => {
+                            assert!(sender, "client {me} got {v}");
+                            assert_eq!(v["id"], next_ack, "acks out of order");
+                            assert_eq!(u64_of(&v, "recipients"), CLIENTS as u64 - 1, "{v}");
+                            next_ack += 1;
+                        }
+                        Some("broadcast_message") => {
+                            assert!(v.get("id").is_none(), "{v}");
+                            let from = v["from"].as_str().unwrap().to_string();
+                            let s = v["content"]["sender"].as_u64().unwrap() as usize;
+                            assert_ne!(s, me, "client {me} received its own broadcast");
+                            assert_eq!(from, ids[s], "wrong from in {v}");
+                            assert!(is_timestamp(v["timestamp"].as_str().unwrap()));
+                            let n = v["content"]["n"].as_u64().unwrap();
+                            let e = next.entry(from).or_insert(0);
+                            assert_eq!(n, *e, "client {me}: sender {s} out of order");
+                            *e += 1;
+                            msgs += 1;
+                        }
+                        _ => panic!("client {me}: unexpected {v}"),
+                    }
+                }
+                c.expect_silence(Duration::from_millis(100));
+                c
+            })
+        })
+        .collect();
+    let mut clients: Vec<Client> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let s = clients[5].stats();
+    assert_eq!(
+        u64_of(&s, "broadcasts_delivered"),
+        2 * PER_SENDER * (CLIENTS as u64 - 1),
+        "{s}"
+    );
+}
+
+#[test]
+fn broadcast_reaches_all_shards_in_order_msg_ring() {
+    cross_shard_broadcast(WakeMode::MsgRing);
+}
+
+#[test]
+fn broadcast_reaches_all_shards_in_order_eventfd() {
+    cross_shard_broadcast(WakeMode::Eventfd);
+}
+
+#[test]
+fn slow_consumer_is_cut_while_others_receive_everything() {
+    const READERS: usize = 3;
+    /// Upper bound on broadcasts (20 MiB): far more than the kernel buffers
+    /// of the slow connection plus max_pending_bytes.
+    const MAX: u64 = 20_000;
+    /// Broadcasts sent after the cut, to show the others keep receiving.
+    const AFTER_CUT: u64 = 500;
+    const WINDOW: u64 = 32;
+    let server = spawn(builder(2).max_pending_bytes(256 << 10));
+    let addr = server.local_addr();
+    let mut sender = Client::connect(addr);
+    // The slow one advertises a tiny window and never reads (until the end).
+    let mut slow = Client::connect_small_rcvbuf(addr, 4096);
+    let readers = connect_many(addr, READERS);
+    let sender_id = sender.client_id();
+    assert!(wait_until(Duration::from_secs(3), || {
+        u64_of(&sender.stats(), "connected_clients") == READERS as u64 + 2
+    }));
+
+    let reader_threads: Vec<_> = readers
+        .into_iter()
+        .map(|mut r| {
+            let sender_id = sender_id.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                loop {
+                    let v = r.recv();
+                    assert_eq!(v["type"], "broadcast_message", "{v}");
+                    assert_eq!(v["from"], sender_id.as_str());
+                    let content = v["content"].as_str().unwrap();
+                    if content == "END" {
+                        return (r, n);
+                    }
+                    assert_eq!(content.len(), 1024);
+                    assert_eq!(&content[..8], format!("{n:08}"), "out of order");
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+
+    // Windowed sending: at most WINDOW broadcasts unacknowledged, so a
+    // reader that keeps up never has much pending. Keep going until the
+    // slow consumer is cut, then a little longer.
+    let body = "b".repeat(1024 - 8);
+    let mut acked = 0;
+    let mut end = MAX;
+    let mut n = 0;
+    while n < end {
+        sender.send(&json!({"type": "broadcast", "content": format!("{n:08}{body}"), "id": n}));
+        n += 1;
+        while n - acked > WINDOW {
+            let v = sender.recv();
+            assert_eq!(v["type"], "broadcast_sent", "{v}");
+            assert_eq!(v["id"], acked);
+            acked += 1;
+        }
+        if end == MAX && n % 64 == 0 && server.totals().slow_consumer_disconnects >= 1 {
+            end = n + AFTER_CUT;
+        }
+    }
+    assert!(
+        end < MAX,
+        "no slow consumer cut after {MAX} broadcasts of 1 KiB"
+    );
+    sender.send(&json!({"type": "broadcast", "content": "END", "id": "end"}));
+    while acked < end {
+        let v = sender.recv();
+        assert_eq!(v["id"], acked, "{v}");
+        acked += 1;
+    }
+    assert_eq!(sender.recv()["id"], "end");
+    let mut readers = Vec::new();
+    for t in reader_threads {
+        let (mut r, got) = t.join().unwrap();
+        assert_eq!(got, end, "a reader missed broadcasts");
+        r.expect_silence(Duration::from_millis(50));
+        readers.push(r);
+    }
+
+    let stats = sender.stats();
+    assert_eq!(u64_of(&stats, "slow_consumer_disconnects"), 1, "{stats}");
+    assert_eq!(stats["errors_by_code"]["slow_consumer"], 1, "{stats}");
+    // The readers are still connected, the slow one is not.
+    assert_eq!(u64_of(&stats, "connected_clients"), READERS as u64 + 1);
+    // The slow client now reads: an in-order prefix of the broadcasts,
+    // possibly the slow_consumer error, then the connection ends.
+    let frames = slow.read_until_closed(Duration::from_secs(5));
+    let mut got = 0u64;
+    let mut saw_error = false;
+    for v in &frames {
+        assert!(!saw_error, "frames after the error: {v}");
+        match v["type"].as_str() {
+            Some("broadcast_message") => {
+                assert_eq!(&v["content"].as_str().unwrap()[..8], format!("{got:08}"));
+                got += 1;
+            }
+            Some("error") => {
+                assert_eq!(v["code"], "slow_consumer", "{v}");
+                saw_error = true;
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert!(got < end, "the slow client got everything ({got})");
+    eprintln!(
+        "slow consumer cut after ~{} broadcasts; it received {got}, error frame: {saw_error}",
+        end - AFTER_CUT
+    );
+    for r in &mut readers {
+        assert_eq!(r.request(&json!({"type": "ping"}))["type"], "pong");
+    }
+}
