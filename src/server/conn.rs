@@ -18,7 +18,7 @@ pub(crate) enum Phase {
     /// Serving requests.
     Open,
     /// Flushing a final error (or shutdown notice) before closing; input is
-    /// discarded. Past `deadline` (shard seconds) it is closed regardless.
+    /// discarded. Past `deadline` (shard milliseconds) it is closed regardless.
     Draining { deadline: u64 },
     /// Our FIN is sent; input is read and dropped until the peer closes or
     /// the deadline passes, so the peer reads our last frame rather than a
@@ -134,11 +134,13 @@ pub(crate) struct Conn {
     pub inflight: usize,
     pub send_inflight: bool,
     pub recv: Recv,
+    /// A multishot receive is in the kernel (armed, until its final completion).
+    pub recv_inflight: bool,
     /// Operations in flight that name this connection (recv, send,
     /// shutdown, cancel); the slot is freed only when this reaches zero.
     pub ops: u32,
     pub phase: Phase,
-    /// Shard seconds of the last input.
+    /// Shard milliseconds of the last input.
     pub last_active: u64,
     /// Passed authentication (or none is required).
     pub authed: bool,

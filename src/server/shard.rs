@@ -66,9 +66,9 @@ const POOL_MAX_CAPACITY: usize = 2 << 20;
 const POOL_MAX_BYTES: usize = 32 << 20;
 /// A reply buffer starts this large (one recv buffer of small replies).
 const REPLY_BUF_CAPACITY: usize = 16 << 10;
-/// Seconds a closing connection may take to flush its last frame, and to
-/// linger for the peer's close, before it is cut.
-const CLOSE_GRACE_SECS: u64 = 2;
+/// Milliseconds a closing connection may take to flush its last frame, and
+/// to linger for the peer's close, before it is cut.
+const CLOSE_GRACE_MS: u64 = 2000;
 /// The shard's housekeeping tick (idle sweep, deadlines, messages/s).
 const TICK: Duration = Duration::from_secs(1);
 
@@ -79,8 +79,8 @@ struct Ctx<'a> {
     parser: JsonParser,
     ts: TimestampCache,
     now_ms: u64,
-    /// Seconds since the shard started (monotonic), for idle and deadlines.
-    now_secs: u64,
+    /// Milliseconds since the shard started (monotonic), for idle and deadlines.
+    now_mono_ms: u64,
     rss: RssReader,
     per_shard: Vec<u64>,
     pool: BufPool,
@@ -185,7 +185,7 @@ pub(crate) fn run(
             parser: JsonParser::new(),
             ts: TimestampCache::new(),
             now_ms: crate::protocol::time::unix_ms_now(),
-            now_secs: 0,
+            now_mono_ms: 0,
             rss: RssReader::new(),
             per_shard: Vec::with_capacity(shared.shards),
             pool: BufPool::new(POOL_MAX_CAPACITY, POOL_MAX_BYTES),
@@ -235,7 +235,7 @@ impl Shard<'_> {
             // The clock is read once per turn: every response in the batch
             // carries this turn's timestamp.
             self.ctx.now_ms = crate::protocol::time::unix_ms_now();
-            self.ctx.now_secs = started.elapsed().as_secs();
+            self.ctx.now_mono_ms = started.elapsed().as_millis() as u64;
             self.ring.drain(&mut cqes);
             for c in cqes.drain(..) {
                 self.complete(c)?;
@@ -246,7 +246,7 @@ impl Shard<'_> {
             }
             if self.stopping
                 && (self.conns.is_empty()
-                    || self.ctx.now_secs > self.stop_deadline + CLOSE_GRACE_SECS)
+                    || self.ctx.now_mono_ms > self.stop_deadline + CLOSE_GRACE_MS)
             {
                 break;
             }
@@ -351,9 +351,10 @@ impl Shard<'_> {
             inflight: 0,
             send_inflight: false,
             recv: Recv::Done,
+            recv_inflight: false,
             ops: 0,
             phase: Phase::Open,
-            last_active: self.ctx.now_secs,
+            last_active: self.ctx.now_mono_ms,
             authed: cfg.auth_token.is_none(),
             established: false,
             ip_slot,
@@ -385,6 +386,7 @@ impl Shard<'_> {
         let fd = conn.fd();
         let u = ud(K_RECV, conn.gen, key);
         conn.recv = Recv::Armed;
+        conn.recv_inflight = true;
         conn.ops += 1;
         self.ring.recv_multi(fd, self.bufs.group(), u)
     }
@@ -399,6 +401,7 @@ impl Shard<'_> {
         let ended = !c.more();
         if ended {
             conn.ops -= 1;
+            conn.recv_inflight = false;
         }
         if c.result > 0 {
             let Some(bid) = c.buffer_id() else {
@@ -421,7 +424,10 @@ impl Shard<'_> {
                     conn.recv = Recv::Done;
                     return self.arm_recv(key);
                 }
-                conn.recv = Recv::Done;
+                // Paused stays paused (maybe_resume re-arms it); otherwise done.
+                if conn.recv != Recv::Paused {
+                    conn.recv = Recv::Done;
+                }
             }
             r if r > 0 => {
                 // The multishot ended after data (cancelled for backpressure, or the kernel stopped it).
@@ -459,13 +465,13 @@ impl Shard<'_> {
             }
         }
         self.maybe_free(key);
-        Ok(())
+        self.maybe_resume(key)
     }
 
     /// Handles `n` received bytes in buffer `bid` for connection `key`.
     fn on_data(&mut self, key: usize, bid: u16, n: usize) {
         let conn = &mut self.conns[key];
-        conn.last_active = self.ctx.now_secs;
+        conn.last_active = self.ctx.now_mono_ms;
         if conn.phase != Phase::Open {
             // Closing: input is read only so the socket can close cleanly.
             self.bufs.give_back(bid);
@@ -548,13 +554,13 @@ impl Shard<'_> {
 
     /// Stops serving; closes once the output is flushed (bounded by a deadline).
     fn close_after_flush(&mut self, key: usize) {
-        let now = self.ctx.now_secs;
+        let now = self.ctx.now_mono_ms;
         let conn = &mut self.conns[key];
         if conn.phase != Phase::Open {
             return;
         }
         conn.phase = Phase::Draining {
-            deadline: now + CLOSE_GRACE_SECS,
+            deadline: now + CLOSE_GRACE_MS,
         };
         self.unestablish(key);
         self.after_flush(key);
@@ -574,14 +580,14 @@ impl Shard<'_> {
 
     /// Called when output may have drained: moves a draining connection on.
     fn after_flush(&mut self, key: usize) {
-        let now = self.ctx.now_secs;
+        let now = self.ctx.now_mono_ms;
         let conn = &mut self.conns[key];
         if let Phase::Draining { .. } = conn.phase {
             if conn.pending() == 0 {
                 if conn.recv == Recv::Armed {
                     // Send our FIN, keep reading until the peer closes.
                     conn.phase = Phase::Lingering {
-                        deadline: now + CLOSE_GRACE_SECS,
+                        deadline: now + CLOSE_GRACE_MS,
                     };
                     let _ = conn.stream.shutdown(std::net::Shutdown::Write);
                 } else {
@@ -724,16 +730,26 @@ impl Shard<'_> {
         } else {
             self.batches.push(batch);
         }
-        let conn = &mut self.conns[key];
+        self.maybe_resume(key)?;
+        self.after_flush(key);
+        Ok(())
+    }
+
+    /// Re-arms the receive of a connection paused for backpressure once its
+    /// output has drained below `LOW_WATER` and the old receive has ended.
+    /// Called wherever one of those conditions may have just become true.
+    fn maybe_resume(&mut self, key: usize) -> std::io::Result<()> {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Ok(());
+        };
         if conn.recv == Recv::Paused
-            && conn.pending() < LOW_WATER
+            && !conn.recv_inflight
             && conn.is_open()
-            && conn.ops == conn.send_inflight as u32
+            && conn.pending() < LOW_WATER
         {
             conn.recv = Recv::Done;
             self.arm_recv(key)?;
         }
-        self.after_flush(key);
         Ok(())
     }
 
@@ -806,12 +822,12 @@ impl Shard<'_> {
             .messages_last_second
             .store(total - self.last_tick_messages, Ordering::Relaxed);
         self.last_tick_messages = total;
-        let now = self.ctx.now_secs;
+        let now = self.ctx.now_mono_ms;
         let idle = self.ctx.shared.config.idle_timeout_secs;
         let mut expired = Vec::new();
         for (key, conn) in self.conns.iter() {
             match conn.phase {
-                Phase::Open if idle > 0 && now.saturating_sub(conn.last_active) >= idle => {
+                Phase::Open if idle > 0 && now.saturating_sub(conn.last_active) >= idle * 1000 => {
                     expired.push((key, true))
                 }
                 Phase::Draining { deadline } | Phase::Lingering { deadline } if now >= deadline => {
@@ -839,7 +855,7 @@ impl Shard<'_> {
     /// and its pending output is flushed within `drain_secs`.
     fn begin_stop(&mut self) -> std::io::Result<()> {
         self.stopping = true;
-        self.stop_deadline = self.ctx.now_secs + self.ctx.shared.config.drain_secs;
+        self.stop_deadline = self.ctx.now_mono_ms + self.ctx.shared.config.drain_secs * 1000;
         // Stop listening now: shutdown(2) on a listening socket makes the
         // kernel refuse new connections at once (merely dropping it would
         // leave it open while the multishot accept still holds a reference),
