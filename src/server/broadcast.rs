@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 /// One shard's inbound mailbox.
 pub struct Mailbox {
@@ -23,6 +23,10 @@ pub struct Mailbox {
     /// The target's eventfd (wake-ups from threads without a ring, and the
     /// eventfd wake mode).
     event_fd: RawFd,
+    /// Connections on the owner still waiting for a broadcast send: its
+    /// fan-out backlog, published each turn so publishers on any shard can
+    /// be slowed when fan-out falls behind.
+    backlog: AtomicUsize,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -52,6 +56,7 @@ impl Mailbox {
             notified: AtomicBool::new(false),
             ring_fd: AtomicI32::new(-1),
             event_fd,
+            backlog: AtomicUsize::new(0),
         }
     }
 
@@ -73,6 +78,16 @@ impl Mailbox {
             crate::uring::eventfd_signal(self.event_fd);
             Wake::Done
         }
+    }
+
+    /// Publishes the owner's fan-out backlog.
+    pub fn set_backlog(&self, n: usize) {
+        self.backlog.store(n, Ordering::Relaxed);
+    }
+
+    /// The owner's fan-out backlog.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
     }
 
     /// Wakes the owner through its eventfd (stop requests, other threads).

@@ -148,8 +148,12 @@ pub(crate) struct Conn {
     pub established: bool,
     /// Holds a per-IP slot to release on close.
     pub ip_slot: bool,
-    /// In the shard's list of connections to flush this turn.
+    /// In the shard's list of connections with replies to flush.
     pub dirty: bool,
+    /// In the shard's round-robin list of connections with broadcasts to flush.
+    pub push_dirty: bool,
+    /// Reading paused because broadcast fan-out is behind (see shard.rs).
+    pub fanout_paused: bool,
     pub bucket: Bucket,
 }
 

@@ -69,6 +69,13 @@ const REPLY_BUF_CAPACITY: usize = 16 << 10;
 /// Milliseconds a closing connection may take to flush its last frame, and
 /// to linger for the peer's close, before it is cut.
 const CLOSE_GRACE_MS: u64 = 2000;
+/// Broadcast-only connections flushed per loop turn (see `flush_dirty`).
+const PUSH_FLUSH_BUDGET: usize = 64;
+/// Fan-out backlog (connections waiting for a broadcast send, on any shard)
+/// above which connections that publish are paused like any other
+/// backpressure: publishers are slowed to the rate the fan-out sustains,
+/// instead of every subscriber's queue (and latency) growing.
+const FANOUT_BACKLOG_LIMIT: usize = 4 * PUSH_FLUSH_BUDGET;
 /// The shard's housekeeping tick (idle sweep, deadlines, messages/s).
 const TICK: Duration = Duration::from_secs(1);
 
@@ -171,6 +178,8 @@ pub(crate) fn run(
         conns: Slab::new(),
         next_gen: 1,
         dirty: Vec::new(),
+        dirty_pushes: std::collections::VecDeque::new(),
+        fanout_paused: Vec::new(),
         batches: Vec::new(),
         straddle_pool: BufPool::new(POOL_MAX_CAPACITY, POOL_MAX_BYTES),
         wake_targets: vec![None; shared.shards],
@@ -207,8 +216,12 @@ struct Shard<'a> {
     wake_fd: OwnedFd,
     conns: Slab<Conn>,
     next_gen: u32,
-    /// Connections with new output this turn.
+    /// Connections with new replies this turn (all flushed each turn).
     dirty: Vec<usize>,
+    /// Connections with only broadcasts to send (flushed round robin).
+    dirty_pushes: std::collections::VecDeque<usize>,
+    /// Publishers paused until the fan-out backlog drains.
+    fanout_paused: Vec<usize>,
     /// Spare send batches (they keep their iovec and msghdr allocations).
     batches: Vec<SendBatch>,
     /// Spare straddle buffers for frames that cross receive buffers (the
@@ -230,8 +243,14 @@ impl Shard<'_> {
         let mut cqes: Vec<Completion> = Vec::with_capacity(1024);
         loop {
             self.flush_dirty()?;
+            self.update_fanout()?;
             self.bufs.commit();
-            self.ring.submit_and_wait(1)?;
+            if self.dirty_pushes.is_empty() {
+                self.ring.submit_and_wait(1)?;
+            } else {
+                // Broadcast sends still to start: submit and reap without sleeping.
+                self.ring.submit_and_wait_timeout(1, Duration::ZERO)?;
+            }
             // The clock is read once per turn: every response in the batch
             // carries this turn's timestamp.
             self.ctx.now_ms = crate::protocol::time::unix_ms_now();
@@ -359,6 +378,8 @@ impl Shard<'_> {
             established: false,
             ip_slot,
             dirty: false,
+            push_dirty: false,
+            fanout_paused: false,
             bucket: Bucket::full(self.ctx.burst, self.ctx.now_ms),
         };
         let key = self.conns.insert(conn);
@@ -477,6 +498,7 @@ impl Shard<'_> {
             self.bufs.give_back(bid);
             return;
         }
+        let published_before = self.ctx.outgoing.len();
         let ctx = &mut self.ctx;
         let mut close: Option<(ErrorCode, &'static str)> = None;
         let result = self.bufs.with_buf(bid, n, |chunk| {
@@ -517,10 +539,17 @@ impl Shard<'_> {
             return;
         }
         self.mark_dirty(key);
+        let published = self.ctx.outgoing.len() > published_before;
+        let fanout_full = published && self.fanout_busy();
         let conn = &mut self.conns[key];
-        if conn.pending() > HIGH_WATER && conn.recv == Recv::Armed {
+        if fanout_full && conn.recv == Recv::Armed {
+            conn.fanout_paused = true;
+            self.fanout_paused.push(key);
+        }
+        if (conn.pending() > HIGH_WATER || fanout_full) && conn.recv == Recv::Armed {
             // Backpressure: stop taking this client's requests until its
-            // replies drain. TCP flow control slows the client meanwhile.
+            // replies drain (or the fan-out catches up). TCP flow control
+            // slows the client meanwhile.
             conn.recv = Recv::Paused;
             conn.ops += 1;
             let (target, cancel) = (ud(K_RECV, conn.gen, key), ud(K_CANCEL, conn.gen, key));
@@ -660,6 +689,13 @@ impl Shard<'_> {
     }
 
     /// Starts a send for every connection that has output and none in flight.
+    ///
+    /// Connections with replies to their own requests are all flushed every
+    /// turn. Connections that only received broadcasts are flushed at most
+    /// `PUSH_FLUSH_BUDGET` per turn, round robin: a large fan-out then no
+    /// longer holds up the loop (and the publisher's acknowledgement) for
+    /// hundreds of sends, and the recipients left for a later turn gather
+    /// more broadcasts into each send.
     fn flush_dirty(&mut self) -> std::io::Result<()> {
         let mut dirty = std::mem::take(&mut self.dirty);
         for key in dirty.drain(..) {
@@ -672,6 +708,20 @@ impl Shard<'_> {
             }
         }
         self.dirty = dirty;
+        let mut budget = PUSH_FLUSH_BUDGET;
+        while budget > 0 {
+            let Some(key) = self.dirty_pushes.pop_front() else {
+                break;
+            };
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.push_dirty = false;
+                if !conn.send_inflight && conn.phase != Phase::Closing && conn.out.len() > 0 {
+                    let batch = self.batches.pop().unwrap_or_default();
+                    self.start_send(key, batch)?;
+                    budget -= 1;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -744,12 +794,51 @@ impl Shard<'_> {
         };
         if conn.recv == Recv::Paused
             && !conn.recv_inflight
+            && !conn.fanout_paused
             && conn.is_open()
             && conn.pending() < LOW_WATER
         {
             conn.recv = Recv::Done;
             self.arm_recv(key)?;
         }
+        Ok(())
+    }
+
+    /// Whether broadcast fan-out is behind on any shard.
+    fn fanout_busy(&self) -> bool {
+        self.ctx
+            .shared
+            .mailboxes
+            .iter()
+            .any(|m| m.backlog() > FANOUT_BACKLOG_LIMIT)
+    }
+
+    /// Publishes this shard's fan-out backlog and resumes publishers paused
+    /// for fan-out once every shard has caught up.
+    fn update_fanout(&mut self) -> std::io::Result<()> {
+        let shared = self.ctx.shared;
+        let backlog = self.dirty_pushes.len();
+        let was = shared.mailboxes[self.id].backlog();
+        shared.mailboxes[self.id].set_backlog(backlog);
+        if was > FANOUT_BACKLOG_LIMIT && backlog <= FANOUT_BACKLOG_LIMIT {
+            // Caught up: shards with paused publishers may be asleep.
+            for (i, m) in shared.mailboxes.iter().enumerate() {
+                if i != self.id {
+                    m.wake_external();
+                }
+            }
+        }
+        if self.fanout_paused.is_empty() || self.fanout_busy() {
+            return Ok(());
+        }
+        let mut paused = std::mem::take(&mut self.fanout_paused);
+        for key in paused.drain(..) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.fanout_paused = false;
+                self.maybe_resume(key)?;
+            }
+        }
+        self.fanout_paused = paused;
         Ok(())
     }
 
@@ -798,9 +887,9 @@ impl Shard<'_> {
             }
             conn.out.push_shared(frame.clone());
             delivered += 1;
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(key);
+            if !conn.push_dirty {
+                conn.push_dirty = true;
+                self.dirty_pushes.push_back(key);
             }
         }
         bump(&self.ctx.counters.broadcasts_delivered, delivered);
