@@ -13,3 +13,8 @@ pub mod client;
 pub mod protocol;
 pub mod server;
 pub mod uring;
+
+/// The README's Rust examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
