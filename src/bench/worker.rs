@@ -522,13 +522,9 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
             if sending {
                 let interval = (1e9 / per) as u64;
                 for c in conns.iter_mut() {
-                    while c.next_due <= now {
-                        let due = c.next_due;
-                        if !issue(c, due, &mut budget) {
-                            break;
-                        }
-                        c.next_due += interval.max(1);
-                    }
+                    let mut next = c.next_due;
+                    due_sends(&mut next, interval, now, |due| issue(c, due, &mut budget));
+                    c.next_due = next;
                 }
             }
         }
@@ -557,6 +553,20 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
     }
     out.finished_ns = ctl.now_ns();
     Ok(out)
+}
+
+/// Open loop: calls `send(intended_time)` for every send due by `now` on a
+/// fixed schedule (`*next_due`, then every `interval` ns), advancing the
+/// schedule; stops early if `send` returns false. Each request is stamped
+/// with when it *should* have left, not when it did, so a stall shows up
+/// in the latency of every request it delayed (coordinated omission).
+pub fn due_sends(next_due: &mut u64, interval: u64, now: u64, mut send: impl FnMut(u64) -> bool) {
+    while *next_due <= now {
+        if !send(*next_due) {
+            break;
+        }
+        *next_due += interval.max(1);
+    }
 }
 
 #[inline]
@@ -590,6 +600,44 @@ mod tests {
             publish_time(br#"{"type":"broadcast_message","content":"hello"}"#),
             None
         );
+    }
+
+    #[test]
+    fn coordinated_omission_hand_worked() {
+        // 1,000 req/s on one connection (1 ms apart), starting at t = 0.
+        // The generator's loop is stalled until t = 10 ms (the server did
+        // not answer, say), then every response arrives at t = 10.1 ms.
+        let ms = 1_000_000u64;
+        let mut next = 0;
+        let mut intended = Vec::new();
+        due_sends(&mut next, ms, 10 * ms, |t| {
+            intended.push(t);
+            true
+        });
+        // Eleven sends were due (t = 0, 1, ..., 10 ms), and the schedule
+        // moves on to 11 ms, not to "now + 1 ms".
+        assert_eq!(intended, (0..=10).map(|i| i * ms).collect::<Vec<_>>());
+        assert_eq!(next, 11 * ms);
+        // Latency from intended time: 10.1, 9.1, ..., 0.1 ms. Measured from
+        // the actual send (all at 10 ms) it would be 0.1 ms for every one.
+        let arrive = 10 * ms + ms / 10;
+        let mut h = crate::bench::report::new_histogram();
+        for t in &intended {
+            h.record((arrive - t) / 1000).unwrap();
+        }
+        let l = crate::bench::report::Latency::from_histogram(&h);
+        assert_eq!(l.count, 11);
+        assert!((5095..=5110).contains(&l.p50), "p50 {}", l.p50); // 5.1 ms
+        assert!((10_095..=10_110).contains(&l.max), "max {}", l.max); // 10.1 ms
+        assert!((95..=105).contains(&h.min()), "min {}", h.min()); // 0.1 ms
+        // A budget that runs out stops the schedule where it is.
+        let mut next = 0;
+        let mut left = 3;
+        due_sends(&mut next, ms, 10 * ms, |_| {
+            left -= 1;
+            left >= 0
+        });
+        assert_eq!(next, 3 * ms);
     }
 
     #[test]

@@ -140,7 +140,7 @@ pub(crate) struct Conn {
     /// shutdown, cancel); the slot is freed only when this reaches zero.
     pub ops: u32,
     pub phase: Phase,
-    /// Shard milliseconds of the last input.
+    /// Shard milliseconds of the last complete frame (or of the accept).
     pub last_active: u64,
     /// Passed authentication (or none is required).
     pub authed: bool,

@@ -492,7 +492,6 @@ impl Shard<'_> {
     /// Handles `n` received bytes in buffer `bid` for connection `key`.
     fn on_data(&mut self, key: usize, bid: u16, n: usize) {
         let conn = &mut self.conns[key];
-        conn.last_active = self.ctx.now_mono_ms;
         if conn.phase != Phase::Open {
             // Closing: input is read only so the socket can close cleanly.
             self.bufs.give_back(bid);
@@ -509,10 +508,14 @@ impl Shard<'_> {
                 authed,
                 established,
                 bucket,
+                last_active,
                 ..
             } = conn;
             let straddle_pool = &mut self.straddle_pool;
             decoder.feed_pooled(chunk, straddle_pool, |payload| {
+                // Activity is a complete frame, not a byte: a client that
+                // trickles a frame (slowloris) is idle until it completes one.
+                *last_active = ctx.now_mono_ms;
                 let flow = handle_frame(ctx, key, payload, out, client_id, authed, bucket);
                 if let ControlFlow::Break(reason) = flow {
                     close = Some(reason);
