@@ -14,14 +14,21 @@
 #                 artifacts (default target/fuzz-runs). New inputs never land
 #                 in the seed corpus fuzz/corpus/<target>.
 #   FUZZ_TOOLCHAIN  toolchain for cargo-fuzz (default nightly)
+#   FUZZ_KEEP_GOING 1: keep fuzzing after a crash for the whole FUZZ_SECS
+#                 (libFuzzer -fork=1 -ignore_crashes=1: still one process at
+#                 a time), saving every crashing input; 0 (default): stop at
+#                 the first crash (-jobs=1).
 #
 # Needs cargo-fuzz and a nightly toolchain. Exits 1 if any target crashed
-# (or its run failed), 0 otherwise.
+# (or its run failed), 0 otherwise. Crashing inputs are left in
+# $FUZZ_WORK/<target>/artifacts; reproduce one with
+#   fuzz/target/x86_64-unknown-linux-gnu/release/<target> <file>
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 secs="${FUZZ_SECS:-600}"
 max_len="${FUZZ_MAX_LEN:-8192}"
+keep_going="${FUZZ_KEEP_GOING:-0}"
 work="${FUZZ_WORK:-$root/target/fuzz-runs}"
 toolchain="${FUZZ_TOOLCHAIN:-nightly}"
 triple="x86_64-unknown-linux-gnu"
@@ -60,26 +67,46 @@ for t in "${targets[@]}"; do
     count_artifacts() { find "$dir/artifacts" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l; }
     before="$(count_artifacts)"
     rc=0
-    # -jobs=1 makes libFuzzer fork one worker whose output goes to
-    # fuzz-0.log in the current directory; run from $dir so it lands there.
+    if [ "$keep_going" = 1 ]; then
+        # Fork mode: one child at a time, crashes recorded and skipped.
+        mode=(-fork=1 -ignore_crashes=1)
+    else
+        # -jobs=1 makes libFuzzer fork one worker whose output goes to
+        # fuzz-0.log in the current directory; run from $dir so it lands there.
+        mode=(-jobs=1 -workers=1)
+    fi
     (
         cd "$dir"
         rm -f fuzz-0.log
-        nice -n 19 "$bin" -jobs=1 -workers=1 \
+        nice -n 19 "$bin" "${mode[@]}" \
             -max_total_time="$secs" -max_len="$max_len" \
             -artifact_prefix="$dir/artifacts/" \
             -print_final_stats=1 \
             "$dir/corpus" "$root/fuzz/corpus/$t"
     ) >"$dir/driver.log" 2>&1 || rc=$?
-    cat "$dir/fuzz-0.log" >"$log" 2>/dev/null || cp "$dir/driver.log" "$log"
+    if [ "$keep_going" = 1 ]; then
+        cp "$dir/driver.log" "$log"
+    else
+        cat "$dir/fuzz-0.log" >"$log" 2>/dev/null || cp "$dir/driver.log" "$log"
+    fi
 
     runs="$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1 || true)"
     eps="$(grep -oE 'stat::average_exec_per_sec: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1 || true)"
     last="$(grep -E '^#[0-9]+' "$log" | tail -1 || true)"
+    if [ -z "$runs" ]; then
+        # Fork mode prints "#<runs>: cov: … exec/s: …" progress lines.
+        # (its exec/s is the last child's; average over the whole run).
+        runs="$(echo "$last" | grep -oE '^#[0-9]+' | tr -d '#' || true)"
+        took="$(echo "$last" | grep -oE 'time: [0-9]+' | grep -oE '[0-9]+' || true)"
+        if [ -n "$runs" ] && [ -n "$took" ] && [ "$took" -gt 0 ]; then
+            eps=$((runs / took))
+        fi
+    fi
     cov="$(echo "$last" | grep -oE 'cov: [0-9]+ ft: [0-9]+' || true)"
-    corp="$(echo "$last" | grep -oE 'corp: [0-9]+/[0-9]+[a-zA-Z]*' || true)"
+    corp="$(echo "$last" | grep -oE 'corp: [0-9]+(/[0-9]+[a-zA-Z]*)?' || true)"
     crashes=$(($(count_artifacts) - before))
-    if [ "$rc" -ne 0 ] || [ "$crashes" -ne 0 ] || grep -qE 'ERROR: (libFuzzer|AddressSanitizer)|panicked at|deadly signal' "$log"; then
+    if [ "$rc" -ne 0 ] || [ "$crashes" -ne 0 ] ||
+        grep -qE 'ERROR: (libFuzzer|AddressSanitizer)|panicked at|deadly signal' "$log"; then
         status=1
         verdict="FAILED (rc $rc; see $log and $dir/artifacts)"
     else
