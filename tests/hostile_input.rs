@@ -518,6 +518,7 @@ fn json_nested_100000_levels() {
             "not_an_object"
         };
         assert!(code == expected || code == "invalid_json", "{case}: {v}");
+        eprintln!("{case}: {code}");
         dog.check(&case);
     }
 
@@ -527,6 +528,7 @@ fn json_nested_100000_levels() {
     let resp = raw_request(&mut c, req.as_bytes());
     let v: Value = serde_json::from_slice(&resp).unwrap();
     assert!(v["type"] == "pong" || v["code"] == "invalid_json", "{v}");
+    eprintln!("a ping with a {DEPTH}-level field: {}", v["type"]);
     dog.check("a ping with a 100,000-level field");
 
     // Unbalanced: opened and never closed.
