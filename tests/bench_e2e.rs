@@ -42,7 +42,11 @@ fn closed_loop_echo_measures_and_sees_no_errors() {
     assert!(r.latency_us.p50 <= r.latency_us.p99 && r.latency_us.p99 <= r.latency_us.max);
     // The server counted at least what the generator measured.
     let t = s.totals();
-    assert!(t.messages[1] >= r.messages, "server echo count {:?}", t.messages);
+    assert!(
+        t.messages[1] >= r.messages,
+        "server echo count {:?}",
+        t.messages
+    );
     let h = bench::last_histogram().expect("histogram kept for --hgrm");
     assert!(bench::report::to_hgrm(&h).contains("#[Mean"));
     s.shutdown();

@@ -630,7 +630,7 @@ mod tests {
         assert!((5095..=5110).contains(&l.p50), "p50 {}", l.p50); // 5.1 ms
         assert!((10_095..=10_110).contains(&l.max), "max {}", l.max); // 10.1 ms
         assert!((95..=105).contains(&h.min()), "min {}", h.min()); // 0.1 ms
-        // A budget that runs out stops the schedule where it is.
+                                                                   // A budget that runs out stops the schedule where it is.
         let mut next = 0;
         let mut left = 3;
         due_sends(&mut next, ms, 10 * ms, |_| {
