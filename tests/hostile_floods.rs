@@ -470,16 +470,29 @@ fn broadcast_storm_with_a_stalled_subscriber() {
     assert!(wait_until(Duration::from_secs(5), || {
         u64_of(&sender.stats(), "connected_clients") == READERS as u64 + 2
     }));
+    // Each reader's progress: the sender stays at most READ_AHEAD
+    // broadcasts (READ_AHEAD x 512 B, well under MAX_PENDING) ahead of the
+    // slowest reader, so a reader thread descheduled on this busy 2-core
+    // machine is never itself a slow consumer; only the stalled one is.
+    const READ_AHEAD: u64 = 256;
+    let progress: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>> = std::sync::Arc::new(
+        (0..READERS)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
+    );
     let reader_threads: Vec<_> = readers
         .into_iter()
-        .map(|mut r| {
+        .enumerate()
+        .map(|(i, mut r)| {
             let sender_id = sender_id.clone();
+            let progress = progress.clone();
             std::thread::Builder::new()
                 .stack_size(256 << 10)
                 .spawn(move || {
                     r.set_read_timeout(Duration::from_secs(20));
                     let mut n = 0u64;
                     loop {
+                        progress[i].store(n, std::sync::atomic::Ordering::Relaxed);
                         let v = r.recv();
                         assert_eq!(v["type"], "broadcast_message", "{v}");
                         assert_eq!(v["from"], sender_id.as_str());
@@ -513,6 +526,18 @@ fn broadcast_storm_with_a_stalled_subscriber() {
         }
         while n - acked > WINDOW {
             read_ack(&mut sender, &mut acked, &mut max_rss);
+        }
+        let paced = Instant::now() + Duration::from_secs(20);
+        while n.saturating_sub(
+            progress
+                .iter()
+                .map(|p| p.load(std::sync::atomic::Ordering::Relaxed))
+                .min()
+                .unwrap_or(0),
+        ) > READ_AHEAD
+        {
+            assert!(Instant::now() < paced, "a reader stopped reading");
+            std::thread::sleep(Duration::from_micros(200));
         }
         if cut_at.is_none() && n % 64 == 0 && server.totals().slow_consumer_disconnects >= 1 {
             cut_at = Some(n);

@@ -11,7 +11,10 @@ use super::{Control, Workload};
 use crate::protocol::frame::BoundedPool;
 use crate::protocol::json::ObjectWriter;
 use crate::protocol::{frame, FrameDecoder};
-use crate::uring::{BufRing, Completion, Segment, SendBatch, Uring};
+use crate::uring::{
+    pack_user_data as ud, unpack_user_data as ud_parts, BufRing, Completion, Segment, SendBatch,
+    Uring,
+};
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;
 use std::io;
@@ -278,8 +281,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
     }
     let (measure_from, measure_until) = ctl.connected_wait();
     for (i, c) in conns.iter_mut().enumerate() {
-        ring.recv_multi(c.stream.as_raw_fd(), bufs.group(), ud(K_RECV, c.gen, i))?;
-        c.recv_armed = true;
+        arm_recv(&mut ring, &bufs, c, i)?;
     }
     let start = ctl.now_ns();
     let pipeline = cfg.pipeline.max(1);
@@ -466,12 +468,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
                         }
                     } else if !cqe.more() {
                         if cqe.result == -libc::ENOBUFS {
-                            ring.recv_multi(
-                                c.stream.as_raw_fd(),
-                                bufs.group(),
-                                ud(K_RECV, c.gen, idx),
-                            )?;
-                            c.recv_armed = true;
+                            arm_recv(&mut ring, &bufs, c, idx)?;
                         } else if sending || !c.sent.is_empty() {
                             // Unexpected close: count what was lost, reconnect.
                             out.errors += c.sent.len() as u64 + 1;
@@ -489,12 +486,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
                                     c.decoder = FrameDecoder::new(64 << 20);
                                     c.out.clear();
                                     out.reconnects += 1;
-                                    ring.recv_multi(
-                                        c.stream.as_raw_fd(),
-                                        bufs.group(),
-                                        ud(K_RECV, c.gen, idx),
-                                    )?;
-                                    c.recv_armed = true;
+                                    arm_recv(&mut ring, &bufs, c, idx)?;
                                     if plan.rate_per_conn.is_none() {
                                         for _ in 0..pipeline {
                                             issue(c, now, &mut budget);
@@ -505,12 +497,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
                         }
                     }
                     if cqe.result > 0 && !cqe.more() && !c.recv_armed {
-                        ring.recv_multi(
-                            c.stream.as_raw_fd(),
-                            bufs.group(),
-                            ud(K_RECV, c.gen, idx),
-                        )?;
-                        c.recv_armed = true;
+                        arm_recv(&mut ring, &bufs, c, idx)?;
                     }
                 }
                 _ => {}
@@ -555,6 +542,13 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
     Ok(out)
 }
 
+/// Arms connection `idx`'s multishot receive.
+fn arm_recv(ring: &mut Uring, bufs: &BufRing, c: &mut Conn, idx: usize) -> io::Result<()> {
+    ring.recv_multi(c.stream.as_raw_fd(), bufs.group(), ud(K_RECV, c.gen, idx))?;
+    c.recv_armed = true;
+    Ok(())
+}
+
 /// Open loop: calls `send(intended_time)` for every send due by `now` on a
 /// fixed schedule (`*next_due`, then every `interval` ns), advancing the
 /// schedule; stops early if `send` returns false. Each request is stamped
@@ -567,20 +561,6 @@ pub fn due_sends(next_due: &mut u64, interval: u64, now: u64, mut send: impl FnM
         }
         *next_due += interval.max(1);
     }
-}
-
-#[inline]
-fn ud(kind: u64, gen: u32, idx: usize) -> u64 {
-    (kind << 56) | ((gen as u64 & 0xff_ffff) << 32) | (idx as u64 & 0xffff_ffff)
-}
-
-#[inline]
-fn ud_parts(u: u64) -> (u64, u32, usize) {
-    (
-        u >> 56,
-        ((u >> 32) & 0xff_ffff) as u32,
-        (u & 0xffff_ffff) as usize,
-    )
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ use crate::protocol::message::{self, StatsReport};
 use crate::protocol::{
     parse_request, ErrorCode, FrameDecoder, JsonParser, RequestKind, TimestampCache,
 };
-use crate::uring::{self, BufRing, Completion, SendBatch, Uring};
+use crate::uring::{
+    self, pack_user_data as ud, unpack_user_data as ud_parts, BufRing, Completion, SendBatch, Uring,
+};
 use bytes::Bytes;
 use slab::Slab;
 use std::net::TcpListener;
@@ -37,20 +39,6 @@ const K_CANCEL: u64 = 5;
 const K_TICK: u64 = 6;
 const K_EVENTFD: u64 = 7;
 const K_WAKE: u64 = 8;
-
-#[inline]
-fn ud(kind: u64, gen: u32, key: usize) -> u64 {
-    (kind << 56) | ((gen as u64 & 0xff_ffff) << 32) | (key as u64 & 0xffff_ffff)
-}
-
-#[inline]
-fn ud_parts(u: u64) -> (u64, u32, usize) {
-    (
-        u >> 56,
-        ((u >> 32) & 0xff_ffff) as u32,
-        (u & 0xffff_ffff) as usize,
-    )
-}
 
 /// Pause reading a connection's requests while this much of its output is
 /// unsent: TCP flow control then slows the client instead of our memory

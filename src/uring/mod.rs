@@ -24,6 +24,26 @@ use std::time::Duration;
 /// Caller user data must be below this; the top bit is the layer's.
 pub const USER_DATA_LIMIT: u64 = 1 << 63;
 
+/// Packs an operation kind (7 bits), a slot generation (24 bits) and a
+/// slot index (32 bits) into user data below [`USER_DATA_LIMIT`]: the
+/// convention the shard loop and the load generator share, so a stale
+/// completion for a reused slot is recognised by its generation.
+#[inline]
+pub fn pack_user_data(kind: u64, gen: u32, slot: usize) -> u64 {
+    debug_assert!(kind < 128);
+    (kind << 56) | ((gen as u64 & 0xff_ffff) << 32) | (slot as u64 & 0xffff_ffff)
+}
+
+/// The inverse of [`pack_user_data`]: `(kind, generation, slot)`.
+#[inline]
+pub fn unpack_user_data(u: u64) -> (u64, u32, usize) {
+    (
+        u >> 56,
+        ((u >> 32) & 0xff_ffff) as u32,
+        (u & 0xffff_ffff) as usize,
+    )
+}
+
 /// What the kernel offered when the ring was set up (logged at start-up).
 #[derive(Debug, Clone, Default)]
 pub struct Features {
