@@ -55,6 +55,11 @@ impl JsonParser {
         payload: &'a mut [u8],
         f: impl for<'t> FnOnce(Result<JsonValue<'t, 'a>, InvalidJson>) -> R,
     ) -> R {
+        // simd-json 0.15 decodes a lone surrogate escape as U+0000 instead
+        // of rejecting it, which would silently change a client's data.
+        if has_lone_surrogate_escape(payload) {
+            return f(Err(InvalidJson));
+        }
         let mut tape: Tape<'a> = self.tape.take().unwrap_or_else(|| Tape(Vec::new())).reset();
         let r = match simd_json::fill_tape(payload, &mut self.buffers, &mut tape) {
             Ok(()) if !tape.0.is_empty() => f(Ok(JsonValue(&tape.0))),
@@ -63,6 +68,54 @@ impl JsonParser {
         self.tape = Some(tape.reset());
         r
     }
+}
+
+/// The value of four hex digits, if they are.
+fn hex4(b: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(b.get(..4)?).ok()?;
+    u32::from_str_radix(s, 16)
+        .ok()
+        .filter(|_| s.bytes().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Whether `payload` holds a `\uD800`–`\uDFFF` escape that is not part of a
+/// high+low surrogate pair. Backslashes are found 64 bytes at a time (a
+/// vectorisable fold), so payloads without escapes cost one pass.
+fn has_lone_surrogate_escape(payload: &[u8]) -> bool {
+    let mut i = 0;
+    while i < payload.len() {
+        let end = (i + SCAN_BLOCK).min(payload.len());
+        if !payload[i..end].iter().fold(false, |a, &b| a | (b == b'\\')) {
+            i = end;
+            continue;
+        }
+        while i < end {
+            if payload[i] != b'\\' {
+                i += 1;
+                continue;
+            }
+            if payload.get(i + 1) != Some(&b'u') {
+                i += 2; // a two-character escape (or a stray backslash simd-json rejects)
+                continue;
+            }
+            match hex4(&payload[(i + 2).min(payload.len())..]) {
+                Some(0xD800..=0xDBFF) => {
+                    let low = (payload.get(i + 6) == Some(&b'\\')
+                        && payload.get(i + 7) == Some(&b'u'))
+                    .then(|| hex4(&payload[(i + 8).min(payload.len())..]))
+                    .flatten();
+                    if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                        return true;
+                    }
+                    i += 12;
+                }
+                Some(0xDC00..=0xDFFF) => return true,
+                _ => i += 6,
+            }
+        }
+        i = i.max(end);
+    }
+    false
 }
 
 /// Number of tape nodes a value occupies, header included.
@@ -479,6 +532,34 @@ mod tests {
             let back: String = serde_json::from_slice(&out).unwrap();
             assert_eq!(back, s, "escape at {pos}");
         }
+    }
+
+    #[test]
+    fn lone_surrogates_are_found_and_pairs_are_not() {
+        for (src, lone) in [
+            (r#""a\ud800b""#, true),
+            (r#""a\udbff""#, true),
+            (r#""\udc00""#, true),
+            (r#""\ud800\u0041""#, true),
+            (r#""\ud800\ud800""#, true),
+            (r#""\ud83d\ude00""#, false),
+            (r#""\\ud800""#, false), // an escaped backslash, then text
+            (r#""\u00e9 \n \"""#, false),
+            (r#""plain""#, false),
+        ] {
+            assert_eq!(has_lone_surrogate_escape(src.as_bytes()), lone, "{src}");
+        }
+        let mut long = "x".repeat(200);
+        long.push_str(r"\ud800");
+        assert!(has_lone_surrogate_escape(long.as_bytes()));
+        let mut p = JsonParser::new();
+        let mut buf = br#"{"content":"a\ud800b"}"#.to_vec();
+        assert!(p.parse(&mut buf, |v| v.is_err()));
+        let mut buf = br#"{"content":"\ud83d\ude00"}"#.to_vec();
+        assert!(
+            p.parse(&mut buf, |v| v.unwrap().get("content").unwrap().as_str()
+                == Some("\u{1F600}"))
+        );
     }
 
     #[test]
