@@ -298,7 +298,13 @@ impl Server {
         Ok(handle)
     }
 
-    /// Runs until stopped (SIGINT/SIGTERM when `handle_signals`), then
+    /// A trigger that stops this server once it runs (take it before
+    /// [`Server::run`], which blocks; a signal handler can hold it).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.shared.clone())
+    }
+
+    /// Runs on the calling thread until stopped through a [`Stopper`], then
     /// returns the final totals.
     pub fn run(self) -> Result<Totals, ServerError> {
         let handle = self.spawn()?;
@@ -334,10 +340,7 @@ impl ServerHandle {
 
     /// Asks every shard to shut down gracefully (returns at once).
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        for m in self.shared.mailboxes.iter() {
-            m.wake_external();
-        }
+        request_stop(&self.shared);
     }
 
     /// A cloneable, thread-safe trigger for [`ServerHandle::stop`] (for
@@ -386,9 +389,14 @@ impl std::fmt::Debug for Stopper {
 impl Stopper {
     /// Asks every shard to shut down gracefully.
     pub fn stop(&self) {
-        self.0.stop.store(true, Ordering::SeqCst);
-        for m in self.0.mailboxes.iter() {
-            m.wake_external();
-        }
+        request_stop(&self.0);
+    }
+}
+
+/// Sets the stop flag and wakes every shard so it notices at once.
+fn request_stop(shared: &Shared) {
+    shared.stop.store(true, Ordering::SeqCst);
+    for m in shared.mailboxes.iter() {
+        m.wake_external();
     }
 }
