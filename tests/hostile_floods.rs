@@ -17,6 +17,7 @@
 
 mod common;
 mod hostile_util;
+mod pacing;
 
 use common::*;
 use hostile_util::*;
@@ -475,11 +476,7 @@ fn broadcast_storm_with_a_stalled_subscriber() {
     // slowest reader, so a reader thread descheduled on this busy 2-core
     // machine is never itself a slow consumer; only the stalled one is.
     const READ_AHEAD: u64 = 256;
-    let progress: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>> = std::sync::Arc::new(
-        (0..READERS)
-            .map(|_| std::sync::atomic::AtomicU64::new(0))
-            .collect(),
-    );
+    let progress = pacing::ReaderProgress::new(READERS);
     let reader_threads: Vec<_> = readers
         .into_iter()
         .enumerate()
@@ -492,7 +489,7 @@ fn broadcast_storm_with_a_stalled_subscriber() {
                     r.set_read_timeout(Duration::from_secs(20));
                     let mut n = 0u64;
                     loop {
-                        progress[i].store(n, std::sync::atomic::Ordering::Relaxed);
+                        progress.mark(i, n);
                         let v = r.recv();
                         assert_eq!(v["type"], "broadcast_message", "{v}");
                         assert_eq!(v["from"], sender_id.as_str());
@@ -527,18 +524,7 @@ fn broadcast_storm_with_a_stalled_subscriber() {
         while n - acked > WINDOW {
             read_ack(&mut sender, &mut acked, &mut max_rss);
         }
-        let paced = Instant::now() + Duration::from_secs(20);
-        while n.saturating_sub(
-            progress
-                .iter()
-                .map(|p| p.load(std::sync::atomic::Ordering::Relaxed))
-                .min()
-                .unwrap_or(0),
-        ) > READ_AHEAD
-        {
-            assert!(Instant::now() < paced, "a reader stopped reading");
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        progress.wait_within(n, READ_AHEAD, Duration::from_secs(20));
         if cut_at.is_none() && n % 64 == 0 && server.totals().slow_consumer_disconnects >= 1 {
             cut_at = Some(n);
             end = n + AFTER_CUT;

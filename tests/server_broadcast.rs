@@ -2,6 +2,7 @@
 //! slow consumer cut while everyone else receives everything.
 
 mod common;
+mod pacing;
 
 use common::*;
 use ringcast::server::WakeMode;
@@ -136,11 +137,7 @@ fn slow_consumer_is_cut_while_others_receive_everything() {
     // (busy, 2-core) machine deschedules for a while is not itself cut as a
     // slow consumer; only the one that never reads falls behind.
     const READ_AHEAD: u64 = 64;
-    let progress: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>> = std::sync::Arc::new(
-        (0..READERS)
-            .map(|_| std::sync::atomic::AtomicU64::new(0))
-            .collect(),
-    );
+    let progress = pacing::ReaderProgress::new(READERS);
     let reader_threads: Vec<_> = readers
         .into_iter()
         .enumerate()
@@ -150,7 +147,7 @@ fn slow_consumer_is_cut_while_others_receive_everything() {
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 loop {
-                    progress[i].store(n, std::sync::atomic::Ordering::Relaxed);
+                    progress.mark(i, n);
                     let v = r.recv();
                     assert_eq!(v["type"], "broadcast_message", "{v}");
                     assert_eq!(v["from"], sender_id.as_str());
@@ -182,21 +179,7 @@ fn slow_consumer_is_cut_while_others_receive_everything() {
             assert_eq!(v["id"], acked);
             acked += 1;
         }
-        let paced = std::time::Instant::now() + Duration::from_secs(10);
-        while n.saturating_sub(
-            progress
-                .iter()
-                .map(|p| p.load(std::sync::atomic::Ordering::Relaxed))
-                .min()
-                .unwrap_or(0),
-        ) > READ_AHEAD
-        {
-            assert!(
-                std::time::Instant::now() < paced,
-                "a reader stopped reading"
-            );
-            std::thread::yield_now();
-        }
+        progress.wait_within(n, READ_AHEAD, Duration::from_secs(10));
         if end == MAX && n % 64 == 0 && server.totals().slow_consumer_disconnects >= 1 {
             end = n + AFTER_CUT;
         }

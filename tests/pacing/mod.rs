@@ -1,0 +1,45 @@
+//! Pacing a broadcast sender on its readers' progress.
+//!
+//! A sender paced only on acknowledgements can run far ahead of a reader
+//! thread that a busy 2-core machine has descheduled, and that reader is
+//! then (correctly) cut as a slow consumer. Tests that need every reader to
+//! receive everything keep the sender within a bound of the slowest reader.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How many messages each reader has consumed.
+#[derive(Clone)]
+pub struct ReaderProgress(Arc<Vec<AtomicU64>>);
+
+impl ReaderProgress {
+    /// Progress slots for `readers` readers, all at 0.
+    pub fn new(readers: usize) -> Self {
+        ReaderProgress(Arc::new((0..readers).map(|_| AtomicU64::new(0)).collect()))
+    }
+
+    /// Reader `i` has consumed `n` messages.
+    pub fn mark(&self, i: usize, n: u64) {
+        self.0[i].store(n, Ordering::Relaxed);
+    }
+
+    /// Blocks until the slowest reader is at most `ahead` messages behind
+    /// `sent`; panics if that takes longer than `limit` (a reader stopped).
+    pub fn wait_within(&self, sent: u64, ahead: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let slowest = self
+                .0
+                .iter()
+                .map(|p| p.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(0);
+            if sent.saturating_sub(slowest) <= ahead {
+                return;
+            }
+            assert!(Instant::now() < deadline, "a reader stopped reading");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
