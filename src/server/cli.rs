@@ -1,68 +1,105 @@
-//! `ringcast server`: flags, logging, signals.
+//! `ringcast server`: flags, config file, logging, signals.
+//!
+//! Every setting has one name used three ways: the flag `--max-frame-bytes`,
+//! the variable `RINGCAST_MAX_FRAME_BYTES` and the config-file key
+//! `max_frame_bytes`. A flag beats a variable, a variable beats the file,
+//! the file beats the built-in default (shown in `--help`).
 
 use super::{Server, ServerConfig, WakeMode};
 use clap::Args;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-/// Arguments of `ringcast server`.
-#[derive(Debug, Clone, Args)]
+/// Arguments of `ringcast server`; also the schema of the config file (every
+/// field optional: what is absent falls through to the next source).
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = super::config::DEFAULT_ADDR, env = "RINGCAST_ADDR")]
-    pub addr: SocketAddr,
-    /// Shards (threads with their own ring); 0 = one per core.
-    #[arg(long, default_value_t = 0, env = "RINGCAST_SHARDS")]
-    pub shards: usize,
-    /// Do not pin shard threads to cores.
+    /// Read settings from this TOML file; flags and RINGCAST_* variables
+    /// override it. See deploy/ringcast.toml.
+    #[arg(long, env = "RINGCAST_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
     #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+    /// Address to listen on [default: 127.0.0.1:9999].
+    #[arg(long, env = "RINGCAST_ADDR")]
+    pub addr: Option<SocketAddr>,
+    /// Shards (threads with their own ring); 0 = one per core [default: 0].
+    #[arg(long, env = "RINGCAST_SHARDS")]
+    pub shards: Option<usize>,
+    /// Do not pin shard threads to cores (file key: `pin = false`).
+    #[arg(long)]
+    #[serde(skip)]
     pub no_pin: bool,
-    /// Connections over all shards; one more gets `server_full`.
-    #[arg(long, default_value_t = 100_000, env = "RINGCAST_MAX_CONNECTIONS")]
-    pub max_connections: usize,
-    /// Connections from one IP address (0 = unlimited).
-    #[arg(long, default_value_t = 0, env = "RINGCAST_MAX_CONNECTIONS_PER_IP")]
-    pub max_connections_per_ip: usize,
-    /// Largest frame payload accepted, in bytes.
-    #[arg(long, default_value_t = crate::protocol::DEFAULT_MAX_FRAME_BYTES, env = "RINGCAST_MAX_FRAME_BYTES")]
-    pub max_frame_bytes: usize,
-    /// Unsent output after which a broadcast recipient is cut with `slow_consumer`.
-    #[arg(long, default_value_t = 8 << 20, env = "RINGCAST_MAX_PENDING_BYTES")]
-    pub max_pending_bytes: usize,
-    /// Close connections idle this many seconds (0 = never).
-    #[arg(long, default_value_t = 300, env = "RINGCAST_IDLE_TIMEOUT_SECS")]
-    pub idle_timeout_secs: u64,
-    /// Listen backlog.
-    #[arg(long, default_value_t = 4096, env = "RINGCAST_BACKLOG")]
-    pub backlog: i32,
-    /// Seconds to flush pending output at shutdown.
-    #[arg(long, default_value_t = 5, env = "RINGCAST_DRAIN_SECS")]
-    pub drain_secs: u64,
-    /// Receive buffers per shard (a power of two).
-    #[arg(long, default_value_t = 512, env = "RINGCAST_RECV_BUFFERS")]
-    pub recv_buffers: u16,
-    /// Size of each receive buffer in bytes.
-    #[arg(long, default_value_t = 32 * 1024, env = "RINGCAST_RECV_BUFFER_SIZE")]
-    pub recv_buffer_size: usize,
+    /// Pin shard threads to cores (file key only; the flag is --no-pin).
+    #[arg(skip)]
+    pub pin: Option<bool>,
+    /// Connections over all shards; one more gets `server_full` [default: 100000].
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Connections from one IP address; 0 = unlimited [default: 0].
+    #[arg(long, env = "RINGCAST_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Largest frame payload accepted, in bytes [default: 1048576].
+    #[arg(long, env = "RINGCAST_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Unsent output after which a client is cut with `slow_consumer`
+    /// [default: 8388608].
+    #[arg(long, env = "RINGCAST_MAX_PENDING_BYTES")]
+    pub max_pending_bytes: Option<usize>,
+    /// Close connections without a complete frame for this many seconds;
+    /// 0 = never [default: 300].
+    #[arg(long, env = "RINGCAST_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Listen backlog [default: 4096].
+    #[arg(long, env = "RINGCAST_BACKLOG")]
+    pub backlog: Option<i32>,
+    /// Seconds to flush pending output at shutdown [default: 5].
+    #[arg(long, env = "RINGCAST_DRAIN_SECS")]
+    pub drain_secs: Option<u64>,
+    /// Receive buffers per shard, a power of two [default: 512].
+    #[arg(long, env = "RINGCAST_RECV_BUFFERS")]
+    pub recv_buffers: Option<u16>,
+    /// Size of each receive buffer in bytes [default: 32768].
+    #[arg(long, env = "RINGCAST_RECV_BUFFER_SIZE")]
+    pub recv_buffer_size: Option<usize>,
+    /// Submission queue entries per shard ring [default: 4096].
+    #[arg(long, env = "RINGCAST_RING_ENTRIES")]
+    pub ring_entries: Option<u32>,
     /// Require `{"type":"auth","token":…}` as the first frame.
     #[arg(long, env = "RINGCAST_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
-    /// Per-connection messages per second (0 = unlimited).
-    #[arg(long, default_value_t = 0, env = "RINGCAST_RATE_LIMIT")]
-    pub rate_limit: u32,
-    /// Burst for the rate limit (0 = one second's worth).
-    #[arg(long, default_value_t = 0, env = "RINGCAST_RATE_BURST")]
-    pub rate_burst: u32,
-    /// How shards wake each other for broadcasts.
-    #[arg(long, value_enum, default_value = "msg-ring", env = "RINGCAST_WAKE")]
-    pub wake: WakeMode,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text", env = "RINGCAST_LOG_FORMAT")]
-    pub log_format: LogFormat,
+    /// Read the auth token from this file (trailing newline ignored); for
+    /// systemd credentials and container secrets.
+    #[arg(long, env = "RINGCAST_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Per-connection messages per second; 0 = unlimited [default: 0].
+    #[arg(long, env = "RINGCAST_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Burst for the rate limit; 0 = one second's worth [default: 0].
+    #[arg(long, env = "RINGCAST_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+    /// How shards wake each other for broadcasts [default: msg-ring].
+    #[arg(long, value_enum, env = "RINGCAST_WAKE")]
+    pub wake: Option<WakeMode>,
+    /// Log format [default: text].
+    #[arg(long, value_enum, env = "RINGCAST_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Seconds between info log lines with the headline stats; 0 = off
+    /// [default: 60].
+    #[arg(long, env = "RINGCAST_STATS_INTERVAL_SECS")]
+    pub stats_interval_secs: Option<u64>,
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -70,28 +107,130 @@ pub enum LogFormat {
     Json,
 }
 
+/// Default seconds between periodic stats lines.
+pub const DEFAULT_STATS_INTERVAL_SECS: u64 = 60;
+
+/// Calls `$m!($($pre)*; field, ...)` with every setting that has the same
+/// name and type (`Option<T>` here, `T` there) in [`ServerConfig`], so the
+/// merge and conversion code below lists them once.
+macro_rules! with_server_fields {
+    ($m:ident!($($pre:tt)*)) => {
+        $m!($($pre)*; addr, shards, pin, max_connections, max_connections_per_ip,
+            max_frame_bytes, max_pending_bytes, idle_timeout_secs, backlog, drain_secs,
+            recv_buffers, recv_buffer_size, ring_entries, rate_limit, rate_burst, wake)
+    };
+}
+
+macro_rules! fill_missing {
+    ($hi:ident, $lo:ident; $($f:ident),*) => {
+        $( if $hi.$f.is_none() { $hi.$f = $lo.$f.take(); } )*
+    };
+}
+
+macro_rules! apply_to_config {
+    ($args:ident, $cfg:ident; $($f:ident),*) => {
+        $( if let Some(v) = $args.$f.clone() { $cfg.$f = v; } )*
+    };
+}
+
+macro_rules! from_config {
+    ($args:ident, $cfg:ident; $($f:ident),*) => {
+        $( $args.$f = Some($cfg.$f.clone()); )*
+    };
+}
+
+/// The configuration a server process runs with, every source merged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// What the shards get.
+    pub server: ServerConfig,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Seconds between periodic stats lines (0 = off).
+    pub stats_interval_secs: u64,
+    /// Where the auth token was read from, if from a file.
+    pub auth_token_file: Option<PathBuf>,
+}
+
 impl ServerArgs {
-    /// The configuration these flags describe.
-    pub fn to_config(&self) -> ServerConfig {
-        ServerConfig {
-            addr: self.addr,
-            shards: self.shards,
-            pin: !self.no_pin,
-            max_connections: self.max_connections,
-            max_connections_per_ip: self.max_connections_per_ip,
-            max_frame_bytes: self.max_frame_bytes,
-            max_pending_bytes: self.max_pending_bytes,
-            idle_timeout_secs: self.idle_timeout_secs,
-            backlog: self.backlog,
-            drain_secs: self.drain_secs,
-            recv_buffers: self.recv_buffers,
-            recv_buffer_size: self.recv_buffer_size,
-            ring_entries: ServerConfig::default().ring_entries,
-            auth_token: self.auth_token.clone(),
-            rate_limit: self.rate_limit,
-            rate_burst: self.rate_burst,
-            wake: self.wake,
+    /// Reads a config file: TOML whose keys are the flag names with `_`.
+    /// Unknown keys and wrong types are errors naming the line.
+    pub fn from_file(path: &Path) -> Result<ServerArgs, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses config-file text.
+    pub fn from_toml(text: &str) -> Result<ServerArgs, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Merges the flags and variables (already in `self`) over the config
+    /// file (if `--config` names one) over the defaults.
+    pub fn resolve(mut self) -> Result<Settings, String> {
+        if self.no_pin {
+            self.pin = Some(false);
         }
+        if let Some(path) = self.config.clone() {
+            let mut file = ServerArgs::from_file(&path)?;
+            let me = &mut self;
+            with_server_fields!(fill_missing!(me, file));
+            fill_missing!(me, file; auth_token, auth_token_file, log_format, stats_interval_secs);
+        }
+        let mut server = ServerConfig::default();
+        let args = &self;
+        with_server_fields!(apply_to_config!(args, server));
+        server.auth_token = match (&self.auth_token, &self.auth_token_file) {
+            (Some(_), Some(_)) => {
+                return Err("give the auth token or a file holding it, not both".into())
+            }
+            (Some(t), None) => Some(t.clone()),
+            (None, Some(path)) => Some(read_token(path)?),
+            (None, None) => None,
+        };
+        if server.auth_token.as_deref() == Some("") {
+            return Err("the auth token is empty".into());
+        }
+        server.validate()?;
+        Ok(Settings {
+            server,
+            log_format: self.log_format.unwrap_or(LogFormat::Text),
+            stats_interval_secs: self
+                .stats_interval_secs
+                .unwrap_or(DEFAULT_STATS_INTERVAL_SECS),
+            auth_token_file: self.auth_token_file,
+        })
+    }
+}
+
+/// Reads a secret from a file, without its trailing line break.
+fn read_token(path: &Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read auth token file {}: {e}", path.display()))?;
+    Ok(t.trim_end_matches(['\n', '\r']).to_string())
+}
+
+impl Settings {
+    /// The configuration as a config file that reproduces it. An auth token
+    /// given literally is not printed (a comment says one is set); one read
+    /// from a file is printed as that file's path.
+    pub fn to_toml(&self) -> String {
+        let mut args = ServerArgs::default();
+        let cfg = &self.server;
+        with_server_fields!(from_config!(args, cfg));
+        args.auth_token_file = self.auth_token_file.clone();
+        args.log_format = Some(self.log_format);
+        args.stats_interval_secs = Some(self.stats_interval_secs);
+        let body = toml::to_string(&args).expect("settings serialise as TOML");
+        let mut out = String::from(
+            "# ringcast server: effective configuration (defaults < file < RINGCAST_* < flags)\n",
+        );
+        out.push_str(&body);
+        if self.server.auth_token.is_some() && self.auth_token_file.is_none() {
+            out.push_str("# auth_token is set but not printed\n");
+        }
+        out
     }
 }
 
@@ -123,9 +262,21 @@ fn rlimit_nofile_raise() -> std::io::Result<(u64, u64)> {
 
 /// Runs `ringcast server` until SIGINT or SIGTERM.
 pub fn run(args: ServerArgs) -> ExitCode {
-    init_logging(args.log_format);
+    let print = args.print_config;
+    let settings = match args.resolve() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if print {
+        print!("{}", settings.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(settings.log_format);
     raise_nofile();
-    let server = match Server::builder().config(args.to_config()).build() {
+    let server = match Server::builder().config(settings.server.clone()).build() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ringcast server: {e}");
@@ -157,7 +308,10 @@ pub fn run(args: ServerArgs) -> ExitCode {
             stopper.stop();
         }
     });
-    match handle.join() {
+    let reporter = StatsReporter::start(&handle, settings.stats_interval_secs);
+    let result = handle.join();
+    drop(reporter);
+    match result {
         Ok(t) => {
             tracing::info!(
                 total_messages = t.total_messages(),
@@ -173,6 +327,68 @@ pub fn run(args: ServerArgs) -> ExitCode {
         Err(e) => {
             eprintln!("ringcast server: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs the headline stats at info level every interval, from its own
+/// thread; stops when dropped.
+struct StatsReporter {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatsReporter {
+    fn start(handle: &super::ServerHandle, interval_secs: u64) -> StatsReporter {
+        if interval_secs == 0 {
+            return StatsReporter {
+                stop: None,
+                thread: None,
+            };
+        }
+        let watcher = handle.watcher();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let interval = Duration::from_secs(interval_secs);
+        let thread = std::thread::Builder::new()
+            .name("ringcast-stats".into())
+            .spawn(move || {
+                let rss = super::stats::RssReader::new();
+                let mut last = watcher.totals().total_messages();
+                // Wakes each interval; a message or a hang-up ends the loop.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(interval)
+                {
+                    let t = watcher.totals();
+                    let total = t.total_messages();
+                    tracing::info!(
+                        connected = t.connected,
+                        total_connections = t.total_connections,
+                        total_messages = total,
+                        messages_per_second = (total - last) / interval_secs,
+                        bytes_received = t.bytes_received,
+                        bytes_sent = t.bytes_sent,
+                        broadcasts_delivered = t.broadcasts_delivered,
+                        slow_consumer_disconnects = t.slow_consumer_disconnects,
+                        protocol_errors = t.protocol_errors(),
+                        rss_bytes = rss.rss_bytes(),
+                        "stats"
+                    );
+                    last = total;
+                }
+            })
+            .ok();
+        StatsReporter {
+            stop: Some(tx),
+            thread,
+        }
+    }
+}
+
+impl Drop for StatsReporter {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -7,7 +7,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
 
 /// Everything a server needs to start. Built by [`super::ServerBuilder`] or
 /// from the CLI flags.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Address every shard listens on (SO_REUSEPORT).
     pub addr: SocketAddr,
@@ -48,7 +48,10 @@ pub struct ServerConfig {
 }
 
 /// How a shard wakes another after queueing a broadcast for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum WakeMode {
     /// `IORING_OP_MSG_RING` from the sender's ring: no extra syscall, it
     /// rides the sender's next `io_uring_enter` (default when supported).

@@ -349,6 +349,12 @@ impl ServerHandle {
         Stopper(self.shared.clone())
     }
 
+    /// A cloneable, thread-safe view of the counters (for reporters and
+    /// monitoring threads).
+    pub fn watcher(&self) -> Watcher {
+        Watcher(self.shared.clone())
+    }
+
     /// Waits for every shard to finish; returns the final totals.
     pub fn join(mut self) -> Result<Totals, ServerError> {
         for t in self.threads.drain(..) {
@@ -390,6 +396,23 @@ impl Stopper {
     /// Asks every shard to shut down gracefully.
     pub fn stop(&self) {
         request_stop(&self.0);
+    }
+}
+
+/// Reads a running server's counters from any thread.
+#[derive(Clone)]
+pub struct Watcher(Arc<Shared>);
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watcher")
+    }
+}
+
+impl Watcher {
+    /// Current totals over all shards.
+    pub fn totals(&self) -> Totals {
+        self.0.totals(&mut Vec::new())
     }
 }
 

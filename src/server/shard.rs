@@ -176,6 +176,7 @@ pub(crate) fn run(
         stop_deadline: 0,
         accept_armed: true,
         last_tick_messages: 0,
+        warn_budget: WarnBudget::default(),
         ctx: Ctx {
             shared: &shared,
             counters: &shared.counters[id],
@@ -222,7 +223,39 @@ struct Shard<'a> {
     stop_deadline: u64,
     accept_armed: bool,
     last_tick_messages: u64,
+    /// Caps the warnings a flood of misbehaving clients can write.
+    warn_budget: WarnBudget,
     ctx: Ctx<'a>,
+}
+
+/// Connection-ending warnings allowed per shard per second.
+const WARNINGS_PER_SEC: u32 = 20;
+
+/// Lets through at most [`WARNINGS_PER_SEC`] warnings a second; the next
+/// allowed line reports how many were held back.
+#[derive(Debug, Default)]
+struct WarnBudget {
+    second: u64,
+    used: u32,
+    suppressed: u64,
+}
+
+impl WarnBudget {
+    /// `Some(suppressed since the last allowed warning)` if one may be
+    /// logged now.
+    fn allow(&mut self, now_mono_ms: u64) -> Option<u64> {
+        let second = now_mono_ms / 1000;
+        if second != self.second {
+            self.second = second;
+            self.used = 0;
+        }
+        if self.used >= WARNINGS_PER_SEC {
+            self.suppressed += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 impl Shard<'_> {
@@ -566,7 +599,18 @@ impl Shard<'_> {
         self.ctx.counters.error(code);
         if code == ErrorCode::SlowConsumer {
             bump(&self.ctx.counters.slow_consumer_disconnects, 1);
-            tracing::warn!(client_id = %conn.client_id, pending = conn.pending(), "slow consumer disconnected");
+        }
+        if code == ErrorCode::ShuttingDown {
+            tracing::debug!(client_id = %conn.client_id, "{msg}");
+        } else if let Some(suppressed) = self.warn_budget.allow(self.ctx.now_mono_ms) {
+            tracing::warn!(
+                shard = self.id,
+                client_id = %conn.client_id,
+                code = code.as_str(),
+                pending = conn.pending(),
+                suppressed,
+                "closing connection: {msg}"
+            );
         }
         self.close_after_flush(key);
         self.mark_dirty(key);

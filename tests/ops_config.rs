@@ -1,0 +1,391 @@
+//! `ringcast server` as an operator runs it: the config file, `RINGCAST_*`
+//! variables and flags (and which wins), `--print-config`, clear errors for
+//! bad files, and JSON log lines from a real server process on 127.0.0.1.
+
+mod common;
+
+use common::{frame_bytes, Client};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// `ringcast server` with no inherited RINGCAST_* or RUST_LOG settings.
+fn server_cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    c.arg("server");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RINGCAST_") {
+            c.env_remove(k);
+        }
+    }
+    c.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.stdin(Stdio::null()).output().expect("ringcast runs")
+}
+
+/// `--print-config` output with extra args and variables; asserts success.
+fn print_config(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut c = server_cmd();
+    c.args(args).arg("--print-config").envs(env.iter().copied());
+    let out = run(c);
+    assert!(
+        out.status.success(),
+        "--print-config {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn parse(toml_text: &str) -> BTreeMap<String, toml::Value> {
+    toml::from_str(toml_text).unwrap_or_else(|e| panic!("not TOML ({e}):\n{toml_text}"))
+}
+
+/// A file in a fresh temporary directory (removed at process exit is not
+/// needed: the directory is under the target's tmp and tiny).
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "ringcast-ops-config-{}-{}",
+        std::process::id(),
+        name.replace('.', "-")
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+#[test]
+fn defaults_printed_match_the_help_text() {
+    let cfg = parse(&print_config(&[], &[]));
+    assert_eq!(cfg["addr"].as_str(), Some("127.0.0.1:9999"));
+    assert_eq!(cfg["pin"].as_bool(), Some(true));
+    assert_eq!(cfg["log_format"].as_str(), Some("text"));
+    assert_eq!(cfg["stats_interval_secs"].as_integer(), Some(60));
+    assert!(!cfg.contains_key("auth_token"));
+
+    // Every `[default: X]` in --help is the value --print-config reports, so
+    // the help text cannot drift from the built-in defaults.
+    let help = run({
+        let mut c = server_cmd();
+        c.arg("--help");
+        c
+    });
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut flag = None;
+    let mut checked = 0;
+    for line in help.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("--") {
+            flag = rest.split([' ', '<']).next().map(|f| f.replace('-', "_"));
+        }
+        if let (Some(f), Some(i)) = (&flag, t.find("[default: ")) {
+            let shown = t[i + 10..].split(']').next().unwrap();
+            let v = cfg
+                .get(f)
+                .unwrap_or_else(|| panic!("--help names {f}; not in config"));
+            let printed = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            assert_eq!(shown, printed, "default of --{f}: help vs --print-config");
+            checked += 1;
+        }
+    }
+    // Every key but `pin` (the flag is --no-pin) has a flag with a default.
+    assert_eq!(checked, cfg.len() - 1, "defaults checked:\n{help}");
+}
+
+#[test]
+fn flag_beats_variable_beats_file_beats_default() {
+    let file = temp_file(
+        "precedence.toml",
+        "shards = 3\nmax_frame_bytes = 1000\nrate_limit = 5\nbacklog = 17\n",
+    );
+    let out = print_config(
+        &["--config", file.to_str().unwrap(), "--rate-limit", "9"],
+        &[
+            ("RINGCAST_MAX_FRAME_BYTES", "2000"),
+            ("RINGCAST_RATE_LIMIT", "7"),
+        ],
+    );
+    let cfg = parse(&out);
+    assert_eq!(cfg["shards"].as_integer(), Some(3), "file over default");
+    assert_eq!(cfg["backlog"].as_integer(), Some(17), "file over default");
+    assert_eq!(
+        cfg["max_frame_bytes"].as_integer(),
+        Some(2000),
+        "variable over file"
+    );
+    assert_eq!(
+        cfg["rate_limit"].as_integer(),
+        Some(9),
+        "flag over variable"
+    );
+    assert_eq!(
+        cfg["idle_timeout_secs"].as_integer(),
+        Some(300),
+        "default where nothing is set"
+    );
+    // The config path itself may come from RINGCAST_CONFIG.
+    let via_env = parse(&print_config(
+        &[],
+        &[("RINGCAST_CONFIG", file.to_str().unwrap())],
+    ));
+    assert_eq!(via_env["shards"].as_integer(), Some(3));
+    // --no-pin beats `pin = true` in the file.
+    let pinned = temp_file("pinned.toml", "pin = true\n");
+    let cfg = parse(&print_config(
+        &["--config", pinned.to_str().unwrap(), "--no-pin"],
+        &[],
+    ));
+    assert_eq!(cfg["pin"].as_bool(), Some(false));
+}
+
+#[test]
+fn print_config_round_trips() {
+    let token = temp_file("token", "s3cret-token\n");
+    let first = print_config(
+        &[
+            "--addr",
+            "127.0.0.1:7000",
+            "--shards",
+            "2",
+            "--no-pin",
+            "--max-connections",
+            "1234",
+            "--max-connections-per-ip",
+            "7",
+            "--max-frame-bytes",
+            "4096",
+            "--idle-timeout-secs",
+            "0",
+            "--recv-buffers",
+            "256",
+            "--wake",
+            "eventfd",
+            "--log-format",
+            "json",
+            "--stats-interval-secs",
+            "0",
+            "--rate-limit",
+            "100",
+            "--auth-token-file",
+            token.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        !first.contains("s3cret"),
+        "the token itself is never printed"
+    );
+    let saved = temp_file("saved.toml", &first);
+    let second = print_config(&["--config", saved.to_str().unwrap()], &[]);
+    assert_eq!(first, second, "printing the printed config changes nothing");
+    let cfg = parse(&second);
+    assert_eq!(cfg["wake"].as_str(), Some("eventfd"));
+    assert_eq!(cfg["auth_token_file"].as_str(), token.to_str());
+}
+
+#[test]
+fn a_literal_token_is_not_printed() {
+    let out = print_config(&[], &[("RINGCAST_AUTH_TOKEN", "hunter2-secret")]);
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(out.contains("# auth_token is set"), "{out}");
+}
+
+/// Runs `--print-config` expecting failure; returns stderr.
+fn config_error(args: &[&str]) -> String {
+    let mut c = server_cmd();
+    c.args(args).arg("--print-config");
+    let out = run(c);
+    assert!(!out.status.success(), "{args:?} was accepted");
+    assert!(out.stdout.is_empty(), "nothing printed on error");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let unknown = temp_file("unknown.toml", "shards = 2\nmax_frames = 1\n");
+    let e = config_error(&["--config", unknown.to_str().unwrap()]);
+    assert!(e.contains("unknown field `max_frames`"), "{e}");
+    assert!(e.contains("line 2"), "{e}");
+    assert!(e.contains(unknown.to_str().unwrap()), "names the file: {e}");
+
+    let wrong_type = temp_file("type.toml", "shards = \"two\"\n");
+    let e = config_error(&["--config", wrong_type.to_str().unwrap()]);
+    assert!(e.contains("invalid type"), "{e}");
+
+    let e = config_error(&["--config", "/nonexistent/ringcast.toml"]);
+    assert!(
+        e.contains("cannot read config file /nonexistent/ringcast.toml"),
+        "{e}"
+    );
+
+    let not_pow2 = temp_file("pow2.toml", "recv_buffers = 300\n");
+    let e = config_error(&["--config", not_pow2.to_str().unwrap()]);
+    assert!(e.contains("power of two"), "{e}");
+
+    let e = config_error(&["--auth-token", "a", "--auth-token-file", "/etc/hostname"]);
+    assert!(e.contains("not both"), "{e}");
+
+    let e = config_error(&["--auth-token-file", "/nonexistent/token"]);
+    assert!(e.contains("cannot read auth token file"), "{e}");
+}
+
+/// A server process whose stderr lines arrive on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(mut c: Command) -> Proc {
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (≤ 10 s) for a JSON log line whose message starts with `msg`.
+    fn wait_for(&mut self, msg: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no log line {msg:?} within 10 s; got:\n{}",
+                    self.seen.join("\n")
+                )
+            });
+            self.seen.push(line.clone());
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            if v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(msg))
+            {
+                return v;
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit status and every remaining line.
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("server did not exit within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut all = self.seen;
+        all.extend(self.lines.iter());
+        (status, all)
+    }
+}
+
+#[test]
+fn server_runs_from_a_config_file_and_logs_json() {
+    let file = temp_file(
+        "run.toml",
+        "addr = \"127.0.0.1:0\"\nshards = 2\npin = false\nmax_frame_bytes = 200\n\
+         log_format = \"json\"\nstats_interval_secs = 1\n",
+    );
+    let mut c = server_cmd();
+    c.args(["--config", file.to_str().unwrap()])
+        .env("RUST_LOG", "debug");
+    let mut p = Proc::spawn(c);
+    let listening = p.wait_for("ringcast listening");
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(listening["fields"]["shards"], 2, "{listening}");
+    let addr: SocketAddr = listening["fields"]["addr"]
+        .as_str()
+        .expect("addr field")
+        .parse()
+        .unwrap();
+    assert_ne!(addr.port(), 0, "the real port is logged");
+
+    let mut ok = Client::connect(addr);
+    let pong = ok.request(&json!({"type": "ping", "id": 1}));
+    assert_eq!(pong["type"], "pong");
+    let client_id = pong["client_id"].as_str().unwrap().to_string();
+
+    // max_frame_bytes = 200 from the file: a 300-byte frame is refused.
+    let mut big = Client::connect(addr);
+    let payload = format!(r#"{{"type":"echo","content":"{}"}}"#, "x".repeat(270));
+    big.send_raw(&frame_bytes(payload.as_bytes()));
+    big.expect_error("frame_too_large");
+    big.read_until_closed(Duration::from_secs(5));
+
+    let warn = p.wait_for("closing connection: frame length exceeds");
+    assert_eq!(warn["level"], "WARN", "{warn}");
+    assert_eq!(warn["fields"]["code"], "frame_too_large");
+    assert!(warn["fields"]["client_id"].is_string(), "{warn}");
+
+    let stats = p.wait_for("stats");
+    assert_eq!(stats["level"], "INFO");
+    for k in [
+        "connected",
+        "total_connections",
+        "total_messages",
+        "messages_per_second",
+        "bytes_received",
+        "bytes_sent",
+        "protocol_errors",
+        "rss_bytes",
+    ] {
+        assert!(stats["fields"][k].is_u64(), "stats line lacks {k}: {stats}");
+    }
+    assert!(stats["fields"]["total_messages"].as_u64().unwrap() >= 1);
+    assert!(stats["fields"]["protocol_errors"].as_u64().unwrap() >= 1);
+    drop(ok);
+
+    let (status, lines) = p.terminate();
+    assert!(status.success(), "exit status {status}");
+    let parsed: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let has = |level: &str, msg: &str, id: Option<&str>| {
+        parsed.iter().any(|v| {
+            v["level"] == level
+                && v["fields"]["message"] == msg
+                && id.is_none_or(|id| v["fields"]["client_id"] == id)
+        })
+    };
+    assert!(has("DEBUG", "connection opened", Some(&client_id)));
+    assert!(has("DEBUG", "connection closed", Some(&client_id)));
+    assert!(has("INFO", "ringcast stopped", None));
+}
