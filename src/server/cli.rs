@@ -26,6 +26,9 @@ pub struct ServerArgs {
     /// Largest frame payload accepted, in bytes.
     #[arg(long, default_value_t = crate::protocol::DEFAULT_MAX_FRAME_BYTES, env = "RINGCAST_MAX_FRAME_BYTES")]
     pub max_frame_bytes: usize,
+    /// Per-shard budget, in bytes, for partially received frames; past it a connection whose partial frame needs more buffer gets `server_full`.
+    #[arg(long, default_value_t = super::config::DEFAULT_MAX_PARTIAL_BYTES, env = "RINGCAST_MAX_PARTIAL_BYTES")]
+    pub max_partial_bytes: usize,
     /// Unsent output after which a broadcast recipient is cut with `slow_consumer`.
     #[arg(long, default_value_t = 8 << 20, env = "RINGCAST_MAX_PENDING_BYTES")]
     pub max_pending_bytes: usize,
@@ -80,6 +83,7 @@ impl ServerArgs {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             max_frame_bytes: self.max_frame_bytes,
+            max_partial_bytes: self.max_partial_bytes,
             max_pending_bytes: self.max_pending_bytes,
             idle_timeout_secs: self.idle_timeout_secs,
             backlog: self.backlog,
