@@ -147,6 +147,7 @@ impl Shard {
                                 rss_bytes: 1 << 24,
                                 messages_per_second: 1000,
                                 connections_per_shard: &PER_SHARD,
+                                partial_frame_bytes: 4096,
                             };
                             write_server_stats(out, req.id.as_ref(), &report)
                         }

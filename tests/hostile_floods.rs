@@ -621,7 +621,12 @@ fn memory_bound_with_1000_half_sent_large_frames() {
     let conns = env_usize("HOSTILE_HALF_FRAMES", 1000);
     const FRAME: usize = 512 << 10;
     const SENT: usize = FRAME / 2;
-    let server = start(2);
+    // This measures what one partial frame costs, so the per-shard budget
+    // for partial frames is set above what 1,000 of them hold (each 256 KiB
+    // + 4 bytes received sits in a 512 KiB buffer: ~500 MiB over two
+    // shards, about the default 256 MiB per shard). tests/hostile_memory.rs
+    // tests the budget itself.
+    let server = spawn(builder(2).max_partial_bytes(1 << 30));
     let addr = server.local_addr();
     let mut stats = Client::connect(addr);
     let baseline = rss_of(&stats.stats());

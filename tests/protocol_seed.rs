@@ -382,7 +382,7 @@ const SEED_STATS_KEYS: [&str; 6] = [
     "current_time",
 ];
 
-const EXTRA_STATS_KEYS: [&str; 12] = [
+const EXTRA_STATS_KEYS: [&str; 13] = [
     "shards",
     "total_connections",
     "messages_by_type",
@@ -395,6 +395,7 @@ const EXTRA_STATS_KEYS: [&str; 12] = [
     "rss_bytes",
     "messages_per_second",
     "connections_per_shard",
+    "partial_frame_bytes",
 ];
 
 #[test]
@@ -420,6 +421,7 @@ fn server_stats_matches_seed_plus_extras() {
         rss_bytes: 10 << 20,
         messages_per_second: 99,
         connections_per_shard: &per_shard,
+        partial_frame_bytes: 65536,
     };
     let mut out = Vec::new();
     with_request(SEED_GET_STATS, |r| {
@@ -460,11 +462,13 @@ fn server_stats_matches_seed_plus_extras() {
     assert_eq!(v["errors_by_code"], json!({"invalid_json":2}));
     assert_eq!(v["connections_per_shard"], json!([2, 1]));
     assert_eq!(v["rss_bytes"], 10 << 20);
+    assert_eq!(v["partial_frame_bytes"], 65536);
     // And the client-side type reads it back.
     let stats: ServerStats = serde_json::from_value(v).unwrap();
     assert_eq!(stats.total_messages, 1250);
     assert_eq!(stats.messages_by_type["echo"], 200);
     assert_eq!(stats.connections_per_shard, vec![2, 1]);
+    assert_eq!(stats.partial_frame_bytes, 65536);
     // A seed-only server's stats (no extras) also deserialize.
     let stats: ServerStats = serde_json::from_value(seed).unwrap();
     assert_eq!(stats.connected_clients, 3);

@@ -92,6 +92,8 @@ impl FrameReader {
                 self.ready.push_back(Err(match e {
                     FrameError::TooLarge { len, max } => ClientError::FrameTooLarge { len, max },
                     FrameError::Empty => ClientError::Protocol("server sent an empty frame".into()),
+                    // `feed` sets no capacity bound; kept for completeness.
+                    e @ FrameError::OverBudget { .. } => ClientError::Protocol(e.to_string()),
                 }));
             }
         }

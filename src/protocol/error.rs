@@ -23,7 +23,8 @@ pub enum ErrorCode {
     EmptyFrame,
     /// The frame header announced more than the server's `max_frame_bytes`.
     FrameTooLarge,
-    /// The server is at `max_connections` (or `max_connections_per_ip`).
+    /// The server is at `max_connections` (or `max_connections_per_ip`), or
+    /// its shard's budget for partially received frames is used up.
     ServerFull,
     /// The client did not read its broadcasts and fell `max_pending_bytes` behind.
     SlowConsumer,
@@ -99,7 +100,8 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// A framing error: the byte stream broke the length-prefix rules.
+/// A framing error: the byte stream broke the length-prefix rules, or a
+/// partial frame needs more buffer than the receiver allows it.
 ///
 /// After one of these the decoder is poisoned; the connection must be closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -115,6 +117,16 @@ pub enum FrameError {
         /// The configured `max_frame_bytes`.
         max: usize,
     },
+    /// Keeping the bytes of a partial frame would take the decoder's buffer
+    /// past the capacity the receiver allowed for this feed (the server's
+    /// per-shard budget for partial frames, `max_partial_bytes`).
+    #[error("a partial frame needs {needed} bytes of buffer, over the {max} allowed")]
+    OverBudget {
+        /// Bytes the buffer would have to hold.
+        needed: usize,
+        /// The capacity allowed.
+        max: usize,
+    },
 }
 
 impl FrameError {
@@ -123,6 +135,7 @@ impl FrameError {
         match self {
             FrameError::Empty => ErrorCode::EmptyFrame,
             FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            FrameError::OverBudget { .. } => ErrorCode::ServerFull,
         }
     }
 }

@@ -5,7 +5,14 @@
 //! when a frame lies inside one chunk, and from its own reused buffer when a
 //! frame straddles chunks. It never reserves memory for a length it has only
 //! been told about: the straddle buffer grows with the bytes that actually
-//! arrived, so a hostile header costs nothing.
+//! arrived, so a hostile header costs nothing, and its growth stops at the
+//! frame's size (header + payload), never past it.
+//!
+//! A receiver that shares a memory budget among many decoders (the server's
+//! shard) passes each feed an upper bound on the straddle buffer's capacity
+//! ([`FrameDecoder::feed_bounded`]) and reads back what the buffer holds
+//! ([`FrameDecoder::buffered_capacity`]); the decoder does no accounting of
+//! its own.
 
 use super::error::FrameError;
 use std::ops::ControlFlow;
@@ -174,6 +181,29 @@ impl FrameDecoder {
         &mut self,
         chunk: &mut [u8],
         pool: &mut P,
+        on_frame: F,
+    ) -> Result<(), FrameError>
+    where
+        P: BufferPool + ?Sized,
+        F: FnMut(&mut [u8]) -> ControlFlow<()>,
+    {
+        self.feed_bounded(chunk, pool, usize::MAX, on_frame)
+    }
+
+    /// Like [`FrameDecoder::feed_pooled`], but the straddle buffer's
+    /// capacity may not grow past `max_capacity` bytes during this call.
+    /// When keeping the bytes of a partial frame would need more, the feed
+    /// stops with [`FrameError::OverBudget`] (frames before that point have
+    /// been delivered) and the decoder is poisoned like after any error.
+    ///
+    /// Capacity the buffer already holds is never taken away, and a pooled
+    /// buffer larger than `max_capacity` is handed back and a smaller one
+    /// allocated, so the pool never causes a refusal.
+    pub fn feed_bounded<P, F>(
+        &mut self,
+        chunk: &mut [u8],
+        pool: &mut P,
+        max_capacity: usize,
         mut on_frame: F,
     ) -> Result<(), FrameError>
     where
@@ -183,29 +213,89 @@ impl FrameDecoder {
         if let Some(e) = self.poisoned {
             return Err(e);
         }
-        let r = self.feed_inner(chunk, pool, &mut on_frame);
+        let r = self.feed_inner(chunk, pool, max_capacity, &mut on_frame);
         if let Err(e) = r {
             self.poisoned = Some(e);
-            self.straddle = Vec::new();
+            self.reset(pool);
         }
         r
     }
 
-    /// Starts keeping bytes of a frame that continues in the next chunk.
-    fn begin_straddle<P: BufferPool + ?Sized>(&mut self, pool: &mut P, bytes: &[u8]) {
+    /// Forgets a partial frame: its buffer goes back to `pool` (or is freed)
+    /// and the decoder holds nothing. For a caller that has stopped reading
+    /// the stream (the connection is closing): the next byte fed would be
+    /// taken for the start of a header.
+    pub fn reset<P: BufferPool + ?Sized>(&mut self, pool: &mut P) {
+        let mut buf = std::mem::take(&mut self.straddle);
+        if buf.capacity() > 0 {
+            buf.clear();
+            drop(pool.give(buf));
+        }
+    }
+
+    /// Makes room for `more` bytes of the frame in progress, which is
+    /// `frame_len` bytes long in all (header included): capacity grows
+    /// geometrically, as `Vec` would, but never past the frame's size, nor
+    /// past `max_capacity`, squeezing the last step to fit when possible.
+    fn reserve(
+        &mut self,
+        more: usize,
+        frame_len: usize,
+        max_capacity: usize,
+    ) -> Result<(), FrameError> {
+        let len = self.straddle.len();
+        let cap = self.straddle.capacity();
+        let needed = len + more;
+        if needed <= cap {
+            return Ok(());
+        }
+        if needed > max_capacity {
+            return Err(FrameError::OverBudget {
+                needed,
+                max: max_capacity,
+            });
+        }
+        let target = cap
+            .saturating_mul(2)
+            .min(frame_len)
+            .min(max_capacity)
+            .max(needed);
+        self.straddle.reserve_exact(target - len);
+        Ok(())
+    }
+
+    /// Starts keeping bytes of a frame that continues in the next chunk;
+    /// the frame is `frame_len` bytes long in all (header included), or
+    /// `HEADER_LEN` while its header is incomplete.
+    fn begin_straddle<P: BufferPool + ?Sized>(
+        &mut self,
+        pool: &mut P,
+        bytes: &[u8],
+        frame_len: usize,
+        max_capacity: usize,
+    ) -> Result<(), FrameError> {
         if self.straddle.capacity() == 0 {
-            if let Some(v) = pool.take() {
-                self.straddle = v;
-                self.straddle.clear();
+            if let Some(mut v) = pool.take() {
+                v.clear();
+                if v.capacity() <= max_capacity {
+                    self.straddle = v;
+                } else {
+                    // Too large for what this call may hold: back it goes
+                    // (it was just taken, so the pool has room for it).
+                    drop(pool.give(v));
+                }
             }
         }
+        self.reserve(bytes.len(), frame_len, max_capacity)?;
         self.straddle.extend_from_slice(bytes);
+        Ok(())
     }
 
     fn feed_inner<P, F>(
         &mut self,
         chunk: &mut [u8],
         pool: &mut P,
+        max_capacity: usize,
         on_frame: &mut F,
     ) -> Result<(), FrameError>
     where
@@ -217,6 +307,7 @@ impl FrameDecoder {
         if !self.straddle.is_empty() {
             if self.straddle.len() < HEADER_LEN {
                 let take = (HEADER_LEN - self.straddle.len()).min(chunk.len());
+                self.reserve(take, HEADER_LEN, max_capacity)?;
                 self.straddle.extend_from_slice(&chunk[..take]);
                 pos = take;
                 if self.straddle.len() < HEADER_LEN {
@@ -228,6 +319,7 @@ impl FrameDecoder {
             let len = self.check_header(h)?;
             let have = self.straddle.len() - HEADER_LEN;
             let take = (len - have).min(chunk.len() - pos);
+            self.reserve(take, HEADER_LEN + len, max_capacity)?;
             self.straddle.extend_from_slice(&chunk[pos..pos + take]);
             pos += take;
             if self.straddle.len() - HEADER_LEN < len {
@@ -251,7 +343,7 @@ impl FrameDecoder {
             let rest = chunk.len() - pos;
             if rest < HEADER_LEN {
                 if rest > 0 {
-                    self.begin_straddle(pool, &chunk[pos..]);
+                    self.begin_straddle(pool, &chunk[pos..], HEADER_LEN, max_capacity)?;
                 }
                 return Ok(());
             }
@@ -260,8 +352,7 @@ impl FrameDecoder {
             let len = self.check_header(h)?;
             if rest - HEADER_LEN < len {
                 // 3. The tail straddles into the next chunk: keep what arrived.
-                self.begin_straddle(pool, &chunk[pos..]);
-                return Ok(());
+                return self.begin_straddle(pool, &chunk[pos..], HEADER_LEN + len, max_capacity);
             }
             let start = pos + HEADER_LEN;
             pos = start + len;
@@ -424,5 +515,143 @@ mod tests {
         let got = collect(&mut d, &mut chunks).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(d.buffered_capacity(), 0);
+    }
+
+    /// Feeds `chunks` with `feed_bounded`, collecting payloads.
+    fn feed_all_bounded(
+        d: &mut FrameDecoder,
+        pool: &mut BoundedPool,
+        chunks: &mut [Vec<u8>],
+        max_capacity: usize,
+    ) -> (Vec<Vec<u8>>, Result<(), FrameError>) {
+        let mut got = Vec::new();
+        for c in chunks.iter_mut() {
+            let r = d.feed_bounded(c, pool, max_capacity, |p| {
+                got.push(p.to_vec());
+                ControlFlow::Continue(())
+            });
+            if r.is_err() {
+                return (got, r);
+            }
+        }
+        (got, Ok(()))
+    }
+
+    #[test]
+    fn straddle_growth_stops_at_the_frame_size() {
+        let payload = vec![b'x'; 1 << 20];
+        let bytes = frames(&[&payload]);
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut chunks: Vec<Vec<u8>> = bytes.chunks(32 * 1024).map(|c| c.to_vec()).collect();
+        let last = chunks.len() - 1;
+        let mut max_cap = 0;
+        for c in chunks[..last].iter_mut() {
+            d.feed(c, |_| panic!("not complete yet")).unwrap();
+            max_cap = max_cap.max(d.buffered_capacity());
+        }
+        // Plain `Vec` doubling would reach 2 MiB for the last 4 bytes.
+        assert!(max_cap <= bytes.len(), "capacity {max_cap}");
+        let mut n = 0;
+        d.feed(&mut chunks[last], |p| {
+            assert_eq!(p.len(), 1 << 20);
+            n += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn over_budget_stops_after_the_frames_before_it() {
+        let big = vec![b'y'; 10_000];
+        let mut stream = frames(&[b"one", b"two", &big]);
+        stream.truncate(stream.len() - 1);
+        let mut pool = BoundedPool::new(1 << 20, 1 << 20);
+        let mut d = FrameDecoder::new(1 << 20);
+        // The two small frames lie in the first chunk; the big one would
+        // need 5,000 bytes of buffer at once.
+        let mut chunks: Vec<Vec<u8>> = stream.chunks(5_000).map(|c| c.to_vec()).collect();
+        let (got, r) = feed_all_bounded(&mut d, &mut pool, &mut chunks, 4_096);
+        assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert!(
+            matches!(r, Err(FrameError::OverBudget { max: 4_096, .. })),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.unwrap_err().code(),
+            crate::protocol::ErrorCode::ServerFull
+        );
+        assert_eq!(d.buffered_capacity(), 0);
+        // Poisoned, like after any framing error.
+        let again = d.feed_bounded(&mut frames(&[b"z"]), &mut pool, usize::MAX, |_| {
+            panic!("no frames after an error")
+        });
+        assert!(matches!(again, Err(FrameError::OverBudget { .. })));
+    }
+
+    #[test]
+    fn a_bound_is_used_to_the_byte_before_refusing() {
+        let payload = vec![b'q'; 100_000];
+        let bytes = frames(&[&payload]);
+        let mut pool = BoundedPool::new(0, 0);
+        let mut d = FrameDecoder::new(1 << 20);
+        // 40,000 bytes held; doubling would ask for 80,000, the bound is
+        // 50,000: the buffer is squeezed to exactly the bound.
+        let mut first = bytes[..40_000].to_vec();
+        d.feed_bounded(&mut first, &mut pool, 50_000, |_| panic!())
+            .unwrap();
+        let mut second = bytes[40_000..45_000].to_vec();
+        d.feed_bounded(&mut second, &mut pool, 50_000, |_| panic!())
+            .unwrap();
+        assert_eq!(d.buffered(), 45_000);
+        assert_eq!(d.buffered_capacity(), 50_000);
+        let mut third = bytes[45_000..50_000].to_vec();
+        d.feed_bounded(&mut third, &mut pool, 50_000, |_| panic!())
+            .unwrap();
+        assert_eq!(d.buffered(), 50_000);
+        let mut fourth = bytes[50_000..50_001].to_vec();
+        let r = d.feed_bounded(&mut fourth, &mut pool, 50_000, |_| panic!());
+        assert_eq!(
+            r,
+            Err(FrameError::OverBudget {
+                needed: 50_001,
+                max: 50_000
+            })
+        );
+    }
+
+    #[test]
+    fn a_pooled_buffer_over_the_bound_is_not_used() {
+        let mut pool = BoundedPool::new(1 << 20, 1 << 20);
+        assert!(pool.give(Vec::with_capacity(512 << 10)).is_none());
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut head = frames(&[&[b'p'; 1_000]]);
+        head.truncate(500);
+        d.feed_bounded(&mut head, &mut pool, 4_096, |_| panic!())
+            .unwrap();
+        assert!(d.buffered_capacity() <= 4_096, "{}", d.buffered_capacity());
+        assert_eq!(pool.bytes(), 512 << 10, "the large buffer went back");
+        // Without a bound the pooled buffer is used.
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut head = frames(&[&[b'p'; 1_000]]);
+        head.truncate(500);
+        d.feed_pooled(&mut head, &mut pool, |_| panic!()).unwrap();
+        assert_eq!(d.buffered_capacity(), 512 << 10);
+        assert_eq!(pool.bytes(), 0);
+    }
+
+    #[test]
+    fn reset_returns_the_partial_frame_buffer() {
+        let mut pool = BoundedPool::new(1 << 20, 1 << 20);
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut head = frames(&[&[b'r'; 10_000]]);
+        head.truncate(6_000);
+        d.feed_pooled(&mut head, &mut pool, |_| panic!()).unwrap();
+        let cap = d.buffered_capacity();
+        assert!(cap >= 6_000);
+        d.reset(&mut pool);
+        assert_eq!(d.buffered_capacity(), 0);
+        assert!(!d.in_frame());
+        assert_eq!(pool.bytes(), cap);
     }
 }

@@ -307,6 +307,9 @@ pub struct StatsReport<'a> {
     pub messages_per_second: u64,
     /// Connected clients per shard.
     pub connections_per_shard: &'a [u64],
+    /// Buffer (capacity, bytes) held by partially received frames, over
+    /// all shards.
+    pub partial_frame_bytes: u64,
 }
 
 /// `server_stats`: the seed's five fields first, then ours.
@@ -337,6 +340,7 @@ pub fn write_server_stats(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, s: 
             super::json::write_u64(a, *n);
         }
         a.push(b']');
+        o.u64("partial_frame_bytes", s.partial_frame_bytes);
     });
 }
 
@@ -397,4 +401,7 @@ pub struct ServerStats {
     /// Connected clients per shard.
     #[serde(default)]
     pub connections_per_shard: Vec<u64>,
+    /// Buffer held by partially received frames, in bytes.
+    #[serde(default)]
+    pub partial_frame_bytes: u64,
 }

@@ -49,6 +49,11 @@ pub struct ServerArgs {
     /// Largest frame payload accepted, in bytes [default: 1048576].
     #[arg(long, env = "RINGCAST_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// Per-shard budget for partly received frames; a connection whose
+    /// partial frame would need more gets `server_full` and is closed
+    /// [default: 268435456].
+    #[arg(long, env = "RINGCAST_MAX_PARTIAL_BYTES")]
+    pub max_partial_bytes: Option<usize>,
     /// Unsent output after which a client is cut with `slow_consumer`
     /// [default: 8388608].
     #[arg(long, env = "RINGCAST_MAX_PENDING_BYTES")]
@@ -116,7 +121,7 @@ pub const DEFAULT_STATS_INTERVAL_SECS: u64 = 60;
 macro_rules! with_server_fields {
     ($m:ident!($($pre:tt)*)) => {
         $m!($($pre)*; addr, shards, pin, max_connections, max_connections_per_ip,
-            max_frame_bytes, max_pending_bytes, idle_timeout_secs, backlog, drain_secs,
+            max_frame_bytes, max_partial_bytes, max_pending_bytes, idle_timeout_secs, backlog, drain_secs,
             recv_buffers, recv_buffer_size, ring_entries, rate_limit, rate_burst, wake)
     };
 }

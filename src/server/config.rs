@@ -5,6 +5,16 @@ use std::net::SocketAddr;
 /// Default listen address: the seed's `localhost:9999`.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
 
+/// Default for [`ServerConfig::max_partial_bytes`]: 256 MiB per shard.
+pub const DEFAULT_MAX_PARTIAL_BYTES: usize = 256 << 20;
+
+/// A partial frame may always hold this much buffer, budget or not, so
+/// that small frames split across receive buffers (pipelined requests)
+/// are still served while large partial frames have used up the budget.
+/// It bounds the overshoot: a shard's partial frames hold at most
+/// `max_partial_bytes` + 4 KiB × its connections.
+pub const SMALL_PARTIAL_BYTES: usize = 4 << 10;
+
 /// Everything a server needs to start. Built by [`super::ServerBuilder`] or
 /// from the CLI flags.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +31,24 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// Largest accepted frame payload.
     pub max_frame_bytes: usize,
+    /// Budget, per shard, for the buffers holding partially received frames
+    /// (the straddle buffers of frames that cross receive buffers, counted
+    /// by capacity). A connection whose partial frame would need more than
+    /// [`SMALL_PARTIAL_BYTES`] of buffer while the shard's partial frames
+    /// hold this much gets `server_full` and is closed.
+    ///
+    /// Default 256 MiB per shard ([`DEFAULT_MAX_PARTIAL_BYTES`]): per shard
+    /// rather than one figure divided among shards, so shards share no
+    /// counter on the receive path, and so that the room for large frames
+    /// on a shard does not shrink as cores are added. That is room for 256
+    /// maximum-size (1 MiB) frames arriving at once on every shard: far
+    /// above what legitimate traffic keeps in flight (a pipelined 64 KiB
+    /// echo holds at most one partial frame, ≤ 64 KiB, per connection; a
+    /// handful of clients sending 1 MiB frames hold a few MiB), while
+    /// 10,000 clients each trickling a 1 MiB frame hold at most 256 MiB per
+    /// shard instead of ~10 GiB. Must be at least `max_frame_bytes` + 4, so
+    /// a maximum-size frame always fits on an otherwise quiet shard.
+    pub max_partial_bytes: usize,
     /// A connection whose unsent output (broadcasts included) exceeds this is
     /// cut with `slow_consumer`. 8 MiB: several seconds of a busy broadcast
     /// stream, small enough that thousands of stalled readers fit in memory.
@@ -69,6 +97,7 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             max_connections_per_ip: 0,
             max_frame_bytes: crate::protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_partial_bytes: DEFAULT_MAX_PARTIAL_BYTES,
             max_pending_bytes: 8 << 20,
             idle_timeout_secs: 300,
             backlog: 4096,
@@ -111,6 +140,14 @@ impl ServerConfig {
         }
         if self.max_frame_bytes == 0 || self.max_frame_bytes > u32::MAX as usize {
             return Err("max frame bytes must be between 1 and 4294967295".into());
+        }
+        if self.max_partial_bytes < self.max_frame_bytes + crate::protocol::HEADER_LEN {
+            return Err(format!(
+                "max partial bytes ({}) must be at least max frame bytes + 4 ({}), \
+                 or a maximum-size frame could never be received",
+                self.max_partial_bytes,
+                self.max_frame_bytes + crate::protocol::HEADER_LEN
+            ));
         }
         if self.max_connections == 0 {
             return Err("max connections must be at least 1".into());

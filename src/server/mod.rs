@@ -139,6 +139,9 @@ impl ServerBuilder {
         max_connections_per_ip: usize);
     setter!(/// Largest frame payload accepted.
         max_frame_bytes: usize);
+    setter!(/// Per-shard budget for partially received frames (see
+        /// [`ServerConfig::max_partial_bytes`]).
+        max_partial_bytes: usize);
     setter!(/// Unsent output after which a broadcast recipient is cut.
         max_pending_bytes: usize);
     setter!(/// Idle timeout in seconds (0 = off).

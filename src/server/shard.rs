@@ -9,6 +9,7 @@
 //! reused slot.
 
 use super::broadcast::Wake;
+use super::config::SMALL_PARTIAL_BYTES;
 use super::conn::{Bucket, Conn, Output, Phase, Recv};
 use super::stats::{bump, RssReader, ShardCounters};
 use super::{ServerError, Shared, WakeMode};
@@ -170,6 +171,7 @@ pub(crate) fn run(
         fanout_paused: Vec::new(),
         batches: Vec::new(),
         straddle_pool: BufPool::new(POOL_MAX_CAPACITY, POOL_MAX_BYTES),
+        partial_bytes: 0,
         wake_targets: vec![None; shared.shards],
         use_msg_ring,
         stopping: false,
@@ -216,6 +218,10 @@ struct Shard<'a> {
     /// Spare straddle buffers for frames that cross receive buffers (the
     /// reply buffers have their own pool in `ctx`: both are in use at once).
     straddle_pool: BufPool,
+    /// Capacity of the straddle buffers this shard's connections hold (the
+    /// partial frames `max_partial_bytes` budgets); mirrored in the
+    /// `partial_frame_bytes` gauge.
+    partial_bytes: usize,
     /// Shards to wake at the end of this turn.
     wake_targets: Vec<Option<std::os::fd::RawFd>>,
     use_msg_ring: bool,
@@ -519,6 +525,18 @@ impl Shard<'_> {
             return;
         }
         let published_before = self.ctx.outgoing.len();
+        // The budget for partial frames: this connection's straddle buffer
+        // may grow to what the shard's other partial frames leave of
+        // `max_partial_bytes`, and always to SMALL_PARTIAL_BYTES.
+        let held = conn.decoder.buffered_capacity();
+        let others = self.partial_bytes - held;
+        let max_capacity = self
+            .ctx
+            .shared
+            .config
+            .max_partial_bytes
+            .saturating_sub(others)
+            .max(SMALL_PARTIAL_BYTES);
         let ctx = &mut self.ctx;
         let mut close: Option<(ErrorCode, &'static str)> = None;
         let result = self.bufs.with_buf(bid, n, |chunk| {
@@ -533,7 +551,7 @@ impl Shard<'_> {
                 ..
             } = conn;
             let straddle_pool = &mut self.straddle_pool;
-            decoder.feed_pooled(chunk, straddle_pool, |payload| {
+            decoder.feed_bounded(chunk, straddle_pool, max_capacity, |payload| {
                 // Activity is a complete frame, not a byte: a client that
                 // trickles a frame (slowloris) is idle until it completes one.
                 *last_active = ctx.now_mono_ms;
@@ -549,10 +567,22 @@ impl Shard<'_> {
                 ControlFlow::Continue(())
             })
         });
+        let now_held = self.conns[key].decoder.buffered_capacity();
+        self.set_partial(held, now_held);
         if let Err(e) = result {
             let code = e.code();
             let msg = match code {
                 ErrorCode::EmptyFrame => "frame length must not be zero",
+                ErrorCode::ServerFull => {
+                    tracing::debug!(
+                        shard = self.id,
+                        client_id = %self.conns[key].client_id,
+                        error = %e,
+                        partial_bytes = self.partial_bytes,
+                        "partial frame over the shard's max_partial_bytes budget"
+                    );
+                    "server input buffer budget exhausted; retry later"
+                }
                 _ => "frame length exceeds the server's max_frame_bytes",
             };
             self.fail(key, code, msg);
@@ -580,6 +610,30 @@ impl Shard<'_> {
             if self.ring.cancel(target, cancel).is_err() {
                 self.conns[key].ops -= 1;
             }
+        }
+    }
+
+    /// Records that a connection's straddle buffer went from `before` to
+    /// `after` bytes of capacity.
+    fn set_partial(&mut self, before: usize, after: usize) {
+        if before != after {
+            self.partial_bytes = self.partial_bytes - before + after;
+            self.ctx
+                .counters
+                .partial_frame_bytes
+                .store(self.partial_bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops the partial frame of a connection that stops reading requests
+    /// (its buffer goes back to the pool) and releases its share of the
+    /// budget at once rather than when the slot is freed.
+    fn release_partial(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let held = conn.decoder.buffered_capacity();
+        if held > 0 {
+            conn.decoder.reset(&mut self.straddle_pool);
+            self.set_partial(held, 0);
         }
     }
 
@@ -626,6 +680,7 @@ impl Shard<'_> {
         conn.phase = Phase::Draining {
             deadline: now + CLOSE_GRACE_MS,
         };
+        self.release_partial(key);
         self.unestablish(key);
         self.after_flush(key);
     }
@@ -671,6 +726,7 @@ impl Shard<'_> {
         conn.phase = Phase::Closing;
         let (gen, fd) = (conn.gen, conn.fd());
         let had_ops = conn.ops > 0;
+        self.release_partial(key);
         self.unestablish(key);
         let discard = {
             let conn = &mut self.conns[key];
@@ -708,6 +764,8 @@ impl Shard<'_> {
             return;
         }
         let conn = self.conns.remove(key);
+        // Released when it stopped being Open (close_after_flush, abort).
+        debug_assert_eq!(conn.decoder.buffered_capacity(), 0);
         let shared = self.ctx.shared;
         shared.connections.fetch_sub(1, Ordering::AcqRel);
         if conn.ip_slot {
@@ -946,6 +1004,14 @@ impl Shard<'_> {
             .messages_last_second
             .store(total - self.last_tick_messages, Ordering::Relaxed);
         self.last_tick_messages = total;
+        debug_assert_eq!(
+            self.conns
+                .iter()
+                .map(|(_, c)| c.decoder.buffered_capacity())
+                .sum::<usize>(),
+            self.partial_bytes,
+            "partial frame accounting out of step"
+        );
         let now = self.ctx.now_mono_ms;
         let idle = self.ctx.shared.config.idle_timeout_secs;
         let mut expired = Vec::new();
@@ -1039,6 +1105,7 @@ impl Shard<'_> {
             }
             self.bufs.commit();
         }
+        debug_assert!(!self.conns.is_empty() || self.partial_bytes == 0);
         let t = self.ctx.shared.totals(&mut Vec::new());
         tracing::info!(
             shard = self.id,
@@ -1157,6 +1224,7 @@ fn handle_frame(
                     rss_bytes: rss.rss_bytes(),
                     messages_per_second: t.messages_per_second,
                     connections_per_shard: per_shard,
+                    partial_frame_bytes: t.partial_frame_bytes,
                 };
                 message::write_server_stats(buf, req.id.as_ref(), &report);
             }

@@ -36,6 +36,9 @@ pub struct ShardCounters {
     pub errors: [AtomicU64; 12],
     /// Requests in the last whole second (set by the shard's 1 s tick).
     pub messages_last_second: AtomicU64,
+    /// Bytes of buffer (capacity) held now by partially received frames
+    /// (a gauge, stored by the shard after each change).
+    pub partial_frame_bytes: AtomicU64,
 }
 
 impl ShardCounters {
@@ -83,6 +86,8 @@ pub struct Totals {
     pub errors: [u64; 12],
     /// Requests in the last second.
     pub messages_per_second: u64,
+    /// Buffer held by partially received frames.
+    pub partial_frame_bytes: u64,
 }
 
 impl Totals {
@@ -107,6 +112,7 @@ impl Totals {
                 *a += b.load(Relaxed);
             }
             t.messages_per_second += c.messages_last_second.load(Relaxed);
+            t.partial_frame_bytes += c.partial_frame_bytes.load(Relaxed);
         }
         t
     }
