@@ -389,3 +389,38 @@ fn server_runs_from_a_config_file_and_logs_json() {
     assert!(has("DEBUG", "connection closed", Some(&client_id)));
     assert!(has("INFO", "ringcast stopped", None));
 }
+
+#[test]
+fn the_example_config_is_valid_and_names_every_key() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ringcast.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    let cfg = parse(&print_config(&["--config", example], &[]));
+    assert_eq!(cfg["addr"].as_str(), Some("0.0.0.0:9999"));
+    // Uncommenting every line is a valid file too (all defaults spelled out).
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+            _ => l,
+        })
+        .filter(|l| !l.starts_with("auth_token = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let keys: Vec<&str> = uncommented
+        .lines()
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+        .filter(|k| !k.starts_with('#'))
+        .collect();
+    let full = temp_file("example-uncommented.toml", &uncommented);
+    let token = temp_file("token-for-example", "t\n");
+    let full_text = std::fs::read_to_string(&full)
+        .unwrap()
+        .replace("/etc/ringcast/token", token.to_str().unwrap());
+    std::fs::write(&full, full_text).unwrap();
+    let all = parse(&print_config(&["--config", full.to_str().unwrap()], &[]));
+    // Every key the server knows is documented in the example.
+    for k in all.keys() {
+        assert!(keys.contains(&k.as_str()), "deploy/ringcast.toml lacks {k}");
+    }
+    assert!(text.contains("#auth_token = "), "the literal token key is documented");
+}
