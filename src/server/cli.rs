@@ -56,6 +56,9 @@ pub struct ServerArgs {
     /// How shards wake each other for broadcasts.
     #[arg(long, value_enum, default_value = "msg-ring", env = "RINGCAST_WAKE")]
     pub wake: WakeMode,
+    /// Serve Prometheus `/metrics` and `/healthz` over HTTP on this address (off by default).
+    #[arg(long, env = "RINGCAST_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "RINGCAST_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -91,6 +94,7 @@ impl ServerArgs {
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
             wake: self.wake,
+            metrics_addr: self.metrics_addr,
         }
     }
 }
