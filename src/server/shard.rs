@@ -83,6 +83,9 @@ struct Ctx<'a> {
     outgoing: Vec<(Bytes, usize)>,
     rate: f64,
     burst: f64,
+    /// Time each request into `counters.request_duration` (only when the
+    /// metrics endpoint is on: it costs a clock read per request).
+    time_requests: bool,
 }
 
 impl Ctx<'_> {
@@ -189,6 +192,7 @@ pub(crate) fn run(
             outgoing: Vec::new(),
             rate,
             burst,
+            time_requests: cfg.metrics_addr.is_some(),
         },
     };
     if let Err(e) = shard.run() {
@@ -500,11 +504,21 @@ impl Shard<'_> {
                 ..
             } = conn;
             let straddle_pool = &mut self.straddle_pool;
+            // Request timing is chained: each frame's time runs from the end
+            // of the previous one (or from the start of this chunk), so a
+            // chunk of n frames costs n + 1 clock reads, not 2n.
+            let mut started = ctx.time_requests.then(Instant::now);
             decoder.feed_pooled(chunk, straddle_pool, |payload| {
                 // Activity is a complete frame, not a byte: a client that
                 // trickles a frame (slowloris) is idle until it completes one.
                 *last_active = ctx.now_mono_ms;
                 let flow = handle_frame(ctx, key, payload, out, client_id, authed, bucket);
+                if let Some(t0) = started.as_mut() {
+                    let t1 = Instant::now();
+                    let ns = t1.duration_since(*t0).as_nanos() as u64;
+                    ctx.counters.request_duration.record(ns);
+                    *t0 = t1;
+                }
                 if let ControlFlow::Break(reason) = flow {
                     close = Some(reason);
                     return ControlFlow::Break(());
