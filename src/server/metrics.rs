@@ -7,7 +7,8 @@
 //! prometheus-client [`Collector`], so there is no second set of metric
 //! objects to keep in step and the hot path pays nothing for the endpoint.
 //! The one cost the endpoint adds to the shards is request timing (two
-//! stores and a clock read per request), and only when it is configured.
+//! clock reads and two stores per receive chunk, not per request), and only
+//! when it is configured.
 //!
 //! The responder serves one connection at a time, closes every connection
 //! after its response, and gives a client [`IO_TIMEOUT`] to send its request
@@ -526,9 +527,12 @@ impl Collector for ShardCollector {
         )?;
         let mut m = enc.encode_descriptor(
             "ringcast_request_duration_seconds",
-            "Time a shard spends on one request: from starting on its frame (framing, JSON parse, \
-             dispatch) until its response is in the connection's output buffer. Excludes time in \
-             socket buffers and waiting for the event loop.",
+            "Time a shard spends handling requests, per request: from starting on the receive \
+             chunk that completes them (framing, JSON parse, dispatch) until their responses are in \
+             the output buffer. A chunk of n requests that took t counts n requests of t/n each: \
+             exact for clients that await each response, the chunk's average for pipelined ones. \
+             _sum and _count are exact. Excludes time in socket buffers and waiting for the event \
+             loop.",
             None,
             MetricType::Histogram,
         )?;
