@@ -375,7 +375,15 @@ fn counters_move_by_exactly_the_traffic_and_parse_as_prometheus_text() {
         }),
         "connections gauge falls back to 0"
     );
-    handle.shutdown();
+    shutdown_within(handle, Duration::from_secs(10));
+}
+
+/// Shuts down on another thread; fails (instead of hanging the test binary)
+/// if that takes longer than `limit`.
+fn shutdown_within(handle: ServerHandle, limit: Duration) -> Duration {
+    within(limit, "shutdown", move || {
+        handle.shutdown();
+    })
 }
 
 #[test]
@@ -407,7 +415,9 @@ fn healthz_errors_and_503_while_stopping() {
     let r = get(maddr, "/healthz");
     assert_eq!((r.status, r.body.as_str()), (503, "shutting down\n"));
     assert_eq!(get(maddr, "/metrics").status, 200);
-    handle.join().expect("joins");
+    within(Duration::from_secs(10), "join", move || {
+        handle.join().expect("joins");
+    });
     assert!(
         TcpStream::connect(maddr).is_err(),
         "nothing listens on the metrics port after the stop"
@@ -434,9 +444,7 @@ fn stops_cleanly_with_the_endpoint_running() {
     let mut c = Client::connect(handle.local_addr());
     c.request(&json!({"type": "ping"}));
     scrape(maddr);
-    let took = within(Duration::from_secs(10), "shutdown", move || {
-        handle.shutdown();
-    });
+    let took = shutdown_within(handle, Duration::from_secs(10));
     assert!(took < Duration::from_secs(3), "stop took {took:?}");
     drop(c);
 
@@ -461,13 +469,7 @@ fn stops_cleanly_with_the_endpoint_running() {
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     let _stuck_again = TcpStream::connect(maddr).unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    within(
-        Duration::from_secs(10),
-        "shutdown with a stuck client",
-        move || {
-            handle.shutdown();
-        },
-    );
+    shutdown_within(handle, Duration::from_secs(10));
 
     // Dropping the handle stops the endpoint too.
     let (handle, maddr) = start_with_metrics(1);
@@ -527,5 +529,5 @@ fn busy_metrics_port_is_a_clear_start_up_error() {
 fn off_by_default() {
     let handle = spawn(builder(1));
     assert_eq!(handle.metrics_addr(), None);
-    handle.shutdown();
+    shutdown_within(handle, Duration::from_secs(10));
 }
