@@ -40,6 +40,8 @@ const MAX_HEAD: usize = 8 * 1024;
 const LINGER: Duration = Duration::from_millis(200);
 /// Input discarded while lingering, at most.
 const MAX_LINGER_BYTES: usize = 64 * 1024;
+/// Content type of every answer but the metrics.
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Binds the endpoint's listener (a plain blocking socket: no
 /// SO_REUSEPORT, so a port already in use is an error, not a silent share).
@@ -204,44 +206,37 @@ fn respond(
             return write_response(
                 &mut stream,
                 "431 Request Header Fields Too Large",
-                "text/plain; charset=utf-8",
+                TEXT,
                 b"request head too large\n",
                 false,
             );
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return write_response(
-                &mut stream,
-                "408 Request Timeout",
-                "text/plain; charset=utf-8",
-                b"request timeout\n",
-                false,
-            );
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut buf[len..]) {
-            Ok(0) => return Ok(()), // gone before asking anything
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return write_response(
-                    &mut stream,
-                    "408 Request Timeout",
-                    "text/plain; charset=utf-8",
-                    b"request timeout\n",
-                    false,
-                );
+        let timed_out = left.is_zero() || {
+            stream.set_read_timeout(Some(left))?;
+            match stream.read(&mut buf[len..]) {
+                Ok(0) => return Ok(()), // gone before asking anything
+                Ok(n) => {
+                    len += n;
+                    false
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    true
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
+        };
+        if timed_out {
+            let status = "408 Request Timeout";
+            return write_response(&mut stream, status, TEXT, b"request timeout\n", false);
         }
     };
-    const TEXT: &str = "text/plain; charset=utf-8";
     match route {
         Route::Metrics => {
             body.clear();
