@@ -83,8 +83,8 @@ struct Ctx<'a> {
     outgoing: Vec<(Bytes, usize)>,
     rate: f64,
     burst: f64,
-    /// Time each request into `counters.request_duration` (only when the
-    /// metrics endpoint is on: it costs a clock read per request).
+    /// Time requests into `counters.request_duration` (only when the
+    /// metrics endpoint is on: it costs two clock reads per receive chunk).
     time_requests: bool,
 }
 
