@@ -22,6 +22,7 @@ PROFILE="$ROOT/deploy/seccomp-ringcast.json"
 OUT="$(mktemp -d /tmp/ringcast-seccomp.XXXXXX)"
 PORT="${PORT:-29917}"
 ADDR="127.0.0.1:$PORT"
+MPORT=$((PORT + 1))
 trap '[ -n "${KEEP:-}" ] || rm -rf "$OUT"' EXIT
 [ -z "${KEEP:-}" ] || echo "traces kept in $OUT" >&2
 
@@ -74,6 +75,19 @@ s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 s.sendall(struct.pack(">I", 10_000_000))
 s.settimeout(5); s.recv(4096); s.close()
 EOF
+  # The metrics endpoint, where the case turned it on.
+  python3 - "$MPORT" <<'EOF' || true
+import socket, sys
+for path in ("/metrics", "/healthz", "/nope"):
+    try:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
+    except OSError:
+        break
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    while s.recv(65536):
+        pass
+    s.close()
+EOF
   exec 7<>"/dev/tcp/127.0.0.1/$PORT"
 }
 
@@ -98,7 +112,9 @@ drive_health() {
 
 run_case pinned TERM drive_all
 exec 7>&-
-run_case nopin TERM drive_all --no-pin --shards 3 --wake eventfd --log-format json
+printf 'shards = 3\npin = false\nstats_interval_secs = 1\n' >"$OUT/ringcast.toml"
+run_case nopin TERM drive_all --config "$OUT/ringcast.toml" --wake eventfd --log-format json \
+  --metrics-addr "127.0.0.1:$MPORT"
 exec 7>&-
 run_case limits INT drive_limits --no-pin --shards 1 --auth-token secret --rate-limit 100 \
   --max-connections-per-ip 20 --max-connections 30 --idle-timeout-secs 1

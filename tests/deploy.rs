@@ -21,7 +21,7 @@ use ringcast::client::{Client, Event};
 use seccompiler::{BpfProgram, TargetArch};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -491,6 +491,21 @@ impl Confined {
         );
     }
 
+    /// The metrics endpoint's address, from its start-up line (logged before
+    /// "ringcast listening", so call [`Self::listening_addr`] first).
+    fn metrics_addr(&self) -> SocketAddr {
+        self.seen
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("metrics endpoint listening"))
+            })
+            .and_then(|v| v["fields"]["addr"].as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics endpoint line in {:#?}", self.seen))
+    }
+
     /// Waits for the process to exit; returns its status and all of stderr.
     fn wait(mut self, within: Duration) -> (ExitStatus, String) {
         let deadline = Instant::now() + within;
@@ -535,9 +550,12 @@ fn seccomp_profile_is_enough_to_run_and_stop_the_server() {
             "2",
             "--log-format",
             "json",
+            "--metrics-addr",
+            "127.0.0.1:0",
         ],
     );
     let addr = server.listening_addr();
+    let metrics = server.metrics_addr();
 
     let a = Client::connect(addr).expect("connect");
     let b = Client::connect(addr).expect("connect");
@@ -599,6 +617,16 @@ fn seccomp_profile_is_enough_to_run_and_stop_the_server() {
         status.success(),
         "health check failed under the profile: {stderr}"
     );
+
+    // The metrics endpoint (its own thread, blocking accept4) answers too.
+    let mut http = TcpStream::connect(metrics).expect("connect to /metrics");
+    http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: ringcast\r\n\r\n")
+        .unwrap();
+    let mut scrape = String::new();
+    http.read_to_string(&mut scrape).expect("read /metrics");
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    assert!(scrape.contains("ringcast_messages_total{"), "{scrape}");
 
     a.disconnect();
     b.disconnect();

@@ -177,6 +177,10 @@ fn print_config_round_trips() {
             "0",
             "--rate-limit",
             "100",
+            "--metrics-addr",
+            "127.0.0.1:9100",
+            "--max-partial-bytes",
+            "33554432",
             "--auth-token-file",
             token.to_str().unwrap(),
         ],
@@ -191,6 +195,7 @@ fn print_config_round_trips() {
     assert_eq!(first, second, "printing the printed config changes nothing");
     let cfg = parse(&second);
     assert_eq!(cfg["wake"].as_str(), Some("eventfd"));
+    assert_eq!(cfg["metrics_addr"].as_str(), Some("127.0.0.1:9100"));
     assert_eq!(cfg["auth_token_file"].as_str(), token.to_str());
 }
 
@@ -422,5 +427,8 @@ fn the_example_config_is_valid_and_names_every_key() {
     for k in all.keys() {
         assert!(keys.contains(&k.as_str()), "deploy/ringcast.toml lacks {k}");
     }
-    assert!(text.contains("#auth_token = "), "the literal token key is documented");
+    assert!(
+        text.contains("#auth_token = "),
+        "the literal token key is documented"
+    );
 }

@@ -93,6 +93,10 @@ pub struct ServerArgs {
     /// How shards wake each other for broadcasts [default: msg-ring].
     #[arg(long, value_enum, env = "RINGCAST_WAKE")]
     pub wake: Option<WakeMode>,
+    /// Serve Prometheus `/metrics` and `/healthz` over HTTP on this address
+    /// (off unless set; keep it on a private interface).
+    #[arg(long, env = "RINGCAST_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Log format [default: text].
     #[arg(long, value_enum, env = "RINGCAST_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -181,11 +185,13 @@ impl ServerArgs {
             let mut file = ServerArgs::from_file(&path)?;
             let me = &mut self;
             with_server_fields!(fill_missing!(me, file));
-            fill_missing!(me, file; auth_token, auth_token_file, log_format, stats_interval_secs);
+            fill_missing!(me, file; auth_token, auth_token_file, metrics_addr, log_format,
+                stats_interval_secs);
         }
         let mut server = ServerConfig::default();
         let args = &self;
         with_server_fields!(apply_to_config!(args, server));
+        server.metrics_addr = self.metrics_addr;
         server.auth_token = match (&self.auth_token, &self.auth_token_file) {
             (Some(_), Some(_)) => {
                 return Err("give the auth token or a file holding it, not both".into())
@@ -225,6 +231,7 @@ impl Settings {
         let cfg = &self.server;
         with_server_fields!(from_config!(args, cfg));
         args.auth_token_file = self.auth_token_file.clone();
+        args.metrics_addr = cfg.metrics_addr;
         args.log_format = Some(self.log_format);
         args.stats_interval_secs = Some(self.stats_interval_secs);
         let body = toml::to_string(&args).expect("settings serialise as TOML");

@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub rate_burst: u32,
     /// How shards wake each other for cross-shard broadcasts.
     pub wake: WakeMode,
+    /// Address of the HTTP endpoint serving `/metrics` (Prometheus text)
+    /// and `/healthz`; None = no endpoint, and no request timing.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// How a shard wakes another after queueing a broadcast for it.
@@ -111,6 +114,7 @@ impl Default for ServerConfig {
             rate_limit: 0,
             rate_burst: 0,
             wake: WakeMode::MsgRing,
+            metrics_addr: None,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 mod conn;
 mod listener;
+mod metrics;
 mod shard;
 pub mod stats;
 
@@ -33,6 +34,7 @@ use crate::protocol::{Request, TimestampCache};
 use crate::uring;
 use broadcast::Mailbox;
 use crossbeam_utils::CachePadded;
+use metrics::MetricsEndpoint;
 use stats::{Counters, ShardCounters, Totals};
 use std::collections::HashMap;
 use std::io;
@@ -162,6 +164,8 @@ impl ServerBuilder {
         rate_burst: u32);
     setter!(/// Cross-shard wake-up mechanism.
         wake: WakeMode);
+    setter!(/// Serve `/metrics` and `/healthz` over HTTP here (None = off).
+        metrics_addr: Option<SocketAddr>);
 
     /// Registers a handler for custom messages of type `type_name`.
     pub fn handler(mut self, type_name: &str, h: impl Handler) -> Self {
@@ -176,6 +180,10 @@ impl ServerBuilder {
         let listeners = listener::bind_all(self.config.addr, n, self.config.backlog)
             .map_err(ServerError::Bind)?;
         let local_addr = listeners[0].local_addr()?;
+        let metrics_listener = match self.config.metrics_addr {
+            Some(addr) => Some(metrics::bind(addr)?),
+            None => None,
+        };
         let start_unix_ms = crate::protocol::time::unix_ms_now();
         let start_time = TimestampCache::new().format(start_unix_ms).to_string();
         let mut wake_fds = Vec::with_capacity(n);
@@ -202,6 +210,7 @@ impl ServerBuilder {
         Ok(Server {
             shared,
             listeners,
+            metrics_listener,
             wake_fds,
             local_addr,
         })
@@ -212,6 +221,7 @@ impl ServerBuilder {
 pub struct Server {
     shared: Arc<Shared>,
     listeners: Vec<TcpListener>,
+    metrics_listener: Option<TcpListener>,
     wake_fds: Vec<OwnedFd>,
     local_addr: SocketAddr,
 }
@@ -274,15 +284,26 @@ impl Server {
                 }
             }
         }
-        let handle = ServerHandle {
+        let mut handle = ServerHandle {
             shared: self.shared,
             threads,
+            metrics: None,
             local_addr: self.local_addr,
         };
         if let Some(e) = first_err {
             handle.stop();
             let _ = handle.join();
             return Err(e);
+        }
+        if let Some(l) = self.metrics_listener {
+            match MetricsEndpoint::start(l, handle.shared.clone()) {
+                Ok(m) => handle.metrics = Some(m),
+                Err(e) => {
+                    handle.stop();
+                    let _ = handle.join();
+                    return Err(ServerError::Io(e));
+                }
+            }
         }
         let pinned: Vec<String> = if cores.is_empty() {
             vec!["none".into()]
@@ -319,6 +340,9 @@ impl Server {
 pub struct ServerHandle {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// The metrics endpoint, when configured; it outlives the shards'
+    /// drain (scrapes and `/healthz` = 503 still work then) and stops last.
+    metrics: Option<MetricsEndpoint>,
     local_addr: SocketAddr,
 }
 
@@ -334,6 +358,12 @@ impl ServerHandle {
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the metrics endpoint (with the real port when 0 was
+    /// asked for), if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsEndpoint::local_addr)
     }
 
     /// Current totals over all shards.
@@ -358,10 +388,14 @@ impl ServerHandle {
         Watcher(self.shared.clone())
     }
 
-    /// Waits for every shard to finish; returns the final totals.
+    /// Waits for every shard to finish, then stops the metrics endpoint;
+    /// returns the final totals.
     pub fn join(mut self) -> Result<Totals, ServerError> {
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        if let Some(mut m) = self.metrics.take() {
+            m.stop();
         }
         Ok(self.shared.totals(&mut Vec::new()))
     }
@@ -381,6 +415,9 @@ impl Drop for ServerHandle {
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }
+        }
+        if let Some(mut m) = self.metrics.take() {
+            m.stop();
         }
     }
 }

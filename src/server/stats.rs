@@ -39,6 +39,8 @@ pub struct ShardCounters {
     /// Bytes of buffer (capacity) held now by partially received frames
     /// (a gauge, stored by the shard after each change).
     pub partial_frame_bytes: AtomicU64,
+    /// Request handling time (recorded only when the metrics endpoint is on).
+    pub request_duration: DurationHistogram,
 }
 
 impl ShardCounters {
@@ -58,6 +60,62 @@ impl ShardCounters {
     #[inline]
     pub fn message(&self, kind: RequestKind) {
         bump(&self.messages[kind.index()], 1);
+    }
+}
+
+/// Upper bound of the first request-duration bucket, in nanoseconds; each
+/// further bucket doubles it.
+pub const DURATION_BASE_NS: u64 = 250;
+/// Finite request-duration buckets: 250 ns, 500 ns, 1 µs … 16.384 ms.
+pub const DURATION_BOUNDS: usize = 17;
+
+/// A fixed-bucket histogram of request handling times, written only by its
+/// shard (with [`bump`]) and read by the metrics endpoint.
+///
+/// Bucket `i < DURATION_BOUNDS` counts durations in
+/// `(DURATION_BASE_NS·2^(i-1), DURATION_BASE_NS·2^i]` (bucket 0 everything up
+/// to the base); the last bucket counts the rest. The count is the sum of
+/// the buckets, so the hot path writes two words per request.
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    /// Per-bucket (not cumulative) counts; the last one is the overflow.
+    pub buckets: [AtomicU64; DURATION_BOUNDS + 1],
+    /// Sum of the recorded durations, in nanoseconds.
+    pub sum_ns: AtomicU64,
+}
+
+impl DurationHistogram {
+    /// The bucket a duration of `ns` nanoseconds falls in.
+    #[inline]
+    pub fn bucket_index(ns: u64) -> usize {
+        // For ns in (B·2^(k-1), B·2^k], (ns-1)/B lies in [2^(k-1), 2^k - 1],
+        // whose bit length is k; ns <= B gives 0.
+        let q = ns.saturating_sub(1) / DURATION_BASE_NS;
+        ((u64::BITS - q.leading_zeros()) as usize).min(DURATION_BOUNDS)
+    }
+
+    /// Upper bound of finite bucket `i`, in seconds.
+    pub fn upper_bound_seconds(i: usize) -> f64 {
+        (DURATION_BASE_NS << i) as f64 / 1e9
+    }
+
+    /// Records `n` requests handled together in `total_ns` nanoseconds
+    /// (single writer): each counts in the bucket of their average, the sum
+    /// gains the exact total. With `n == 1` that is the request's own time.
+    #[inline]
+    pub fn record_batch(&self, total_ns: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        bump(&self.buckets[Self::bucket_index(total_ns / n)], n);
+        bump(&self.sum_ns, total_ns);
+    }
+
+    /// Reads the buckets and the sum (relaxed; a scrape during traffic may
+    /// see the sum a request ahead of or behind the buckets).
+    pub fn read(&self) -> ([u64; DURATION_BOUNDS + 1], u64) {
+        let b = std::array::from_fn(|i| self.buckets[i].load(Relaxed));
+        (b, self.sum_ns.load(Relaxed))
     }
 }
 
@@ -174,4 +232,51 @@ impl RssReader {
 
 fn page_size() -> u64 {
     crate::uring::page_size()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_buckets_have_inclusive_upper_bounds() {
+        assert_eq!(DurationHistogram::bucket_index(0), 0);
+        assert_eq!(DurationHistogram::bucket_index(250), 0);
+        assert_eq!(DurationHistogram::bucket_index(251), 1);
+        assert_eq!(DurationHistogram::bucket_index(500), 1);
+        assert_eq!(DurationHistogram::bucket_index(501), 2);
+        assert_eq!(DurationHistogram::bucket_index(1_000), 2);
+        for i in 0..DURATION_BOUNDS {
+            let bound = DURATION_BASE_NS << i;
+            assert_eq!(DurationHistogram::bucket_index(bound), i, "at {bound} ns");
+            assert_eq!(
+                DurationHistogram::bucket_index(bound + 1),
+                i + 1,
+                "past {bound} ns"
+            );
+        }
+        assert_eq!(DurationHistogram::bucket_index(u64::MAX), DURATION_BOUNDS);
+        assert_eq!(DurationHistogram::upper_bound_seconds(2), 1e-6);
+        assert_eq!(
+            DurationHistogram::upper_bound_seconds(DURATION_BOUNDS - 1),
+            0.016384
+        );
+    }
+
+    #[test]
+    fn record_counts_and_sums() {
+        let h = DurationHistogram::default();
+        h.record_batch(100, 1);
+        h.record_batch(700, 1);
+        h.record_batch(1 << 40, 1);
+        // Four requests in 3 µs: four in the (500 ns, 1 µs] bucket.
+        h.record_batch(3_000, 4);
+        h.record_batch(5_000, 0);
+        let (b, sum) = h.read();
+        assert_eq!(b[0], 1);
+        assert_eq!(b[2], 1 + 4);
+        assert_eq!(b[DURATION_BOUNDS], 1);
+        assert_eq!(b.iter().sum::<u64>(), 7);
+        assert_eq!(sum, 100 + 700 + (1 << 40) + 3_000);
+    }
 }
