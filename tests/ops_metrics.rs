@@ -243,6 +243,7 @@ fn counters_move_by_exactly_the_traffic_and_parse_as_prometheus_text() {
         ("ringcast_sent_bytes_total", "counter"),
         ("ringcast_broadcast_deliveries_total", "counter"),
         ("ringcast_slow_consumer_disconnects_total", "counter"),
+        ("ringcast_partial_frame_bytes", "gauge"),
         ("ringcast_protocol_errors_total", "counter"),
         ("ringcast_request_duration_seconds", "histogram"),
     ] {

@@ -511,6 +511,13 @@ impl Collector for ShardCollector {
             Counter,
             |c| c.slow_consumer_disconnects.load(Relaxed),
         )?;
+        self.per_shard(
+            &mut enc,
+            "ringcast_partial_frame_bytes",
+            "Buffer held by partly received frames (bounded per shard by max_partial_bytes).",
+            Gauge,
+            |c| c.partial_frame_bytes.load(Relaxed),
+        )?;
         let codes = ErrorCode::ALL.map(ErrorCode::as_str);
         self.per_shard_by(
             &mut enc,
