@@ -17,17 +17,19 @@
 //! it at /usr/bin/systemd-analyze. systemd is not PID 1 here, so the unit is
 //! checked but not started.
 
+mod common;
+
+use common::{sigterm, wait_exit, LogLines};
 use ringcast::client::{Client, Event};
 use seccompiler::{BpfProgram, TargetArch};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 const RINGCAST: &str = env!("CARGO_BIN_EXE_ringcast");
@@ -425,8 +427,7 @@ fn condition(arg: &Value) -> Value {
 /// A ringcast process started under the profile, with its stderr lines.
 struct Confined {
     child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
+    log: LogLines,
 }
 
 /// Spawns `ringcast args...` from a thread that first loads `filters`; the
@@ -453,86 +454,45 @@ fn spawn_confined(profile: &Value, without: &[&str], args: &[&str]) -> Confined 
     .join()
     .unwrap()
     .expect("ringcast spawns under the filter");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(ours).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     Confined {
         child,
-        lines,
-        seen: Vec::new(),
+        log: LogLines::new(ours),
     }
 }
 
 impl Confined {
     /// Waits for the JSON log line "ringcast listening" and returns its addr.
     fn listening_addr(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                break;
-            };
-            self.seen.push(line.clone());
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["fields"]["message"] == "ringcast listening" {
-                    return v["fields"]["addr"].as_str().unwrap().parse().unwrap();
-                }
-            }
-        }
-        let _ = self.child.kill();
-        panic!(
-            "no 'ringcast listening' line; stderr so far: {:#?}",
-            self.seen
-        );
+        let Some(v) = self
+            .log
+            .wait_for("ringcast listening", Duration::from_secs(15))
+        else {
+            let _ = self.child.kill();
+            panic!(
+                "no 'ringcast listening' line; stderr so far: {:#?}",
+                self.log.seen
+            );
+        };
+        v["fields"]["addr"].as_str().unwrap().parse().unwrap()
     }
 
     /// The metrics endpoint's address, from its start-up line (logged before
     /// "ringcast listening", so call [`Self::listening_addr`] first).
     fn metrics_addr(&self) -> SocketAddr {
-        self.seen
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| {
-                v["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("metrics endpoint listening"))
-            })
+        self.log
+            .find_seen("metrics endpoint listening")
             .and_then(|v| v["fields"]["addr"].as_str()?.parse().ok())
-            .unwrap_or_else(|| panic!("no metrics endpoint line in {:#?}", self.seen))
+            .unwrap_or_else(|| panic!("no metrics endpoint line in {:#?}", self.log.seen))
     }
 
     /// Waits for the process to exit; returns its status and all of stderr.
     fn wait(mut self, within: Duration) -> (ExitStatus, String) {
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("ringcast did not exit; stderr: {:#?}", self.seen);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let Some(status) = wait_exit(&mut self.child, within) else {
+            panic!("ringcast did not exit; stderr: {:#?}", self.log.seen);
         };
         // The child's end is closed now: read what is left to EOF.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        (status, self.seen.join("\n"))
+        (status, self.log.finish(Duration::from_secs(5)).join("\n"))
     }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
 }
 
 #[test]

@@ -4,15 +4,13 @@
 
 mod common;
 
-use common::{frame_bytes, Client};
+use common::{frame_bytes, sigterm, wait_exit, Client, LogLines};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 /// `ringcast server` with no inherited RINGCAST_* or RUST_LOG settings.
 fn server_cmd() -> Command {
@@ -245,82 +243,6 @@ fn bad_config_is_a_clear_error() {
     assert!(e.contains("cannot read auth token file"), "{e}");
 }
 
-/// A server process whose stderr lines arrive on a channel.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(mut c: Command) -> Proc {
-        let mut child = c
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let err = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (≤ 10 s) for a JSON log line whose message starts with `msg`.
-    fn wait_for(&mut self, msg: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "no log line {msg:?} within 10 s; got:\n{}",
-                    self.seen.join("\n")
-                )
-            });
-            self.seen.push(line.clone());
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
-            if v["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with(msg))
-            {
-                return v;
-            }
-        }
-    }
-
-    /// SIGTERM, then the exit status and every remaining line.
-    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("server did not exit within 15 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut all = self.seen;
-        all.extend(self.lines.iter());
-        (status, all)
-    }
-}
-
 #[test]
 fn server_runs_from_a_config_file_and_logs_json() {
     let file = temp_file(
@@ -330,9 +252,17 @@ fn server_runs_from_a_config_file_and_logs_json() {
     );
     let mut c = server_cmd();
     c.args(["--config", file.to_str().unwrap()])
-        .env("RUST_LOG", "debug");
-    let mut p = Proc::spawn(c);
-    let listening = p.wait_for("ringcast listening");
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut log = LogLines::new(child.stderr.take().unwrap());
+    let mut wait_for = |msg: &str| {
+        log.wait_for(msg, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no log line {msg:?} within 10 s"))
+    };
+    let listening = wait_for("ringcast listening");
     assert_eq!(listening["level"], "INFO");
     assert_eq!(listening["fields"]["shards"], 2, "{listening}");
     let addr: SocketAddr = listening["fields"]["addr"]
@@ -354,12 +284,12 @@ fn server_runs_from_a_config_file_and_logs_json() {
     big.expect_error("frame_too_large");
     big.read_until_closed(Duration::from_secs(5));
 
-    let warn = p.wait_for("closing connection: frame length exceeds");
+    let warn = wait_for("closing connection: frame length exceeds");
     assert_eq!(warn["level"], "WARN", "{warn}");
     assert_eq!(warn["fields"]["code"], "frame_too_large");
     assert!(warn["fields"]["client_id"].is_string(), "{warn}");
 
-    let stats = p.wait_for("stats");
+    let stats = wait_for("stats");
     assert_eq!(stats["level"], "INFO");
     for k in [
         "connected",
@@ -377,8 +307,11 @@ fn server_runs_from_a_config_file_and_logs_json() {
     assert!(stats["fields"]["protocol_errors"].as_u64().unwrap() >= 1);
     drop(ok);
 
-    let (status, lines) = p.terminate();
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(15)).expect("exits after SIGTERM");
     assert!(status.success(), "exit status {status}");
+    // Every line the server wrote is JSON.
+    let lines = log.finish(Duration::from_secs(5));
     let parsed: Vec<Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

@@ -270,3 +270,94 @@ pub fn u64_of(v: &Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no integer {key} in {v}"))
 }
+
+/// The stderr lines of a child process (a `ringcast` binary), read on a
+/// thread of their own so that a test can wait for one with a deadline.
+pub struct LogLines {
+    rx: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far, in order.
+    pub seen: Vec<String>,
+}
+
+impl LogLines {
+    /// Starts reading `r` (the child's stderr) line by line.
+    pub fn new(r: impl Read + Send + 'static) -> LogLines {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in io::BufReader::new(r).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LogLines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `within` for a JSON log line whose message starts with
+    /// `msg`; `None` if none came (or the stream ended) by then.
+    pub fn wait_for(&mut self, msg: &str, within: Duration) -> Option<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.rx.recv_timeout(left).ok()?;
+            self.seen.push(line);
+            if let Some(v) = log_line_with(self.seen.last().unwrap(), msg) {
+                return Some(v);
+            }
+        }
+    }
+
+    /// The first line already read whose message starts with `msg`.
+    pub fn find_seen(&self, msg: &str) -> Option<Value> {
+        self.seen.iter().find_map(|l| log_line_with(l, msg))
+    }
+
+    /// Reads what is left until the stream ends (the child has exited), or
+    /// until no line comes for `quiet`; returns every line.
+    pub fn finish(mut self, quiet: Duration) -> Vec<String> {
+        while let Ok(l) = self.rx.recv_timeout(quiet) {
+            self.seen.push(l);
+        }
+        self.seen
+    }
+}
+
+/// `line` as JSON when it is a tracing JSON line whose message starts with `msg`.
+fn log_line_with(line: &str, msg: &str) -> Option<Value> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    let m = v["fields"]["message"].as_str()?;
+    m.starts_with(msg).then_some(v)
+}
+
+/// Sends SIGTERM to a child process.
+pub fn sigterm(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM failed");
+}
+
+/// Waits up to `within` for a child to exit; `None` (the child killed) if
+/// it did not.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -7,10 +7,10 @@
 
 use crate::common::*;
 use serde_json::{json, Value};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Checks, after each hostile case, that the server still answers other
 /// clients: a ping on a long-lived second connection and a ping on a fresh
@@ -138,7 +138,8 @@ pub const MIB: u64 = 1 << 20;
 pub struct CliServer {
     pub child: Child,
     pub addr: SocketAddr,
-    stderr_lines: std::sync::mpsc::Receiver<String>,
+    /// Kept so the reader thread has somewhere to put later lines.
+    _log: LogLines,
 }
 
 impl CliServer {
@@ -172,54 +173,24 @@ impl CliServer {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start ringcast server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(l) => l,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("ringcast server printed no listening line within 10 s");
-                }
-            };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if v["fields"]["message"] == "ringcast listening" {
-                let a = v["fields"]["addr"].as_str().expect("addr field");
-                break a.parse().expect("listening address");
-            }
+        let mut log = LogLines::new(child.stderr.take().unwrap());
+        let Some(listening) = log.wait_for("ringcast listening", Duration::from_secs(10)) else {
+            let _ = child.kill();
+            panic!("ringcast server printed no listening line within 10 s");
         };
+        let a = listening["fields"]["addr"].as_str().expect("addr field");
         CliServer {
             child,
-            addr,
-            stderr_lines: rx,
+            addr: a.parse().expect("listening address"),
+            _log: log,
         }
     }
 
     /// SIGTERM, then waits up to `within` for a clean exit; returns whether
     /// it exited successfully.
     pub fn terminate(&mut self, within: Duration) -> bool {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        sigterm(&self.child);
+        wait_exit(&mut self.child, within).is_some_and(|st| st.success())
     }
 }
 
@@ -229,6 +200,5 @@ impl Drop for CliServer {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        while self.stderr_lines.try_recv().is_ok() {}
     }
 }
