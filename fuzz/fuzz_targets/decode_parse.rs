@@ -9,6 +9,9 @@
 //! - a response to a request with a scalar `id` carries that `id`.
 #![no_main]
 
+mod judge;
+
+use judge::too_deep_for_judge;
 use libfuzzer_sys::fuzz_target;
 use ringcast::protocol::frame::{FrameDecoder, NoPool, HEADER_LEN};
 use ringcast::protocol::message::{
@@ -22,24 +25,6 @@ use std::ops::ControlFlow;
 const MAX: usize = 64 * 1024;
 const NOW: &str = "2024-01-01T12:00:00.001Z";
 
-/// True when `b` may nest deeper than serde_json's recursion limit (128)
-/// allows: the judge cannot read such JSON, though ringcast handles any
-/// depth (tests/hostile_input.rs sends 100,000 levels). Brackets inside
-/// strings count too, so this errs towards skipping.
-fn too_deep_for_judge(b: &[u8]) -> bool {
-    let (mut depth, mut max) = (0i64, 0i64);
-    for c in b {
-        match c {
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth -= 1,
-            _ => {}
-        }
-    }
-    max > 100
-}
 
 /// Checks that `out` is a sequence of frames, each a JSON object with a
 /// string `type`; returns them (`None` for one too deep to judge).

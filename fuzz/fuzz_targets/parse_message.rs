@@ -5,6 +5,9 @@
 //! requests echo back as valid JSON with their `content` unchanged.
 #![no_main]
 
+mod judge;
+
+use judge::too_deep_for_judge;
 use libfuzzer_sys::fuzz_target;
 use ringcast::protocol::frame::HEADER_LEN;
 use ringcast::protocol::message::{write_echo_response, write_error};
@@ -36,24 +39,6 @@ fn long_exponent(data: &[u8]) -> bool {
     })
 }
 
-/// True when `b` may nest deeper than serde_json's recursion limit (128)
-/// allows: the judge cannot read such JSON, though ringcast handles any
-/// depth (tests/hostile_input.rs sends 100,000 levels). Brackets inside
-/// strings count too, so this errs towards skipping.
-fn too_deep_for_judge(b: &[u8]) -> bool {
-    let (mut depth, mut max) = (0i64, 0i64);
-    for c in b {
-        match c {
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth -= 1,
-            _ => {}
-        }
-    }
-    max > 100
-}
 
 fuzz_target!(|data: &[u8]| {
     let reference: Option<serde_json::Value> = serde_json::from_slice(data).ok();
