@@ -365,3 +365,27 @@ fn the_example_config_is_valid_and_names_every_key() {
         "the literal token key is documented"
     );
 }
+
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let mut c = server_cmd();
+    c.args(["--addr", "127.0.0.1:0", "--shards", "1", "--no-pin"])
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut log = LogLines::new(child.stderr.take().unwrap());
+    let line = log.wait_for_text("ringcast listening", Duration::from_secs(10));
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    let line = line.expect("a text start-up line");
+    assert!(line.contains(" INFO "), "{line}");
+    for l in log.finish(Duration::from_secs(5)) {
+        assert!(
+            !l.contains('\u{1b}'),
+            "escape code in a piped log line: {l:?}"
+        );
+    }
+    assert!(status.is_some_and(|s| s.success()));
+}

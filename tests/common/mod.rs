@@ -311,6 +311,19 @@ impl LogLines {
         }
     }
 
+    /// Waits up to `within` for any line containing `text` (text-format logs).
+    pub fn wait_for_text(&mut self, text: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.rx.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if line.contains(text) {
+                return Some(line);
+            }
+        }
+    }
+
     /// The first line already read whose message starts with `msg`.
     pub fn find_seen(&self, msg: &str) -> Option<Value> {
         self.seen.iter().find_map(|l| log_line_with(l, msg))
