@@ -389,3 +389,49 @@ fn text_logs_to_a_pipe_have_no_colour_codes() {
     }
     assert!(status.is_some_and(|s| s.success()));
 }
+
+#[test]
+fn token_and_token_file_are_one_setting() {
+    // A variable with the token replaces a token file named in the file.
+    let file = temp_file("tokfile.toml", "auth_token_file = \"/nonexistent/token\"\n");
+    let out = print_config(
+        &["--config", file.to_str().unwrap()],
+        &[("RINGCAST_AUTH_TOKEN", "from-env")],
+    );
+    assert!(out.contains("# auth_token is set"), "{out}");
+    assert!(!out.contains("auth_token_file"), "{out}");
+    // A flag naming a token file replaces a token in the file.
+    let token = temp_file("tok", "t0k\n");
+    let file = temp_file("tok.toml", "auth_token = \"file-secret\"\n");
+    let cfg = parse(&print_config(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--auth-token-file",
+            token.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_eq!(cfg["auth_token_file"].as_str(), token.to_str());
+}
+
+#[test]
+fn config_errors_do_not_echo_secrets() {
+    let misspelt = temp_file("misspelt.toml", "shards = 1\nauth-token = \"hunter2\"\n");
+    let e = config_error(&["--config", misspelt.to_str().unwrap()]);
+    assert!(!e.contains("hunter2"), "{e}");
+    assert!(e.contains("line 2") && e.contains("unknown field"), "{e}");
+    let wrong_type = temp_file("wrongtype.toml", "auth_token = 8675309\n");
+    let e = config_error(&["--config", wrong_type.to_str().unwrap()]);
+    assert!(!e.contains("8675309"), "{e}");
+    assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn out_of_range_values_and_no_pin_variable() {
+    let huge = temp_file("huge.toml", "idle_timeout_secs = 99999999999\n");
+    let e = config_error(&["--config", huge.to_str().unwrap()]);
+    assert!(e.contains("at most 4294967295"), "{e}");
+    let cfg = parse(&print_config(&[], &[("RINGCAST_NO_PIN", "1")]));
+    assert_eq!(cfg["pin"].as_bool(), Some(false));
+}

@@ -34,7 +34,7 @@ pub struct ServerArgs {
     #[arg(long, env = "RINGCAST_SHARDS")]
     pub shards: Option<usize>,
     /// Do not pin shard threads to cores (file key: `pin = false`).
-    #[arg(long)]
+    #[arg(long, env = "RINGCAST_NO_PIN", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(skip)]
     pub no_pin: bool,
     /// Pin shard threads to cores (file key only; the flag is --no-pin).
@@ -170,9 +170,33 @@ impl ServerArgs {
         Self::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
     }
 
-    /// Parses config-file text.
+    /// Parses config-file text. Errors quote the offending line, except a
+    /// line that may hold a secret (its key mentions `token`), which is
+    /// named by number only.
     pub fn from_toml(text: &str) -> Result<ServerArgs, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line_no = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let line = line_no.and_then(|n| text.lines().nth(n - 1)).unwrap_or("");
+            if line.to_ascii_lowercase().contains("token") {
+                // Neither the line nor the value (which the message may quote).
+                let mut msg = e.message().to_string();
+                if let Some((_, value)) = line.split_once('=') {
+                    for v in [value.trim(), value.trim().trim_matches(['"', '\''])] {
+                        if !v.is_empty() {
+                            msg = msg.replace(v, "<redacted>");
+                        }
+                    }
+                }
+                format!(
+                    "line {}: {msg} (line not shown: it may hold a secret)",
+                    line_no.unwrap_or(0)
+                )
+            } else {
+                e.to_string().trim_end().to_string()
+            }
+        })
     }
 
     /// Merges the flags and variables (already in `self`) over the config
@@ -184,6 +208,12 @@ impl ServerArgs {
         if let Some(path) = self.config.clone() {
             let mut file = ServerArgs::from_file(&path)?;
             let me = &mut self;
+            // The token and the token file are one setting: either given
+            // by a flag or variable replaces both from the file.
+            if me.auth_token.is_some() || me.auth_token_file.is_some() {
+                file.auth_token = None;
+                file.auth_token_file = None;
+            }
             with_server_fields!(fill_missing!(me, file));
             fill_missing!(me, file; auth_token, auth_token_file, metrics_addr, log_format,
                 stats_interval_secs);

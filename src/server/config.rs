@@ -156,6 +156,10 @@ impl ServerConfig {
         if self.max_connections == 0 {
             return Err("max connections must be at least 1".into());
         }
+        // Both are turned into milliseconds; keep that far from overflow.
+        if self.idle_timeout_secs > u32::MAX as u64 || self.drain_secs > u32::MAX as u64 {
+            return Err("idle_timeout_secs and drain_secs must be at most 4294967295".into());
+        }
         if self.shards > 1024 {
             return Err("at most 1024 shards".into());
         }

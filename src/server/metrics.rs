@@ -12,9 +12,10 @@
 //!
 //! The responder serves one connection at a time, closes every connection
 //! after its response, and gives a client [`IO_TIMEOUT`] to send its request
-//! head, so a stuck client delays the next scrape by at most that and never
-//! wedges the thread. At stop the listener is shut down, which ends the
-//! blocked `accept`.
+//! head and another to read the response (one deadline for all of it, not
+//! per write), plus a short linger: a stuck or slow client holds the thread
+//! for at most about 4.2 s, and delays scrapes queued behind it by as much.
+//! At stop the listener is shut down, which ends the blocked `accept`.
 
 use super::stats::{DurationHistogram, RssReader, ShardCounters, DURATION_BOUNDS};
 use super::{ServerError, Shared};
@@ -96,7 +97,7 @@ impl MetricsEndpoint {
     }
 
     /// Stops accepting, lets a response in progress finish (bounded by
-    /// [`IO_TIMEOUT`]) and joins the thread.
+    /// twice [`IO_TIMEOUT`] plus the linger) and joins the thread.
     pub fn stop(&mut self) {
         let Some(thread) = self.thread.take() else {
             return;
@@ -294,7 +295,28 @@ fn respond(
     }
 }
 
-/// Writes a complete response and closes our side.
+/// Writes all of `bytes` before `deadline`, or fails with `TimedOut`.
+fn write_all_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "metrics client too slow to read its response",
+            ));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes a complete response (within [`IO_TIMEOUT`]) and closes our side.
 fn write_response(
     stream: &mut TcpStream,
     status: &str,
@@ -310,11 +332,14 @@ fn write_response(
         head.push_str("Allow: GET, HEAD\r\n");
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
+    // One deadline for the whole response: a write timeout alone bounds
+    // each send(2), and a client reading a few bytes at a time could hold
+    // the thread (and the server's stop) for as long as it liked.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    write_all_by(stream, head.as_bytes(), deadline)?;
     if !head_only {
-        stream.write_all(body)?;
+        write_all_by(stream, body, deadline)?;
     }
-    stream.flush()?;
     stream.shutdown(Shutdown::Write)?;
     // Lingering close: closing with unread input (a rejected head, a
     // pipelined request) would send a reset that can destroy the response
@@ -514,7 +539,7 @@ impl Collector for ShardCollector {
         self.per_shard(
             &mut enc,
             "ringcast_partial_frame_bytes",
-            "Buffer held by partly received frames (bounded per shard by max_partial_bytes).",
+            "Buffer capacity held by partly received frames (per shard at most max_partial_bytes + 4 KiB per connection).",
             Gauge,
             |c| c.partial_frame_bytes.load(Relaxed),
         )?;
