@@ -266,6 +266,17 @@ impl WarnBudget {
         self.used += 1;
         Some(std::mem::take(&mut self.suppressed))
     }
+
+    /// The warnings held back in a second that has ended (so that a flood
+    /// which stops still gets its count logged, from the 1 s tick).
+    fn take_stale(&mut self, now_mono_ms: u64) -> Option<u64> {
+        if self.suppressed > 0 && now_mono_ms / 1000 != self.second {
+            self.used = 0;
+            self.second = now_mono_ms / 1000;
+            return Some(std::mem::take(&mut self.suppressed));
+        }
+        None
+    }
 }
 
 impl Shard<'_> {
@@ -1017,6 +1028,13 @@ impl Shard<'_> {
             .messages_last_second
             .store(total - self.last_tick_messages, Ordering::Relaxed);
         self.last_tick_messages = total;
+        if let Some(n) = self.warn_budget.take_stale(self.ctx.now_mono_ms) {
+            tracing::warn!(
+                shard = self.id,
+                suppressed = n,
+                "connection warnings suppressed"
+            );
+        }
         debug_assert_eq!(
             self.conns
                 .iter()
@@ -1268,4 +1286,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= x ^ y;
     }
     diff == 0 && a.len() == b.len()
+}
+
+#[cfg(test)]
+mod warn_budget_tests {
+    use super::{WarnBudget, WARNINGS_PER_SEC};
+
+    #[test]
+    fn caps_a_second_and_reports_what_it_held_back() {
+        let mut w = WarnBudget::default();
+        for _ in 0..WARNINGS_PER_SEC {
+            assert_eq!(w.allow(5_000), Some(0));
+        }
+        assert_eq!(w.allow(5_100), None);
+        assert_eq!(w.allow(5_999), None);
+        // Still the same second: nothing stale to report.
+        assert_eq!(w.take_stale(5_999), None);
+        // The next allowed warning carries the count ...
+        assert_eq!(w.allow(6_000), Some(2));
+        // ... or, if the flood stopped, the tick reports it.
+        for _ in 0..WARNINGS_PER_SEC {
+            w.allow(7_000);
+        }
+        w.allow(7_001);
+        assert_eq!(w.take_stale(8_000), Some(1));
+        assert_eq!(w.take_stale(9_000), None);
+        assert_eq!(w.allow(9_000), Some(0));
+    }
 }
