@@ -259,6 +259,7 @@ fn counters_move_by_exactly_the_traffic_and_parse_as_prometheus_text() {
         ("ringcast_start_time_seconds", "gauge"),
         ("ringcast_uptime_seconds", "gauge"),
         ("ringcast_shards", "gauge"),
+        ("ringcast_failed_shards", "gauge"),
         ("ringcast_resident_memory_bytes", "gauge"),
     ] {
         assert_eq!(
@@ -273,6 +274,7 @@ fn counters_move_by_exactly_the_traffic_and_parse_as_prometheus_text() {
         1.0
     );
     assert_eq!(sum(&before, "ringcast_shards", &[]), 2.0);
+    assert_eq!(sum(&before, "ringcast_failed_shards", &[]), 0.0);
     assert!(sum(&before, "ringcast_resident_memory_bytes", &[]) > 0.0);
     assert!(sum(&before, "ringcast_start_time_seconds", &[]) > 1.6e9);
     assert_eq!(

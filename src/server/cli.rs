@@ -356,9 +356,18 @@ pub fn run(args: ServerArgs) -> ExitCode {
         }
     });
     let reporter = StatsReporter::start(&handle, settings.stats_interval_secs);
+    let watcher = handle.watcher();
     let result = handle.join();
     drop(reporter);
     match result {
+        Ok(_) if watcher.failed_shards() > 0 => {
+            // A supervisor should know: exit non-zero (Restart=on-failure).
+            eprintln!(
+                "ringcast server: {} shard(s) stopped on an I/O error (see the log)",
+                watcher.failed_shards()
+            );
+            ExitCode::FAILURE
+        }
         Ok(t) => {
             tracing::info!(
                 total_messages = t.total_messages(),

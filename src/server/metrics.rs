@@ -267,6 +267,14 @@ fn respond(
                     b"shutting down\n",
                     head_only,
                 )
+            } else if shared.failed_shards.load(Ordering::Relaxed) > 0 {
+                write_response(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    TEXT,
+                    b"a shard stopped on an I/O error (see the log)\n",
+                    head_only,
+                )
             } else {
                 write_response(&mut stream, "200 OK", TEXT, b"ok\n", head_only)
             }
@@ -471,6 +479,12 @@ impl Collector for ShardCollector {
             "ringcast_shards",
             "Shards (event-loop threads, each with its own io_uring).",
             shared.shards as u64,
+        )?;
+        Self::gauge(
+            &mut enc,
+            "ringcast_failed_shards",
+            "Shards that stopped on an I/O error (0 when healthy; /healthz answers 503 otherwise).",
+            shared.failed_shards.load(Relaxed) as u64,
         )?;
         Self::gauge(
             &mut enc,

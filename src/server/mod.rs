@@ -94,6 +94,9 @@ pub(crate) struct Shared {
     /// Connections per IP (only when `max_connections_per_ip` is set).
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
     pub stop: AtomicBool,
+    /// Shards that stopped on an I/O error (the others keep serving;
+    /// `/healthz` then answers 503 so a supervisor can replace the process).
+    pub failed_shards: AtomicUsize,
     pub start_unix_ms: u64,
     pub start_time: String,
     pub handlers: HashMap<String, Arc<dyn Handler>>,
@@ -203,6 +206,7 @@ impl ServerBuilder {
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
+            failed_shards: AtomicUsize::new(0),
             start_unix_ms,
             start_time,
             handlers: self.handlers,
@@ -453,6 +457,11 @@ impl Watcher {
     /// Current totals over all shards.
     pub fn totals(&self) -> Totals {
         self.0.totals(&mut Vec::new())
+    }
+
+    /// Shards that stopped on an I/O error (the others keep serving).
+    pub fn failed_shards(&self) -> usize {
+        self.0.failed_shards.load(Ordering::SeqCst)
     }
 }
 

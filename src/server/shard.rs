@@ -199,6 +199,11 @@ pub(crate) fn run(
         },
     };
     if let Err(e) = shard.run() {
+        shard
+            .ctx
+            .shared
+            .failed_shards
+            .fetch_add(1, Ordering::SeqCst);
         tracing::error!(shard = id, error = %e, "shard stopped on an I/O error");
     }
 }
