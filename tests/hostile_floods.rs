@@ -477,34 +477,13 @@ fn broadcast_storm_with_a_stalled_subscriber() {
     // machine is never itself a slow consumer; only the stalled one is.
     const READ_AHEAD: u64 = 256;
     let progress = pacing::ReaderProgress::new(READERS);
-    let reader_threads: Vec<_> = readers
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut r)| {
-            let sender_id = sender_id.clone();
-            let progress = progress.clone();
-            std::thread::Builder::new()
-                .stack_size(256 << 10)
-                .spawn(move || {
-                    r.set_read_timeout(Duration::from_secs(20));
-                    let mut n = 0u64;
-                    loop {
-                        progress.mark(i, n);
-                        let v = r.recv();
-                        assert_eq!(v["type"], "broadcast_message", "{v}");
-                        assert_eq!(v["from"], sender_id.as_str());
-                        let content = v["content"].as_str().unwrap();
-                        if content == "END" {
-                            return (r, n);
-                        }
-                        assert_eq!(content.len(), BODY);
-                        assert_eq!(&content[..8], format!("{n:08}"), "out of order");
-                        n += 1;
-                    }
-                })
-                .unwrap()
-        })
-        .collect();
+    let reader_threads = pacing::spawn_ordered_readers(
+        readers,
+        &sender_id,
+        BODY,
+        Duration::from_secs(20),
+        &progress,
+    );
 
     let started = Instant::now();
     let filler = "s".repeat(BODY - 8);

@@ -138,30 +138,8 @@ fn slow_consumer_is_cut_while_others_receive_everything() {
     // slow consumer; only the one that never reads falls behind.
     const READ_AHEAD: u64 = 64;
     let progress = pacing::ReaderProgress::new(READERS);
-    let reader_threads: Vec<_> = readers
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut r)| {
-            let sender_id = sender_id.clone();
-            let progress = progress.clone();
-            std::thread::spawn(move || {
-                let mut n = 0u64;
-                loop {
-                    progress.mark(i, n);
-                    let v = r.recv();
-                    assert_eq!(v["type"], "broadcast_message", "{v}");
-                    assert_eq!(v["from"], sender_id.as_str());
-                    let content = v["content"].as_str().unwrap();
-                    if content == "END" {
-                        return (r, n);
-                    }
-                    assert_eq!(content.len(), 1024);
-                    assert_eq!(&content[..8], format!("{n:08}"), "out of order");
-                    n += 1;
-                }
-            })
-        })
-        .collect();
+    let reader_threads =
+        pacing::spawn_ordered_readers(readers, &sender_id, 1024, READ_TIMEOUT, &progress);
 
     // Windowed sending: at most WINDOW broadcasts unacknowledged, so a
     // reader that keeps up never has much pending. Keep going until the

@@ -43,3 +43,44 @@ impl ReaderProgress {
         }
     }
 }
+
+/// Starts one thread per reader that reads `broadcast_message`s from
+/// `sender_id`, each `body_len` bytes of content beginning with its 8-digit
+/// sequence number, asserting order, until the content `END`; marks its
+/// progress in `progress` and returns the client and how many it received.
+pub fn spawn_ordered_readers(
+    readers: Vec<crate::common::Client>,
+    sender_id: &str,
+    body_len: usize,
+    read_timeout: Duration,
+    progress: &ReaderProgress,
+) -> Vec<std::thread::JoinHandle<(crate::common::Client, u64)>> {
+    readers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            let sender_id = sender_id.to_string();
+            let progress = progress.clone();
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    r.set_read_timeout(read_timeout);
+                    let mut n = 0u64;
+                    loop {
+                        progress.mark(i, n);
+                        let v = r.recv();
+                        assert_eq!(v["type"], "broadcast_message", "{v}");
+                        assert_eq!(v["from"], sender_id.as_str());
+                        let content = v["content"].as_str().unwrap();
+                        if content == "END" {
+                            return (r, n);
+                        }
+                        assert_eq!(content.len(), body_len);
+                        assert_eq!(&content[..8], format!("{n:08}"), "out of order");
+                        n += 1;
+                    }
+                })
+                .unwrap()
+        })
+        .collect()
+}
