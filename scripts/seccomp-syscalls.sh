@@ -15,9 +15,10 @@
 # about a minute and a half on 2 cores (strace slows the server down).
 #   scripts/seccomp-syscalls.sh          # print the measured set
 #   scripts/seccomp-syscalls.sh --diff   # and compare with the profile
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="${RINGCAST:-$ROOT/target/release/ringcast}"
+BIN_OVERRIDE="${RINGCAST:-}"
+# wait_port and ROOT (lib.sh also sets `set -euo pipefail`).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+BIN="${BIN_OVERRIDE:-$ROOT/target/release/ringcast}"
 PROFILE="$ROOT/deploy/seccomp-ringcast.json"
 OUT="$(mktemp -d /tmp/ringcast-seccomp.XXXXXX)"
 PORT="${PORT:-29917}"
@@ -29,21 +30,12 @@ trap '[ -n "${KEEP:-}" ] || rm -rf "$OUT"' EXIT
 [ -x "$BIN" ] || { echo "build first: cargo build --release ($BIN missing)" >&2; exit 1; }
 command -v strace >/dev/null || { echo "strace is needed (apt-get install strace)" >&2; exit 1; }
 
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "server did not come up on $ADDR" >&2
-  return 1
-}
-
 # run_case NAME SIGNAL CLIENT_FN SERVER_ARGS...
 run_case() {
   local name=$1 sig=$2 drive=$3; shift 3
   strace -f -qq -o "$OUT/$name.trace" "$BIN" server --addr "$ADDR" "$@" >"$OUT/$name.log" 2>&1 &
   local pid=$!
-  wait_port
+  wait_port "$PORT"
   "$drive"
   # Signal the server itself (strace's child), as a service manager would;
   # strace then exits with the server's status.
