@@ -355,8 +355,8 @@ pub fn run(args: ServerArgs) -> ExitCode {
             stopper.stop();
         }
     });
-    let reporter = StatsReporter::start(&handle, settings.stats_interval_secs);
     let watcher = handle.watcher();
+    let reporter = StatsReporter::start(watcher.clone(), settings.stats_interval_secs);
     let result = handle.join();
     drop(reporter);
     match result {
@@ -395,14 +395,13 @@ struct StatsReporter {
 }
 
 impl StatsReporter {
-    fn start(handle: &super::ServerHandle, interval_secs: u64) -> StatsReporter {
+    fn start(watcher: super::Watcher, interval_secs: u64) -> StatsReporter {
         if interval_secs == 0 {
             return StatsReporter {
                 stop: None,
                 thread: None,
             };
         }
-        let watcher = handle.watcher();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let interval = Duration::from_secs(interval_secs);
         let thread = std::thread::Builder::new()

@@ -75,7 +75,7 @@ pub const DURATION_BOUNDS: usize = 17;
 /// Bucket `i < DURATION_BOUNDS` counts durations in
 /// `(DURATION_BASE_NS·2^(i-1), DURATION_BASE_NS·2^i]` (bucket 0 everything up
 /// to the base); the last bucket counts the rest. The count is the sum of
-/// the buckets, so the hot path writes two words per request.
+/// the buckets, so the hot path writes two words per receive chunk.
 #[derive(Debug, Default)]
 pub struct DurationHistogram {
     /// Per-bucket (not cumulative) counts; the last one is the overflow.
