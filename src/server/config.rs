@@ -76,6 +76,34 @@ pub struct ServerConfig {
     /// Address of the HTTP endpoint serving `/metrics` (Prometheus text)
     /// and `/healthz`; None = no endpoint, and no request timing.
     pub metrics_addr: Option<SocketAddr>,
+    /// Which kernel interface the shards use for I/O.
+    pub io_backend: IoBackend,
+}
+
+/// The kernel interface for socket I/O (see `src/io/`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoBackend {
+    /// io_uring; falls back to epoll, with one warning naming the cause and
+    /// the fix, when the kernel or a seccomp filter refuses it.
+    Auto,
+    /// io_uring only: refuse to start where it is unavailable.
+    IoUring,
+    /// epoll (readiness, non-blocking sockets): runs wherever Linux does.
+    Epoll,
+}
+
+impl IoBackend {
+    /// The name used in flags, the config file, logs and stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::IoUring => "io-uring",
+            IoBackend::Epoll => "epoll",
+        }
+    }
 }
 
 /// How a shard wakes another after queueing a broadcast for it.
@@ -115,6 +143,7 @@ impl Default for ServerConfig {
             rate_burst: 0,
             wake: WakeMode::MsgRing,
             metrics_addr: None,
+            io_backend: IoBackend::Auto,
         }
     }
 }

@@ -28,7 +28,7 @@ mod metrics;
 mod shard;
 pub mod stats;
 
-pub use config::{ServerConfig, WakeMode};
+pub use config::{IoBackend, ServerConfig, WakeMode};
 
 use crate::protocol::{Request, TimestampCache};
 use crate::uring;
@@ -169,6 +169,10 @@ impl ServerBuilder {
         wake: WakeMode);
     setter!(/// Serve `/metrics` and `/healthz` over HTTP here (None = off).
         metrics_addr: Option<SocketAddr>);
+    setter!(/// Kernel I/O interface: io_uring, epoll, or io_uring with fallback.
+        io_backend: IoBackend);
+    setter!(/// Submission queue entries per shard ring (io_uring).
+        ring_entries: u32);
 
     /// Registers a handler for custom messages of type `type_name`.
     pub fn handler(mut self, type_name: &str, h: impl Handler) -> Self {
