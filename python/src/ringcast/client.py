@@ -1,0 +1,465 @@
+"""The blocking request/response client, :class:`ringcast.Client`."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import socket
+import ssl
+import threading
+import time
+from types import TracebackType
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Type
+
+from . import protocol
+from ._net import close_quietly, handshake, open_socket
+from .backoff import ReconnectPolicy
+from .errors import (
+    CLOSING_CODES,
+    ConnectionClosed,
+    ProtocolError,
+    RingcastError,
+    ServerError,
+    Timeout,
+)
+from .protocol import ANSWER_TYPES, RECV_CHUNK, FrameDecoder, Message, encode
+
+log = logging.getLogger("ringcast")
+
+#: Sent as ``client_info`` in pings.
+DEFAULT_CLIENT_INFO = "ringcast-python/0.1.0"
+
+MessageCallback = Callable[[Message], Any]
+
+
+class _Waiter:
+    """One request waiting for its answer: a lock held until the answer comes."""
+
+    __slots__ = ("lock", "reply", "error")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.reply: Optional[Message] = None
+        self.error: Optional[BaseException] = None
+
+    def resolve(self, reply: Optional[Message], error: Optional[BaseException]) -> None:
+        self.reply = reply
+        self.error = error
+        self.lock.release()
+
+
+class Client:
+    """A blocking ringcast client that returns each request's answer.
+
+    ``Client(host, port)`` connects at once (and authenticates when
+    ``auth_token`` is given); it raises ``OSError`` when the server cannot be
+    reached and :class:`ServerError` (code ``unauthorized``) for a wrong
+    token. Use it as a context manager, or call :meth:`close`.
+
+    Every request carries a fresh integer ``id``, which the server copies
+    into its answer, so any number of threads can share one client. A
+    background thread reads the socket and hands each answer to the thread
+    waiting for it. Frames that answer no request -- ``broadcast_message``
+    from other clients, a pushed ``error`` such as ``shutting_down`` -- go
+    to ``message_callback`` when one is set (called on that background
+    thread: keep it short, and make no requests from it), otherwise to a
+    bounded queue read with :meth:`next_message`. An answer that comes
+    after its request timed out is dropped.
+
+    With ``reconnect`` (a :class:`ReconnectPolicy`) the client reconnects by
+    itself after losing the connection; requests made meanwhile fail at once
+    with :class:`ConnectionClosed` (see :meth:`wait_connected`). Without it,
+    a lost connection stays lost.
+
+    ``ssl_context`` / ``server_hostname`` wrap the socket in TLS, for a
+    ringcast behind a TLS terminator or a future server with TLS (the
+    ringcast server itself speaks plain TCP today).
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 9999,
+        *,
+        timeout: Optional[float] = 5.0,
+        connect_timeout: Optional[float] = None,
+        auth_token: Optional[str] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
+        message_callback: Optional[MessageCallback] = None,
+        reconnect: Optional[ReconnectPolicy] = None,
+        client_info: str = DEFAULT_CLIENT_INFO,
+        max_queued_messages: int = 10_000,
+        max_frame_bytes: int = protocol.CLIENT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
+        self.auth_token = auth_token
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
+        self.reconnect_policy = reconnect
+        self.client_info = client_info
+        self.max_frame_bytes = max_frame_bytes
+        self._callback = message_callback
+        #: Unsolicited frames dropped because the queue was full (oldest first).
+        self.dropped_messages = 0
+        #: Successful reconnections so far.
+        self.reconnect_count = 0
+
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._state_changed = threading.Condition(self._lock)
+        self._pending: Dict[int, _Waiter] = {}
+        self._ids = itertools.count(1)
+        self._sock: Optional[socket.socket] = None
+        self._closing = False
+        self._stop = threading.Event()
+        self._last_reason: Optional[ConnectionClosed] = None
+        self._closing_frame: Optional[Message] = None
+        self._queue: Deque[Message] = collections.deque(maxlen=max(1, max_queued_messages))
+        self._queue_cond = threading.Condition()
+
+        sock, decoder, early = self._open()
+        self._sock = sock
+        self._receiver = threading.Thread(
+            target=self._run, args=(sock, decoder), name=f"ringcast-recv-{host}:{port}", daemon=True
+        )
+        self._receiver.start()
+        for msg in early:
+            self._dispatch(msg)
+
+    # ----------------------------------------------------------- public API
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client holds a live connection now."""
+        return self._sock is not None
+
+    @property
+    def local_address(self) -> Optional[tuple[Any, ...]]:
+        """This end's ``(ip, port)``: the server's ``client_id`` for us."""
+        sock = self._sock
+        try:
+            return tuple(sock.getsockname()) if sock is not None else None
+        except OSError:
+            return None
+
+    def set_message_callback(self, callback: Optional[MessageCallback]) -> None:
+        """Sets (or, with ``None``, removes) the function that receives
+        unsolicited frames, on the receiving thread."""
+        self._callback = callback
+
+    def ping(self, *, timeout: Optional[float] = None) -> float:
+        """Pings the server; returns the round-trip time in seconds."""
+        start = time.perf_counter()
+        self._call(protocol.ping_message(self.client_info), "pong", timeout)
+        return time.perf_counter() - start
+
+    def echo(self, content: Any, *, timeout: Optional[float] = None) -> Any:
+        """Has the server echo ``content`` (any JSON value); returns it as echoed."""
+        return self._call(protocol.echo_message(content), "echo_response", timeout).get("content")
+
+    def broadcast(self, content: Any, *, timeout: Optional[float] = None) -> int:
+        """Sends ``content`` to every other client; returns how many there were."""
+        reply = self._call(protocol.broadcast_message(content), "broadcast_sent", timeout)
+        recipients = reply.get("recipients")
+        if not isinstance(recipients, int):
+            raise ProtocolError(f"broadcast_sent without a numeric recipients field: {reply}")
+        return recipients
+
+    def get_stats(self, *, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """The server's statistics (the ``server_stats`` frame, without ``type``/``id``)."""
+        reply = self._call(protocol.stats_message(), "server_stats", timeout)
+        return {k: v for k, v in reply.items() if k not in ("type", "id")}
+
+    def send_text(self, text: str, *, timeout: Optional[float] = None) -> Message:
+        """Sends plain text (``{"type": "message", "content": text}``); returns the
+        ``message_ack`` frame."""
+        return self._call(protocol.text_message(text), "message_ack", timeout)
+
+    def send_custom(
+        self,
+        message_type: str,
+        data: Optional[Mapping[str, Any]] = None,
+        *,
+        timeout: Optional[float] = None,
+    ) -> Message:
+        """Sends a message of any type with ``data``'s fields beside ``type``;
+        returns the answer frame. A server with no handler for the type
+        answers ``unknown_type``, raised as :class:`ServerError`."""
+        return self._call(protocol.custom_message(message_type, data), None, timeout)
+
+    def request(
+        self,
+        message_type: str,
+        fields: Optional[Mapping[str, Any]] = None,
+        *,
+        timeout: Optional[float] = None,
+        check: bool = True,
+    ) -> Message:
+        """Sends ``{"type": message_type, **fields}`` and returns the answer
+        frame as is. With ``check=False`` an ``error`` answer is returned
+        instead of raised."""
+        msg: Message = dict(fields) if fields else {}
+        msg["type"] = message_type
+        return self._call(msg, None, timeout, check=check)
+
+    def next_message(self, timeout: Optional[float] = None) -> Message:
+        """The oldest queued unsolicited frame (used when no callback is set);
+        waits up to ``timeout`` seconds (``None``: for ever), then raises
+        :class:`Timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._queue_cond:
+            while not self._queue:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise Timeout(f"no message within {timeout} s")
+                self._queue_cond.wait(left)
+            return self._queue.popleft()
+
+    def wait_connected(self, timeout: Optional[float] = None) -> bool:
+        """Waits until the client is connected (after a reconnection, say);
+        returns whether it is. False at once once the client is closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._state_changed:
+            while self._sock is None and not self._closing:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._state_changed.wait(left)
+            return self._sock is not None
+
+    def close(self) -> None:
+        """Closes the connection and stops the background thread. Requests
+        still waiting fail with :class:`ConnectionClosed`. Safe to call twice."""
+        with self._lock:
+            already = self._closing
+            self._closing = True
+            sock = self._sock
+            self._state_changed.notify_all()
+        self._stop.set()
+        if not already:
+            close_quietly(sock)
+        if threading.current_thread() is not self._receiver:
+            self._receiver.join(timeout=5.0)
+
+    disconnect = close
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else ("closed" if self._closing else "disconnected")
+        return f"<ringcast.Client {self.host}:{self.port} {state}>"
+
+    # ------------------------------------------------------------- internals
+
+    def _open(self) -> tuple[socket.socket, FrameDecoder, List[Message]]:
+        """A new connection, authenticated when a token is set; with
+        ``verify`` (reconnections) a ping proves the server answers."""
+        sock = open_socket(
+            self.host, self.port, self.connect_timeout, self.ssl_context, self.server_hostname
+        )
+        decoder = FrameDecoder(self.max_frame_bytes)
+        early: List[Message] = []
+        try:
+            if self.auth_token is not None:
+                msg = protocol.auth_message(self.auth_token)
+                msg["id"] = next(self._ids)
+                _, early = handshake(sock, decoder, msg, self.connect_timeout)
+        except BaseException:
+            close_quietly(sock)
+            raise
+        return sock, decoder, early
+
+    def _call(
+        self,
+        msg: Message,
+        expect: Optional[str],
+        timeout: Optional[float],
+        *,
+        check: bool = True,
+    ) -> Message:
+        if threading.current_thread() is self._receiver:
+            raise RingcastError(
+                "requests cannot be made from the message callback: it runs on the thread "
+                "that reads their answers (use next_message() on a thread of your own)"
+            )
+        rid = next(self._ids)
+        msg["id"] = rid
+        frame = encode(msg)
+        waiter = _Waiter()
+        with self._lock:
+            sock = self._sock
+            if sock is None:
+                raise self._not_connected()
+            self._pending[rid] = waiter
+        try:
+            with self._send_lock:
+                sock.sendall(frame)
+        except OSError as e:
+            with self._lock:
+                self._pending.pop(rid, None)
+            raise ConnectionClosed(f"send failed: {e}") from e
+        t = self.timeout if timeout is None else timeout
+        if not waiter.lock.acquire(timeout=-1 if t is None else max(t, 0.0)):
+            with self._lock:
+                gone = self._pending.pop(rid, None) is None
+            if not gone:
+                raise Timeout(f"no answer to {msg['type']} within {t} s")
+            # The receiver took it between our timeout and the pop: it is
+            # resolving it now.
+            waiter.lock.acquire()
+        if waiter.error is not None:
+            raise waiter.error
+        reply = waiter.reply
+        assert reply is not None
+        kind = reply.get("type")
+        if kind == "error" and check:
+            raise ServerError.from_frame(reply)
+        if expect is not None and kind != expect:
+            raise ProtocolError(f"expected {expect} in answer to {msg['type']}, got {reply}")
+        return reply
+
+    def _not_connected(self) -> ConnectionClosed:
+        if self._closing:
+            return ConnectionClosed("client is closed")
+        last = self._last_reason
+        if last is not None:
+            return ConnectionClosed(f"not connected ({last.reason})", last.code, last.message)
+        return ConnectionClosed("not connected")
+
+    def _run(self, sock: socket.socket, decoder: FrameDecoder) -> None:
+        """The receiving thread: reads, dispatches, and reconnects per policy."""
+        while True:
+            reason = self._receive(sock, decoder)
+            self._connection_lost(sock, reason)
+            if self._closing or self.reconnect_policy is None:
+                return
+            reconnected = self._reconnect(self.reconnect_policy)
+            if reconnected is None:
+                return
+            sock, decoder = reconnected
+
+    def _receive(self, sock: socket.socket, decoder: FrameDecoder) -> ConnectionClosed:
+        """Reads until the connection ends; returns why it ended."""
+        try:
+            while True:
+                data = sock.recv(RECV_CHUNK)
+                if not data:
+                    return self._closed_reason("server closed the connection")
+                for msg in decoder.feed(data):
+                    self._dispatch(msg)
+        except ProtocolError as e:
+            return ConnectionClosed(f"protocol error: {e}")
+        except OSError as e:
+            if self._closing:
+                return ConnectionClosed("client is closed")
+            return self._closed_reason(f"connection lost: {e}")
+
+    def _closed_reason(self, what: str) -> ConnectionClosed:
+        frame = self._closing_frame
+        if frame is None:
+            return ConnectionClosed(what)
+        code = str(frame.get("code"))
+        message = str(frame.get("message", ""))
+        return ConnectionClosed(f"{what} ({code}: {message})", code, message)
+
+    def _dispatch(self, msg: Message) -> None:
+        rid = msg.get("id")
+        waiter: Optional[_Waiter] = None
+        if rid is not None:
+            if isinstance(rid, int):
+                with self._lock:
+                    waiter = self._pending.pop(rid, None)
+            if waiter is None:
+                # An answer whose request timed out (or an id we never sent).
+                log.debug("dropping answer with unknown id: %.200s", msg)
+                return
+        elif msg.get("type") in ANSWER_TYPES:
+            # A server that does not copy ids (the seed's): oldest request first.
+            with self._lock:
+                if self._pending:
+                    waiter = self._pending.pop(next(iter(self._pending)))
+        if waiter is not None:
+            waiter.resolve(msg, None)
+            return
+        if msg.get("type") == "error" and msg.get("code") in CLOSING_CODES:
+            self._closing_frame = msg
+        self._deliver(msg)
+
+    def _deliver(self, msg: Message) -> None:
+        callback = self._callback
+        if callback is not None:
+            try:
+                callback(msg)
+            except Exception:
+                log.exception("ringcast message callback raised")
+            return
+        with self._queue_cond:
+            if len(self._queue) == self._queue.maxlen:
+                self.dropped_messages += 1
+            self._queue.append(msg)
+            self._queue_cond.notify()
+
+    def _connection_lost(self, sock: socket.socket, reason: ConnectionClosed) -> None:
+        with self._lock:
+            if self._sock is sock:
+                self._sock = None
+            pending = list(self._pending.values())
+            self._pending.clear()
+            self._last_reason = reason
+            self._closing_frame = None
+            self._state_changed.notify_all()
+        close_quietly(sock)
+        for waiter in pending:
+            waiter.resolve(None, ConnectionClosed(reason.reason, reason.code, reason.message))
+        if not self._closing:
+            log.info("ringcast connection to %s:%s lost: %s", self.host, self.port, reason)
+
+    def _reconnect(self, policy: ReconnectPolicy) -> Optional[tuple[socket.socket, FrameDecoder]]:
+        attempt = 0
+        for delay in policy.delays():
+            attempt += 1
+            if self._stop.wait(delay):
+                return None
+            try:
+                sock, decoder, early = self._open()
+                if self.auth_token is None:
+                    # Proves the server answers, not just that a backlog took us.
+                    msg = protocol.ping_message(self.client_info)
+                    msg["id"] = next(self._ids)
+                    try:
+                        _, more = handshake(sock, decoder, msg, self.connect_timeout)
+                    except BaseException:
+                        close_quietly(sock)
+                        raise
+                    early += more
+            except (OSError, RingcastError) as e:
+                log.info("ringcast reconnection attempt %d failed: %s", attempt, e)
+                continue
+            with self._lock:
+                if self._closing:
+                    close_quietly(sock)
+                    return None
+                self._sock = sock
+                self.reconnect_count += 1
+                self._state_changed.notify_all()
+            log.info("ringcast reconnected to %s:%s on attempt %d", self.host, self.port, attempt)
+            for msg in early:
+                self._dispatch(msg)
+            return sock, decoder
+        log.warning("ringcast gave up reconnecting after %d attempts", attempt)
+        return None

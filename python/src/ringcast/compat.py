@@ -1,0 +1,374 @@
+"""The seed example's client, :class:`ringcast.TCPClient`, name for name.
+
+Code written for the seed's ``client.py`` runs against ringcast with one
+changed import::
+
+    from ringcast import TCPClient   # was: from client import TCPClient
+
+Sends are fire-and-forget (they return ``True`` once the frame is written)
+and every frame the server sends reaches the message callback, from a
+background receiving thread, as in the seed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Callable, Dict, Optional
+
+from . import protocol
+from ._net import close_quietly, handshake, open_socket
+from .backoff import ReconnectPolicy
+from .errors import RingcastError
+from .protocol import RECV_CHUNK, FrameDecoder, Message, encode
+
+log = logging.getLogger("ringcast")
+
+#: Sent as ``client_info`` in pings, like the seed's ``"TCP Client info"``.
+SEED_CLIENT_INFO = "ringcast Python TCPClient 0.1.0"
+
+#: ``id`` prefix of the client's own pings (heartbeats, reconnection checks):
+#: their pongs are not passed to the callback.
+_INTERNAL_ID = "__ringcast_tcpclient_"
+
+
+class TCPClient:
+    """A TCP client for ringcast with the seed's API.
+
+    ``connect()`` returns ``True`` or ``False``; ``ping()``, ``echo()``,
+    ``broadcast()``, ``get_server_stats()``, ``send_custom_message()``,
+    ``send_text()`` and ``send_message()`` send one frame and return whether
+    it was written; the answers reach the callback set with
+    :meth:`set_message_callback` (as dicts, on the receiving thread). Without
+    a callback, frames are logged at INFO on the ``ringcast`` logger.
+
+    The attributes the seed's client has -- ``host``, ``port``, ``socket``,
+    ``connected``, ``running``, ``message_callback``, ``receive_thread`` --
+    are kept with the same meaning.
+
+    Reconnection: when the connection drops while the client is running,
+    the receiving thread reconnects with exponential backoff and jitter
+    (``reconnect_policy``; default: 0.1 s doubling to 5 s, for ever). Sends
+    return ``False`` while it is disconnected. ``auto_reconnect=False``
+    turns this off.
+
+    Heartbeat: with ``heartbeat_interval`` set, the client pings that often;
+    once ``heartbeat_max_missed`` pongs in a row have not come (nothing at
+    all from the server for about ``heartbeat_max_missed + 1`` intervals),
+    the connection is declared dead and dropped (then reconnected). The
+    pongs to these pings are not passed to the callback.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 9999,
+        *,
+        auto_reconnect: bool = True,
+        reconnect_policy: Optional[ReconnectPolicy] = None,
+        heartbeat_interval: Optional[float] = None,
+        heartbeat_max_missed: int = 2,
+        auth_token: Optional[str] = None,
+        connect_timeout: float = 5.0,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
+        client_info: str = SEED_CLIENT_INFO,
+    ) -> None:
+        if heartbeat_interval is not None and heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be positive")
+        if heartbeat_max_missed < 1:
+            raise ValueError("heartbeat_max_missed must be at least 1")
+        self.host = host
+        self.port = port
+        self.socket: Optional[socket.socket] = None
+        self.connected = False
+        self.running = False
+        self.message_callback: Optional[Callable[[Dict[str, Any]], Any]] = None
+        self.receive_thread: Optional[threading.Thread] = None
+        self.auto_reconnect = auto_reconnect
+        self.reconnect_policy = reconnect_policy or ReconnectPolicy()
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_max_missed = heartbeat_max_missed
+        self.auth_token = auth_token
+        self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
+        self.client_info = client_info
+        #: Successful reconnections since :meth:`connect`.
+        self.reconnect_count = 0
+        #: Frames received since :meth:`connect` (internal pongs included).
+        self.messages_received = 0
+        #: Frames sent since :meth:`connect`.
+        self.messages_sent = 0
+
+        self._send_lock = threading.Lock()
+        self._state = threading.Condition()
+        self._stop = threading.Event()
+        self._ids = itertools.count(1)
+        self._last_rx = time.monotonic()
+        self._heartbeat_thread: Optional[threading.Thread] = None
+
+    # ------------------------------------------------------- the seed's API
+
+    def set_message_callback(self, callback: Optional[Callable[[Dict[str, Any]], Any]]) -> None:
+        """Sets the function that receives every frame from the server, as a dict."""
+        self.message_callback = callback
+
+    def connect(self) -> bool:
+        """Connects (and authenticates when ``auth_token`` is set); starts the
+        receiving thread and, if configured, the heartbeat. Returns whether it
+        worked; calling it while connected returns ``True``."""
+        if self.running and self.connected:
+            return True
+        if self.running:  # reconnecting in the background: stop that first
+            self.disconnect()
+        try:
+            sock, decoder, early = self._open(verify=False)
+        except (OSError, RingcastError) as e:
+            log.error("could not connect to %s:%s: %s", self.host, self.port, e)
+            return False
+        self._stop.clear()
+        with self._state:
+            self.socket = sock
+            self.connected = True
+            self.running = True
+            self.reconnect_count = 0
+            self._state.notify_all()
+        self._last_rx = time.monotonic()
+        self.receive_thread = threading.Thread(
+            target=self._receive_loop,
+            args=(sock, decoder),
+            name=f"ringcast-tcpclient-{self.host}:{self.port}",
+            daemon=True,
+        )
+        self.receive_thread.start()
+        if self.heartbeat_interval is not None:
+            self._heartbeat_thread = threading.Thread(
+                target=self._heartbeat_loop, name="ringcast-heartbeat", daemon=True
+            )
+            self._heartbeat_thread.start()
+        for msg in early:
+            self._handle(msg)
+        log.info("connected to %s:%s", self.host, self.port)
+        return True
+
+    def disconnect(self) -> None:
+        """Closes the connection and stops the background threads. Safe to
+        call twice, and from the callback."""
+        with self._state:
+            self.running = False
+            self.connected = False
+            sock, self.socket = self.socket, None
+            self._state.notify_all()
+        self._stop.set()
+        close_quietly(sock)
+        me = threading.current_thread()
+        for t in (self.receive_thread, self._heartbeat_thread):
+            if t is not None and t is not me:
+                t.join(timeout=5.0)
+
+    def send_message(self, message: Dict[str, Any]) -> bool:
+        """Sends one message (a dict with a ``type``); returns whether it was written."""
+        sock = self.socket
+        if not self.connected or sock is None:
+            return False
+        frame = encode(message)
+        try:
+            with self._send_lock:
+                sock.sendall(frame)
+        except OSError as e:
+            log.warning("send failed: %s", e)
+            return False
+        self.messages_sent += 1
+        return True
+
+    def ping(self) -> bool:
+        """Sends ``{"type": "ping", "timestamp", "client_info"}``; the ``pong``
+        reaches the callback."""
+        return self.send_message(protocol.ping_message(self.client_info))
+
+    def echo(self, content: Any) -> bool:
+        """Sends ``{"type": "echo", "content", "timestamp"}``; the ``echo_response``
+        reaches the callback."""
+        return self.send_message(protocol.echo_message(content))
+
+    def broadcast(self, content: Any) -> bool:
+        """Sends ``{"type": "broadcast", "content", "timestamp"}``; the sender gets
+        ``broadcast_sent``, the other clients ``broadcast_message``."""
+        return self.send_message(protocol.broadcast_message(content))
+
+    def get_server_stats(self) -> bool:
+        """Sends ``{"type": "get_stats", "timestamp"}``; ``server_stats`` reaches the callback."""
+        return self.send_message(protocol.stats_message())
+
+    def send_custom_message(self, message_type: str, data: Dict[str, Any]) -> bool:
+        """Sends ``{"type": message_type, **data, "timestamp"}``. The ringcast
+        CLI server answers a type it has no handler for with an ``error``
+        frame (code ``unknown_type``), which reaches the callback."""
+        return self.send_message(protocol.custom_message(message_type, data))
+
+    def send_text(self, text: str) -> bool:
+        """Sends plain text as the seed's interactive mode does:
+        ``{"type": "message", "content": text, "timestamp"}`` (answered ``message_ack``)."""
+        return self.send_message(protocol.text_message(text))
+
+    # ------------------------------------------------------------ additions
+
+    def wait_connected(self, timeout: Optional[float] = None) -> bool:
+        """Waits until the client is connected (say, after a reconnection);
+        returns whether it is. Returns ``False`` at once if not running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._state:
+            while self.running and not self.connected:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._state.wait(left)
+            return self.connected
+
+    def __enter__(self) -> TCPClient:
+        if not self.connect():
+            raise ConnectionError(f"could not connect to {self.host}:{self.port}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else ("reconnecting" if self.running else "idle")
+        return f"<ringcast.TCPClient {self.host}:{self.port} {state}>"
+
+    # ------------------------------------------------------------- internals
+
+    def _internal_id(self) -> str:
+        return f"{_INTERNAL_ID}{next(self._ids)}"
+
+    def _open(self, verify: bool) -> tuple[socket.socket, FrameDecoder, list[Message]]:
+        sock = open_socket(
+            self.host, self.port, self.connect_timeout, self.ssl_context, self.server_hostname
+        )
+        decoder = FrameDecoder()
+        early: list[Message] = []
+        try:
+            if self.auth_token is not None:
+                msg = protocol.auth_message(self.auth_token)
+                msg["id"] = self._internal_id()
+                _, early = handshake(sock, decoder, msg, self.connect_timeout)
+            elif verify:
+                msg = protocol.ping_message(self.client_info)
+                msg["id"] = self._internal_id()
+                _, early = handshake(sock, decoder, msg, self.connect_timeout)
+        except BaseException:
+            close_quietly(sock)
+            raise
+        return sock, decoder, early
+
+    def _handle(self, msg: Message) -> None:
+        self.messages_received += 1
+        self._last_rx = time.monotonic()
+        rid = msg.get("id")
+        if isinstance(rid, str) and rid.startswith(_INTERNAL_ID):
+            return
+        callback = self.message_callback
+        if callback is None:
+            log.info("received: %s", msg)
+            return
+        try:
+            callback(msg)
+        except Exception:
+            log.exception("message callback raised")
+
+    def _receive_loop(self, sock: socket.socket, decoder: FrameDecoder) -> None:
+        while True:
+            try:
+                while True:
+                    data = sock.recv(RECV_CHUNK)
+                    if not data:
+                        why = "server closed the connection"
+                        break
+                    for msg in decoder.feed(data):
+                        self._handle(msg)
+            except (OSError, RingcastError) as e:
+                why = f"connection lost: {e}"
+            with self._state:
+                if self.socket is sock:
+                    self.socket = None
+                self.connected = False
+                self._state.notify_all()
+            close_quietly(sock)
+            if not self.running:
+                return
+            log.warning("%s:%s: %s", self.host, self.port, why)
+            if not self.auto_reconnect:
+                with self._state:
+                    self.running = False
+                    self._state.notify_all()
+                return
+            reopened = self._reconnect()
+            if reopened is None:
+                return
+            sock, decoder = reopened
+
+    def _reconnect(self) -> Optional[tuple[socket.socket, FrameDecoder]]:
+        attempt = 0
+        for delay in self.reconnect_policy.delays():
+            attempt += 1
+            if self._stop.wait(delay):
+                return None
+            try:
+                sock, decoder, early = self._open(verify=True)
+            except (OSError, RingcastError) as e:
+                log.info("reconnection attempt %d failed: %s", attempt, e)
+                continue
+            with self._state:
+                if not self.running:
+                    close_quietly(sock)
+                    return None
+                self.socket = sock
+                self.connected = True
+                self.reconnect_count += 1
+                self._state.notify_all()
+            self._last_rx = time.monotonic()
+            log.info("reconnected to %s:%s on attempt %d", self.host, self.port, attempt)
+            for msg in early:
+                self._handle(msg)
+            return sock, decoder
+        log.error("gave up reconnecting to %s:%s after %d attempts", self.host, self.port, attempt)
+        with self._state:
+            self.running = False
+            self._state.notify_all()
+        return None
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.heartbeat_interval
+        assert interval is not None
+        # A pong comes about one interval after the previous one; with
+        # ``heartbeat_max_missed`` of them missing in a row, the last frame is
+        # about ``max_missed + 1`` intervals old at a check. Half an interval
+        # of slack keeps scheduling jitter from deciding.
+        dead_after = interval * (self.heartbeat_max_missed + 0.5)
+        while not self._stop.wait(interval):
+            if not self.connected:
+                continue
+            if time.monotonic() - self._last_rx > dead_after:
+                log.warning(
+                    "no frame from %s:%s for %.1f s: declaring the connection dead",
+                    self.host,
+                    self.port,
+                    dead_after,
+                )
+                # Waking the receiving thread makes it reconnect.
+                sock = self.socket
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                continue
+            msg = protocol.ping_message(self.client_info)
+            msg["id"] = self._internal_id()
+            self.send_message(msg)

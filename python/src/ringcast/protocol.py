@@ -1,0 +1,189 @@
+"""The ringcast wire format, without sockets: framing, messages, timestamps.
+
+A frame is a 4-byte big-endian unsigned payload length, then that many bytes
+of one UTF-8 JSON object (docs/PROTOCOL.md in the repository). Every client
+in this package builds its requests and reads its frames through this module.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from typing import Any, Dict, List, Mapping, Optional
+
+from .errors import ProtocolError
+
+#: The frame header: payload length, u32 big-endian.
+HEADER = struct.Struct(">I")
+HEADER_LEN = HEADER.size
+
+#: The server's default request limit (``--max-frame-bytes``): 1 MiB.
+SERVER_MAX_FRAME_BYTES = 1 << 20
+
+#: Largest frame payload the clients accept: 16 MiB. Larger than the server's
+#: request limit on purpose: a response adds an envelope and re-prints
+#: numbers, so it can exceed the request it answers (PROTOCOL.md, "Framing").
+#: The same figure as the Rust client's ``DEFAULT_CLIENT_MAX_FRAME_BYTES``.
+CLIENT_MAX_FRAME_BYTES = 16 << 20
+
+#: Bytes asked of the socket per receive call.
+RECV_CHUNK = 256 * 1024
+
+#: The answer type expected for each request type the server knows.
+RESPONSE_TYPES: Dict[str, str] = {
+    "ping": "pong",
+    "echo": "echo_response",
+    "broadcast": "broadcast_sent",
+    "get_stats": "server_stats",
+    "message": "message_ack",
+    "auth": "auth_ok",
+}
+
+#: Answer types, for servers that do not copy ``id`` back (the seed's Python
+#: server): such an answer goes to the oldest waiting request.
+ANSWER_TYPES = frozenset(RESPONSE_TYPES.values())
+
+Message = Dict[str, Any]
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_decode = json.JSONDecoder().decode
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """One frame: the header, then ``message`` as compact UTF-8 JSON."""
+    payload = _encoder.encode(message).encode("utf-8")
+    if len(payload) > 0xFFFFFFFF:
+        raise ValueError("message too large for a u32 length prefix")
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode_payload(payload: bytes) -> Message:
+    """Parses one frame payload; it must be a JSON object."""
+    try:
+        value = _decode(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError(f"server sent a frame that is not UTF-8 JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"server sent a frame that is not a JSON object: {value!r:.80}")
+    return value
+
+
+class FrameDecoder:
+    """Turns a byte stream, split anywhere, into messages.
+
+    Call :meth:`feed` with each chunk received; it returns the messages that
+    chunk completed, in order. Raises :class:`ProtocolError` for a frame
+    header above ``max_frame_bytes`` (decided from the header alone) or a
+    payload that is not a JSON object; the stream is then out of step and
+    the connection should be closed.
+    """
+
+    __slots__ = ("_buf", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int = CLIENT_MAX_FRAME_BYTES) -> None:
+        self._buf = bytearray()
+        self.max_frame_bytes = max_frame_bytes
+
+    def feed(self, data: bytes) -> List[Message]:
+        """Appends ``data``; returns every message completed so far."""
+        buf = self._buf
+        buf += data
+        out: List[Message] = []
+        pos = 0
+        end_of_data = len(buf)
+        unpack_from = HEADER.unpack_from
+        max_frame = self.max_frame_bytes
+        while end_of_data - pos >= HEADER_LEN:
+            (length,) = unpack_from(buf, pos)
+            if length > max_frame:
+                raise ProtocolError(
+                    f"server announced a {length}-byte frame, over the {max_frame}-byte limit"
+                )
+            end = pos + HEADER_LEN + length
+            if end > end_of_data:
+                break
+            out.append(decode_payload(bytes(buf[pos + HEADER_LEN : end])))
+            pos = end
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of an incomplete frame."""
+        return len(self._buf)
+
+
+_ts_second = -1
+_ts_prefix = ""
+
+
+def timestamp(now: Optional[float] = None) -> str:
+    """UTC with milliseconds in the seed's format: ``2024-01-01T12:00:00.001Z``."""
+    global _ts_second, _ts_prefix
+    if now is None:
+        now = time.time()
+    ms_total = int(now * 1000)
+    second, ms = divmod(ms_total, 1000)
+    if second != _ts_second:
+        # Formatting the date part is the slow bit; it changes once a second.
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _ts_prefix, _ts_second = prefix, second
+        return f"{prefix}.{ms:03d}Z"
+    return f"{_ts_prefix}.{ms:03d}Z"
+
+
+# Request builders: the seed's message shapes (its README's examples), shared
+# by every client in this package. ``id`` is added by the clients that
+# correlate answers.
+
+
+def ping_message(client_info: str) -> Message:
+    """``{"type": "ping", "timestamp": ..., "client_info": ...}``."""
+    return {"type": "ping", "timestamp": timestamp(), "client_info": client_info}
+
+
+def echo_message(content: Any) -> Message:
+    """``{"type": "echo", "content": ..., "timestamp": ...}``."""
+    return {"type": "echo", "content": content, "timestamp": timestamp()}
+
+
+def broadcast_message(content: Any) -> Message:
+    """``{"type": "broadcast", "content": ..., "timestamp": ...}``."""
+    return {"type": "broadcast", "content": content, "timestamp": timestamp()}
+
+
+def stats_message() -> Message:
+    """``{"type": "get_stats", "timestamp": ...}``."""
+    return {"type": "get_stats", "timestamp": timestamp()}
+
+
+def text_message(text: str) -> Message:
+    """Plain text, as the interactive client sends it: ``{"type": "message", "content": ...}``."""
+    return {"type": "message", "content": text, "timestamp": timestamp()}
+
+
+def auth_message(token: str) -> Message:
+    """``{"type": "auth", "token": ...}``: the first frame when the server requires it."""
+    return {"type": "auth", "token": token}
+
+
+def custom_message(message_type: str, data: Optional[Mapping[str, Any]] = None) -> Message:
+    """A message of any type: ``data``'s fields sit beside ``type``.
+
+    ``send_custom_message("custom_type", {"data": "value"})`` sends
+    ``{"type": "custom_type", "data": "value", "timestamp": ...}``.
+    ``type`` and ``id`` in ``data`` are not allowed (they would replace the
+    type or the clients' correlation id).
+    """
+    if not isinstance(message_type, str) or not message_type:
+        raise ValueError("message_type must be a non-empty string")
+    msg: Message = {"type": message_type}
+    if data:
+        for reserved in ("type", "id"):
+            if reserved in data:
+                raise ValueError(f"custom message data must not contain {reserved!r}")
+        msg.update(data)
+    msg.setdefault("timestamp", timestamp())
+    return msg
