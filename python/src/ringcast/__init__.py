@@ -13,8 +13,7 @@ Standard library only; see ``python/README.md``.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .backoff import ReconnectPolicy
 from .client import Client
 from .compat import TCPClient

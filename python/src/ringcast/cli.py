@@ -21,7 +21,8 @@ import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from . import __version__, perf, protocol
+from . import perf, protocol
+from ._version import __version__
 from .backoff import ReconnectPolicy
 from .client import Client
 from .errors import ConnectionClosed, RingcastError, ServerError

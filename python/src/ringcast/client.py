@@ -14,6 +14,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Type
 
 from . import protocol
 from ._net import close_quietly, handshake, open_socket
+from ._version import __version__
 from .backoff import ReconnectPolicy
 from .errors import (
     CLOSING_CODES,
@@ -28,7 +29,7 @@ from .protocol import ANSWER_TYPES, RECV_CHUNK, FrameDecoder, Message, encode
 log = logging.getLogger("ringcast")
 
 #: Sent as ``client_info`` in pings.
-DEFAULT_CLIENT_INFO = "ringcast-python/0.1.0"
+DEFAULT_CLIENT_INFO = f"ringcast-python/{__version__}"
 
 MessageCallback = Callable[[Message], Any]
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Optional
 
 from . import protocol
 from ._net import close_quietly, handshake, open_socket
+from ._version import __version__
 from .backoff import ReconnectPolicy
 from .errors import RingcastError
 from .protocol import RECV_CHUNK, FrameDecoder, Message, encode
@@ -29,7 +30,7 @@ from .protocol import RECV_CHUNK, FrameDecoder, Message, encode
 log = logging.getLogger("ringcast")
 
 #: Sent as ``client_info`` in pings, like the seed's ``"TCP Client info"``.
-SEED_CLIENT_INFO = "ringcast Python TCPClient 0.1.0"
+SEED_CLIENT_INFO = f"ringcast Python TCPClient {__version__}"
 
 #: ``id`` prefix of the client's own pings (heartbeats, reconnection checks):
 #: their pongs are not passed to the callback.
@@ -156,18 +157,36 @@ class TCPClient:
         log.info("connected to %s:%s", self.host, self.port)
         return True
 
-    def disconnect(self) -> None:
+    def disconnect(self, timeout: float = 1.0) -> None:
         """Closes the connection and stops the background threads. Safe to
-        call twice, and from the callback."""
+        call twice, and from the callback.
+
+        The close is graceful: the client first half-closes its side, so the
+        server answers everything already sent and then closes; those answers
+        still reach the callback, for up to ``timeout`` seconds. So the seed's
+        ``ping(); echo(...); ...; disconnect()`` sees every answer.
+        """
         with self._state:
             self.running = False
-            self.connected = False
-            sock, self.socket = self.socket, None
+            sock = self.socket
+            live = self.connected
             self._state.notify_all()
         self._stop.set()
-        close_quietly(sock)
         me = threading.current_thread()
-        for t in (self.receive_thread, self._heartbeat_thread):
+        receiver = self.receive_thread
+        if live and sock is not None and receiver is not None and receiver is not me:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            receiver.join(timeout)
+        with self._state:
+            self.connected = False
+            if self.socket is sock:
+                self.socket = None
+            self._state.notify_all()
+        close_quietly(sock)
+        for t in (receiver, self._heartbeat_thread):
             if t is not None and t is not me:
                 t.join(timeout=5.0)
 

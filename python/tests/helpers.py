@@ -1,0 +1,237 @@
+"""Test helpers: server processes, fake servers, and waits with deadlines."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from ringcast.protocol import FrameDecoder, encode
+
+#: The repository root (this file is python/tests/helpers.py).
+REPO = Path(__file__).resolve().parents[2]
+
+#: Seconds any wait in the tests may take before it counts as a failure.
+DEADLINE = 10.0
+
+
+def wait_until(
+    cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition"
+) -> Any:
+    """Polls ``cond`` until it returns something truthy; returns that. Fails
+    the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class RingcastServer:
+    """``ringcast server --addr 127.0.0.1:PORT --shards 2`` as a child process."""
+
+    def __init__(
+        self, binary: Path, port: int, log_path: Path, extra_args: Sequence[str] = ()
+    ) -> None:
+        self.binary = binary
+        self.port = port
+        self.host = "127.0.0.1"
+        self.log_path = log_path
+        self.extra_args = list(extra_args)
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> None:
+        """Starts the server and waits until its port accepts connections."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(self.binary), "server", "--addr", self.addr, "--shards", "2", "--no-pin"]
+            + self.extra_args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"ringcast server exited with {proc.returncode}:\n{self.log_path.read_text()}"
+                )
+            return port_accepts(self.port)
+
+        wait_until(up, what=f"ringcast server on {self.addr}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Stops the server (SIGTERM by default) and waits for it; returns its exit status."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc is not None else 0
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def kill(self) -> int:
+        """SIGKILL: the server vanishes without a word to its clients."""
+        return self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class SilentServer:
+    """Accepts connections on 127.0.0.1 and never answers (reads and drops)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted = 0
+        self.conns: List[socket.socket] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+        self._thread.join(timeout=DEADLINE)
+
+
+class ScriptedServer:
+    """A one-connection fake server: each request frame is passed to
+    ``answer``, which returns ``(delay_seconds, frames)`` to send back.
+    Used where the real server cannot be made to misbehave (late answers,
+    answers without ids)."""
+
+    def __init__(self, answer: Callable[[Dict[str, Any]], "tuple[float, List[Dict[str, Any]]]"]):
+        self.answer = answer
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = int(self.sock.getsockname()[1])
+        self.received: List[Dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        decoder = FrameDecoder()
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                for msg in decoder.feed(data):
+                    self.received.append(msg)
+                    delay, frames = self.answer(msg)
+                    if delay:
+                        time.sleep(delay)  # the misbehaviour under test: a slow server
+                    try:
+                        conn.sendall(b"".join(encode(f) for f in frames))
+                    except OSError:
+                        return
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(timeout=DEADLINE)
+
+
+class Collector:
+    """A thread-safe list of received frames, with a wait for a condition."""
+
+    def __init__(self) -> None:
+        self.items: List[Dict[str, Any]] = []
+        self.threads: List[threading.Thread] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, msg: Dict[str, Any]) -> None:
+        with self._cond:
+            self.items.append(msg)
+            self.threads.append(threading.current_thread())
+            self._cond.notify_all()
+
+    def of_type(self, kind: str) -> List[Dict[str, Any]]:
+        with self._cond:
+            return [m for m in self.items if m.get("type") == kind]
+
+    def wait_for(
+        self, pred: Callable[[List[Dict[str, Any]]], Any], timeout: float = DEADLINE
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                value = pred(self.items)
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out; received so far: {self.items}")
+                self._cond.wait(left)
+
+    def wait_type(self, kind: str, count: int = 1, timeout: float = DEADLINE) -> List[Dict[str, Any]]:
+        return list(
+            self.wait_for(
+                lambda items: (
+                    [m for m in items if m.get("type") == kind]
+                    if sum(1 for m in items if m.get("type") == kind) >= count
+                    else None
+                ),
+                timeout,
+            )
+        )
