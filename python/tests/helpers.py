@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -148,25 +150,42 @@ class SilentServer:
 
 
 class ScriptedServer:
-    """A one-connection fake server: each request frame is passed to
-    ``answer``, which returns ``(delay_seconds, frames)`` to send back.
-    Used where the real server cannot be made to misbehave (late answers,
-    answers without ids)."""
+    """A fake server: each request frame is passed to ``answer``, which
+    returns ``(delay_seconds, frames)`` to send back. Used where the real
+    server cannot be made to misbehave (late answers, answers without ids)
+    and for TLS, which the real server does not speak."""
 
-    def __init__(self, answer: Callable[[Dict[str, Any]], "tuple[float, List[Dict[str, Any]]]"]):
+    def __init__(
+        self,
+        answer: Callable[[Dict[str, Any]], "tuple[float, List[Dict[str, Any]]]"],
+        ssl_context: Optional[ssl.SSLContext] = None,
+    ) -> None:
         self.answer = answer
+        self.ssl_context = ssl_context
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(4)
         self.port = int(self.sock.getsockname()[1])
         self.received: List[Dict[str, Any]] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.errors: List[BaseException] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
         try:
-            conn, _ = self.sock.accept()
-        except OSError:
+            if self.ssl_context is not None:
+                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError) as e:
+            self.errors.append(e)
+            conn.close()
             return
         decoder = FrameDecoder()
         with conn:
@@ -188,8 +207,44 @@ class ScriptedServer:
                         return
 
     def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
         self._thread.join(timeout=DEADLINE)
+
+
+def pong_for(msg: Dict[str, Any]) -> Dict[str, Any]:
+    """The answer a ringcast server gives to ``msg`` (ping, echo), for fake servers."""
+    kind = msg.get("type")
+    if kind == "ping":
+        reply: Dict[str, Any] = {"type": "pong", "ping_timestamp": msg.get("timestamp")}
+    elif kind == "echo":
+        reply = {"type": "echo_response", "content": msg.get("content"), "echoed_by": "fake"}
+    else:
+        reply = {"type": "error", "code": "unknown_type", "message": "fake", "request_type": kind}
+    if "id" in msg:
+        reply["id"] = msg["id"]
+    return reply
+
+
+def self_signed_cert(directory: Path) -> "Optional[tuple[Path, Path]]":
+    """A certificate and key for ``localhost`` made with the openssl command,
+    or None when there is no openssl."""
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
 
 
 class Collector:
