@@ -2,17 +2,21 @@
 //! JSON, with its client library and load generator.
 //!
 //! - [`protocol`]: the sans-IO core (framing, messages, errors, timestamps).
-//! - [`uring`]: the only module that touches raw io_uring (and `unsafe`).
-//! - [`server`]: shards, connections, broadcast, stats.
+//! - [`session`]: one connection's rules, sans-IO: bytes and time in,
+//!   segments, pause/resume and close out.
+//! - [`io`]: the backend seam, with io_uring and epoll behind it (the only
+//!   `unsafe`, and the only raw io_uring).
+//! - [`server`]: shard loop, admission, fan-out, stats, metrics, config.
 //! - [`client`]: a blocking client library with reconnection and a pool.
 //! - [`bench`]: the load generator.
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod client;
+pub mod io;
 pub mod protocol;
 pub mod server;
-pub mod uring;
+pub mod session;
 
 /// The README's Rust examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

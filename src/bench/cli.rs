@@ -16,7 +16,11 @@ pub struct BenchArgs {
     /// What to send.
     #[arg(long, value_enum, default_value = "echo")]
     pub workload: Workload,
-    /// Generator threads, each with its own io_uring (default: the cores).
+    /// I/O backend of the generator: io-uring, epoll, or auto (io_uring,
+    /// else epoll) [default: auto].
+    #[arg(long, value_enum, env = "RINGCAST_IO_BACKEND")]
+    pub io_backend: Option<crate::server::IoBackend>,
+    /// Generator threads, each with its own I/O backend (default: the cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Connections (request/response workloads and `connections`).
@@ -78,6 +82,7 @@ impl BenchArgs {
     pub fn to_config(&self) -> BenchConfig {
         let d = BenchConfig::default();
         BenchConfig {
+            io_backend: self.io_backend.unwrap_or(d.io_backend),
             addr: self.addr,
             workload: self.workload,
             threads: self.threads.unwrap_or(d.threads),
@@ -101,7 +106,7 @@ impl BenchArgs {
 
 /// Runs `ringcast bench`.
 pub fn run(args: BenchArgs) -> ExitCode {
-    let _ = crate::uring::raise_nofile_limit();
+    let _ = crate::io::raise_nofile_limit();
     let report = match super::run(args.to_config()) {
         Ok(r) => r,
         Err(e) => {

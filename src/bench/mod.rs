@@ -90,6 +90,8 @@ pub struct BenchConfig {
     pub label: String,
     /// Token for servers that require `auth` as the first frame.
     pub token: Option<String>,
+    /// The generator's I/O backend (`auto`: io_uring, else epoll).
+    pub io_backend: crate::server::IoBackend,
 }
 
 impl Default for BenchConfig {
@@ -114,6 +116,7 @@ impl Default for BenchConfig {
             progress: true,
             label: String::new(),
             token: None,
+            io_backend: crate::server::IoBackend::Auto,
         }
     }
 }

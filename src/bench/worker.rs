@@ -1,5 +1,5 @@
-//! One load-generator thread: its own io_uring and buffer ring, many
-//! connections, closed or open loop.
+//! One load-generator thread: its own I/O backend (the server's seam,
+//! io_uring or epoll), many connections, closed or open loop.
 //!
 //! Responses on a connection come in request order, so a FIFO of send times
 //! per connection matches each response to its request without parsing ids.
@@ -11,21 +11,14 @@ use super::{Control, Workload};
 use crate::protocol::frame::BoundedPool;
 use crate::protocol::json::ObjectWriter;
 use crate::protocol::{frame, FrameDecoder};
-use crate::uring::{
-    pack_user_data as ud, unpack_user_data as ud_parts, BufRing, Completion, Segment, SendBatch,
-    Uring,
-};
+use crate::io::{Backend, Event, Options, Segment, SendBatch, Token};
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-const K_RECV: u64 = 1;
-const K_SEND: u64 = 2;
 
 /// What a connection does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,20 +68,21 @@ pub struct Outcome {
 }
 
 struct Conn {
-    stream: TcpStream,
     role: Role,
     decoder: FrameDecoder,
     /// Requests queued this turn (sent at the end of the turn).
     out: Vec<u8>,
+    /// What a short send left (sent first).
+    leftover: Option<SendBatch>,
     send_inflight: bool,
-    recv_armed: bool,
+    /// Open on the backend (false from the server's close until reconnected).
+    live: bool,
     /// Send time (ns on the run's clock) of each request without a response.
     sent: VecDeque<u64>,
     /// Open loop: when the next request is due (ns).
     next_due: u64,
     /// Rotates the mixed workload.
     counter: u64,
-    gen: u32,
 }
 
 /// Connects to `addr`, from `source` when given.
@@ -231,14 +225,66 @@ enum FrameKind {
     Error,
 }
 
+/// What one response frame did to its connection's bookkeeping.
+struct Tally<'a> {
+    out: &'a mut Outcome,
+    measuring: bool,
+    now: u64,
+}
+
+impl Tally<'_> {
+    /// Counts one frame received on a connection of `role`; returns whether
+    /// it answered a request (so another may be issued).
+    fn frame(&mut self, role: Role, sent: &mut VecDeque<u64>, payload: &[u8]) -> bool {
+        let out = &mut *self.out;
+        match frame_type(payload) {
+            FrameKind::Broadcast => {
+                if role == Role::Subscriber && self.measuring {
+                    if let Some(t) = publish_time(payload) {
+                        out.hist.saturating_record(self.now.saturating_sub(t) / 1000);
+                        out.deliveries += 1;
+                    }
+                }
+                false
+            }
+            kind => {
+                if kind == FrameKind::Error {
+                    out.errors += 1;
+                    if out.first_error.is_none() {
+                        out.first_error = Some(String::from_utf8_lossy(payload).into_owned());
+                    }
+                }
+                let Some(t) = sent.pop_front() else {
+                    return false;
+                };
+                if self.measuring {
+                    if kind == FrameKind::Response && role == Role::Requester {
+                        out.hist.saturating_record(self.now.saturating_sub(t) / 1000);
+                    }
+                    out.responses += 1;
+                }
+                true
+            }
+        }
+    }
+}
+
 /// Runs one thread's share until the control says stop.
 pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
     let cfg = &ctl.config;
-    let mut ring = Uring::new(4096)?;
-    // Big enough for 64 KiB frames to arrive in few completions.
-    let mut bufs = BufRing::new(&ring, 0, 1024, 64 * 1024)?;
+    let kind = crate::server::resolve_backend(cfg.io_backend)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    // Buffers big enough for 64 KiB frames to arrive in few completions.
+    let opts = Options {
+        recv_buffers: 1024,
+        recv_buffer_size: 64 * 1024,
+        ring_entries: 4096,
+    };
+    let mut backend =
+        Backend::new(kind, &opts, None).map_err(|e| io::Error::other(e.explanation))?;
     let reqs = Requests::new(cfg.size);
     let mut conns: Vec<Conn> = Vec::with_capacity(plan.roles.len());
+    let mut streams = Vec::with_capacity(plan.roles.len());
     let mut out = Outcome {
         hist: new_histogram(),
         responses: 0,
@@ -263,25 +309,25 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
         };
         let stream = connect_auth(cfg.addr, src, cfg.token.as_deref())
             .map_err(|e| io::Error::new(e.kind(), format!("connecting to {}: {e}", cfg.addr)))?;
+        streams.push(stream);
         conns.push(Conn {
-            stream,
             role: *role,
             decoder: FrameDecoder::new(64 << 20),
             out: Vec::with_capacity(4096),
+            leftover: None,
             send_inflight: false,
-            recv_armed: false,
+            live: true,
             sent: VecDeque::new(),
             next_due: 0,
             counter: i as u64,
-            gen: 0,
         });
         if let Some(g) = gap {
             std::thread::sleep(g);
         }
     }
     let (measure_from, measure_until) = ctl.connected_wait();
-    for (i, c) in conns.iter_mut().enumerate() {
-        arm_recv(&mut ring, &bufs, c, i)?;
+    for (i, s) in streams.drain(..).enumerate() {
+        backend.add(Token(i), s)?;
     }
     let start = ctl.now_ns();
     let pipeline = cfg.pipeline.max(1);
@@ -293,8 +339,9 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
         .to_string();
     let mut batches: Vec<SendBatch> = Vec::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut cqes: Vec<Completion> = Vec::with_capacity(1024);
     let mut straddle_pool = BoundedPool::new(4 << 20, 64 << 20);
+    let mut to_close: Vec<usize> = Vec::new();
+    let mut to_reopen: Vec<usize> = Vec::new();
     let wait = if plan.rate_per_conn.is_some() {
         Duration::from_micros(200)
     } else {
@@ -344,163 +391,115 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
         }
     }
     let mut draining_since: Option<u64> = None;
+    let mut now = start;
     loop {
-        // Start sends for connections with queued requests.
+        // Start sends for connections with queued requests: what a short
+        // send left goes first, then everything queued since.
         for (i, c) in conns.iter_mut().enumerate() {
-            if !c.send_inflight && !c.out.is_empty() {
-                let mut batch = batches.pop().unwrap_or_default();
-                let fresh = spare.pop().unwrap_or_default();
-                batch
-                    .segments
-                    .push_back(Segment::Owned(std::mem::replace(&mut c.out, fresh)));
+            if c.live && !c.send_inflight && (c.leftover.is_some() || !c.out.is_empty()) {
+                let mut batch = c
+                    .leftover
+                    .take()
+                    .unwrap_or_else(|| batches.pop().unwrap_or_default());
+                if !c.out.is_empty() {
+                    let fresh = spare.pop().unwrap_or_default();
+                    batch
+                        .segments
+                        .push_back(Segment::Owned(std::mem::replace(&mut c.out, fresh)));
+                }
                 c.send_inflight = true;
-                ring.send(c.stream.as_raw_fd(), batch, ud(K_SEND, c.gen, i))?;
+                backend.send(Token(i), batch)?;
             }
         }
-        bufs.commit();
-        ring.submit_and_wait_timeout(1, wait)?;
-        let now = ctl.now_ns();
-        let measuring = now >= measure_from && now < measure_until;
         let sending = now < measure_until && !ctl.stop.load(Ordering::Relaxed);
-        ring.drain(&mut cqes);
-        for cqe in cqes.drain(..) {
-            let (kind, gen, idx) = ud_parts(cqe.user_data);
-            let Some(c) = conns.get_mut(idx).filter(|c| c.gen == gen) else {
-                if let Some(bid) = cqe.buffer_id() {
-                    bufs.give_back(bid);
-                }
-                if let Some(mut b) = cqe.send {
-                    b.segments.clear();
-                    batches.push(b);
-                }
-                continue;
-            };
-            match kind {
-                K_SEND => {
-                    let Some(mut b) = cqe.send else { continue };
-                    c.send_inflight = false;
-                    if cqe.result < 0 {
-                        b.segments.clear();
-                        b.offset = 0;
-                        batches.push(b);
-                        continue; // the receive side sees the close
-                    }
-                    b.advance(cqe.result as usize, |mut v| {
-                        v.clear();
-                        spare.push(v);
-                    });
-                    if !b.segments.is_empty() {
-                        // Short send: the rest goes first, then anything new.
-                        if !c.out.is_empty() {
-                            let fresh = spare.pop().unwrap_or_default();
-                            b.segments
-                                .push_back(Segment::Owned(std::mem::replace(&mut c.out, fresh)));
-                        }
-                        c.send_inflight = true;
-                        ring.send(c.stream.as_raw_fd(), b, ud(K_SEND, c.gen, idx))?;
-                    } else {
-                        batches.push(b);
-                    }
-                }
-                K_RECV => {
-                    if !cqe.more() {
-                        c.recv_armed = false;
-                    }
-                    if cqe.result > 0 {
-                        let Some(bid) = cqe.buffer_id() else { continue };
-                        if measuring {
-                            out.bytes += cqe.result as u64;
-                        }
-                        let mut replies = 0usize;
-                        let role = c.role;
-                        let sent = &mut c.sent;
-                        let r = bufs.with_buf(bid, cqe.result as usize, |chunk| {
-                            c.decoder.feed_pooled(chunk, &mut straddle_pool, |payload| {
-                                match frame_type(payload) {
-                                    FrameKind::Broadcast => {
-                                        if role == Role::Subscriber {
-                                            if let Some(t) = publish_time(payload) {
-                                                if measuring {
-                                                    out.hist.saturating_record(
-                                                        now.saturating_sub(t) / 1000,
-                                                    );
-                                                    out.deliveries += 1;
-                                                }
-                                            }
-                                        }
-                                    }
-                                    kind => {
-                                        if kind == FrameKind::Error {
-                                            out.errors += 1;
-                                            if out.first_error.is_none() {
-                                                out.first_error = Some(
-                                                    String::from_utf8_lossy(payload).into_owned(),
-                                                );
-                                            }
-                                        }
-                                        if let Some(t) = sent.pop_front() {
-                                            if measuring {
-                                                if kind == FrameKind::Response
-                                                    && role == Role::Requester
-                                                {
-                                                    out.hist.saturating_record(
-                                                        now.saturating_sub(t) / 1000,
-                                                    );
-                                                }
-                                                out.responses += 1;
-                                            }
-                                            replies += 1;
-                                        }
-                                    }
-                                }
-                                std::ops::ControlFlow::Continue(())
-                            })
+        let measuring = now >= measure_from && now < measure_until;
+        backend.poll(Some(wait), |ev| match ev {
+            Event::Sent(Token(i), mut b, r) => {
+                let c = &mut conns[i];
+                c.send_inflight = false;
+                match r {
+                    Ok(n) => {
+                        b.advance(n, |mut v| {
+                            v.clear();
+                            spare.push(v);
                         });
-                        if r.is_err() {
-                            out.errors += 1;
-                        }
-                        if plan.rate_per_conn.is_none() && sending {
-                            for _ in 0..replies {
-                                if !issue(c, now, &mut budget) {
-                                    break;
-                                }
-                            }
-                        }
-                    } else if !cqe.more() {
-                        if cqe.result == -libc::ENOBUFS {
-                            arm_recv(&mut ring, &bufs, c, idx)?;
-                        } else if sending || !c.sent.is_empty() {
-                            // Unexpected close: count what was lost, reconnect.
-                            out.errors += c.sent.len() as u64 + 1;
-                            if out.first_error.is_none() {
-                                out.first_error = Some(format!(
-                                    "connection closed by the server ({})",
-                                    io::Error::from_raw_os_error(-cqe.result.min(0))
-                                ));
-                            }
-                            c.sent.clear();
-                            if sending && !c.send_inflight {
-                                if let Ok(s) = connect_auth(cfg.addr, None, cfg.token.as_deref()) {
-                                    c.stream = s;
-                                    c.gen = c.gen.wrapping_add(1) & 0xff_ffff;
-                                    c.decoder = FrameDecoder::new(64 << 20);
-                                    c.out.clear();
-                                    out.reconnects += 1;
-                                    arm_recv(&mut ring, &bufs, c, idx)?;
-                                    if plan.rate_per_conn.is_none() {
-                                        for _ in 0..pipeline {
-                                            issue(c, now, &mut budget);
-                                        }
-                                    }
-                                }
-                            }
+                        if b.is_empty() {
+                            batches.push(b);
+                        } else {
+                            c.leftover = Some(b); // short send: resent first
                         }
                     }
-                    if cqe.result > 0 && !cqe.more() && !c.recv_armed {
-                        arm_recv(&mut ring, &bufs, c, idx)?;
+                    // The receive side sees the close.
+                    Err(_) => b.clear(|v| spare.push(v)),
+                }
+            }
+            Event::Data(Token(i), chunk) => {
+                let c = &mut conns[i];
+                if measuring {
+                    out.bytes += chunk.len() as u64;
+                }
+                let mut replies = 0usize;
+                let (role, sent) = (c.role, &mut c.sent);
+                let mut tally = Tally {
+                    out: &mut out,
+                    measuring,
+                    now,
+                };
+                let r = c.decoder.feed_pooled(chunk, &mut straddle_pool, |payload| {
+                    if tally.frame(role, sent, payload) {
+                        replies += 1;
+                    }
+                    std::ops::ControlFlow::Continue(())
+                });
+                if r.is_err() {
+                    out.errors += 1;
+                }
+                if plan.rate_per_conn.is_none() && sending {
+                    for _ in 0..replies {
+                        if !issue(c, now, &mut budget) {
+                            break;
+                        }
                     }
                 }
-                _ => {}
+            }
+            Event::Eof(Token(i)) | Event::Failed(Token(i), _) => {
+                let c = &mut conns[i];
+                if sending || !c.sent.is_empty() {
+                    // Unexpected close: count what was lost, reconnect.
+                    out.errors += c.sent.len() as u64 + 1;
+                    if out.first_error.is_none() {
+                        out.first_error = Some("connection closed by the server".into());
+                    }
+                }
+                c.sent.clear();
+                c.live = false;
+                to_close.push(i);
+            }
+            Event::Closed(Token(i)) => to_reopen.push(i),
+            Event::Accepted(_) | Event::AcceptFailed(_) => {}
+        })?;
+        for i in to_close.drain(..) {
+            backend.close(Token(i))?;
+        }
+        now = ctl.now_ns();
+        let sending = now < measure_until && !ctl.stop.load(Ordering::Relaxed);
+        for i in to_reopen.drain(..) {
+            if !sending {
+                continue;
+            }
+            if let Ok(s) = connect_auth(cfg.addr, None, cfg.token.as_deref()) {
+                let c = &mut conns[i];
+                c.decoder = FrameDecoder::new(64 << 20);
+                c.out.clear();
+                c.leftover = None;
+                c.live = true;
+                out.reconnects += 1;
+                backend.add(Token(i), s)?;
+                if plan.rate_per_conn.is_none() {
+                    for _ in 0..pipeline {
+                        issue(c, now, &mut budget);
+                    }
+                }
             }
         }
         // Open loop: issue what is due, stamped with its intended time
@@ -508,7 +507,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
         if let Some(per) = plan.rate_per_conn {
             if sending {
                 let interval = (1e9 / per) as u64;
-                for c in conns.iter_mut() {
+                for c in conns.iter_mut().filter(|c| c.live) {
                     let mut next = c.next_due;
                     due_sends(&mut next, interval, now, |due| issue(c, due, &mut budget));
                     c.next_due = next;
@@ -540,13 +539,6 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
     }
     out.finished_ns = ctl.now_ns();
     Ok(out)
-}
-
-/// Arms connection `idx`'s multishot receive.
-fn arm_recv(ring: &mut Uring, bufs: &BufRing, c: &mut Conn, idx: usize) -> io::Result<()> {
-    ring.recv_multi(c.stream.as_raw_fd(), bufs.group(), ud(K_RECV, c.gen, idx))?;
-    c.recv_armed = true;
-    Ok(())
 }
 
 /// Open loop: calls `send(intended_time)` for every send due by `now` on a

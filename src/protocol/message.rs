@@ -310,6 +310,8 @@ pub struct StatsReport<'a> {
     /// Buffer (capacity, bytes) held by partially received frames, over
     /// all shards.
     pub partial_frame_bytes: u64,
+    /// The I/O backend the shards run on (`io-uring` or `epoll`).
+    pub io_backend: &'a str,
 }
 
 /// `server_stats`: the seed's five fields first, then ours.
@@ -341,6 +343,7 @@ pub fn write_server_stats(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, s: 
         }
         a.push(b']');
         o.u64("partial_frame_bytes", s.partial_frame_bytes);
+        o.raw_str("io_backend", s.io_backend);
     });
 }
 
@@ -404,4 +407,8 @@ pub struct ServerStats {
     /// Buffer held by partially received frames, in bytes.
     #[serde(default)]
     pub partial_frame_bytes: u64,
+    /// The server's I/O backend (`io-uring` or `epoll`; empty from servers
+    /// that do not report it).
+    #[serde(default)]
+    pub io_backend: String,
 }

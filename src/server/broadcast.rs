@@ -75,7 +75,7 @@ impl Mailbox {
         if use_msg_ring && ring >= 0 {
             Wake::Ring(ring)
         } else {
-            crate::uring::eventfd_signal(self.event_fd);
+            crate::io::sys::eventfd_signal(self.event_fd);
             Wake::Done
         }
     }
@@ -90,9 +90,14 @@ impl Mailbox {
         self.backlog.load(Ordering::Relaxed)
     }
 
+    /// The owner's eventfd.
+    pub fn event_fd(&self) -> RawFd {
+        self.event_fd
+    }
+
     /// Wakes the owner through its eventfd (stop requests, other threads).
     pub fn wake_external(&self) {
-        crate::uring::eventfd_signal(self.event_fd);
+        crate::io::sys::eventfd_signal(self.event_fd);
     }
 
     /// Takes every queued frame, in order. The owner calls this each turn.

@@ -93,6 +93,10 @@ pub struct ServerArgs {
     /// How shards wake each other for broadcasts [default: msg-ring].
     #[arg(long, value_enum, env = "RINGCAST_WAKE")]
     pub wake: Option<WakeMode>,
+    /// I/O backend: io-uring, epoll, or auto (io_uring, falling back to
+    /// epoll where it is refused) [default: auto].
+    #[arg(long, value_enum, env = "RINGCAST_IO_BACKEND")]
+    pub io_backend: Option<super::IoBackend>,
     /// Serve Prometheus `/metrics` and `/healthz` over HTTP on this address
     /// (off unless set; keep it on a private interface).
     #[arg(long, env = "RINGCAST_METRICS_ADDR")]
@@ -126,7 +130,7 @@ macro_rules! with_server_fields {
     ($m:ident!($($pre:tt)*)) => {
         $m!($($pre)*; addr, shards, pin, max_connections, max_connections_per_ip,
             max_frame_bytes, max_partial_bytes, max_pending_bytes, idle_timeout_secs, backlog, drain_secs,
-            recv_buffers, recv_buffer_size, ring_entries, rate_limit, rate_burst, wake)
+            recv_buffers, recv_buffer_size, ring_entries, rate_limit, rate_burst, wake, io_backend)
     };
 }
 
@@ -304,7 +308,7 @@ fn raise_nofile() {
 }
 
 fn rlimit_nofile_raise() -> std::io::Result<(u64, u64)> {
-    crate::uring::raise_nofile_limit()
+    crate::io::raise_nofile_limit()
 }
 
 /// Runs `ringcast server` until SIGINT or SIGTERM.

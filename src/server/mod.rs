@@ -19,10 +19,10 @@
 //! handle.shutdown();
 //! ```
 
+mod admission;
 pub mod broadcast;
 pub mod cli;
 pub mod config;
-mod conn;
 mod listener;
 mod metrics;
 mod shard;
@@ -31,7 +31,6 @@ pub mod stats;
 pub use config::{IoBackend, ServerConfig, WakeMode};
 
 use crate::protocol::{Request, TimestampCache};
-use crate::uring;
 use broadcast::Mailbox;
 use crossbeam_utils::CachePadded;
 use metrics::MetricsEndpoint;
@@ -48,9 +47,10 @@ use thiserror::Error;
 /// Why the server could not start (or failed while running).
 #[derive(Debug, Error)]
 pub enum ServerError {
-    /// io_uring is unavailable or misconfigured; the message says how to fix it.
-    #[error("io_uring unavailable: {0}")]
-    Uring(String),
+    /// The I/O backend could not be set up (io_uring refused with
+    /// `--io-backend io-uring`, say); the message says how to fix it.
+    #[error("I/O backend unavailable: {0}")]
+    Backend(String),
     /// The listen address could not be bound.
     #[error("{0}")]
     Bind(io::Error),
@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     pub start_unix_ms: u64,
     pub start_time: String,
     pub handlers: HashMap<String, Arc<dyn Handler>>,
+    /// The backend every shard runs on (`auto` resolved at build).
+    pub io_backend: crate::io::Kind,
 }
 
 impl Shared {
@@ -191,11 +193,12 @@ impl ServerBuilder {
             Some(addr) => Some(metrics::bind(addr)?),
             None => None,
         };
+        let io_backend = resolve_backend(self.config.io_backend)?;
         let start_unix_ms = crate::protocol::time::unix_ms_now();
         let start_time = TimestampCache::new().format(start_unix_ms).to_string();
         let mut wake_fds = Vec::with_capacity(n);
         for _ in 0..n {
-            wake_fds.push(uring::eventfd()?);
+            wake_fds.push(crate::io::sys::eventfd()?);
         }
         let shared = Arc::new(Shared {
             config: self.config,
@@ -214,6 +217,7 @@ impl ServerBuilder {
             start_unix_ms,
             start_time,
             handlers: self.handlers,
+            io_backend,
         });
         Ok(Server {
             shared,
@@ -286,7 +290,7 @@ impl Server {
                     first_err.get_or_insert(e);
                 }
                 Err(_) => {
-                    first_err.get_or_insert(ServerError::Uring(
+                    first_err.get_or_insert(ServerError::Backend(
                         "a shard thread died during start-up".into(),
                     ));
                 }
@@ -324,7 +328,8 @@ impl Server {
             addr = %handle.local_addr,
             shards = handle.shared.shards,
             pinned_cores = %pinned.join(","),
-            io_uring = %features.map(|f: uring::Features| f.to_string()).unwrap_or_default(),
+            io_backend = handle.shared.io_backend.as_str(),
+            features = %features.unwrap_or_default(),
             "ringcast listening"
         );
         Ok(handle)
@@ -466,6 +471,29 @@ impl Watcher {
     /// Shards that stopped on an I/O error (the others keep serving).
     pub fn failed_shards(&self) -> usize {
         self.0.failed_shards.load(Ordering::SeqCst)
+    }
+}
+
+/// Turns the configured backend into the one to run: `auto` probes
+/// io_uring on this thread and falls back to epoll, with one warning that
+/// names the cause and the fix.
+pub fn resolve_backend(want: IoBackend) -> Result<crate::io::Kind, ServerError> {
+    use crate::io::Kind;
+    match want {
+        IoBackend::Epoll => Ok(Kind::Epoll),
+        IoBackend::IoUring => crate::io::probe_uring()
+            .map(|()| Kind::Uring)
+            .map_err(|e| ServerError::Backend(e.explanation)),
+        IoBackend::Auto => match crate::io::probe_uring() {
+            Ok(()) => Ok(Kind::Uring),
+            Err(e) => {
+                tracing::warn!(
+                    cause = %e.explanation,
+                    "io_uring is not available here; serving with the epoll backend instead                      (to use io_uring, fix the cause above; --io-backend epoll silences this)"
+                );
+                Ok(Kind::Epoll)
+            }
+        },
     }
 }
 

@@ -231,7 +231,7 @@ impl RssReader {
 }
 
 fn page_size() -> u64 {
-    crate::uring::page_size()
+    crate::io::sys::page_size()
 }
 
 #[cfg(test)]

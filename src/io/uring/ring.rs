@@ -1,20 +1,13 @@
-//! The io_uring layer: the only module that touches raw io_uring, and the
-//! only one with `unsafe`.
-//!
-//! [`Uring`] wraps one ring and offers a safe API: every operation that lends
-//! memory to the kernel takes ownership of it (a [`SendBatch`], a timeout's
-//! timespec, an eventfd read buffer) and hands it back in the [`Completion`],
-//! so no caller can free or reuse memory the kernel may still touch.
-//! [`BufRing`] owns a provided-buffer ring for multishot receives.
+//! One io_uring instance with a safe API: every operation that lends
+//! memory to the kernel takes ownership of it (a [`SendBatch`] and its
+//! [`SendHeader`], a timeout's timespec, an eventfd read buffer) and hands
+//! it back in the [`Completion`], so no caller can free or reuse memory the
+//! kernel may still touch.
 //!
 //! User data: callers pass any `u64` below [`USER_DATA_LIMIT`]; values at or
 //! above it are the layer's own (an index into its table of owned resources).
 
-mod bufring;
-
-pub use bufring::BufRing;
-
-use bytes::Bytes;
+use crate::io::SendBatch;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use slab::Slab;
 use std::io;
@@ -23,26 +16,6 @@ use std::time::Duration;
 
 /// Caller user data must be below this; the top bit is the layer's.
 pub const USER_DATA_LIMIT: u64 = 1 << 63;
-
-/// Packs an operation kind (7 bits), a slot generation (24 bits) and a
-/// slot index (32 bits) into user data below [`USER_DATA_LIMIT`]: the
-/// convention the shard loop and the load generator share, so a stale
-/// completion for a reused slot is recognised by its generation.
-#[inline]
-pub fn pack_user_data(kind: u64, gen: u32, slot: usize) -> u64 {
-    debug_assert!(kind < 128);
-    (kind << 56) | ((gen as u64 & 0xff_ffff) << 32) | (slot as u64 & 0xffff_ffff)
-}
-
-/// The inverse of [`pack_user_data`]: `(kind, generation, slot)`.
-#[inline]
-pub fn unpack_user_data(u: u64) -> (u64, u32, usize) {
-    (
-        u >> 56,
-        ((u >> 32) & 0xff_ffff) as u32,
-        (u & 0xffff_ffff) as usize,
-    )
-}
 
 /// What the kernel offered when the ring was set up (logged at start-up).
 #[derive(Debug, Clone, Default)]
@@ -81,85 +54,42 @@ impl std::fmt::Display for Features {
     }
 }
 
-/// One segment of outgoing bytes: a reply buffer the connection owns, or a
-/// broadcast frame shared by every recipient (serialised once).
-#[derive(Debug)]
-pub enum Segment {
-    /// Bytes owned by this connection (reused after the send completes).
-    Owned(Vec<u8>),
-    /// A frame shared with other connections.
-    Shared(Bytes),
-}
-
-impl Segment {
-    /// The bytes.
-    #[inline]
-    pub fn as_slice(&self) -> &[u8] {
-        match self {
-            Segment::Owned(v) => v,
-            Segment::Shared(b) => b,
-        }
-    }
-}
-
-/// The most segments one send gathers (well under IOV_MAX = 1024; more
-/// wait for the next send, which keeps the iovec array small).
-pub const MAX_SEND_SEGMENTS: usize = 64;
-
-/// Bytes handed to the kernel for one `sendmsg`. Owned by the layer while
-/// the send is in flight; returned in the completion so the caller can
-/// advance past what was sent and recycle buffers.
-#[derive(Debug, Default)]
-pub struct SendBatch {
-    /// Segments in order; the first `offset` bytes of the first are already sent.
-    pub segments: std::collections::VecDeque<Segment>,
-    /// Bytes of `segments[0]` sent by earlier sends.
-    pub offset: usize,
+/// The `msghdr` and iovec array of one `sendmsg`, kept between sends so a
+/// send allocates nothing.
+pub struct SendHeader {
+    msg: Box<libc::msghdr>,
     iov: Vec<libc::iovec>,
-    hdr: Option<Box<libc::msghdr>>,
 }
 
-// SAFETY: the raw pointers inside `iov`/`hdr` only ever point into this
-// batch's own segments; a batch belongs to one shard thread at a time.
-unsafe impl Send for SendBatch {}
-
-impl SendBatch {
-    /// Total bytes still to send.
-    pub fn remaining(&self) -> usize {
-        self.segments
-            .iter()
-            .map(|s| s.as_slice().len())
-            .sum::<usize>()
-            - self.offset
-    }
-
-    /// Drops `n` sent bytes from the front, returning fully sent owned
-    /// buffers through `recycle`.
-    pub fn advance(&mut self, mut n: usize, mut recycle: impl FnMut(Vec<u8>)) {
-        while n > 0 {
-            let Some(first) = self.segments.front() else {
-                break;
-            };
-            let left = first.as_slice().len() - self.offset;
-            if n < left {
-                self.offset += n;
-                return;
-            }
-            n -= left;
-            self.offset = 0;
-            if let Some(Segment::Owned(v)) = self.segments.pop_front() {
-                recycle(v);
-            }
+impl Default for SendHeader {
+    fn default() -> Self {
+        SendHeader {
+            // SAFETY: an all-zero msghdr is a valid empty header.
+            msg: Box::new(unsafe { std::mem::zeroed() }),
+            iov: Vec::with_capacity(crate::io::MAX_SEND_SEGMENTS),
         }
     }
 }
+
+impl std::fmt::Debug for SendHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendHeader")
+            .field("iov_capacity", &self.iov.capacity())
+            .finish()
+    }
+}
+
+// SAFETY: the raw pointers inside only ever point into this header's own
+// iovec array or at a batch travelling with it; it belongs to one thread at
+// a time.
+unsafe impl Send for SendHeader {}
 
 /// What the layer keeps alive for an operation in flight.
 /// Timeouts and reads are never looked at again: they are held only so
 /// the kernel's pointer stays valid until the completion.
 #[allow(dead_code)]
 enum Owned {
-    Send(SendBatch),
+    Send(SendBatch, SendHeader),
     Timeout(Box<types::Timespec>),
     Read(Box<[u8; 8]>),
 }
@@ -173,8 +103,8 @@ pub struct Completion {
     pub result: i32,
     /// Completion flags (see the helpers below).
     pub flags: u32,
-    /// The send batch, for send completions.
-    pub send: Option<SendBatch>,
+    /// The send batch and its header, for send completions.
+    pub send: Option<(SendBatch, SendHeader)>,
 }
 
 impl Completion {
@@ -193,7 +123,7 @@ impl Completion {
 
 /// One io_uring instance, used from one thread.
 pub struct Uring {
-    inner: IoUring,
+    pub(super) inner: IoUring,
     owned: Slab<(u64, Owned)>,
     features: Features,
 }
@@ -285,11 +215,6 @@ impl Uring {
         self.inner.as_raw_fd()
     }
 
-    /// Operations whose resources the layer holds (sends, timeouts, reads).
-    pub fn owned_in_flight(&self) -> usize {
-        self.owned.len()
-    }
-
     /// Queues an entry, submitting first if the queue is full.
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
@@ -326,29 +251,29 @@ impl Uring {
     }
 
     /// Sends the batch's bytes (from `offset` in its first segment) with one
-    /// `sendmsg`. The batch comes back in the completion.
-    pub fn send(&mut self, fd: RawFd, mut batch: SendBatch, user_data: u64) -> io::Result<()> {
-        batch.iov.clear();
-        for (i, seg) in batch.segments.iter().enumerate().take(MAX_SEND_SEGMENTS) {
-            let s = seg.as_slice();
-            let s = if i == 0 { &s[batch.offset..] } else { s };
-            batch.iov.push(libc::iovec {
+    /// `sendmsg`, using `hdr`'s reused allocations for the iovec array. The
+    /// batch and header come back in the completion.
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        batch: SendBatch,
+        mut hdr: SendHeader,
+        user_data: u64,
+    ) -> io::Result<()> {
+        hdr.iov.clear();
+        for s in batch.slices() {
+            hdr.iov.push(libc::iovec {
                 iov_base: s.as_ptr() as *mut libc::c_void,
                 iov_len: s.len(),
             });
         }
-        // SAFETY: an all-zero msghdr is a valid empty header.
-        let mut hdr: Box<libc::msghdr> = batch
-            .hdr
-            .take()
-            .unwrap_or_else(|| Box::new(unsafe { std::mem::zeroed() }));
-        hdr.msg_iov = batch.iov.as_mut_ptr();
-        hdr.msg_iovlen = batch.iov.len() as _;
-        let hdr_ptr: *const libc::msghdr = &*hdr;
-        batch.hdr = Some(hdr);
-        // Moving the batch into the table moves only the Vec/Box headers; the
-        // heap memory the iovecs and msghdr point to stays where it is.
-        let ud = self.own(user_data, Owned::Send(batch));
+        hdr.msg.msg_iov = hdr.iov.as_mut_ptr();
+        hdr.msg.msg_iovlen = hdr.iov.len() as _;
+        let hdr_ptr: *const libc::msghdr = &*hdr.msg;
+        // Moving the batch and header into the table moves only their
+        // Vec/Box headers; the heap memory the iovecs and msghdr point to
+        // stays where it is until the completion hands them back.
+        let ud = self.own(user_data, Owned::Send(batch, hdr));
         let e = opcode::SendMsg::new(types::Fd(fd), hdr_ptr)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
@@ -404,15 +329,6 @@ impl Uring {
     pub fn shutdown(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
         self.push(
             opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR)
-                .build()
-                .user_data(user_data),
-        )
-    }
-
-    /// Closes `fd`.
-    pub fn close(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
-        self.push(
-            opcode::Close::new(types::Fd(fd))
                 .build()
                 .user_data(user_data),
         )
@@ -478,8 +394,8 @@ impl Uring {
                 match owned.try_remove(key) {
                     Some((ud, o)) => {
                         c.user_data = ud;
-                        if let Owned::Send(b) = o {
-                            c.send = Some(b);
+                        if let Owned::Send(b, h) = o {
+                            c.send = Some((b, h));
                         }
                     }
                     None => continue,
@@ -487,38 +403,6 @@ impl Uring {
             }
             out.push(c);
         }
-    }
-}
-
-/// Creates a non-blocking eventfd (for wake-ups from threads without a ring).
-pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
-    // SAFETY: eventfd has no memory preconditions; the fd is checked and owned.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
-}
-
-/// Adds 1 to an eventfd, waking a ring that has a read posted on it.
-pub fn eventfd_signal(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live local; failure (EAGAIN when the
-    // counter is saturated) still leaves the reader woken.
-    unsafe {
-        libc::write(fd, (&one as *const u64).cast(), 8);
-    }
-}
-
-/// The system page size.
-pub fn page_size() -> u64 {
-    // SAFETY: sysconf reads a constant; no memory is passed.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as u64
-    } else {
-        4096
     }
 }
 
@@ -534,72 +418,9 @@ pub fn accepted_stream(fd: i32) -> std::net::TcpStream {
     unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
 }
 
-/// Raises RLIMIT_NOFILE's soft limit to its hard limit (and, for a
-/// privileged process, the hard limit to `fs.nr_open`); returns (old, new).
-pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the live local struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let old = lim.rlim_cur;
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    if nr_open > lim.rlim_max {
-        let want = libc::rlimit {
-            rlim_cur: nr_open,
-            rlim_max: nr_open,
-        };
-        // SAFETY: setrlimit reads the live local struct. Raising the hard
-        // limit fails without CAP_SYS_RESOURCE; we then keep the old one.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            return Ok((old, nr_open));
-        }
-    }
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: setrlimit reads the live local struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((old, lim.rlim_cur))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn seg(n: usize) -> Segment {
-        Segment::Owned(vec![0; n])
-    }
-
-    #[test]
-    fn advance_through_segments() {
-        let mut b = SendBatch {
-            segments: [
-                seg(10),
-                seg(5),
-                Segment::Shared(Bytes::from_static(b"abcdef")),
-            ]
-            .into(),
-            ..Default::default()
-        };
-        assert_eq!(b.remaining(), 21);
-        let mut recycled = 0;
-        b.advance(3, |_| recycled += 1);
-        assert_eq!((b.offset, b.segments.len(), b.remaining()), (3, 3, 18));
-        b.advance(9, |_| recycled += 1);
-        assert_eq!((b.offset, b.segments.len(), b.remaining()), (2, 2, 9));
-        b.advance(3, |_| recycled += 1);
-        assert_eq!((b.offset, b.segments.len(), b.remaining()), (0, 1, 6));
-        b.advance(6, |_| recycled += 1);
-        assert_eq!((b.offset, b.segments.len(), b.remaining()), (0, 0, 0));
-        assert_eq!(recycled, 2);
-    }
 
     #[test]
     fn ring_sets_up_with_a_fallback() {

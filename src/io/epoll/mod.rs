@@ -1,0 +1,418 @@
+//! The epoll backend, for hosts that refuse io_uring.
+//!
+//! One epoll instance per shard, **edge-triggered**: each socket is
+//! registered once for input and output and never modified again, so a
+//! pause, a resume or a blocked send costs no `epoll_ctl`. The price of
+//! edges is remembering readiness ourselves: a connection whose last read
+//! filled the buffer, or that was paused while readable, stays on the
+//! `ready` list and is read in a later `poll` without waiting for a new
+//! edge. A read shorter than the buffer means the socket was drained, and
+//! any later data raises a new edge.
+//!
+//! Sends are attempted at once with one gathered `sendmsg` of the batch's
+//! segments;
+//! only what the socket refused waits for `EPOLLOUT`. Completions are
+//! reported from the next `poll`, as io_uring would, so the caller sees the
+//! same order of events on both backends.
+
+use super::{Event, Options, SendBatch, SetupError, Token, MAX_SEND_SEGMENTS};
+use std::collections::VecDeque;
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// epoll data of the listener and of the wake-up eventfd (connections use
+/// their token).
+const LISTENER: u64 = u64::MAX;
+const WAKER: u64 = u64::MAX - 1;
+/// Events taken per `epoll_wait`.
+const EVENTS: usize = 1024;
+/// Connections accepted per `poll`, so a connect storm cannot starve the
+/// connections already served; the rest wait for the next `poll`.
+const ACCEPTS_PER_POLL: usize = 256;
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    want_read: bool,
+    /// Input may be waiting (an edge seen, or the last read filled the buffer).
+    readable: bool,
+    /// On the `ready` list.
+    queued: bool,
+    /// A send the socket refused part of, waiting for `EPOLLOUT`.
+    blocked: Option<SendBatch>,
+    /// Peer closed or reset: nothing more to read.
+    ended: bool,
+}
+
+/// A completion to report from the next `poll`.
+#[derive(Debug)]
+enum Done {
+    Sent(Token, SendBatch, io::Result<usize>),
+    Closed(Token),
+}
+
+/// The epoll backend (see the module doc).
+#[derive(Debug)]
+pub struct EpollDriver {
+    epfd: OwnedFd,
+    conns: Vec<Option<Conn>>,
+    listener: Option<TcpListener>,
+    /// The listener may have connections waiting (edge seen, not drained).
+    accept_ready: bool,
+    wake_fd: Option<RawFd>,
+    /// One receive buffer: data is handed out before the next read.
+    buf: Vec<u8>,
+    ready: Vec<usize>,
+    done: VecDeque<Done>,
+    events: Vec<libc::epoll_event>,
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl EpollDriver {
+    /// Creates the epoll instance, with `wake_fd` registered.
+    pub fn new(opts: &Options, wake_fd: Option<RawFd>) -> Result<EpollDriver, SetupError> {
+        let setup = |e: io::Error| SetupError {
+            explanation: format!("cannot create an epoll instance ({e})"),
+            cause: e,
+        };
+        // SAFETY: epoll_create1 takes no pointers; the result is checked and owned.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }).map_err(setup)?;
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let d = EpollDriver {
+            epfd,
+            conns: Vec::new(),
+            listener: None,
+            accept_ready: false,
+            wake_fd,
+            buf: vec![0; opts.recv_buffer_size.max(64)],
+            ready: Vec::new(),
+            done: VecDeque::new(),
+            events: Vec::with_capacity(EVENTS),
+        };
+        if let Some(w) = wake_fd {
+            // Level-triggered: drained by a read whenever it fires.
+            d.ctl(libc::EPOLL_CTL_ADD, w, libc::EPOLLIN as u32, WAKER)
+                .map_err(setup)?;
+        }
+        Ok(d)
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: data };
+        // SAFETY: `ev` is a live local the kernel reads during the call.
+        cvt(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev) }).map(drop)
+    }
+
+    pub(super) fn features(&self) -> String {
+        "edge-triggered,gathered-sendmsg".into()
+    }
+
+    pub(super) fn ring_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    pub(super) fn listen(&mut self, listener: TcpListener) -> io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let ev = (libc::EPOLLIN | libc::EPOLLET) as u32;
+        self.ctl(libc::EPOLL_CTL_ADD, listener.as_raw_fd(), ev, LISTENER)?;
+        self.listener = Some(listener);
+        self.accept_ready = true;
+        Ok(())
+    }
+
+    pub(super) fn stop_listening(&mut self) {
+        if let Some(l) = self.listener.take() {
+            // As for io_uring: refuse new connections at once.
+            let _ = socket2::SockRef::from(&l).shutdown(std::net::Shutdown::Both);
+        }
+        self.accept_ready = false;
+    }
+
+    pub(super) fn add(&mut self, token: Token, stream: TcpStream) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        self.ctl(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), ev, token.0 as u64)?;
+        if self.conns.len() <= token.0 {
+            self.conns.resize_with(token.0 + 1, || None);
+        }
+        debug_assert!(self.conns[token.0].is_none(), "token {token:?} in use");
+        self.conns[token.0] = Some(Conn {
+            stream,
+            want_read: true,
+            readable: false,
+            queued: false,
+            blocked: None,
+            ended: false,
+        });
+        Ok(())
+    }
+
+    fn enqueue(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key).and_then(Option::as_mut) {
+            if c.readable && c.want_read && !c.queued && !c.ended {
+                c.queued = true;
+                self.ready.push(key);
+            }
+        }
+    }
+
+    pub(super) fn set_reading(&mut self, token: Token, on: bool) -> io::Result<()> {
+        if let Some(c) = self.conns.get_mut(token.0).and_then(Option::as_mut) {
+            c.want_read = on;
+        }
+        self.enqueue(token.0);
+        Ok(())
+    }
+
+    pub(super) fn send(&mut self, token: Token, batch: SendBatch) -> io::Result<()> {
+        let c = self.conns[token.0].as_mut().expect("send on a live token");
+        debug_assert!(c.blocked.is_none(), "one send in flight per connection");
+        match writev(&c.stream, &batch) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.blocked = Some(batch),
+            r => self.done.push_back(Done::Sent(token, batch, r)),
+        }
+        Ok(())
+    }
+
+    pub(super) fn shutdown_write(&mut self, token: Token) {
+        if let Some(c) = self.conns.get(token.0).and_then(Option::as_ref) {
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    pub(super) fn close(&mut self, token: Token) -> io::Result<()> {
+        if let Some(c) = self.conns.get_mut(token.0).and_then(Option::take) {
+            if let Some(b) = c.blocked {
+                let e = io::Error::from_raw_os_error(libc::ECANCELED);
+                self.done.push_back(Done::Sent(token, b, Err(e)));
+            }
+            // Closing the descriptor (its only reference) also removes it
+            // from the epoll set.
+            drop(c.stream);
+            self.done.push_back(Done::Closed(token));
+        }
+        Ok(())
+    }
+
+    pub(super) fn wake_ring(&mut self, _ring_fd: RawFd, fallback_eventfd: RawFd) {
+        super::sys::eventfd_signal(fallback_eventfd);
+    }
+
+    pub(super) fn tick(&mut self) -> io::Result<()> {
+        // An accept that failed (EMFILE) left connections queued without a
+        // new edge: try again.
+        if self.listener.is_some() {
+            self.accept_ready = true;
+        }
+        Ok(())
+    }
+
+    pub(super) fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        mut on_event: impl FnMut(Event<'_>),
+    ) -> io::Result<()> {
+        if !self.done.is_empty() {
+            // Completions first; the caller comes back at once, and the
+            // next poll waits for the kernel.
+            while let Some(d) = self.done.pop_front() {
+                match d {
+                    Done::Sent(t, b, r) => on_event(Event::Sent(t, b, r)),
+                    Done::Closed(t) => on_event(Event::Closed(t)),
+                }
+            }
+            return Ok(());
+        }
+        let busy = !self.ready.is_empty() || self.accept_ready;
+        let ms = match timeout {
+            _ if busy => 0,
+            None => -1,
+            // Round up: a timeout must not return before it is due.
+            Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+        };
+        self.events.clear();
+        // SAFETY: the kernel writes at most EVENTS entries into the
+        // vector's spare capacity, and we set the length to what it wrote.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                EVENTS as i32,
+                ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            // SAFETY: epoll_wait initialised the first `n` entries.
+            unsafe { self.events.set_len(n as usize) };
+        }
+        let mut events = std::mem::take(&mut self.events);
+        for ev in &events {
+            let (flags, data) = (ev.events, ev.u64);
+            match data {
+                LISTENER => self.accept_ready = true,
+                WAKER => {
+                    if let Some(fd) = self.wake_fd {
+                        super::sys::eventfd_drain(fd);
+                    }
+                }
+                key => self.on_ready(key as usize, flags, &mut on_event),
+            }
+        }
+        events.clear();
+        self.events = events;
+        if self.accept_ready {
+            self.accept(&mut on_event);
+        }
+        self.read_ready(&mut on_event);
+        Ok(())
+    }
+
+    fn on_ready(&mut self, key: usize, flags: u32, on_event: &mut impl FnMut(Event<'_>)) {
+        let Some(c) = self.conns.get_mut(key).and_then(Option::as_mut) else {
+            return;
+        };
+        let input = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        if flags & input != 0 {
+            c.readable = true;
+        }
+        let output = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        if flags & output != 0 {
+            if let Some(b) = c.blocked.take() {
+                match writev(&c.stream, &b) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.blocked = Some(b),
+                    r => on_event(Event::Sent(Token(key), b, r)),
+                }
+            }
+        }
+        self.enqueue(key);
+    }
+
+    fn accept(&mut self, on_event: &mut impl FnMut(Event<'_>)) {
+        let Some(l) = &self.listener else {
+            self.accept_ready = false;
+            return;
+        };
+        let lfd = l.as_raw_fd();
+        for _ in 0..ACCEPTS_PER_POLL {
+            // SAFETY: null address pointers are allowed (we do not want the
+            // peer address here); the result is checked.
+            let fd = unsafe {
+                libc::accept4(
+                    lfd,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => self.accept_ready = false,
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
+                    // EMFILE and friends: retried at the next tick.
+                    _ => {
+                        self.accept_ready = false;
+                        on_event(Event::AcceptFailed(e));
+                    }
+                }
+                return;
+            }
+            // SAFETY: accept4 just created this descriptor; nothing else owns it.
+            on_event(Event::Accepted(unsafe { TcpStream::from_raw_fd(fd) }));
+        }
+    }
+
+    /// Reads once from each connection that may have input and wants it.
+    fn read_ready(&mut self, on_event: &mut impl FnMut(Event<'_>)) {
+        let mut ready = std::mem::take(&mut self.ready);
+        let mut keep = Vec::new();
+        for key in ready.drain(..) {
+            let Some(c) = self.conns.get_mut(key).and_then(Option::as_mut) else {
+                continue;
+            };
+            c.queued = false;
+            if !c.want_read || !c.readable || c.ended {
+                continue;
+            }
+            let fd = c.stream.as_raw_fd();
+            // SAFETY: reads into our own buffer, at most its length.
+            let n = unsafe { libc::read(fd, self.buf.as_mut_ptr().cast(), self.buf.len()) };
+            let token = Token(key);
+            if n > 0 {
+                let n = n as usize;
+                if n < self.buf.len() {
+                    c.readable = false; // drained: the next data raises an edge
+                } else {
+                    c.queued = true;
+                    keep.push(key);
+                }
+                on_event(Event::Data(token, &mut self.buf[..n]));
+            } else if n == 0 {
+                c.ended = true;
+                on_event(Event::Eof(token));
+            } else {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => c.readable = false,
+                    io::ErrorKind::Interrupted => {
+                        c.queued = true;
+                        keep.push(key);
+                    }
+                    _ => {
+                        c.ended = true;
+                        on_event(Event::Failed(token, e));
+                    }
+                }
+            }
+        }
+        // Nothing else queues during poll (the caller changes interest
+        // only between polls), so the list is exactly what is left.
+        debug_assert!(self.ready.is_empty());
+        self.ready = keep;
+    }
+}
+
+/// One gathered `sendmsg` of the batch's unsent bytes; MSG_NOSIGNAL, so a
+/// peer that has gone away is an EPIPE error, not a signal.
+fn writev(stream: &TcpStream, batch: &SendBatch) -> io::Result<usize> {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_SEND_SEGMENTS];
+    let mut n = 0;
+    for s in batch.slices() {
+        iov[n] = libc::iovec {
+            iov_base: s.as_ptr() as *mut libc::c_void,
+            iov_len: s.len(),
+        };
+        n += 1;
+    }
+    // SAFETY: a msghdr naming `n` iovecs that point into the live batch,
+    // which outlives the call; sendmsg only reads them.
+    let r = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = n as _;
+        libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}

@@ -1,0 +1,230 @@
+//! The backend seam: sockets in, typed events out.
+//!
+//! A [`Backend`] owns a shard's listener and connections and reports what
+//! happened to them as [`Event`]s; the caller (the server's shard loop, or
+//! the load generator) owns every protocol decision. Two implementations sit
+//! behind it, chosen at start-up:
+//!
+//! - [`uring`]: io_uring with multishot accept and receive, a provided-buffer
+//!   ring, `MSG_RING` wake-ups and SINGLE_ISSUER/DEFER_TASKRUN. The only raw
+//!   io_uring in the crate.
+//! - [`epoll`]: one edge-triggered epoll instance, non-blocking sockets,
+//!   `writev` of queued segments, an eventfd for wake-ups. For hosts that
+//!   block io_uring (Docker's default seccomp profile,
+//!   `kernel.io_uring_disabled`, gVisor).
+//!
+//! All `unsafe` in the crate is in this module tree.
+//!
+//! # Contract
+//!
+//! - The caller names each connection with a [`Token`] of its choosing
+//!   (a slab key) in [`Backend::add`], and may reuse it once
+//!   [`Event::Closed`] for it has been reported.
+//! - At most one [`Backend::send`] per connection is in flight; its
+//!   [`Event::Sent`] hands the batch back with the byte count (short sends
+//!   happen: the caller resends the rest).
+//! - [`Event::Data`] lends bytes for the duration of the callback; they may
+//!   be modified in place (the JSON parser unescapes there).
+//! - Reading is on after `add`; [`Backend::set_reading`] pauses and resumes
+//!   it (backpressure). Data already received may still arrive after a
+//!   pause.
+//! - [`Backend::close`] ends a connection: everything in flight completes
+//!   (a pending send comes back in `Sent` with an error), then `Closed`.
+//!
+//! Adding a backend: implement the same methods in `io/<name>/`, add a
+//! variant to [`Backend`] and [`Kind`], and run the test suite with
+//! `RINGCAST_IO_BACKEND=<name>`.
+
+mod batch;
+pub mod epoll;
+pub mod sys;
+pub mod uring;
+
+pub use batch::{Segment, SendBatch, MAX_SEND_SEGMENTS};
+pub use sys::raise_nofile_limit;
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Names one connection to its backend; chosen by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Token(pub usize);
+
+/// Something that happened, reported by [`Backend::poll`].
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A connection arrived on the listener.
+    Accepted(TcpStream),
+    /// Accepting failed (for example EMFILE); retried at the next
+    /// [`Backend::tick`].
+    AcceptFailed(io::Error),
+    /// Bytes from the peer, lent for the callback; may be modified in place.
+    Data(Token, &'a mut [u8]),
+    /// The peer closed its side; nothing more will be read.
+    Eof(Token),
+    /// The connection failed (reset, or an error reading it).
+    Failed(Token, io::Error),
+    /// A send finished: the batch comes back with the bytes sent (possibly
+    /// fewer than it held) or the error.
+    Sent(Token, SendBatch, io::Result<usize>),
+    /// Nothing names the token any more; the caller may reuse it.
+    Closed(Token),
+}
+
+/// Which implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// io_uring.
+    Uring,
+    /// epoll.
+    Epoll,
+}
+
+impl Kind {
+    /// The name in logs, `get_stats` and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Uring => "io-uring",
+            Kind::Epoll => "epoll",
+        }
+    }
+}
+
+/// Sizes a backend is built with.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Receive buffers (io_uring's provided-buffer ring; a power of two).
+    pub recv_buffers: u16,
+    /// Bytes per receive buffer (both backends read at most this per event).
+    pub recv_buffer_size: usize,
+    /// Submission queue entries (io_uring).
+    pub ring_entries: u32,
+}
+
+/// Why a backend could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{explanation}")]
+pub struct SetupError {
+    /// What the kernel said.
+    #[source]
+    pub cause: io::Error,
+    /// The cause and the fix, for a person.
+    pub explanation: String,
+}
+
+/// A shard's (or load-generator thread's) I/O backend.
+#[derive(Debug)]
+pub enum Backend {
+    /// io_uring.
+    Uring(uring::UringDriver),
+    /// epoll.
+    Epoll(epoll::EpollDriver),
+}
+
+macro_rules! each {
+    ($self:expr, $d:ident => $e:expr) => {
+        match $self {
+            Backend::Uring($d) => $e,
+            Backend::Epoll($d) => $e,
+        }
+    };
+}
+
+impl Backend {
+    /// Builds a backend on the calling thread (the thread that will use it).
+    /// `wake_fd` is an eventfd whose writes interrupt [`Backend::poll`].
+    pub fn new(kind: Kind, opts: &Options, wake_fd: Option<RawFd>) -> Result<Backend, SetupError> {
+        Ok(match kind {
+            Kind::Uring => Backend::Uring(uring::UringDriver::new(opts, wake_fd)?),
+            Kind::Epoll => Backend::Epoll(epoll::EpollDriver::new(opts, wake_fd)?),
+        })
+    }
+
+    /// Which implementation this is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Backend::Uring(_) => Kind::Uring,
+            Backend::Epoll(_) => Kind::Epoll,
+        }
+    }
+
+    /// What the kernel offered, for the start-up line.
+    pub fn features(&self) -> String {
+        each!(self, d => d.features())
+    }
+
+    /// The ring fd other io_uring shards can wake with `MSG_RING`, if any.
+    pub fn ring_fd(&self) -> Option<RawFd> {
+        each!(self, d => d.ring_fd())
+    }
+
+    /// Starts accepting on `listener`.
+    pub fn listen(&mut self, listener: TcpListener) -> io::Result<()> {
+        each!(self, d => d.listen(listener))
+    }
+
+    /// Stops accepting at once: the kernel refuses new connections.
+    pub fn stop_listening(&mut self) {
+        each!(self, d => d.stop_listening())
+    }
+
+    /// Takes over `stream` as `token` and starts reading it.
+    pub fn add(&mut self, token: Token, stream: TcpStream) -> io::Result<()> {
+        each!(self, d => d.add(token, stream))
+    }
+
+    /// Pauses (`false`) or resumes (`true`) reading a connection.
+    pub fn set_reading(&mut self, token: Token, on: bool) -> io::Result<()> {
+        each!(self, d => d.set_reading(token, on))
+    }
+
+    /// Sends the batch (one gathered write); [`Event::Sent`] follows.
+    pub fn send(&mut self, token: Token, batch: SendBatch) -> io::Result<()> {
+        each!(self, d => d.send(token, batch))
+    }
+
+    /// Sends our FIN; reading goes on.
+    pub fn shutdown_write(&mut self, token: Token) {
+        each!(self, d => d.shutdown_write(token))
+    }
+
+    /// Ends a connection; [`Event::Closed`] follows once nothing is in flight.
+    pub fn close(&mut self, token: Token) -> io::Result<()> {
+        each!(self, d => d.close(token))
+    }
+
+    /// Wakes the owner of another io_uring ring (`MSG_RING`, riding this
+    /// backend's next submission); `fallback_eventfd` is written instead
+    /// where that is not possible.
+    pub fn wake_ring(&mut self, ring_fd: RawFd, fallback_eventfd: RawFd) {
+        each!(self, d => d.wake_ring(ring_fd, fallback_eventfd))
+    }
+
+    /// Once a second: retries what failed for lack of resources (accept).
+    pub fn tick(&mut self) -> io::Result<()> {
+        each!(self, d => d.tick())
+    }
+
+    /// Submits what is queued, waits until something happens or `timeout`
+    /// passes (`None`: no limit), and reports every event to `on_event`.
+    pub fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        on_event: impl FnMut(Event<'_>),
+    ) -> io::Result<()> {
+        each!(self, d => d.poll(timeout, on_event))
+    }
+}
+
+/// Checks on this thread whether io_uring with every feature ringcast
+/// needs can be set up here; the error says why not and how to fix it.
+pub fn probe_uring() -> Result<(), SetupError> {
+    let probe = Options {
+        recv_buffers: 2,
+        recv_buffer_size: 64,
+        ring_entries: 8,
+    };
+    uring::UringDriver::new(&probe, None).map(drop)
+}

@@ -1,0 +1,179 @@
+//! What every session on a shard shares: the clock the shard read, the
+//! parser and buffer pools, counters, the broadcasts published this turn.
+
+use crate::io::SendBatch;
+use crate::protocol::frame::BoundedPool;
+use crate::protocol::{JsonParser, TimestampCache};
+use crate::server::stats::{RssReader, ShardCounters};
+use crate::server::Shared;
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+
+/// Largest spare buffer a shard keeps: a maximum-size frame (1 MiB)
+/// straddling receive buffers, after Vec growth.
+const POOL_MAX_CAPACITY: usize = 2 << 20;
+/// What one pool may hold in all (a shard has two: replies, straddles), so
+/// a burst of large messages does not pin memory afterwards.
+const POOL_MAX_BYTES: usize = 32 << 20;
+/// A reply buffer starts this large (one receive buffer of small replies).
+pub(crate) const REPLY_BUF_CAPACITY: usize = 16 << 10;
+/// Spare send batches kept (each keeps its segment array).
+const SPARE_BATCHES: usize = 1024;
+
+/// A shard's shared session environment. The shard sets `now_ms` and
+/// `now_mono_ms` once per loop turn; tests set them to simulate time.
+pub struct Env<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) shard: usize,
+    pub(crate) counters: &'a ShardCounters,
+    pub(crate) parser: JsonParser,
+    pub(crate) ts: TimestampCache,
+    /// Wall-clock milliseconds since the Unix epoch (timestamps, rate limit).
+    pub now_ms: u64,
+    /// Monotonic milliseconds since the shard started (idle and deadlines).
+    pub now_mono_ms: u64,
+    pub(crate) rss: RssReader,
+    pub(crate) per_shard: Vec<u64>,
+    /// Spare reply buffers.
+    pub(crate) pool: BoundedPool,
+    /// Spare straddle buffers for frames that cross receive chunks.
+    pub(crate) straddle_pool: BoundedPool,
+    /// Capacity the shard's partial frames hold (the budget
+    /// `max_partial_bytes` bounds), mirrored in the counters' gauge.
+    pub(crate) partial_bytes: usize,
+    /// Broadcast frames published this turn, with the publishing session.
+    pub(crate) outgoing: Vec<(Bytes, usize)>,
+    pub(crate) batches: Vec<SendBatch>,
+    pub(crate) rate: f64,
+    pub(crate) burst: f64,
+    /// Time requests (only when the metrics endpoint is on: two clock
+    /// reads per receive chunk).
+    pub(crate) time_requests: bool,
+    pub(crate) warn_budget: WarnBudget,
+}
+
+impl<'a> Env<'a> {
+    /// An environment for shard `shard` of `shared`.
+    pub(crate) fn new(shared: &'a Shared, shard: usize) -> Env<'a> {
+        let cfg = &shared.config;
+        let rate = cfg.rate_limit as f64;
+        let burst = if cfg.rate_burst > 0 {
+            cfg.rate_burst as f64
+        } else {
+            rate
+        };
+        Env {
+            shared,
+            shard,
+            counters: &shared.counters[shard],
+            parser: JsonParser::new(),
+            ts: TimestampCache::new(),
+            now_ms: crate::protocol::time::unix_ms_now(),
+            now_mono_ms: 0,
+            rss: RssReader::new(),
+            per_shard: Vec::with_capacity(shared.shards),
+            pool: BoundedPool::new(POOL_MAX_CAPACITY, POOL_MAX_BYTES),
+            straddle_pool: BoundedPool::new(POOL_MAX_CAPACITY, POOL_MAX_BYTES),
+            partial_bytes: 0,
+            outgoing: Vec::new(),
+            batches: Vec::new(),
+            rate,
+            burst,
+            time_requests: cfg.metrics_addr.is_some(),
+            warn_budget: WarnBudget::default(),
+        }
+    }
+
+    /// Records that a connection's straddle buffer went from `before` to
+    /// `after` bytes of capacity.
+    pub(crate) fn set_partial(&mut self, before: usize, after: usize) {
+        if before != after {
+            self.partial_bytes = self.partial_bytes - before + after;
+            self.counters
+                .partial_frame_bytes
+                .store(self.partial_bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// A batch to fill, reusing a spare one.
+    pub(crate) fn batch(&mut self) -> SendBatch {
+        self.batches.pop().unwrap_or_default()
+    }
+
+    /// Takes back an emptied batch (its buffers already recycled).
+    pub(crate) fn spare_batch(&mut self, mut b: SendBatch) {
+        let pool = &mut self.pool;
+        b.clear(|v| drop(crate::protocol::frame::BufferPool::give(pool, v)));
+        if self.batches.len() < SPARE_BATCHES {
+            self.batches.push(b);
+        }
+    }
+}
+
+/// Connection-ending warnings allowed per shard per second.
+pub(crate) const WARNINGS_PER_SEC: u32 = 20;
+
+/// Lets through at most [`WARNINGS_PER_SEC`] warnings a second; the next
+/// allowed line reports how many were held back.
+#[derive(Debug, Default)]
+pub(crate) struct WarnBudget {
+    second: u64,
+    used: u32,
+    suppressed: u64,
+}
+
+impl WarnBudget {
+    /// `Some(suppressed since the last allowed warning)` if one may be
+    /// logged now.
+    pub fn allow(&mut self, now_mono_ms: u64) -> Option<u64> {
+        let second = now_mono_ms / 1000;
+        if second != self.second {
+            self.second = second;
+            self.used = 0;
+        }
+        if self.used >= WARNINGS_PER_SEC {
+            self.suppressed += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    /// The warnings held back in a second that has ended (so that a flood
+    /// which stops still gets its count logged, from the 1 s tick).
+    pub fn take_stale(&mut self, now_mono_ms: u64) -> Option<u64> {
+        if self.suppressed > 0 && now_mono_ms / 1000 != self.second {
+            self.used = 0;
+            self.second = now_mono_ms / 1000;
+            return Some(std::mem::take(&mut self.suppressed));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{WarnBudget, WARNINGS_PER_SEC};
+
+    #[test]
+    fn caps_a_second_and_reports_what_it_held_back() {
+        let mut w = WarnBudget::default();
+        for _ in 0..WARNINGS_PER_SEC {
+            assert_eq!(w.allow(5_000), Some(0));
+        }
+        assert_eq!(w.allow(5_100), None);
+        assert_eq!(w.allow(5_999), None);
+        // Still the same second: nothing stale to report.
+        assert_eq!(w.take_stale(5_999), None);
+        // The next allowed warning carries the count ...
+        assert_eq!(w.allow(6_000), Some(2));
+        // ... or, if the flood stopped, the tick reports it.
+        for _ in 0..WARNINGS_PER_SEC {
+            w.allow(7_000);
+        }
+        w.allow(7_001);
+        assert_eq!(w.take_stale(8_000), Some(1));
+        assert_eq!(w.take_stale(9_000), None);
+        assert_eq!(w.allow(9_000), Some(0));
+    }
+}

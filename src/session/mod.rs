@@ -1,0 +1,550 @@
+//! One connection's protocol state machine, without I/O.
+//!
+//! A [`Session`] holds no socket, reads no clock and knows no backend: the
+//! shard feeds it bytes and events, with the time in [`Env`], and carries
+//! out what it asks for. It owns every per-connection rule: framing,
+//! dispatch, auth, the rate limit, the idle timeout, the drain and linger
+//! deadlines, the backpressure water marks, the slow-consumer cut, the
+//! partial-frame budget, the phases and the shutdown notice.
+//!
+//! # Call order
+//!
+//! Inputs (`handle_*`), any number, in the order events happen:
+//! - [`Session::handle_data`]: bytes received (parsed in place);
+//! - [`Session::handle_sent`]: a send finished (the batch comes back);
+//! - [`Session::handle_eof`] / [`Session::handle_failed`]: the peer closed, or the
+//!   connection broke;
+//! - [`Session::handle_tick`]: time passed (idle timeout, deadlines);
+//! - [`Session::push_broadcast`]: a broadcast frame for this client;
+//! - [`Session::begin_shutdown`]: the server is stopping.
+//!
+//! Then, after each input (the shard does this once per touched session
+//! per loop turn), the outputs:
+//! - [`Session::wants_read`]: pause or resume reading;
+//! - [`Session::poll_action`]: send our FIN, or close, until `None`;
+//! - [`Session::poll_transmit`]: a batch of segments to send, at most one
+//!   in flight.
+//!
+//! # Phases
+//!
+//! `Open` → (framing error, `server_full`, `unauthorized`, `slow_consumer`,
+//! shutdown, or peer EOF) → `Draining` (the final frame is flushed; input is
+//! read and dropped) → `Lingering` (our FIN is sent; input is read and
+//! dropped until the peer closes, so the peer reads our last frame rather
+//! than a reset caused by unread input) → `Closed` (the backend closes the
+//! socket). Draining and lingering each have a deadline of
+//! [`CLOSE_GRACE_MS`] (draining at shutdown: the server's `drain_secs`).
+
+mod dispatch;
+mod env;
+mod output;
+#[cfg(test)]
+mod tests;
+
+pub use env::Env;
+
+use crate::io::SendBatch;
+use crate::protocol::{ErrorCode, FrameDecoder};
+use crate::server::config::SMALL_PARTIAL_BYTES;
+use crate::server::stats::bump;
+use bytes::Bytes;
+use dispatch::{handle_frame, reply_buf, Caller};
+use output::{Bucket, Output};
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+
+/// Pause reading a connection's requests while this much of its output is
+/// unsent: TCP flow control then slows the client instead of our memory
+/// growing. 1 MiB keeps dozens of large replies in flight.
+pub const HIGH_WATER: usize = 1 << 20;
+/// Resume reading when unsent output falls below this.
+pub const LOW_WATER: usize = 256 << 10;
+/// Milliseconds a closing connection may take to flush its last frame, and
+/// to linger for the peer's close, before it is cut.
+pub const CLOSE_GRACE_MS: u64 = 2000;
+
+/// Where a session is in its life (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving requests.
+    Open,
+    /// Flushing a final frame; input is dropped. Cut at `deadline`
+    /// (monotonic ms).
+    Draining {
+        /// When to give up flushing.
+        deadline: u64,
+    },
+    /// Our FIN is sent; input is dropped until the peer closes or `deadline`.
+    Lingering {
+        /// When to stop waiting for the peer.
+        deadline: u64,
+    },
+    /// Done: the socket is to be (or has been) closed.
+    Closed,
+}
+
+/// What the session asks the shard to do to its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send our FIN (`shutdown(SHUT_WR)`), keep reading.
+    ShutdownWrite,
+    /// Close the connection.
+    Close,
+}
+
+/// One connection's protocol state (see the module doc).
+#[derive(Debug)]
+pub struct Session {
+    /// The shard's name for it (its slab key): tags its broadcasts.
+    id: usize,
+    /// "ip:port" of the peer, as the seed's client_id.
+    client_id: Box<str>,
+    decoder: FrameDecoder,
+    out: Output,
+    /// What a short send left, sent before anything newer.
+    leftover: Option<SendBatch>,
+    /// Bytes in the batch in flight (0 when none).
+    inflight: usize,
+    send_inflight: bool,
+    phase: Phase,
+    /// The peer has closed its side.
+    eof: bool,
+    /// Monotonic ms of the last complete frame (or of the accept).
+    last_active: u64,
+    /// Passed authentication (or none is required).
+    authed: bool,
+    /// Counted in the shard's `connected` gauge; receives broadcasts.
+    established: bool,
+    bucket: Bucket,
+    /// Reading paused for backpressure (output above the high water mark).
+    paused: bool,
+    /// Reading paused because broadcast fan-out is behind.
+    fanout_paused: bool,
+    /// `ShutdownWrite` to report.
+    want_fin: bool,
+    /// `Close` reported.
+    close_reported: bool,
+}
+
+impl Session {
+    /// A session for a connection just accepted from `client_id`.
+    /// `admitted` is false when the server is full: the session then only
+    /// sends `server_full` (with `refusal` as the message) and closes.
+    pub fn new(
+        env: &mut Env<'_>,
+        id: usize,
+        client_id: Box<str>,
+        refusal: Option<&'static str>,
+    ) -> Session {
+        let authed = env.shared.config.auth_token.is_none();
+        let mut s = Session {
+            id,
+            client_id,
+            decoder: FrameDecoder::new(env.shared.config.max_frame_bytes),
+            out: Output::default(),
+            leftover: None,
+            inflight: 0,
+            send_inflight: false,
+            phase: Phase::Open,
+            eof: false,
+            last_active: env.now_mono_ms,
+            authed,
+            established: false,
+            bucket: Bucket::full(env.burst, env.now_ms),
+            paused: false,
+            fanout_paused: false,
+            want_fin: false,
+            close_reported: false,
+        };
+        match refusal {
+            Some(msg) => s.fail(env, ErrorCode::ServerFull, msg),
+            None if authed => s.establish(env),
+            None => {}
+        }
+        s
+    }
+
+    /// The peer's "ip:port".
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Output not yet acknowledged by the backend, in flight included.
+    pub fn pending(&self) -> usize {
+        self.out.len() + self.inflight + self.leftover.as_ref().map_or(0, |b| b.remaining())
+    }
+
+    /// Bytes of buffer held by a partial frame.
+    pub fn partial_capacity(&self) -> usize {
+        self.decoder.buffered_capacity()
+    }
+
+    /// Whether it is counted as connected and receives broadcasts.
+    pub fn is_established(&self) -> bool {
+        self.established
+    }
+
+    fn establish(&mut self, env: &mut Env<'_>) {
+        self.established = true;
+        bump(&env.counters.connected, 1);
+    }
+
+    fn unestablish(&mut self, env: &mut Env<'_>) {
+        if self.established {
+            self.established = false;
+            let c = &env.counters.connected;
+            c.store(
+                c.load(Ordering::Relaxed).saturating_sub(1),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    // ---- inputs ----
+
+    /// Bytes received. Frames inside `data` are parsed in place; a frame
+    /// that continues past it is kept in a straddle buffer, within the
+    /// shard's partial-frame budget.
+    pub fn handle_data(&mut self, env: &mut Env<'_>, data: &mut [u8]) {
+        bump(&env.counters.bytes_received, data.len() as u64);
+        if self.phase != Phase::Open {
+            return; // closing: input is read only so the socket closes cleanly
+        }
+        // The budget for partial frames: this connection's straddle buffer
+        // may grow to what the shard's other partial frames leave of
+        // `max_partial_bytes`, and always to SMALL_PARTIAL_BYTES.
+        let held = self.decoder.buffered_capacity();
+        let others = env.partial_bytes - held;
+        let max_capacity = env
+            .shared
+            .config
+            .max_partial_bytes
+            .saturating_sub(others)
+            .max(SMALL_PARTIAL_BYTES);
+        // Request timing (metrics on): two clock reads per receive chunk,
+        // not two per request; see `DurationHistogram::record_batch`.
+        let started = env.time_requests.then(std::time::Instant::now);
+        let mut frames = 0u64;
+        let mut close = None;
+        let Session {
+            id,
+            client_id,
+            decoder,
+            out,
+            last_active,
+            authed,
+            bucket,
+            established,
+            ..
+        } = self;
+        let mut straddle_pool = std::mem::replace(
+            &mut env.straddle_pool,
+            crate::protocol::frame::BoundedPool::new(0, 0),
+        );
+        let result = decoder.feed_bounded(data, &mut straddle_pool, max_capacity, |payload| {
+            // Activity is a complete frame, not a byte: a client that
+            // trickles a frame (slowloris) is idle until it completes one.
+            *last_active = env.now_mono_ms;
+            let me = Caller {
+                id: *id,
+                client_id,
+                authed,
+                bucket,
+            };
+            frames += 1;
+            if let ControlFlow::Break(reason) = handle_frame(env, me, payload, out) {
+                close = Some(reason);
+                return ControlFlow::Break(());
+            }
+            if *authed && !*established {
+                *established = true;
+                bump(&env.counters.connected, 1);
+            }
+            ControlFlow::Continue(())
+        });
+        env.straddle_pool = straddle_pool;
+        env.set_partial(held, self.decoder.buffered_capacity());
+        if let (Some(t0), 1..) = (started, frames) {
+            let ns = t0.elapsed().as_nanos() as u64;
+            env.counters.request_duration.record_batch(ns, frames);
+        }
+        if let Err(e) = result {
+            let code = e.code();
+            let msg = match code {
+                ErrorCode::EmptyFrame => "frame length must not be zero",
+                ErrorCode::ServerFull => "server input buffer budget exhausted; retry later",
+                _ => "frame length exceeds the server's max_frame_bytes",
+            };
+            self.fail(env, code, msg);
+            return;
+        }
+        if let Some((code, msg)) = close {
+            self.fail(env, code, msg);
+            return;
+        }
+        if self.pending() > HIGH_WATER {
+            // Backpressure: stop taking this client's requests until its
+            // replies drain. TCP flow control slows the client meanwhile.
+            self.paused = true;
+        }
+    }
+
+    /// A send finished: `result` is the bytes sent from `batch`, or the error.
+    pub fn handle_sent(
+        &mut self,
+        env: &mut Env<'_>,
+        mut batch: SendBatch,
+        result: std::io::Result<usize>,
+    ) {
+        self.send_inflight = false;
+        self.inflight = 0;
+        let n = match result {
+            Ok(n) if self.phase != Phase::Closed => n,
+            Ok(_) => {
+                env.spare_batch(batch);
+                return;
+            }
+            Err(_) => {
+                env.spare_batch(batch);
+                self.close_now(env);
+                return;
+            }
+        };
+        bump(&env.counters.bytes_sent, n as u64);
+        let pool = &mut env.pool;
+        batch.advance(n, |v| drop(crate::protocol::frame::BufferPool::give(pool, v)));
+        if batch.is_empty() {
+            env.spare_batch(batch);
+        } else {
+            self.leftover = Some(batch);
+        }
+        if self.paused && self.pending() < LOW_WATER {
+            self.paused = false;
+        }
+        self.after_flush(env);
+    }
+
+    /// The peer closed its side: answer what was asked, then close.
+    pub fn handle_eof(&mut self, env: &mut Env<'_>) {
+        self.eof = true;
+        if self.decoder.in_frame() {
+            tracing::debug!(client_id = %self.client_id, "peer closed in the middle of a frame");
+        }
+        match self.phase {
+            Phase::Open => self.close_after_flush(env),
+            // Still flushing our last frame: finish that, then close.
+            Phase::Draining { .. } => self.after_flush(env),
+            // The peer read our FIN and closed: nothing left to wait for.
+            Phase::Lingering { .. } => self.close_now(env),
+            Phase::Closed => {}
+        }
+    }
+
+    /// The connection broke: close at once.
+    pub fn handle_failed(&mut self, env: &mut Env<'_>) {
+        self.eof = true;
+        self.close_now(env);
+    }
+
+    /// Time passed (the shard calls this once a second): the idle timeout
+    /// and the drain and linger deadlines. Returns true if it closed.
+    pub fn handle_tick(&mut self, env: &mut Env<'_>) -> bool {
+        let now = env.now_mono_ms;
+        let idle = env.shared.config.idle_timeout_secs;
+        let expired = match self.phase {
+            Phase::Open => {
+                let idle = idle > 0 && now.saturating_sub(self.last_active) >= idle * 1000;
+                if idle {
+                    tracing::debug!(client_id = %self.client_id, "idle timeout");
+                }
+                idle
+            }
+            Phase::Draining { deadline } | Phase::Lingering { deadline } => now >= deadline,
+            Phase::Closed => false,
+        };
+        if expired {
+            self.close_now(env);
+        }
+        expired
+    }
+
+    /// A broadcast frame for this client. A client that has fallen more
+    /// than `max_pending_bytes` behind is cut with `slow_consumer` instead.
+    /// Returns whether the frame was queued.
+    pub fn push_broadcast(&mut self, env: &mut Env<'_>, frame: &Bytes) -> bool {
+        if !self.established {
+            return false;
+        }
+        if self.pending() + frame.len() > env.shared.config.max_pending_bytes {
+            let pool = &mut env.pool;
+            self.out
+                .discard(|b| drop(crate::protocol::frame::BufferPool::give(pool, b)));
+            self.fail(
+                env,
+                ErrorCode::SlowConsumer,
+                "you fell too far behind reading broadcasts",
+            );
+            return false;
+        }
+        self.out.push_shared(frame.clone());
+        true
+    }
+
+    /// The server is stopping: `shutting_down` is sent and flushed by
+    /// `deadline` (monotonic ms).
+    pub fn begin_shutdown(&mut self, env: &mut Env<'_>, deadline: u64) {
+        if self.phase == Phase::Open {
+            self.fail(env, ErrorCode::ShuttingDown, "the server is shutting down");
+            if let Phase::Draining { .. } = self.phase {
+                self.phase = Phase::Draining { deadline };
+            }
+        }
+    }
+
+    /// Reading is paused while broadcast fan-out is behind (see the shard).
+    pub fn set_fanout_paused(&mut self, paused: bool) {
+        self.fanout_paused = paused;
+    }
+
+    /// Closes at once (the server's final cut).
+    pub fn abort(&mut self, env: &mut Env<'_>) {
+        self.close_now(env);
+    }
+
+    // ---- outputs ----
+
+    /// Whether the connection should be read: not while paused for
+    /// backpressure or fan-out; while closing, until the peer's EOF (input
+    /// is dropped, so the peer never gets a reset for unread data).
+    pub fn wants_read(&self) -> bool {
+        match self.phase {
+            Phase::Open => !self.paused && !self.fanout_paused,
+            Phase::Draining { .. } | Phase::Lingering { .. } => !self.eof,
+            Phase::Closed => false,
+        }
+    }
+
+    /// The next thing to do to the connection, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.want_fin {
+            self.want_fin = false;
+            return Some(Action::ShutdownWrite);
+        }
+        if self.phase == Phase::Closed && !self.close_reported {
+            self.close_reported = true;
+            return Some(Action::Close);
+        }
+        None
+    }
+
+    /// Whether [`Session::poll_transmit`] would return a batch.
+    pub fn wants_send(&self) -> bool {
+        !self.send_inflight
+            && self.phase != Phase::Closed
+            && (self.leftover.is_some() || self.out.len() > 0)
+    }
+
+    /// A batch to send, if there is output and no send in flight: what a
+    /// short send left first, then queued replies and broadcasts in order.
+    pub fn poll_transmit(&mut self, env: &mut Env<'_>) -> Option<SendBatch> {
+        if !self.wants_send() {
+            return None;
+        }
+        let mut batch = self.leftover.take().unwrap_or_else(|| env.batch());
+        self.out.fill(&mut batch);
+        if batch.is_empty() {
+            env.spare_batch(batch);
+            return None;
+        }
+        self.inflight = batch.remaining();
+        self.send_inflight = true;
+        Some(batch)
+    }
+
+    // ---- transitions ----
+
+    /// Sends an error that ends the connection: flush it, then close.
+    fn fail(&mut self, env: &mut Env<'_>, code: ErrorCode, msg: &str) {
+        let buf = reply_buf(env, &mut self.out);
+        crate::protocol::message::write_error(buf, None, code, msg, None);
+        env.counters.error(code);
+        if code == ErrorCode::SlowConsumer {
+            bump(&env.counters.slow_consumer_disconnects, 1);
+        }
+        if code == ErrorCode::ShuttingDown {
+            tracing::debug!(client_id = %self.client_id, "{msg}");
+        } else if let Some(suppressed) = env.warn_budget.allow(env.now_mono_ms) {
+            tracing::warn!(
+                shard = env.shard,
+                client_id = %self.client_id,
+                code = code.as_str(),
+                pending = self.pending(),
+                partial_bytes = env.partial_bytes,
+                suppressed,
+                "closing connection: {msg}"
+            );
+        }
+        self.close_after_flush(env);
+    }
+
+    /// Stops serving; closes once the output is flushed (bounded by a deadline).
+    fn close_after_flush(&mut self, env: &mut Env<'_>) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        self.phase = Phase::Draining {
+            deadline: env.now_mono_ms + CLOSE_GRACE_MS,
+        };
+        self.release_partial(env);
+        self.unestablish(env);
+        self.after_flush(env);
+    }
+
+    /// Moves a draining session on once its output has gone.
+    fn after_flush(&mut self, env: &mut Env<'_>) {
+        if let Phase::Draining { .. } = self.phase {
+            if self.pending() == 0 {
+                if self.eof {
+                    self.close_now(env);
+                } else {
+                    // Send our FIN, keep reading until the peer closes.
+                    self.phase = Phase::Lingering {
+                        deadline: env.now_mono_ms + CLOSE_GRACE_MS,
+                    };
+                    self.want_fin = true;
+                }
+            }
+        }
+    }
+
+    fn close_now(&mut self, env: &mut Env<'_>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.phase = Phase::Closed;
+        self.want_fin = false;
+        self.release_partial(env);
+        self.unestablish(env);
+        let pool = &mut env.pool;
+        self.out
+            .discard(|b| drop(crate::protocol::frame::BufferPool::give(pool, b)));
+        if let Some(b) = self.leftover.take() {
+            env.spare_batch(b);
+        }
+    }
+
+    /// Drops the partial frame of a session that stops reading requests
+    /// and releases its share of the budget at once.
+    fn release_partial(&mut self, env: &mut Env<'_>) {
+        let held = self.decoder.buffered_capacity();
+        if held > 0 {
+            self.decoder.reset(&mut env.straddle_pool);
+            env.set_partial(held, 0);
+        }
+    }
+}
