@@ -45,6 +45,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port``, asked of the kernel
+    (/proc/net/tcp) rather than by connecting: a probe connection would
+    count, for a moment, in the server's ``connected_clients`` and
+    ``recipients``. Falls back to connecting where /proc is missing."""
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        return port_accepts(port)
+    want = f"0100007F:{port:04X}"
+    return any(r.split()[1] == want and r.split()[3] == "0A" for r in rows)
+
+
 def port_accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -89,7 +103,7 @@ class RingcastServer:
                 raise AssertionError(
                     f"ringcast server exited with {proc.returncode}:\n{self.log_path.read_text()}"
                 )
-            return port_accepts(self.port)
+            return port_listening(self.port)
 
         wait_until(up, what=f"ringcast server on {self.addr}")
 
@@ -149,6 +163,10 @@ class SilentServer:
         self._thread.join(timeout=DEADLINE)
 
 
+#: In a ScriptedServer answer: close the connection after the frames before it.
+CLOSE: Dict[str, Any] = {"__close__": True}
+
+
 class ScriptedServer:
     """A fake server: each request frame is passed to ``answer``, which
     returns ``(delay_seconds, frames)`` to send back. Used where the real
@@ -202,8 +220,10 @@ class ScriptedServer:
                     if delay:
                         time.sleep(delay)  # the misbehaviour under test: a slow server
                     try:
-                        conn.sendall(b"".join(encode(f) for f in frames))
+                        conn.sendall(b"".join(encode(f) for f in frames if f != CLOSE))
                     except OSError:
+                        return
+                    if CLOSE in frames:
                         return
 
     def close(self) -> None:
