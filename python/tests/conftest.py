@@ -24,9 +24,7 @@ def _binary() -> Path:
         return path
     path = REPO / "target" / "release" / "ringcast"
     if not path.is_file():
-        subprocess.run(
-            ["cargo", "build", "--release", "--bin", "ringcast"], cwd=REPO, check=True
-        )
+        subprocess.run(["cargo", "build", "--release", "--bin", "ringcast"], cwd=REPO, check=True)
     return path
 
 

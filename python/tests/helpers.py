@@ -21,9 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 10.0
 
 
-def wait_until(
-    cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition"
-) -> Any:
+def wait_until(cond: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> Any:
     """Polls ``cond`` until it returns something truthy; returns that. Fails
     the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -257,9 +255,22 @@ def self_signed_cert(directory: Path) -> "Optional[tuple[Path, Path]]":
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-            "-keyout", str(key), "-out", str(cert), "-days", "2",
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
         ],
         check=True,
         capture_output=True,
@@ -299,7 +310,9 @@ class Collector:
                     raise AssertionError(f"timed out; received so far: {self.items}")
                 self._cond.wait(left)
 
-    def wait_type(self, kind: str, count: int = 1, timeout: float = DEADLINE) -> List[Dict[str, Any]]:
+    def wait_type(
+        self, kind: str, count: int = 1, timeout: float = DEADLINE
+    ) -> List[Dict[str, Any]]:
         return list(
             self.wait_for(
                 lambda items: (

@@ -72,11 +72,12 @@ def test_broadcasts_reach_callbacks_and_the_queue(server: RingcastServer) -> Non
             from_coroutine.append(msg)
             arrived.set()
 
-        async with aio.Client(server.host, server.port) as sender, aio.Client(
-            server.host, server.port, message_callback=plain.append
-        ) as a, aio.Client(server.host, server.port, message_callback=async_cb) as b, aio.Client(
-            server.host, server.port
-        ) as queued:
+        async with (
+            aio.Client(server.host, server.port) as sender,
+            aio.Client(server.host, server.port, message_callback=plain.append) as a,
+            aio.Client(server.host, server.port, message_callback=async_cb) as b,
+            aio.Client(server.host, server.port) as queued,
+        ):
             # Round trips first: a connection counts in `recipients` once its
             # shard has taken it in.
             await asyncio.gather(a.ping(), b.ping(), queued.ping())

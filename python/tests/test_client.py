@@ -62,9 +62,10 @@ def test_broadcast_returns_the_recipient_count_and_reaches_the_others(
     a_got, b_got = Collector(), Collector()
     with Client(server.host, server.port) as sender:
         assert sender.broadcast("nobody else") == 0
-        with Client(server.host, server.port, message_callback=a_got) as a, Client(
-            server.host, server.port
-        ) as b:
+        with (
+            Client(server.host, server.port, message_callback=a_got) as a,
+            Client(server.host, server.port) as b,
+        ):
             b.set_message_callback(b_got)
             # Round trips first: a connection counts in `recipients` once its
             # shard has taken it in.
@@ -162,9 +163,7 @@ def test_many_threads_share_one_client(server: RingcastServer) -> None:
 
 
 def test_broadcasts_between_answers_are_not_taken_for_answers(server: RingcastServer) -> None:
-    with Client(server.host, server.port) as receiver, Client(
-        server.host, server.port
-    ) as sender:
+    with Client(server.host, server.port) as receiver, Client(server.host, server.port) as sender:
         stop = threading.Event()
 
         def spam() -> None:
@@ -184,9 +183,10 @@ def test_broadcasts_between_answers_are_not_taken_for_answers(server: RingcastSe
 
 
 def test_unsolicited_frames_queue_without_a_callback(server: RingcastServer) -> None:
-    with Client(server.host, server.port, max_queued_messages=3) as c, Client(
-        server.host, server.port
-    ) as other:
+    with (
+        Client(server.host, server.port, max_queued_messages=3) as c,
+        Client(server.host, server.port) as other,
+    ):
         with pytest.raises(Timeout):
             c.next_message(timeout=0.01)
         c.ping()  # taken in by its shard before the broadcasts are sent

@@ -30,7 +30,7 @@ SEED_README = REPO.parent / "shared" / "seed" / "000_16a273353da00319.txt"
 # The seed README's "Basic Client Usage" block, verbatim but for the import
 # line. Kept here too so the test runs where shared/ is absent; when the seed
 # file is present, the test checks this copy against it.
-SEED_USAGE = '''\
+SEED_USAGE = """\
 from client import TCPClient
 
 client = TCPClient('localhost', 9999)
@@ -51,7 +51,7 @@ if client.connect():
     client.send_custom_message("custom_type", {"data": "value"})
     
     client.disconnect()
-'''
+"""
 
 
 def seed_usage_block() -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from importlib import metadata, resources
 
-import ringcast
 from helpers import REPO
+
+import ringcast
 
 
 def cargo_version() -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any, Dict, List
 
 from . import aio
 from .client import Client
+from .compat import TCPClient
+from .errors import Timeout
 
 
 @dataclass
@@ -91,9 +94,41 @@ def pipelined_echo(
     return asyncio.run(pipelined_echo_async(host, port, count, size, window, **client_kwargs))
 
 
+def seed_client_stream(host: str, port: int, count: int, size: int = 64) -> Result:
+    """``count`` echos sent back to back with :class:`ringcast.TCPClient` (the
+    seed's fire-and-forget API), timed until the callback has seen every
+    answer. Latencies are not measured (the seed API does not pair them)."""
+    content = payload(size)
+    done = threading.Event()
+    seen = 0
+
+    def on_message(msg: Dict[str, Any]) -> None:
+        nonlocal seen
+        if msg.get("type") == "echo_response":
+            seen += 1
+            if seen == count + 1:
+                done.set()
+
+    client = TCPClient(host, port, auto_reconnect=False)
+    client.set_message_callback(on_message)
+    if not client.connect():
+        raise ConnectionError(f"could not connect to {host}:{port}")
+    try:
+        client.echo(content)  # warm up
+        start = time.perf_counter()
+        for _ in range(count):
+            client.echo(content)
+        if not done.wait(60):
+            raise Timeout(f"only {seen} of {count + 1} echo answers within 60 s")
+        elapsed = time.perf_counter() - start
+    finally:
+        client.disconnect()
+    return Result("TCPClient (seed API) streamed echo", count, elapsed)
+
+
 def describe(r: Result) -> str:
     """One line: rate, count, time and latency percentiles."""
-    return (
-        f"{r.name}: {r.rate:,.0f} msgs/s ({r.count} in {r.seconds:.3f} s; "
-        f"p50 {r.percentile(50) * 1e3:.3f} ms, p99 {r.percentile(99) * 1e3:.3f} ms)"
-    )
+    line = f"{r.name}: {r.rate:,.0f} msgs/s ({r.count} in {r.seconds:.3f} s"
+    if r.latencies:
+        line += f"; p50 {r.percentile(50) * 1e3:.3f} ms, p99 {r.percentile(99) * 1e3:.3f} ms"
+    return line + ")"

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Throughput of the Python clients against a ringcast server on this machine.
+
+    python python/bench.py [--runs 3] [--count N] [--size 64] [--window 64]
+                           [--host H --port P] [--profile]
+
+Without ``--port`` it starts ``ringcast server`` itself with default
+settings (only the address is set: 127.0.0.1 and a free port) from
+``$RINGCAST_BIN`` or ``<repo>/target/release/ringcast``, and stops it at the
+end. Each measurement runs ``--runs`` times; the median is reported:
+
+- asyncio pipelined echo: one ``ringcast.aio.Client`` connection, ``--window``
+  echos in flight, msgs/s;
+- blocking round trips: one ``ringcast.Client``, one echo at a time,
+  round trips/s;
+- TCPClient streamed echo: the seed API, echos sent back to back, timed until
+  the callback has every answer.
+
+``--profile`` then runs one more aio and one more blocking measurement
+under cProfile (the blocking client's receiving thread profiled too) and
+prints where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import platform
+import pstats
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+try:
+    import ringcast
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, str(HERE / "src"))
+    import ringcast
+
+from ringcast import perf  # noqa: E402  (after the sys.path fallback)
+
+
+def machine() -> str:
+    model = "?"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
+        f"Python {platform.python_version()} ({platform.python_implementation()})"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(port: int) -> subprocess.Popen[bytes]:
+    binary = os.environ.get("RINGCAST_BIN") or str(REPO / "target" / "release" / "ringcast")
+    if not Path(binary).is_file():
+        sys.exit(f"no server binary at {binary}: cargo build --release --bin ringcast")
+    proc = subprocess.Popen(
+        [binary, "server", "--addr", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    sys.exit("the server did not start")
+
+
+def median_of(runs: int, measure: Callable[[], perf.Result]) -> List[perf.Result]:
+    results = [measure() for _ in range(runs)]
+    for r in results:
+        print(f"    run: {perf.describe(r)}", flush=True)
+    return results
+
+
+def profile(host: str, port: int, args: argparse.Namespace) -> None:
+    print("\n== cProfile: asyncio pipelined echo (the event loop is one thread)")
+    prof = cProfile.Profile()
+    prof.enable()
+    perf.pipelined_echo(host, port, args.count, args.size, args.window)
+    prof.disable()
+    report(prof, "aio", args)
+
+    print("\n== cProfile: blocking round trips, calling thread")
+    rx = cProfile.Profile()
+    orig_run = ringcast.Client._run
+
+    def profiled_run(self: ringcast.Client, *a: Any) -> None:
+        rx.enable()
+        try:
+            orig_run(self, *a)
+        finally:
+            rx.disable()
+
+    ringcast.Client._run = profiled_run  # type: ignore[method-assign,assignment]
+    caller = cProfile.Profile()
+    caller.enable()
+    perf.blocking_round_trips(host, port, args.count // 4, args.size)
+    caller.disable()
+    ringcast.Client._run = orig_run  # type: ignore[method-assign]
+    report(caller, "blocking-caller", args)
+    print("\n== cProfile: blocking round trips, receiving thread")
+    report(rx, "blocking-receiver", args)
+
+
+def report(prof: cProfile.Profile, name: str, args: argparse.Namespace) -> None:
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(args.top)
+    text = out.getvalue()
+    start = text.find("   ncalls")
+    print(text[start:] if start >= 0 else text)
+    if args.profile_dir:
+        path = Path(args.profile_dir) / f"ringcast-{name}.prof"
+        stats.dump_stats(str(path))
+        print(f"(saved {path})")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="use a running server")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--count", type=int, default=20_000, help="echos per asyncio/seed run")
+    p.add_argument("--blocking-count", type=int, default=5_000, help="round trips per run")
+    p.add_argument("--size", type=int, default=64, help="bytes of echo content")
+    p.add_argument("--window", type=int, default=64, help="asyncio echos in flight")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--profile-dir", default=None, help="also save .prof files here")
+    p.add_argument("--top", type=int, default=18, help="functions shown per profile")
+    args = p.parse_args()
+
+    print(f"machine: {machine()}")
+    print(f"ringcast python client {ringcast.__version__}, {args.size}-byte echo content")
+    proc: Optional[subprocess.Popen[bytes]] = None
+    port = args.port
+    if port is None:
+        port = free_port()
+        proc = start_server(port)
+        print(f"server: ringcast server --addr 127.0.0.1:{port} (default settings otherwise)")
+    host = args.host
+    summary: Dict[str, float] = {}
+    try:
+        for title, measure in (
+            (
+                "asyncio pipelined echo",
+                lambda: perf.pipelined_echo(host, port, args.count, args.size, args.window),
+            ),
+            (
+                "blocking round trips",
+                lambda: perf.blocking_round_trips(host, port, args.blocking_count, args.size),
+            ),
+            (
+                "TCPClient streamed echo",
+                lambda: perf.seed_client_stream(host, port, args.count, args.size),
+            ),
+        ):
+            print(f"== {title} ({args.runs} runs)", flush=True)
+            results = median_of(args.runs, measure)
+            rate = statistics.median(r.rate for r in results)
+            summary[title] = rate
+            print(f"  median: {rate:,.0f} msgs/s", flush=True)
+        if args.profile:
+            profile(host, port, args)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+    print("\nsummary (median msgs/s):")
+    for title, rate in summary.items():
+        print(f"  {title:<26}{rate:>10,.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
