@@ -6,6 +6,7 @@ Each test runs its coroutine with ``asyncio.run`` (no pytest plugin needed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from pathlib import Path
 from typing import Any, Dict, List
@@ -72,12 +73,14 @@ def test_broadcasts_reach_callbacks_and_the_queue(server: RingcastServer) -> Non
             from_coroutine.append(msg)
             arrived.set()
 
-        async with (
-            aio.Client(server.host, server.port) as sender,
-            aio.Client(server.host, server.port, message_callback=plain.append) as a,
-            aio.Client(server.host, server.port, message_callback=async_cb) as b,
-            aio.Client(server.host, server.port) as queued,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            sender = await stack.enter_async_context(aio.Client(server.host, server.port))
+            a = await stack.enter_async_context(
+                aio.Client(server.host, server.port, message_callback=plain.append)
+            )
+            b = await stack.enter_async_context(aio.Client(server.host, server.port))
+            b.set_message_callback(async_cb)
+            queued = await stack.enter_async_context(aio.Client(server.host, server.port))
             # Round trips first: a connection counts in `recipients` once its
             # shard has taken it in.
             await asyncio.gather(a.ping(), b.ping(), queued.ping())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
 import time
@@ -62,10 +63,9 @@ def test_broadcast_returns_the_recipient_count_and_reaches_the_others(
     a_got, b_got = Collector(), Collector()
     with Client(server.host, server.port) as sender:
         assert sender.broadcast("nobody else") == 0
-        with (
-            Client(server.host, server.port, message_callback=a_got) as a,
-            Client(server.host, server.port) as b,
-        ):
+        with contextlib.ExitStack() as stack:
+            a = stack.enter_context(Client(server.host, server.port, message_callback=a_got))
+            b = stack.enter_context(Client(server.host, server.port))
             b.set_message_callback(b_got)
             # Round trips first: a connection counts in `recipients` once its
             # shard has taken it in.
@@ -183,10 +183,9 @@ def test_broadcasts_between_answers_are_not_taken_for_answers(server: RingcastSe
 
 
 def test_unsolicited_frames_queue_without_a_callback(server: RingcastServer) -> None:
-    with (
-        Client(server.host, server.port, max_queued_messages=3) as c,
-        Client(server.host, server.port) as other,
-    ):
+    with contextlib.ExitStack() as stack:
+        c = stack.enter_context(Client(server.host, server.port, max_queued_messages=3))
+        other = stack.enter_context(Client(server.host, server.port))
         with pytest.raises(Timeout):
             c.next_message(timeout=0.01)
         c.ping()  # taken in by its shard before the broadcasts are sent

@@ -6,17 +6,23 @@ import contextlib
 import io
 import re
 import socket
+import ssl
 import threading
 from pathlib import Path
+from typing import Any, Dict
 
 import pytest
 from helpers import (
+    CLOSE,
     REPO,
     Collector,
     RingcastServer,
+    ScriptedServer,
     SilentServer,
     free_port,
+    pong_for,
     port_accepts,
+    self_signed_cert,
     wait_until,
 )
 
@@ -307,3 +313,54 @@ def test_invalid_heartbeat_settings() -> None:
         TCPClient(heartbeat_interval=0)
     with pytest.raises(ValueError):
         TCPClient(heartbeat_max_missed=0)
+
+
+def test_tls_parameters(tmp_path: Path) -> None:
+    # No TLS in the ringcast server yet: a fake TLS server stands in.
+    made = self_signed_cert(tmp_path)
+    if made is None:
+        pytest.skip("test_tls_parameters: no openssl command to make a test certificate")
+    cert, key = made
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    fake = ScriptedServer(lambda msg: (0, [pong_for(msg)]), ssl_context=server_ctx)
+    got = Collector()
+    client = TCPClient(
+        "127.0.0.1",
+        fake.port,
+        ssl_context=ssl.create_default_context(cafile=str(cert)),
+        server_hostname="localhost",
+    )
+    client.set_message_callback(got)
+    try:
+        assert client.connect()
+        assert isinstance(client.socket, ssl.SSLSocket)
+        assert client.echo("over tls")
+        assert got.wait_type("echo_response")[0]["content"] == "over tls"
+    finally:
+        client.disconnect()
+        fake.close()
+
+
+def test_a_farewell_frame_reaches_the_callback_then_it_reconnects() -> None:
+    farewell = {"type": "error", "code": "shutting_down", "message": "stopping"}
+
+    def answer(msg: Dict[str, Any]) -> Any:
+        if msg.get("content") == "bye":
+            return 0, [farewell, CLOSE]
+        return 0, [pong_for(msg)]
+
+    fake = ScriptedServer(answer)
+    got = Collector()
+    client = TCPClient("127.0.0.1", fake.port, reconnect_policy=FAST)
+    client.set_message_callback(got)
+    try:
+        assert client.connect()
+        assert client.echo("bye")
+        assert got.wait_type("error")[0] == farewell
+        wait_until(lambda: client.reconnect_count == 1, what="the reconnection")
+        assert client.echo("again")
+        assert got.wait_type("echo_response")[0]["content"] == "again"
+    finally:
+        client.disconnect()
+        fake.close()
