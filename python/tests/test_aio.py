@@ -222,3 +222,25 @@ def test_tls(tmp_path: Path) -> None:
         run(main())
     finally:
         fake.close()
+
+
+def test_connect_again_after_a_restart(server: RingcastServer) -> None:
+    # The asyncio client does not reconnect by itself; connect() again does.
+    async def main() -> None:
+        c = await aio.connect(server.host, server.port)
+        assert await c.echo(1) == 1
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, server.restart)
+        deadline = loop.time() + 10
+        while c.connected and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        assert not c.connected
+        await c.connect()
+        assert c.connected
+        assert await c.echo(2) == 2
+        await c.close()
+        await c.connect()  # after close() too
+        assert await c.ping() > 0
+        await c.close()
+
+    run(main())

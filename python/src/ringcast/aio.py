@@ -65,7 +65,8 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         why = "server closed the connection" if exc is None else f"connection lost: {exc}"
-        self.client._lose(self.client._closed_reason(why))
+        if self.client._protocol is self:  # not a connection the client already replaced
+            self.client._lose(self.client._closed_reason(why))
         if not self.lost.done():
             self.lost.set_result(None)
         self._wake_writers()
@@ -146,9 +147,10 @@ class Client:
         """Opens the connection (and authenticates when ``auth_token`` is set).
         Raises ``OSError``, :class:`Timeout`, or :class:`ServerError`
         (``unauthorized``)."""
-        if self._transport is not None:
+        if self._transport is not None and self._lost is None:
             return self
         loop = asyncio.get_running_loop()
+        self._closing_frame = None
         ssl_args: Dict[str, Any] = {}
         if self.ssl_context is not None:
             ssl_args = {
