@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -128,9 +128,52 @@ def profile(host: str, port: int, args: argparse.Namespace) -> None:
     report(rx, "blocking-receiver", args)
 
 
+#: (category, test on "file:function") for the breakdown of own time.
+CATEGORIES: List[Tuple[str, Callable[[str], bool]]] = [
+    (
+        "waiting: socket recv / epoll / lock",
+        lambda f: any(
+            k in f for k in ("'recv'", "'recv_into'", "'poll' of 'select", "'acquire' of")
+        ),
+    ),
+    ("socket send syscalls", lambda f: "'send'" in f or "'sendall'" in f),
+    ("json encode", lambda f: "json/encoder" in f or "json.encoder" in f or "c_make_encoder" in f),
+    ("json decode", lambda f: "json/decoder" in f or "scanner" in f or "'decode' of 'bytes'" in f),
+    ("struct (frame header)", lambda f: "Struct" in f or "unpack" in f or "'pack'" in f),
+    (
+        "asyncio machinery",
+        lambda f: (
+            "asyncio" in f or "heapq" in f or "_asyncio" in f or "'run' of '_contextvars" in f
+        ),
+    ),
+    (
+        "timestamps",
+        lambda f: "protocol.py" in f and "timestamp" in f or "strftime" in f or "gmtime" in f,
+    ),
+    ("ringcast code", lambda f: "ringcast" in f),
+]
+
+
+def breakdown(stats: pstats.Stats) -> str:
+    """Own time (tottime) grouped by category, as shares of the total."""
+    totals: Dict[str, float] = {}
+    whole = 0.0
+    for (filename, line, func), row in stats.stats.items():  # type: ignore[attr-defined]
+        own = row[2]
+        whole += own
+        key = f"{filename}:{line}({func})"
+        cat = next((c for c, test in CATEGORIES if test(key)), "other Python / C")
+        totals[cat] = totals.get(cat, 0.0) + own
+    lines = [f"  {'category':<38}{'own s':>8}{'share':>8}"]
+    for cat, t in sorted(totals.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {cat:<38}{t:>8.3f}{t / whole:>8.1%}")
+    return "\n".join(lines)
+
+
 def report(prof: cProfile.Profile, name: str, args: argparse.Namespace) -> None:
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out)
+    print(breakdown(stats))
     stats.sort_stats("tottime").print_stats(args.top)
     text = out.getvalue()
     start = text.find("   ncalls")
