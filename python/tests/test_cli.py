@@ -8,6 +8,7 @@ import queue
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import List
 
 import pytest
@@ -183,3 +184,13 @@ def test_parse_command(line: str, expected: Command) -> None:
 @pytest.mark.parametrize("line", ["/custom t [1]", "/custom t {", "/custom", "/nope", "/"])
 def test_parse_command_rejects(line: str) -> None:
     assert parse_command(line).kind == "bad"
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "ringcast-py"
+    if not script.exists():
+        pytest.skip(
+            "test_console_script_is_installed: no ringcast-py beside this interpreter"
+        )
+    r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"ringcast {ringcast.__version__}"
