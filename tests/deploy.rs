@@ -11,7 +11,9 @@
 //!   then serves ping, echo, a 64 KiB echo, broadcast, get_stats and many
 //!   connections, answers the container's health check (run under the same
 //!   filter), and exits 0 on SIGTERM. Without `io_uring_setup` the same
-//!   filter stops the server at start with its io_uring message.
+//!   filter stops `--io-backend io-uring` at start with its io_uring message
+//!   (the fallback to epoll under Docker's default profile is
+//!   tests/io_fallback.rs).
 //!
 //! `systemd-analyze` (systemd 252 here) is needed; this machine and CI have
 //! it at /usr/bin/systemd-analyze. systemd is not PID 1 here, so the unit is
@@ -623,6 +625,8 @@ fn seccomp_profile_without_io_uring_setup_stops_the_server_with_its_message() {
             "--shards",
             "1",
             "--no-pin",
+            "--io-backend",
+            "io-uring",
         ],
     );
     let (status, stderr) = server.wait(Duration::from_secs(15));

@@ -8,10 +8,10 @@
 
 use super::report::new_histogram;
 use super::{Control, Workload};
+use crate::io::{Backend, Event, Options, Segment, SendBatch, Token};
 use crate::protocol::frame::BoundedPool;
 use crate::protocol::json::ObjectWriter;
 use crate::protocol::{frame, FrameDecoder};
-use crate::io::{Backend, Event, Options, Segment, SendBatch, Token};
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;
 use std::io;
@@ -241,7 +241,8 @@ impl Tally<'_> {
             FrameKind::Broadcast => {
                 if role == Role::Subscriber && self.measuring {
                     if let Some(t) = publish_time(payload) {
-                        out.hist.saturating_record(self.now.saturating_sub(t) / 1000);
+                        out.hist
+                            .saturating_record(self.now.saturating_sub(t) / 1000);
                         out.deliveries += 1;
                     }
                 }
@@ -259,7 +260,8 @@ impl Tally<'_> {
                 };
                 if self.measuring {
                     if kind == FrameKind::Response && role == Role::Requester {
-                        out.hist.saturating_record(self.now.saturating_sub(t) / 1000);
+                        out.hist
+                            .saturating_record(self.now.saturating_sub(t) / 1000);
                     }
                     out.responses += 1;
                 }

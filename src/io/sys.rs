@@ -71,7 +71,6 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((old, lim.rlim_cur))
 }
 
-
 /// Reads (and so resets) an eventfd's counter; `false` when it was zero.
 pub fn eventfd_drain(fd: RawFd) -> bool {
     let mut v: u64 = 0;

@@ -454,11 +454,14 @@ impl Collector for ShardCollector {
         {
             let mut m = enc.encode_descriptor(
                 "ringcast_build_info",
-                "Always 1; the labels name the running build.",
+                "Always 1; the labels name the running build and its I/O backend.",
                 None,
                 Gauge,
             )?;
-            let labels = [("version", env!("CARGO_PKG_VERSION"))];
+            let labels = [
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("io_backend", self.shared.io_backend.as_str()),
+            ];
             ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
         }
         let now_ms = crate::protocol::time::unix_ms_now();

@@ -105,6 +105,36 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// State for `event_fds.len()` shards (each shard's wake-up eventfd).
+    pub fn new(
+        config: ServerConfig,
+        handlers: HashMap<String, Arc<dyn Handler>>,
+        io_backend: crate::io::Kind,
+        event_fds: &[std::os::fd::RawFd],
+    ) -> Shared {
+        let start_unix_ms = crate::protocol::time::unix_ms_now();
+        let n = event_fds.len();
+        Shared {
+            config,
+            shards: n,
+            counters: (0..n)
+                .map(|_| CachePadded::new(ShardCounters::default()))
+                .collect(),
+            mailboxes: event_fds
+                .iter()
+                .map(|fd| CachePadded::new(Mailbox::new(*fd)))
+                .collect(),
+            connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            failed_shards: AtomicUsize::new(0),
+            start_unix_ms,
+            start_time: TimestampCache::new().format(start_unix_ms).to_string(),
+            handlers,
+            io_backend,
+        }
+    }
+
     /// Sums every shard's counters.
     pub fn totals(&self, per_shard: &mut Vec<u64>) -> Totals {
         Totals::read(&self.counters, per_shard)
@@ -194,31 +224,12 @@ impl ServerBuilder {
             None => None,
         };
         let io_backend = resolve_backend(self.config.io_backend)?;
-        let start_unix_ms = crate::protocol::time::unix_ms_now();
-        let start_time = TimestampCache::new().format(start_unix_ms).to_string();
         let mut wake_fds = Vec::with_capacity(n);
         for _ in 0..n {
             wake_fds.push(crate::io::sys::eventfd()?);
         }
-        let shared = Arc::new(Shared {
-            config: self.config,
-            shards: n,
-            counters: (0..n)
-                .map(|_| CachePadded::new(ShardCounters::default()))
-                .collect(),
-            mailboxes: wake_fds
-                .iter()
-                .map(|fd| CachePadded::new(Mailbox::new(fd.as_raw_fd())))
-                .collect(),
-            connections: AtomicUsize::new(0),
-            per_ip: Mutex::new(HashMap::new()),
-            stop: AtomicBool::new(false),
-            failed_shards: AtomicUsize::new(0),
-            start_unix_ms,
-            start_time,
-            handlers: self.handlers,
-            io_backend,
-        });
+        let fds: Vec<_> = wake_fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let shared = Arc::new(Shared::new(self.config, self.handlers, io_backend, &fds));
         Ok(Server {
             shared,
             listeners,

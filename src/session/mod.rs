@@ -317,7 +317,9 @@ impl Session {
         };
         bump(&env.counters.bytes_sent, n as u64);
         let pool = &mut env.pool;
-        batch.advance(n, |v| drop(crate::protocol::frame::BufferPool::give(pool, v)));
+        batch.advance(n, |v| {
+            drop(crate::protocol::frame::BufferPool::give(pool, v))
+        });
         if batch.is_empty() {
             env.spare_batch(batch);
         } else {

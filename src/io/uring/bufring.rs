@@ -85,7 +85,12 @@ impl std::fmt::Debug for BufRing {
 impl BufRing {
     /// Allocates and registers a ring of `count` buffers (a power of two,
     /// at most 32768) of `size` bytes with buffer group id `group`.
-    pub fn new(ring: &super::ring::Uring, group: u16, count: u16, size: usize) -> io::Result<BufRing> {
+    pub fn new(
+        ring: &super::ring::Uring,
+        group: u16,
+        count: u16,
+        size: usize,
+    ) -> io::Result<BufRing> {
         if !count.is_power_of_two() || count > 32768 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

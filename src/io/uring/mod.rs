@@ -146,16 +146,17 @@ impl UringDriver {
             explanation: explain_setup_error(&e),
             cause: e,
         })?;
-        let bufs = BufRing::new(&ring, 0, opts.recv_buffers, opts.recv_buffer_size).map_err(
-            |e| SetupError {
-                explanation: format!(
+        let bufs =
+            BufRing::new(&ring, 0, opts.recv_buffers, opts.recv_buffer_size).map_err(|e| {
+                SetupError {
+                    explanation: format!(
                     "cannot register the receive buffer ring ({e}): ringcast's io_uring backend \
                      needs Linux 6.0 or newer and io_uring_register allowed; if RLIMIT_MEMLOCK \
                      is low, raise it (ulimit -l)"
                 ),
-                cause: e,
-            },
-        )?;
+                    cause: e,
+                }
+            })?;
         let mut d = UringDriver {
             ring,
             bufs,
@@ -313,7 +314,8 @@ impl UringDriver {
     pub(super) fn tick(&mut self) -> io::Result<()> {
         if !self.accept_armed {
             if let Some(l) = &self.listener {
-                self.ring.accept_multi(l.as_raw_fd(), Op::Accept.user_data())?;
+                self.ring
+                    .accept_multi(l.as_raw_fd(), Op::Accept.user_data())?;
                 self.accept_armed = true;
             }
         }
@@ -403,7 +405,11 @@ impl UringDriver {
         Ok(())
     }
 
-    fn on_accept(&mut self, c: &Completion, on_event: &mut impl FnMut(Event<'_>)) -> io::Result<()> {
+    fn on_accept(
+        &mut self,
+        c: &Completion,
+        on_event: &mut impl FnMut(Event<'_>),
+    ) -> io::Result<()> {
         if !c.more() {
             self.accept_armed = false;
         }
