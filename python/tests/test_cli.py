@@ -148,11 +148,20 @@ def test_performance_mode(server: RingcastServer) -> None:
     assert r.returncode == 0, r.stderr
     assert "blocking echo round trips:" in r.stdout
     assert "asyncio pipelined echo (window 16):" in r.stdout
-    assert r.stdout.count("msgs/s") == 2
+    assert "TCPClient (seed API) streamed echo:" in r.stdout
+    assert r.stdout.count("msgs/s") == 3
     r = run_cli("performance", *addr(server), "--count", "200", "--json")
+    assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in r.stdout.splitlines()]
-    assert [row["count"] for row in rows] == [40, 200]
+    assert [row["count"] for row in rows] == [40, 200, 200]
     assert all(row["msgs_per_sec"] > 0 for row in rows)
+    assert rows[0]["p50_ms"] > 0 and rows[2]["p50_ms"] is None
+
+
+def test_performance_mode_with_auth(auth_server: RingcastServer) -> None:
+    r = run_cli("performance", *addr(auth_server), "--count", "100", "--token", "s3cret")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("msgs/s") == 3
 
 
 def test_version_flag() -> None:
@@ -189,8 +198,6 @@ def test_parse_command_rejects(line: str) -> None:
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "ringcast-py"
     if not script.exists():
-        pytest.skip(
-            "test_console_script_is_installed: no ringcast-py beside this interpreter"
-        )
+        pytest.skip("test_console_script_is_installed: no ringcast-py beside this interpreter")
     r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == f"ringcast {ringcast.__version__}"

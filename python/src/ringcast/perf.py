@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from . import aio
 from .client import Client
@@ -94,7 +94,9 @@ def pipelined_echo(
     return asyncio.run(pipelined_echo_async(host, port, count, size, window, **client_kwargs))
 
 
-def seed_client_stream(host: str, port: int, count: int, size: int = 64) -> Result:
+def seed_client_stream(
+    host: str, port: int, count: int, size: int = 64, auth_token: Optional[str] = None
+) -> Result:
     """``count`` echos sent back to back with :class:`ringcast.TCPClient` (the
     seed's fire-and-forget API), timed until the callback has seen every
     answer. Latencies are not measured (the seed API does not pair them)."""
@@ -109,7 +111,7 @@ def seed_client_stream(host: str, port: int, count: int, size: int = 64) -> Resu
             if seen == count + 1:
                 done.set()
 
-    client = TCPClient(host, port, auto_reconnect=False)
+    client = TCPClient(host, port, auto_reconnect=False, auth_token=auth_token)
     client.set_message_callback(on_message)
     if not client.connect():
         raise ConnectionError(f"could not connect to {host}:{port}")
