@@ -91,6 +91,8 @@ class _Printer:
     def __init__(self, json_mode: bool) -> None:
         self.json_mode = json_mode
         self._lock = threading.Lock()
+        #: Set while input() shows this prompt on a terminal.
+        self.prompt: Optional[str] = None
 
     def line(self, text: str, err: bool = False) -> None:
         with self._lock:
@@ -99,7 +101,20 @@ class _Printer:
             stream.flush()
 
     def pushed(self, m: Message) -> None:
-        self.line(json.dumps(m, ensure_ascii=False) if self.json_mode else describe_pushed(m))
+        text = json.dumps(m, ensure_ascii=False) if self.json_mode else describe_pushed(m)
+        prompt = self.prompt
+        if prompt is None:
+            self.line(text)
+            return
+        # A frame arrived while the user types: print it above the input
+        # line, then redraw the prompt and what was typed so far.
+        typed = ""
+        readline = sys.modules.get("readline")
+        if readline is not None:
+            typed = readline.get_line_buffer()
+        with self._lock:
+            sys.stdout.write(f"\r\x1b[K{text}\n{prompt}{typed}")
+            sys.stdout.flush()
 
 
 def exchange(
@@ -266,14 +281,18 @@ def interactive(args: argparse.Namespace) -> int:
             out.line(
                 f"connected to {args.host}:{args.port}; /help lists the commands, /exit leaves"
             )
+            prompt = "ringcast> "
             while True:
+                out.prompt = prompt
                 try:
-                    line = input("ringcast> ")
+                    line = input(prompt)
                 except EOFError:
                     break
                 except KeyboardInterrupt:
                     out.line("")
                     continue
+                finally:
+                    out.prompt = None
                 if not _execute(client, out, parse_command(line)):
                     break
         else:
