@@ -495,6 +495,19 @@ pub fn run(args: ServerArgs) -> ExitCode {
     }
     init_logging(settings.log_format);
     raise_nofile();
+    // Catch SIGINT and SIGTERM before the shards start: one that arrives
+    // while they do (just after "ringcast listening", say) waits here and
+    // still drains the server, where it would otherwise kill the process.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast server: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match Server::builder().config(settings.server.clone()).build() {
         Ok(s) => s,
         Err(e) => {
@@ -510,17 +523,6 @@ pub fn run(args: ServerArgs) -> ExitCode {
         }
     };
     let stopper = handle.stopper();
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ringcast server: cannot install signal handlers: {e}");
-            handle.shutdown();
-            return ExitCode::FAILURE;
-        }
-    };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             tracing::info!(signal = sig, "shutting down: draining clients");
