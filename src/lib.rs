@@ -9,9 +9,11 @@
 //! - [`server`]: shard loop, admission, fan-out, stats, metrics, config.
 //! - [`client`]: a blocking client library with reconnection and a pool.
 //! - [`bench`]: the load generator.
+//! - [`cli`]: the `ringcast` command line (the only module that uses clap).
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod io;
 pub mod protocol;

@@ -435,3 +435,58 @@ fn out_of_range_values_and_no_pin_variable() {
     let cfg = parse(&print_config(&[], &[("RINGCAST_NO_PIN", "1")]));
     assert_eq!(cfg["pin"].as_bool(), Some(false));
 }
+
+#[test]
+fn io_backend_from_flag_variable_and_file() {
+    let key = |cfg: &str| parse(cfg)["io_backend"].as_str().map(str::to_owned);
+    assert_eq!(key(&print_config(&[], &[])).as_deref(), Some("auto"));
+    // Each source alone.
+    let file = temp_file("io-backend.toml", "io_backend = \"epoll\"\n");
+    let file_arg = ["--config", file.to_str().unwrap()];
+    assert_eq!(key(&print_config(&file_arg, &[])).as_deref(), Some("epoll"));
+    let env = [("RINGCAST_IO_BACKEND", "epoll")];
+    assert_eq!(key(&print_config(&[], &env)).as_deref(), Some("epoll"));
+    let flag = ["--io-backend", "epoll"];
+    assert_eq!(key(&print_config(&flag, &[])).as_deref(), Some("epoll"));
+    // A flag beats a variable, which beats the file.
+    let env = [("RINGCAST_IO_BACKEND", "io-uring")];
+    assert_eq!(
+        key(&print_config(&file_arg, &env)).as_deref(),
+        Some("io-uring"),
+        "variable over file"
+    );
+    let args = ["--config", file.to_str().unwrap(), "--io-backend", "auto"];
+    assert_eq!(
+        key(&print_config(&args, &env)).as_deref(),
+        Some("auto"),
+        "flag over variable"
+    );
+
+    // A bad value names the accepted ones, from a flag, a variable or the file.
+    let mut c = server_cmd();
+    c.args(["--io-backend", "kqueue", "--print-config"]);
+    let out = run(c);
+    assert!(!out.status.success(), "--io-backend kqueue was accepted");
+    assert!(out.stdout.is_empty());
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(e.contains("kqueue") && e.contains("--io-backend"), "{e}");
+    assert!(e.contains("auto, io-uring, epoll"), "names the values: {e}");
+
+    let mut c = server_cmd();
+    c.arg("--print-config").env("RINGCAST_IO_BACKEND", "kqueue");
+    let out = run(c);
+    assert!(
+        !out.status.success(),
+        "RINGCAST_IO_BACKEND=kqueue was accepted"
+    );
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(e.contains("auto, io-uring, epoll"), "names the values: {e}");
+
+    let bad = temp_file("io-backend-bad.toml", "io_backend = \"kqueue\"\n");
+    let e = config_error(&["--config", bad.to_str().unwrap()]);
+    assert!(e.contains("kqueue") && e.contains("line 1"), "{e}");
+    assert!(
+        e.contains("`auto`, `io-uring`, `epoll`"),
+        "names the values: {e}"
+    );
+}

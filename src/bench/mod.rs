@@ -8,12 +8,12 @@
 //! from each message's intended send time, so a stalled server cannot hide
 //! its stall (coordinated omission).
 
-pub mod cli;
 pub mod conns;
 pub mod plot;
 pub mod report;
 pub mod worker;
 
+use crate::server::IoBackend;
 use report::{Latency, Machine, Report};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use worker::{Plan, Role};
 
 /// What the generator sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     /// `ping` → `pong`.
@@ -40,7 +40,17 @@ pub enum Workload {
 }
 
 impl Workload {
-    /// Lower-case name.
+    /// Every workload, in the order `--help` lists them.
+    pub const ALL: [Workload; 6] = [
+        Workload::Ping,
+        Workload::Echo,
+        Workload::Broadcast,
+        Workload::Stats,
+        Workload::Mixed,
+        Workload::Connections,
+    ];
+
+    /// Lower-case name (as `--workload` takes it).
     pub fn name(self) -> &'static str {
         match self {
             Workload::Ping => "ping",
@@ -52,6 +62,8 @@ impl Workload {
         }
     }
 }
+
+crate::server::config::named_choices!(Workload, name, "workload");
 
 /// A run's parameters.
 #[derive(Debug, Clone)]
@@ -91,7 +103,7 @@ pub struct BenchConfig {
     /// Token for servers that require `auth` as the first frame.
     pub token: Option<String>,
     /// The generator's I/O backend (`auto`: io_uring, else epoll).
-    pub io_backend: crate::server::IoBackend,
+    pub io_backend: IoBackend,
 }
 
 impl Default for BenchConfig {
@@ -116,7 +128,7 @@ impl Default for BenchConfig {
             progress: true,
             label: String::new(),
             token: None,
-            io_backend: crate::server::IoBackend::Auto,
+            io_backend: IoBackend::Auto,
         }
     }
 }

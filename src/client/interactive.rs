@@ -1,7 +1,7 @@
 //! `ringcast client interactive`: commands and text, with line editing on a
 //! terminal and plain line-by-line reading through a pipe.
 
-use super::cli::{connect, describe_event, exchange, ClientArgs, EventLine, Style, RED};
+use super::app::{connect, describe_event, exchange, AppOptions, EventLine, Style, RED};
 use super::{Client, ClientError, Event};
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, IsTerminal};
@@ -148,7 +148,7 @@ fn execute(client: &Client, style: &Style, cmd: Command) -> Flow {
     Flow::Continue
 }
 
-pub(crate) fn run(args: &ClientArgs, style: &Style) -> Result<ExitCode, ClientError> {
+pub(crate) fn run(args: &AppOptions, style: &Style) -> Result<ExitCode, ClientError> {
     let client = connect(args, true)?;
     let events = client.messages();
     if std::io::stdin().is_terminal() {

@@ -59,7 +59,7 @@
 //! known response type (`pong`, `echo_response`, …) goes to the oldest
 //! waiting request.
 
-pub mod cli;
+pub mod app;
 mod conn;
 mod interactive;
 mod perf;

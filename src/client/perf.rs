@@ -2,7 +2,7 @@
 //! (`ringcast::bench`): echo requests over a few connections, each keeping
 //! `--window` requests in flight, `--count` requests in all.
 
-use super::cli::{ClientArgs, Style};
+use super::app::{AppOptions, Style};
 use super::ClientError;
 use crate::bench::{self, BenchConfig, Workload};
 use serde_json::json;
@@ -14,7 +14,7 @@ use std::time::Duration;
 /// machine, few enough to start instantly.
 const PRESET_CONNECTIONS: usize = 4;
 
-pub(crate) fn run(args: &ClientArgs, style: &Style) -> Result<ExitCode, ClientError> {
+pub(crate) fn run(args: &AppOptions, style: &Style) -> Result<ExitCode, ClientError> {
     let addr: SocketAddr = args
         .addr
         .as_str()

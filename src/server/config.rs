@@ -1,6 +1,29 @@
-//! Server configuration: every limit in one place, with its default and why.
-
-use std::net::SocketAddr;
+//! Server configuration: every setting in one table, with its default and
+//! why.
+//!
+//! `server_settings!` below is the table. Each row is one setting:
+//!
+//! ```text
+//! /// Help text: the first paragraph is also the `--help` line.
+//! ///
+//! /// Further paragraphs: the rationale (rustdoc only).
+//! max_frame_bytes: usize = DEFAULT_MAX_FRAME_BYTES,
+//! ```
+//!
+//! and becomes, with nothing else to write:
+//!
+//! - the [`ServerConfig`] field, documented, and its [`Default`];
+//! - the [`ServerBuilder`](super::ServerBuilder) method `.max_frame_bytes(v)`;
+//! - the flag `--max-frame-bytes`, the variable `RINGCAST_MAX_FRAME_BYTES`
+//!   and the config-file key `max_frame_bytes` (src/cli/server.rs);
+//! - a line of `ringcast server --print-config`, and the `[default: …]` of
+//!   `--help`, both from the default value here.
+//!
+//! An `Option<T>` setting is off unless set: its flag and key take a `T`.
+//! A row may start with marks for the command line (src/cli/server.rs):
+//! `[NoFlag]`: a file key with no flag of its own (`pin`, whose flag is
+//! `--no-pin`); `[Secret]`: never printed by `--print-config`, its
+//! variable's value hidden in `--help` (`auth_token`).
 
 /// Default listen address: the seed's `localhost:9999`.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
@@ -15,75 +38,173 @@ pub const DEFAULT_MAX_PARTIAL_BYTES: usize = 256 << 20;
 /// `max_partial_bytes` + 4 KiB × its connections.
 pub const SMALL_PARTIAL_BYTES: usize = 4 << 10;
 
-/// Everything a server needs to start. Built by [`super::ServerBuilder`] or
-/// from the CLI flags.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServerConfig {
-    /// Address every shard listens on (SO_REUSEPORT).
-    pub addr: SocketAddr,
-    /// Number of shards; 0 = one per core the process may run on.
-    pub shards: usize,
-    /// Pin each shard thread to a core.
-    pub pin: bool,
-    /// Connections over all shards; one more gets `server_full`.
-    pub max_connections: usize,
-    /// Connections from one IP address; 0 = unlimited.
-    pub max_connections_per_ip: usize,
-    /// Largest accepted frame payload.
-    pub max_frame_bytes: usize,
-    /// Budget, per shard, for the buffers holding partially received frames
-    /// (the straddle buffers of frames that cross receive buffers, counted
-    /// by capacity). A connection whose partial frame would need more than
-    /// [`SMALL_PARTIAL_BYTES`] of buffer while the shard's partial frames
-    /// hold this much gets `server_full` and is closed.
-    ///
-    /// Default 256 MiB per shard ([`DEFAULT_MAX_PARTIAL_BYTES`]): per shard
-    /// rather than one figure divided among shards, so shards share no
-    /// counter on the receive path, and so that the room for large frames
-    /// on a shard does not shrink as cores are added. That is room for 256
-    /// maximum-size (1 MiB) frames arriving at once on every shard: far
-    /// above what legitimate traffic keeps in flight (a pipelined 64 KiB
-    /// echo holds at most one partial frame, ≤ 64 KiB, per connection; a
-    /// handful of clients sending 1 MiB frames hold a few MiB), while
-    /// 10,000 clients each trickling a 1 MiB frame hold at most 256 MiB per
-    /// shard instead of ~10 GiB. Must be at least `max_frame_bytes` + 4, so
-    /// a maximum-size frame always fits on an otherwise quiet shard.
-    pub max_partial_bytes: usize,
-    /// A connection whose unsent output (broadcasts included) exceeds this is
-    /// cut with `slow_consumer`. 8 MiB: several seconds of a busy broadcast
-    /// stream, small enough that thousands of stalled readers fit in memory.
-    pub max_pending_bytes: usize,
-    /// Seconds without input before a connection is closed; 0 = never.
-    pub idle_timeout_secs: u64,
-    /// Listen backlog.
-    pub backlog: i32,
-    /// Seconds to flush pending output on shutdown before closing anyway.
-    pub drain_secs: u64,
-    /// Receive buffers per shard (a power of two).
-    pub recv_buffers: u16,
-    /// Size of each receive buffer.
-    pub recv_buffer_size: usize,
-    /// Submission queue entries per shard ring.
-    pub ring_entries: u32,
-    /// Shared secret the first frame must carry (`auth`); None = no auth.
-    pub auth_token: Option<String>,
-    /// Per-connection request rate (messages/s); 0 = unlimited.
-    pub rate_limit: u32,
-    /// Token-bucket burst for the rate limit; 0 = one second's worth.
-    pub rate_burst: u32,
-    /// How shards wake each other for cross-shard broadcasts.
-    pub wake: WakeMode,
-    /// Address of the HTTP endpoint serving `/metrics` (Prometheus text)
-    /// and `/healthz`; None = no endpoint, and no request timing.
-    pub metrics_addr: Option<SocketAddr>,
-    /// Which kernel interface the shards use for I/O.
-    pub io_backend: IoBackend,
+/// The table of server settings (see the module documentation). It hands
+/// its rows to the macro `$then`, after the tokens given with it:
+/// `server_settings!(config_struct! {})` here, `builder_setters!` in
+/// src/server/mod.rs, `layer!` in src/cli/server.rs.
+///
+/// The rows are expanded in those modules too: name types so that they
+/// resolve there (std types by path, types of this module as they are;
+/// src/cli/server.rs imports everything public here).
+macro_rules! server_settings {
+    ($then:ident! { $($with:tt)* }) => {
+        $then! {
+            { $($with)* }
+
+            /// Address to listen on; every shard binds it (SO_REUSEPORT).
+            addr: std::net::SocketAddr = DEFAULT_ADDR.parse().expect("valid default address"),
+            /// Shards (threads with their own ring); 0 = one per core this
+            /// process may run on.
+            shards: usize = 0,
+            /// Pin each shard thread to a core.
+            ///
+            /// The flag that turns it off is `--no-pin` (`RINGCAST_NO_PIN`);
+            /// the file key is `pin`.
+            [NoFlag] pin: bool = true,
+            /// Connections over all shards; one more gets `server_full`.
+            max_connections: usize = 100_000,
+            /// Connections from one IP address; 0 = unlimited.
+            max_connections_per_ip: usize = 0,
+            /// Largest frame payload accepted, in bytes.
+            max_frame_bytes: usize = crate::protocol::DEFAULT_MAX_FRAME_BYTES,
+            /// Per-shard budget for partly received frames; a connection whose
+            /// partial frame would need more gets `server_full` and is closed.
+            ///
+            /// The budget covers the buffers holding partially received frames
+            /// (the straddle buffers of frames that cross receive buffers,
+            /// counted by capacity). A connection whose partial frame would
+            /// need more than
+            /// [`SMALL_PARTIAL_BYTES`](crate::server::config::SMALL_PARTIAL_BYTES)
+            /// of buffer while the shard's partial frames hold this much is
+            /// refused.
+            ///
+            /// Default 256 MiB per shard
+            /// ([`DEFAULT_MAX_PARTIAL_BYTES`](crate::server::config::DEFAULT_MAX_PARTIAL_BYTES)):
+            /// per shard rather than one figure divided among shards, so
+            /// shards share no counter on the receive path, and so that the
+            /// room for large frames on a shard does not shrink as cores are
+            /// added. That is room for 256 maximum-size (1 MiB) frames
+            /// arriving at once on every shard: far above what legitimate
+            /// traffic keeps in flight (a pipelined 64 KiB echo holds at most
+            /// one partial frame, ≤ 64 KiB, per connection; a handful of
+            /// clients sending 1 MiB frames hold a few MiB), while 10,000
+            /// clients each trickling a 1 MiB frame hold at most 256 MiB per
+            /// shard instead of ~10 GiB. Must be at least `max_frame_bytes` +
+            /// 4, so a maximum-size frame always fits on an otherwise quiet
+            /// shard.
+            max_partial_bytes: usize = DEFAULT_MAX_PARTIAL_BYTES,
+            /// Unsent output (broadcasts included) after which a client is cut
+            /// with `slow_consumer`.
+            ///
+            /// 8 MiB: several seconds of a busy broadcast stream, small enough
+            /// that thousands of stalled readers fit in memory.
+            max_pending_bytes: usize = 8 << 20,
+            /// Close connections without a complete frame for this many
+            /// seconds; 0 = never.
+            idle_timeout_secs: u64 = 300,
+            /// Listen backlog.
+            backlog: i32 = 4096,
+            /// Seconds to flush pending output at shutdown before closing
+            /// anyway.
+            drain_secs: u64 = 5,
+            /// Receive buffers per shard, a power of two.
+            ///
+            /// 512 x 32 KiB = 16 MiB per shard, touched lazily: enough for
+            /// hundreds of busy connections per turn; idle ones hold none.
+            recv_buffers: u16 = 512,
+            /// Size of each receive buffer in bytes.
+            recv_buffer_size: usize = 32 * 1024,
+            /// Submission queue entries per shard ring (io_uring).
+            ring_entries: u32 = 4096,
+            /// Require `{"type":"auth","token":…}` as the first frame.
+            ///
+            /// None (the default): no authentication. On the command line and
+            /// in the config file, `auth_token_file` may name a file holding
+            /// the token instead (src/cli/server.rs).
+            [Secret] auth_token: Option<String> = None,
+            /// Per-connection messages per second; 0 = unlimited.
+            rate_limit: u32 = 0,
+            /// Burst for the rate limit; 0 = one second's worth.
+            rate_burst: u32 = 0,
+            /// How shards wake each other for cross-shard broadcasts.
+            wake: WakeMode = WakeMode::MsgRing,
+            /// Serve Prometheus `/metrics` and `/healthz` over HTTP on this
+            /// address (off unless set; keep it on a private interface).
+            ///
+            /// None = no endpoint, and no request timing.
+            metrics_addr: Option<std::net::SocketAddr> = None,
+            /// Kernel interface for socket I/O: auto (io_uring, falling back to
+            /// epoll with one warning where io_uring is refused), io-uring
+            /// (refuse to start without it) or epoll.
+            io_backend: IoBackend = IoBackend::Auto,
+        }
+    };
 }
+pub(crate) use server_settings;
+
+/// Declares [`ServerConfig`] and its `Default` from the table.
+macro_rules! config_struct {
+    (
+        {}
+        $(
+            $(#[doc = $doc:literal])*
+            $([$($mark:ident),*])?
+            $name:ident: $ty:ty = $default:expr
+        ),* $(,)?
+    ) => {
+        /// Everything a server needs to start. Built by
+        /// [`ServerBuilder`](super::ServerBuilder) or from the command line
+        /// (src/cli/server.rs); every field is a row of the `server_settings!`
+        /// table in src/server/config.rs.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct ServerConfig {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for ServerConfig {
+            fn default() -> Self {
+                ServerConfig {
+                    $( $name: $default, )*
+                }
+            }
+        }
+    };
+}
+server_settings!(config_struct! {});
+
+/// `Display` and `FromStr` for an enum of named choices, from its `ALL`
+/// list and its `$name` method (the names flags, variables and the config
+/// file use).
+macro_rules! named_choices {
+    ($t:ty, $name:ident, $what:literal) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.$name())
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                <$t>::ALL
+                    .into_iter()
+                    .find(|v| v.$name() == s)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = <$t>::ALL.iter().map(|v| v.$name()).collect();
+                        format!(
+                            "unknown {} `{s}`; expected one of: {}",
+                            $what,
+                            names.join(", ")
+                        )
+                    })
+            }
+        }
+    };
+}
+pub(crate) use named_choices;
 
 /// The kernel interface for socket I/O (see `src/io/`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IoBackend {
     /// io_uring; falls back to epoll, with one warning naming the cause and
@@ -96,6 +217,9 @@ pub enum IoBackend {
 }
 
 impl IoBackend {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [IoBackend; 3] = [IoBackend::Auto, IoBackend::IoUring, IoBackend::Epoll];
+
     /// The name used in flags, the config file, logs and stats.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -106,10 +230,10 @@ impl IoBackend {
     }
 }
 
+named_choices!(IoBackend, as_str, "I/O backend");
+
 /// How a shard wakes another after queueing a broadcast for it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WakeMode {
     /// `IORING_OP_MSG_RING` from the sender's ring: no extra syscall, it
@@ -119,34 +243,20 @@ pub enum WakeMode {
     Eventfd,
 }
 
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            addr: DEFAULT_ADDR.parse().expect("valid default address"),
-            shards: 0,
-            pin: true,
-            max_connections: 100_000,
-            max_connections_per_ip: 0,
-            max_frame_bytes: crate::protocol::DEFAULT_MAX_FRAME_BYTES,
-            max_partial_bytes: DEFAULT_MAX_PARTIAL_BYTES,
-            max_pending_bytes: 8 << 20,
-            idle_timeout_secs: 300,
-            backlog: 4096,
-            drain_secs: 5,
-            // 512 x 32 KiB = 16 MiB per shard, touched lazily: enough for
-            // hundreds of busy connections per turn; idle ones hold none.
-            recv_buffers: 512,
-            recv_buffer_size: 32 * 1024,
-            ring_entries: 4096,
-            auth_token: None,
-            rate_limit: 0,
-            rate_burst: 0,
-            wake: WakeMode::MsgRing,
-            metrics_addr: None,
-            io_backend: IoBackend::Auto,
+impl WakeMode {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [WakeMode; 2] = [WakeMode::MsgRing, WakeMode::Eventfd];
+
+    /// The name used in flags and the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WakeMode::MsgRing => "msg-ring",
+            WakeMode::Eventfd => "eventfd",
         }
     }
 }
+
+named_choices!(WakeMode, as_str, "wake mode");
 
 impl ServerConfig {
     /// The number of shards to run: the configured count, or one per core

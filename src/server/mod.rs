@@ -21,7 +21,6 @@
 
 mod admission;
 pub mod broadcast;
-pub mod cli;
 pub mod config;
 mod listener;
 mod metrics;
@@ -148,13 +147,24 @@ pub struct ServerBuilder {
     handlers: HashMap<String, Arc<dyn Handler>>,
 }
 
-macro_rules! setter {
-    ($(#[$m:meta])* $name:ident: $t:ty) => {
-        $(#[$m])*
-        pub fn $name(mut self, v: $t) -> Self {
-            self.config.$name = v;
-            self
-        }
+/// One [`ServerBuilder`] method per row of the settings table
+/// ([`config::server_settings!`]), documented as the field it sets.
+macro_rules! builder_setters {
+    (
+        {}
+        $(
+            $(#[doc = $doc:literal])*
+            $([$($mark:ident),*])?
+            $name:ident: $ty:ty = $default:expr
+        ),* $(,)?
+    ) => {
+        $(
+            $(#[doc = $doc])*
+            pub fn $name(mut self, v: $ty) -> Self {
+                self.config.$name = v;
+                self
+            }
+        )*
     };
 }
 
@@ -164,47 +174,8 @@ impl ServerBuilder {
         self.config = config;
         self
     }
-    setter!(/// Listen address (port 0 picks a free port).
-        addr: SocketAddr);
-    setter!(/// Number of shards (0 = one per core).
-        shards: usize);
-    setter!(/// Pin shard threads to cores.
-        pin: bool);
-    setter!(/// Connection limit over all shards.
-        max_connections: usize);
-    setter!(/// Connection limit per client IP (0 = none).
-        max_connections_per_ip: usize);
-    setter!(/// Largest frame payload accepted.
-        max_frame_bytes: usize);
-    setter!(/// Per-shard budget for partially received frames (see
-        /// [`ServerConfig::max_partial_bytes`]).
-        max_partial_bytes: usize);
-    setter!(/// Unsent output after which a broadcast recipient is cut.
-        max_pending_bytes: usize);
-    setter!(/// Idle timeout in seconds (0 = off).
-        idle_timeout_secs: u64);
-    setter!(/// Listen backlog.
-        backlog: i32);
-    setter!(/// Seconds allowed to flush output at shutdown.
-        drain_secs: u64);
-    setter!(/// Receive buffers per shard (power of two).
-        recv_buffers: u16);
-    setter!(/// Size of each receive buffer.
-        recv_buffer_size: usize);
-    setter!(/// Require this token in a first `auth` frame.
-        auth_token: Option<String>);
-    setter!(/// Per-connection messages per second (0 = unlimited).
-        rate_limit: u32);
-    setter!(/// Burst for the rate limit (0 = one second's worth).
-        rate_burst: u32);
-    setter!(/// Cross-shard wake-up mechanism.
-        wake: WakeMode);
-    setter!(/// Serve `/metrics` and `/healthz` over HTTP here (None = off).
-        metrics_addr: Option<SocketAddr>);
-    setter!(/// Kernel I/O interface: io_uring, epoll, or io_uring with fallback.
-        io_backend: IoBackend);
-    setter!(/// Submission queue entries per shard ring (io_uring).
-        ring_entries: u32);
+
+    config::server_settings!(builder_setters! {});
 
     /// Registers a handler for custom messages of type `type_name`.
     pub fn handler(mut self, type_name: &str, h: impl Handler) -> Self {

@@ -1,4 +1,5 @@
-//! `ringcast client [demo|interactive|performance]`.
+//! The `ringcast client` program: demo, interactive and performance modes,
+//! and how they print. Its flags are in src/cli/client.rs.
 //!
 //! Human output is aligned in a label column and coloured only when stdout
 //! is a terminal and `NO_COLOR` is unset; `--json` prints the raw frames
@@ -13,79 +14,63 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// What `ringcast client` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// Walk through ping, echo, broadcast, stats, a custom message and a text message.
-    Demo,
-    /// Read commands (/ping, /echo, /broadcast, /stats, /custom, /help, /exit) and text.
-    Interactive,
-    /// Run a short preset of the load generator (echo, pipelined) and print msgs/s and latency.
-    Performance,
-}
-
-/// Arguments of `ringcast client`.
-#[derive(Debug, clap::Args)]
-pub struct ClientArgs {
-    /// What to do.
-    #[arg(value_enum, default_value_t = Mode::Demo)]
-    pub mode: Mode,
-    /// Server address.
-    #[arg(
-        long,
-        default_value = "127.0.0.1:9999",
-        value_name = "HOST:PORT",
-        env = "RINGCAST_ADDR"
-    )]
+/// What `ringcast client` was asked, whatever the mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppOptions {
+    /// Server address (`host:port`).
     pub addr: String,
     /// Authentication token, sent first on every connection.
-    #[arg(long, env = "RINGCAST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print the raw frames received, one JSON object per line (performance
     /// mode prints one JSON summary line).
-    #[arg(long)]
     pub json: bool,
-    /// Seconds to wait for a connection or an answer.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
-    pub timeout: f64,
+    /// How long to wait for a connection or an answer.
+    pub timeout: Duration,
     /// Performance mode: echo requests to send.
-    #[arg(long, default_value_t = 10_000)]
     pub count: u64,
     /// Performance mode: bytes of content in each echo.
-    #[arg(long, default_value_t = 64)]
     pub size: usize,
     /// Performance mode: requests in flight at once.
-    #[arg(long, default_value_t = 32)]
     pub window: usize,
 }
 
-impl ClientArgs {
-    pub(crate) fn timeout(&self) -> Duration {
-        Duration::try_from_secs_f64(self.timeout)
-            .unwrap_or(Duration::from_secs(5))
-            .max(Duration::from_millis(1))
-    }
-
+impl AppOptions {
     pub(crate) fn config(&self) -> ClientConfig {
         ClientConfig {
-            connect_timeout: self.timeout(),
-            request_timeout: self.timeout(),
+            connect_timeout: self.timeout,
+            request_timeout: self.timeout,
             auth_token: self.token.clone(),
             ..ClientConfig::default()
         }
     }
 }
 
-/// Runs `ringcast client`.
-pub fn run(args: ClientArgs) -> ExitCode {
-    let style = Style::detect(args.json);
-    let r = match args.mode {
-        Mode::Demo => demo(&args, &style),
-        Mode::Interactive => interactive::run(&args, &style),
-        // A short preset of the load generator (src/client/perf.rs).
-        Mode::Performance => perf::run(&args, &style),
-    };
-    match r {
+/// Walks through ping, echo, broadcast, stats, a custom message and a text
+/// message, printing each exchange.
+pub fn demo(opts: &AppOptions) -> ExitCode {
+    run_mode(opts, demo_steps)
+}
+
+/// Reads commands (/ping, /echo, /broadcast, /stats, /custom, /help, /exit)
+/// and text from stdin, with line editing on a terminal.
+pub fn interactive(opts: &AppOptions) -> ExitCode {
+    run_mode(opts, interactive::run)
+}
+
+/// Runs a short preset of the load generator (echo, pipelined) and prints
+/// msgs/s and latency.
+pub fn performance(opts: &AppOptions) -> ExitCode {
+    // A short preset of the load generator (src/client/perf.rs).
+    run_mode(opts, perf::run)
+}
+
+/// Runs a mode; an error is printed to stderr and exits non-zero.
+fn run_mode(
+    opts: &AppOptions,
+    mode: fn(&AppOptions, &Style) -> Result<ExitCode, ClientError>,
+) -> ExitCode {
+    let style = Style::detect(opts.json);
+    match mode(opts, &style) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{} {e}", style.paint(RED, "error:"));
@@ -290,7 +275,7 @@ pub(crate) enum EventLine {
 }
 
 /// Connects, printing nothing; errors say where.
-pub(crate) fn connect(args: &ClientArgs, reconnect: bool) -> Result<Client, ClientError> {
+pub(crate) fn connect(args: &AppOptions, reconnect: bool) -> Result<Client, ClientError> {
     let mut cfg = args.config();
     if reconnect {
         cfg.reconnect = ReconnectPolicy::default();
@@ -338,7 +323,7 @@ pub(crate) fn exchange(
     Ok(m)
 }
 
-fn demo(args: &ClientArgs, style: &Style) -> Result<ExitCode, ClientError> {
+fn demo_steps(args: &AppOptions, style: &Style) -> Result<ExitCode, ClientError> {
     let client = connect(args, false)?;
     let events = client.messages();
     let ev_style = *style;

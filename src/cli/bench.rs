@@ -1,6 +1,7 @@
-//! `ringcast bench` command-line arguments.
+//! `ringcast bench`: its flags, turned into a [`BenchConfig`] and run.
 
-use super::{BenchConfig, Workload};
+use crate::bench::{self, BenchConfig, Workload};
+use crate::server::IoBackend;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,12 +15,12 @@ pub struct BenchArgs {
     #[arg(long, default_value = crate::server::config::DEFAULT_ADDR)]
     pub addr: SocketAddr,
     /// What to send.
-    #[arg(long, value_enum, default_value = "echo")]
+    #[arg(long, default_value_t = Workload::Echo)]
     pub workload: Workload,
-    /// I/O backend of the generator: io-uring, epoll, or auto (io_uring,
-    /// else epoll) [default: auto].
-    #[arg(long, value_enum, env = "RINGCAST_IO_BACKEND")]
-    pub io_backend: Option<crate::server::IoBackend>,
+    /// I/O backend of the generator: auto (io_uring, else epoll),
+    /// io-uring or epoll.
+    #[arg(long, env = "RINGCAST_IO_BACKEND", default_value_t = IoBackend::Auto)]
+    pub io_backend: IoBackend,
     /// Generator threads, each with its own I/O backend (default: the cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -82,7 +83,6 @@ impl BenchArgs {
     pub fn to_config(&self) -> BenchConfig {
         let d = BenchConfig::default();
         BenchConfig {
-            io_backend: self.io_backend.unwrap_or(d.io_backend),
             addr: self.addr,
             workload: self.workload,
             threads: self.threads.unwrap_or(d.threads),
@@ -100,6 +100,7 @@ impl BenchArgs {
             progress: !self.quiet,
             label: self.label.clone(),
             token: self.token.clone(),
+            io_backend: self.io_backend,
         }
     }
 }
@@ -107,7 +108,7 @@ impl BenchArgs {
 /// Runs `ringcast bench`.
 pub fn run(args: BenchArgs) -> ExitCode {
     let _ = crate::io::raise_nofile_limit();
-    let report = match super::run(args.to_config()) {
+    let report = match bench::run(args.to_config()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ringcast bench: {e}");
@@ -115,7 +116,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         }
     };
     print!("{}", report.to_text());
-    let hist = super::last_histogram();
+    let hist = bench::last_histogram();
     let mut ok = true;
     if let Some(p) = &args.json {
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
@@ -125,7 +126,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         }
     }
     if let (Some(p), Some(h)) = (&args.hgrm, &hist) {
-        if let Err(e) = std::fs::write(p, super::report::to_hgrm(h)) {
+        if let Err(e) = std::fs::write(p, bench::report::to_hgrm(h)) {
             eprintln!("ringcast bench: writing {}: {e}", p.display());
             ok = false;
         }
@@ -140,7 +141,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         } else {
             &report.label
         };
-        if let Err(e) = super::plot::write_svg(p, &title, &[(name, h)]) {
+        if let Err(e) = bench::plot::write_svg(p, &title, &[(name, h)]) {
             eprintln!("ringcast bench: drawing {}: {e}", p.display());
             ok = false;
         }

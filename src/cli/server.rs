@@ -1,0 +1,686 @@
+//! `ringcast server`: flags, `RINGCAST_*` variables and the config file,
+//! merged; `--print-config`; logging, signals and the periodic stats line.
+//!
+//! The settings are the rows of the table in src/server/config.rs
+//! (`server_settings!`), plus three rows below that are not
+//! [`ServerConfig`] fields (`auth_token_file`, `log_format`,
+//! `stats_interval_secs`). Each has one name used three ways: the flag
+//! `--max-frame-bytes`, the variable `RINGCAST_MAX_FRAME_BYTES` and the
+//! config-file key `max_frame_bytes`. A flag beats a variable (clap sees to
+//! that), a variable beats the file, the file beats the built-in default
+//! (shown in `--help`).
+//!
+//! A [`Layer`] holds what one source gives, every setting optional: the
+//! flags and variables are one layer, the file another, and
+//! [`ServerArgs::resolve`] stacks them over the defaults into
+//! [`Settings`]. Handled here by hand, because they are not plain
+//! settings: `--no-pin` (the flag for the file key `pin`), `auth_token` and
+//! `auth_token_file` (one setting given two ways), `--config` and
+//! `--print-config` (not settings at all).
+
+use crate::server::config::*; // every type the settings table names
+use crate::server::{Server, Watcher};
+use clap::builder::ValueParser;
+use clap::{Arg, ArgMatches, Command};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Arguments of `ringcast server`.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct ServerArgs {
+    /// Read settings from this TOML file; flags and RINGCAST_* variables
+    /// override it. See deploy/ringcast.toml.
+    #[arg(long, env = "RINGCAST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Do not pin shard threads to cores (file key: `pin = false`).
+    #[arg(long, env = "RINGCAST_NO_PIN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_pin: bool,
+    /// Every setting, as given by flags and variables.
+    #[command(flatten)]
+    pub given: Layer,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Default seconds between periodic stats lines.
+pub const DEFAULT_STATS_INTERVAL_SECS: u64 = 60;
+
+/// Declares [`Layer`] (with its flags) and [`Settings`] from the rows of the
+/// settings table; the rows in `{ … }` come first in the invocation and
+/// last in both structs, and are fields of `Settings` itself.
+macro_rules! layer {
+    (
+        {
+            $(
+                $(#[doc = $pdoc:literal])*
+                $pname:ident: $pty:ty = $pdefault:expr
+            ),* $(,)?
+        }
+        $(
+            $(#[doc = $doc:literal])*
+            $([$($mark:ident),*])?
+            $name:ident: $ty:ty = $default:expr
+        ),* $(,)?
+    ) => {
+        /// The settings one source gives (the flags and variables, or the
+        /// config file), every one optional: what a source leaves out falls
+        /// through to the next. Also the config file's schema: its keys are
+        /// these fields.
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Layer {
+            $( $(#[doc = $doc])* pub $name: Option<<$ty as Given>::Value>, )*
+            $( $(#[doc = $pdoc])* pub $pname: Option<<$pty as Given>::Value>, )*
+        }
+
+        /// The configuration a server process runs with, every source merged.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Settings {
+            /// What the shards get.
+            pub server: ServerConfig,
+            $( $(#[doc = $pdoc])* pub $pname: $pty, )*
+        }
+
+        /// Each setting's name, help and marks.
+        #[allow(non_upper_case_globals)]
+        mod rows {
+            use super::{Mark, Row};
+            $(
+                pub const $name: Row = Row {
+                    key: stringify!($name),
+                    doc: &[$($doc),*],
+                    marks: &[$($(Mark::$mark),*)?],
+                };
+            )*
+            $(
+                pub const $pname: Row = Row {
+                    key: stringify!($pname),
+                    doc: &[$($pdoc),*],
+                    marks: &[],
+                };
+            )*
+        }
+
+        impl Layer {
+            /// Takes what this layer lacks from `lower`.
+            pub fn fill_from(&mut self, lower: Layer) {
+                $( if self.$name.is_none() { self.$name = lower.$name; } )*
+                $( if self.$pname.is_none() { self.$pname = lower.$pname; } )*
+            }
+
+            /// These settings over the built-in defaults (not checked yet).
+            pub fn over_defaults(self) -> Settings {
+                let mut server = ServerConfig::default();
+                $( if let Some(v) = self.$name { server.$name = Given::from_given(v); } )*
+                Settings {
+                    server,
+                    $( $pname: match self.$pname {
+                        Some(v) => Given::from_given(v),
+                        None => $pdefault,
+                    }, )*
+                }
+            }
+
+            /// Every setting of `s` as given (an optional one that is off is
+            /// absent).
+            pub fn of(s: &Settings) -> Layer {
+                Layer {
+                    $( $name: s.server.$name.given(), )*
+                    $( $pname: s.$pname.given(), )*
+                }
+            }
+
+            /// Appends the settings given, as config-file lines in table
+            /// order (`[Secret]` ones left out).
+            fn write_toml(&self, out: &mut String) {
+                $( write_line(out, &rows::$name, self.$name.as_ref()); )*
+                $( write_line(out, &rows::$pname, self.$pname.as_ref()); )*
+            }
+        }
+
+        impl clap::FromArgMatches for Layer {
+            fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+                Ok(Layer {
+                    $( $name: flag_value(m, &rows::$name), )*
+                    $( $pname: flag_value(m, &rows::$pname), )*
+                })
+            }
+
+            fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+                let mut given = Self::from_arg_matches(m)?;
+                given.fill_from(std::mem::take(self));
+                *self = given;
+                Ok(())
+            }
+        }
+
+        impl clap::Args for Layer {
+            fn augment_args(mut cmd: Command) -> Command {
+                let defaults = Layer::of(&Layer::default().over_defaults());
+                $(
+                    cmd = add_flag(
+                        cmd,
+                        &rows::$name,
+                        clap::value_parser!(<$ty as Given>::Value).into(),
+                        defaults.$name.as_ref().map(toml_value),
+                    );
+                )*
+                $(
+                    cmd = add_flag(
+                        cmd,
+                        &rows::$pname,
+                        clap::value_parser!(<$pty as Given>::Value).into(),
+                        defaults.$pname.as_ref().map(toml_value),
+                    );
+                )*
+                cmd
+            }
+
+            fn augment_args_for_update(cmd: Command) -> Command {
+                Self::augment_args(cmd)
+            }
+        }
+    };
+}
+// The settings: the table's rows, and after them these, which are the
+// process's rather than the shards' (they live in `Settings`, not in
+// `ServerConfig`).
+server_settings!(layer! {
+    /// Read the auth token from this file (trailing newline ignored); for
+    /// systemd credentials and container secrets.
+    auth_token_file: Option<PathBuf> = None,
+    /// Log format: text, or json (one object per line).
+    log_format: LogFormat = LogFormat::Text,
+    /// Seconds between info log lines with the headline stats; 0 = off.
+    stats_interval_secs: u64 = DEFAULT_STATS_INTERVAL_SECS,
+});
+
+/// One setting as the command line sees it.
+#[derive(Debug)]
+struct Row {
+    /// The config-file key and field name; the flag and variable derive
+    /// from it.
+    key: &'static str,
+    /// Its documentation, a line per entry; the first paragraph is its help.
+    doc: &'static [&'static str],
+    /// Exceptions (see [`Mark`]).
+    marks: &'static [Mark],
+}
+
+/// What a row of the settings table may be marked with, in brackets
+/// before its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// A file key with no flag or variable of its own (`pin`, which the
+    /// flag `--no-pin` turns off).
+    NoFlag,
+    /// Never printed by `--print-config`; the variable's value is hidden in
+    /// `--help` (`auth_token`).
+    Secret,
+}
+
+impl Row {
+    fn has(&self, mark: Mark) -> bool {
+        self.marks.contains(&mark)
+    }
+
+    /// `--max-frame-bytes`'s name.
+    fn flag(&self) -> String {
+        self.key.replace('_', "-")
+    }
+
+    /// `RINGCAST_MAX_FRAME_BYTES`.
+    fn variable(&self) -> String {
+        format!("RINGCAST_{}", self.key.to_ascii_uppercase())
+    }
+
+    /// The first paragraph of the documentation, on one line, without its
+    /// final full stop.
+    fn help(&self) -> String {
+        let lines: Vec<&str> = self
+            .doc
+            .iter()
+            .map(|l| l.trim())
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let help = lines.join(" ");
+        help.strip_suffix('.').unwrap_or(&help).to_string()
+    }
+}
+
+/// Registers a setting's flag and variable, its help ending in its
+/// default as `--print-config` prints it.
+fn add_flag(cmd: Command, row: &Row, parser: ValueParser, default: Option<toml::Value>) -> Command {
+    if row.has(Mark::NoFlag) {
+        return cmd;
+    }
+    let mut help = row.help();
+    if let Some(d) = default {
+        let shown = match d {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        help.push_str(&format!(" [default: {shown}]"));
+    }
+    cmd.arg(
+        Arg::new(row.key)
+            .long(row.flag())
+            .env(row.variable())
+            .hide_env_values(row.has(Mark::Secret))
+            .value_name(row.key.to_ascii_uppercase())
+            .value_parser(parser)
+            .help(help),
+    )
+}
+
+/// The value a setting's flag or variable gave, if any.
+fn flag_value<T: Clone + Send + Sync + 'static>(m: &ArgMatches, row: &Row) -> Option<T> {
+    if row.has(Mark::NoFlag) {
+        return None;
+    }
+    m.get_one::<T>(row.key).cloned()
+}
+
+/// A setting's value as TOML.
+fn toml_value<T: Serialize>(v: &T) -> toml::Value {
+    toml::Value::try_from(v).expect("settings serialise as TOML")
+}
+
+/// Appends `key = value` for a setting that has a value and is no secret.
+fn write_line<T: Serialize>(out: &mut String, row: &Row, value: Option<&T>) {
+    if let Some(v) = value {
+        if !row.has(Mark::Secret) {
+            out.push_str(&format!("{} = {}\n", row.key, toml_value(v)));
+        }
+    }
+}
+
+/// How a setting of type `Self` is given by a flag, variable or file key:
+/// as itself, or, for an optional setting (`Option<T>`: off unless set), as
+/// a `T`. A setting of a new type needs its type added to the list below.
+pub trait Given: Sized {
+    /// What the flag, variable or key holds.
+    type Value: Clone + Send + Sync + Serialize + 'static;
+    /// The setting, from what was given.
+    fn from_given(v: Self::Value) -> Self;
+    /// What would give this setting (None for an optional one that is off).
+    fn given(&self) -> Option<Self::Value>;
+}
+
+impl<T: Clone + Send + Sync + Serialize + 'static> Given for Option<T> {
+    type Value = T;
+    fn from_given(v: T) -> Self {
+        Some(v)
+    }
+    fn given(&self) -> Option<T> {
+        self.clone()
+    }
+}
+
+macro_rules! given_as_itself {
+    ($($t:ty),* $(,)?) => {$(
+        impl Given for $t {
+            type Value = $t;
+            fn from_given(v: $t) -> Self {
+                v
+            }
+            fn given(&self) -> Option<$t> {
+                Some(self.clone())
+            }
+        }
+    )*};
+}
+
+given_as_itself!(
+    bool, u16, u32, u64, i32, usize, String, SocketAddr, PathBuf, WakeMode, IoBackend, LogFormat,
+);
+
+impl Layer {
+    /// Reads a config file: TOML whose keys are the flag names with `_`.
+    /// Unknown keys and wrong types are errors naming the line.
+    pub fn from_file(path: &Path) -> Result<Layer, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses config-file text. Errors quote the offending line, except a
+    /// line that may hold a secret (its key mentions `token`), which is
+    /// named by number only.
+    pub fn from_toml(text: &str) -> Result<Layer, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line_no = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let line = line_no.and_then(|n| text.lines().nth(n - 1)).unwrap_or("");
+            if line.to_ascii_lowercase().contains("token") {
+                // Neither the line nor the value (which the message may quote).
+                let mut msg = e.message().to_string();
+                if let Some((_, value)) = line.split_once('=') {
+                    for v in [value.trim(), value.trim().trim_matches(['"', '\''])] {
+                        if !v.is_empty() {
+                            msg = msg.replace(v, "<redacted>");
+                        }
+                    }
+                }
+                format!(
+                    "line {}: {msg} (line not shown: it may hold a secret)",
+                    line_no.unwrap_or(0)
+                )
+            } else {
+                e.to_string().trim_end().to_string()
+            }
+        })
+    }
+}
+
+impl ServerArgs {
+    /// Merges the flags and variables (already in `self`) over the config
+    /// file (if `--config` names one) over the defaults, and checks the
+    /// result.
+    pub fn resolve(self) -> Result<Settings, String> {
+        let mut given = self.given;
+        if self.no_pin {
+            given.pin = Some(false);
+        }
+        if let Some(path) = &self.config {
+            let mut file = Layer::from_file(path)?;
+            // The token and the token file are one setting: either given
+            // by a flag or variable replaces both from the file.
+            if given.auth_token.is_some() || given.auth_token_file.is_some() {
+                file.auth_token = None;
+                file.auth_token_file = None;
+            }
+            given.fill_from(file);
+        }
+        let mut settings = given.over_defaults();
+        settings.server.auth_token =
+            match (settings.server.auth_token.take(), &settings.auth_token_file) {
+                (Some(_), Some(_)) => {
+                    return Err("give the auth token or a file holding it, not both".into())
+                }
+                (Some(t), None) => Some(t),
+                (None, Some(path)) => Some(read_token(path)?),
+                (None, None) => None,
+            };
+        if settings.server.auth_token.as_deref() == Some("") {
+            return Err("the auth token is empty".into());
+        }
+        settings.server.validate()?;
+        Ok(settings)
+    }
+}
+
+/// Reads a secret from a file, without its trailing line break.
+fn read_token(path: &Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read auth token file {}: {e}", path.display()))?;
+    Ok(t.trim_end_matches(['\n', '\r']).to_string())
+}
+
+impl Settings {
+    /// The configuration as a config file that reproduces it. An auth token
+    /// given literally is not printed (a comment says one is set); one read
+    /// from a file is printed as that file's path.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from(
+            "# ringcast server: effective configuration (defaults < file < RINGCAST_* < flags)\n",
+        );
+        Layer::of(self).write_toml(&mut out);
+        if self.server.auth_token.is_some() && self.auth_token_file.is_none() {
+            out.push_str("# auth_token is set but not printed\n");
+        }
+        out
+    }
+}
+
+/// Installs the tracing subscriber (RUST_LOG honoured; default `info`).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: escape codes in the journal or
+    // a log file are noise (NO_COLOR turns them off anywhere).
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit so the connection limit, not the
+/// descriptor limit, is what caps clients.
+fn raise_nofile() {
+    match rlimit_nofile_raise() {
+        Ok((old, new)) => tracing::info!(from = old, to = new, "raised RLIMIT_NOFILE"),
+        Err(e) => tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE"),
+    }
+}
+
+fn rlimit_nofile_raise() -> std::io::Result<(u64, u64)> {
+    crate::io::raise_nofile_limit()
+}
+
+/// Runs `ringcast server` until SIGINT or SIGTERM.
+pub fn run(args: ServerArgs) -> ExitCode {
+    let print = args.print_config;
+    let settings = match args.resolve() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if print {
+        print!("{}", settings.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(settings.log_format);
+    raise_nofile();
+    // Catch SIGINT and SIGTERM before the shards start: one that arrives
+    // while they do (just after "ringcast listening", say) waits here and
+    // still drains the server, where it would otherwise kill the process.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast server: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match Server::builder().config(settings.server.clone()).build() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = match server.spawn() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ringcast server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stopper = handle.stopper();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "shutting down: draining clients");
+            stopper.stop();
+        }
+    });
+    let watcher = handle.watcher();
+    let reporter = StatsReporter::start(watcher.clone(), settings.stats_interval_secs);
+    let result = handle.join();
+    drop(reporter);
+    match result {
+        Ok(_) if watcher.failed_shards() > 0 => {
+            // A supervisor should know: exit non-zero (Restart=on-failure).
+            eprintln!(
+                "ringcast server: {} shard(s) stopped on an I/O error (see the log)",
+                watcher.failed_shards()
+            );
+            ExitCode::FAILURE
+        }
+        Ok(t) => {
+            tracing::info!(
+                total_messages = t.total_messages(),
+                total_connections = t.total_connections,
+                bytes_received = t.bytes_received,
+                bytes_sent = t.bytes_sent,
+                broadcasts_delivered = t.broadcasts_delivered,
+                protocol_errors = t.protocol_errors(),
+                "ringcast stopped"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringcast server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs the headline stats at info level every interval, from its own
+/// thread; stops when dropped.
+struct StatsReporter {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatsReporter {
+    fn start(watcher: Watcher, interval_secs: u64) -> StatsReporter {
+        if interval_secs == 0 {
+            return StatsReporter {
+                stop: None,
+                thread: None,
+            };
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let interval = Duration::from_secs(interval_secs);
+        let thread = std::thread::Builder::new()
+            .name("ringcast-stats".into())
+            .spawn(move || {
+                let rss = crate::server::stats::RssReader::new();
+                let mut last = watcher.totals().total_messages();
+                // Wakes each interval; a message or a hang-up ends the loop.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(interval)
+                {
+                    let t = watcher.totals();
+                    let total = t.total_messages();
+                    tracing::info!(
+                        connected = t.connected,
+                        total_connections = t.total_connections,
+                        total_messages = total,
+                        messages_per_second = (total - last) / interval_secs,
+                        bytes_received = t.bytes_received,
+                        bytes_sent = t.bytes_sent,
+                        broadcasts_delivered = t.broadcasts_delivered,
+                        slow_consumer_disconnects = t.slow_consumer_disconnects,
+                        protocol_errors = t.protocol_errors(),
+                        rss_bytes = rss.rss_bytes(),
+                        "stats"
+                    );
+                    last = total;
+                }
+            })
+            .ok();
+        StatsReporter {
+            stop: Some(tx),
+            thread,
+        }
+    }
+}
+
+impl Drop for StatsReporter {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, FromArgMatches};
+
+    fn command() -> Command {
+        ServerArgs::augment_args(Command::new("server"))
+    }
+
+    fn parse(args: &[&str]) -> ServerArgs {
+        let m = command()
+            .try_get_matches_from(std::iter::once("server").chain(args.iter().copied()))
+            .unwrap();
+        ServerArgs::from_arg_matches(&m).unwrap()
+    }
+
+    #[test]
+    fn flags_and_variables_are_named_after_the_key() {
+        let cmd = command();
+        let arg = |id: &str| cmd.get_arguments().find(|a| a.get_id() == id);
+        let frame = arg("max_frame_bytes").expect("a flag for max_frame_bytes");
+        assert_eq!(frame.get_long(), Some("max-frame-bytes"));
+        assert_eq!(
+            frame.get_env().and_then(|e| e.to_str()),
+            Some("RINGCAST_MAX_FRAME_BYTES")
+        );
+        assert!(arg("io_backend").is_some() && arg("log_format").is_some());
+        // `pin` is a file key only (its flag is --no-pin).
+        assert!(arg("pin").is_none());
+        assert!(arg("no_pin").is_some());
+        // The token's variable value is never shown in --help.
+        assert!(arg("auth_token").unwrap().is_hide_env_values_set());
+    }
+
+    #[test]
+    fn flags_fill_the_layer_and_pin_comes_from_no_pin() {
+        let a = parse(&["--shards", "3", "--io-backend", "epoll", "--no-pin"]);
+        assert_eq!(a.given.shards, Some(3));
+        assert_eq!(a.given.io_backend, Some(IoBackend::Epoll));
+        assert_eq!(a.given.pin, None);
+        let s = a.resolve().unwrap();
+        assert_eq!(s.server.shards, 3);
+        assert_eq!(s.server.io_backend, IoBackend::Epoll);
+        assert!(!s.server.pin);
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn printed_settings_read_back_unchanged() {
+        let mut s = ServerArgs::default().resolve().unwrap();
+        assert_eq!(s.server, ServerConfig::default());
+        s.server.wake = WakeMode::Eventfd;
+        s.server.io_backend = IoBackend::IoUring;
+        s.server.metrics_addr = Some("127.0.0.1:9100".parse().unwrap());
+        s.server.pin = false;
+        s.stats_interval_secs = 0;
+        let text = s.to_toml();
+        assert!(text.contains("io_backend = \"io-uring\"\n"), "{text}");
+        let back = Layer::from_toml(&text).unwrap().over_defaults();
+        assert_eq!(back, s);
+    }
+}
