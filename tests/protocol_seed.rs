@@ -422,6 +422,7 @@ fn server_stats_matches_seed_plus_extras() {
         messages_per_second: 99,
         connections_per_shard: &per_shard,
         partial_frame_bytes: 65536,
+        io_backend: "io-uring",
     };
     let mut out = Vec::new();
     with_request(SEED_GET_STATS, |r| {
