@@ -1,11 +1,36 @@
 #!/usr/bin/env python3
-"""Runs the ringcast vs baseline (vs Redis) comparison; see bench-compare.sh.
+"""Runs server comparisons on one machine; see bench-compare.sh.
 
-Each scenario runs every server RUNS times, alternating (ringcast, baseline,
-ringcast, baseline, ...) so slow drift on a shared machine hits both alike.
-Each run starts a fresh server, runs `ringcast bench`, and stops it.
+Default (no --servers): ringcast vs the tokio baseline (vs Redis when
+redis-server and redis-benchmark are installed), written to
+bench-results/compare.json, which results_table.py turns into the README table.
+
+With --servers a,b,c: any set of server variants, written to
+bench-results/compare-servers.json (or --out), compare.json left alone.
+Variants:
+
+  ringcast  the current binary, default backend (auto, or RINGCAST_IO_BACKEND)
+  uring     the current binary with --io-backend io-uring
+  epoll     the current binary with --io-backend epoll
+  before    an older ringcast binary (--before-bin PATH or BEFORE_BIN), started
+            without --io-backend (binaries from before the io seam lack it)
+  baseline  examples/tokio_baseline
+  NAME      any name given with --server 'NAME=command ... {addr} ...'
+            ({addr} is 127.0.0.1:PORT, {port} the port)
+
+Binaries: RINGCAST_BIN (default $CARGO_TARGET_DIR or ROOT/target, then
+release/ringcast) and BASELINE_BIN (release/examples/tokio_baseline).
+The load generator is always RINGCAST_BIN `bench` with its default io backend
+(RINGCAST_IO_BACKEND is removed from its environment), so every variant is
+driven by the same generator.
+
+Each scenario runs every variant RUNS times, alternating run by run, a fresh
+server per run. With --servers the order rotates each run (a,b,c / b,c,a /
+c,a,b ...) so no variant always follows the same one. Printed: every run,
+then medians (throughput and p99), "ratio to baseline" for every variant, and
+the --ratios pairs (default uring/before and epoll/uring, where present).
 """
-import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, time
+import argparse, json, os, re, shlex, shutil, signal, socket, statistics, subprocess, sys, time
 
 SCENARIOS = [
     # name, bench args, metric
@@ -18,6 +43,9 @@ SCENARIOS = [
     ("broadcast", ["--workload", "broadcast", "--publishers", "1", "--subscribers", "1000", "-P", "8", "--size", "32"], "deliveries_per_sec"),
 ]
 
+BUILTIN = ("ringcast", "uring", "epoll", "before", "baseline")
+
+
 def wait_port(port, timeout=10.0):
     end = time.time() + timeout
     while time.time() < end:
@@ -28,35 +56,124 @@ def wait_port(port, timeout=10.0):
             time.sleep(0.05)
     raise RuntimeError(f"server on {port} did not start")
 
-def start(kind, root, port):
-    log = open(os.path.join(root, "bench-results", f".server-{kind}.log"), "w")
-    if kind == "ringcast":
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown cpu"
+
+
+def git_commit(root):
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", "src", "Cargo.toml", "Cargo.lock", "examples"],
+                               capture_output=True, text=True).stdout.strip()
+        return head + (" (+ uncommitted changes in src/Cargo/examples)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+class Servers:
+    """Turns a variant name into the command that starts it."""
+
+    def __init__(self, root, before_bin, custom):
+        tdir = os.environ.get("CARGO_TARGET_DIR") or os.path.join(root, "target")
+        if not os.path.isabs(tdir):
+            tdir = os.path.join(root, tdir)
+        self.ringcast = os.environ.get("RINGCAST_BIN") or os.path.join(tdir, "release", "ringcast")
+        self.baseline = os.environ.get("BASELINE_BIN") or os.path.join(tdir, "release", "examples", "tokio_baseline")
+        self.before = before_bin or os.environ.get("BEFORE_BIN")
+        self.custom = custom
+
+    def command(self, kind, port):
+        addr = f"127.0.0.1:{port}"
         # --no-pin: the generator shares these cores; pinned shards cannot move
         # off a core the generator is using (p99 4.3 ms pinned vs 0.36 ms not,
         # at 60k msg/s). The baseline is not pinned either.
-        cmd = [os.path.join(root, "target/release/ringcast"), "server", "--addr", f"127.0.0.1:{port}", "--idle-timeout-secs", "0", "--no-pin"]
-    elif kind == "baseline":
-        cmd = [os.path.join(root, "target/release/examples/tokio_baseline"), "--addr", f"127.0.0.1:{port}"]
-    else:
-        cmd = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
-    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    wait_port(port)
+        common = ["server", "--addr", addr, "--idle-timeout-secs", "0", "--no-pin"]
+        if kind == "ringcast":
+            return [self.ringcast] + common
+        if kind == "uring":
+            return [self.ringcast] + common + ["--io-backend", "io-uring"]
+        if kind == "epoll":
+            return [self.ringcast] + common + ["--io-backend", "epoll"]
+        if kind == "before":
+            if not self.before:
+                sys.exit("compare.py: variant 'before' needs --before-bin PATH or BEFORE_BIN")
+            return [self.before] + common
+        if kind == "baseline":
+            return [self.baseline, "--addr", addr]
+        if kind == "redis":
+            return ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+        if kind in self.custom:
+            return [w.replace("{addr}", addr).replace("{port}", str(port)) for w in shlex.split(self.custom[kind])]
+        sys.exit(f"compare.py: unknown server variant {kind!r} (known: {', '.join(BUILTIN + tuple(self.custom))})")
+
+    def check(self, kinds):
+        for k in kinds:
+            cmd = self.command(k, 0)
+            exe = cmd[0]
+            if not (os.path.exists(exe) or shutil.which(exe)):
+                sys.exit(f"compare.py: {k}: {exe} not found")
+
+
+def start(servers, kind, root, port):
+    logpath = os.path.join(root, "bench-results", f".server-{kind}.log")
+    log = open(logpath, "w")
+    p = subprocess.Popen(servers.command(kind, port), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port)
+    except RuntimeError:
+        p.kill(); p.wait()
+        raise RuntimeError(f"{kind} did not start on port {port}; see {logpath}")
+    p.logpath = logpath
     return p
 
+
 def stop(p):
+    """SIGTERM, then SIGKILL after 10 s. Returns a note when something was off."""
+    if p.poll() is not None:
+        return f"server had exited (status {p.returncode}) before the end of the run"
     p.send_signal(signal.SIGTERM)
     try:
         p.wait(timeout=10)
     except subprocess.TimeoutExpired:
         p.kill(); p.wait()
+        return "server did not stop within 10 s of SIGTERM; killed"
+    return None
 
-def bench(root, port, args, duration):
+
+def observed_backend(logpath):
+    """The io backend a ringcast server logged at start (io_backend="..." now,
+    io_uring=features before the seam), else None."""
+    try:
+        text = open(logpath).read()
+    except OSError:
+        return None
+    m = re.search(r'io_backend="?([\w-]+)"?', text)
+    if m:
+        return m.group(1)
+    if re.search(r"ringcast listening .*io_uring=", text):
+        return "io-uring"
+    return None
+
+
+def bench(servers, root, port, args, duration):
     out = os.path.join(root, "bench-results", ".run.json")
-    cmd = [os.path.join(root, "target/release/ringcast"), "bench", "--addr", f"127.0.0.1:{port}",
+    if os.path.exists(out):
+        os.remove(out)
+    cmd = [servers.ringcast, "bench", "--addr", f"127.0.0.1:{port}",
            "-d", str(duration), "--warmup", "1", "-q", "--json", out] + args
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items() if k != "RINGCAST_IO_BACKEND"}
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env, timeout=duration + 120)
     with open(out) as f:
         return json.load(f)
+
 
 def redis_bench(port, pipeline, requests):
     cmd = ["redis-benchmark", "-p", str(port), "-t", "ping", "-c", "64", "-P", str(pipeline), "-n", str(requests), "-q", "--csv"]
@@ -71,48 +188,142 @@ def redis_bench(port, pipeline, requests):
                 pass
     return best
 
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt_ratio(x):
+    return f"{x:.2f}x" if x is not None else "-"
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=float, default=4)
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="comma-separated scenarios (default: all)")
+    ap.add_argument("--servers", default="", help="comma-separated variants, e.g. before,uring,epoll,baseline")
+    ap.add_argument("--server", action="append", default=[], metavar="NAME=CMD",
+                    help="an extra variant: NAME=command line with {addr} / {port}")
+    ap.add_argument("--before-bin", default="", help="ringcast binary for the 'before' variant (else BEFORE_BIN)")
+    ap.add_argument("--ratios", default="uring/before,epoll/uring",
+                    help="extra A/B throughput ratios to print, where both are in --servers")
+    ap.add_argument("--out", default="", help="JSON output (default compare.json, or compare-servers.json with --servers)")
     a = ap.parse_args()
+
+    custom = {}
+    for spec in a.server:
+        name, sep, cmd = spec.partition("=")
+        if not sep or not name or not cmd:
+            sys.exit(f"compare.py: --server wants NAME=CMD, got {spec!r}")
+        custom[name] = cmd
+    servers = Servers(a.root, a.before_bin, custom)
+    default_mode = not a.servers
+    kinds = ["ringcast", "baseline"] if default_mode else [k.strip() for k in a.servers.split(",") if k.strip()]
+    if "redis" in kinds and not default_mode:
+        sys.exit("compare.py: redis speaks RESP, not ringcast frames; it runs (with redis-benchmark) only without --servers")
+    if len(set(kinds)) != len(kinds):
+        sys.exit("compare.py: a variant is named twice in --servers")
+    servers.check(kinds)
+    pairs = []
+    for pr in a.ratios.split(","):
+        if "/" in pr:
+            x, y = (s.strip() for s in pr.split("/", 1))
+            if x in kinds and y in kinds:
+                pairs.append((x, y))
+    known = {n for n, _, _ in SCENARIOS}
+    only = [s for s in a.only.split(",") if s]
+    for s in only:
+        if s not in known:
+            sys.exit(f"compare.py: unknown scenario {s!r} (known: {', '.join(n for n, _, _ in SCENARIOS)})")
+
     port = 19200
+    machine = f"{os.cpu_count()} cores, kernel {os.uname().release}, {cpu_model()}"
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "machine": f"{os.cpu_count()} cores, kernel {os.uname().release}",
-               "runs": a.runs, "duration_s": a.duration, "scenarios": {}}
+               "machine": machine, "runs": a.runs, "duration_s": a.duration, "scenarios": {}}
+    if not default_mode:
+        results.update({
+            "git_commit": git_commit(a.root),
+            "servers": {k: " ".join(servers.command(k, 0)).replace(":0", ":PORT") for k in kinds},
+            "generator": f"{servers.ringcast} bench (default io backend)",
+        })
+    print(f"machine: {machine}; servers: {', '.join(kinds)}; runs {a.runs} x {a.duration} s", flush=True)
+    w = max(8, max(len(k) for k in kinds))
+    anomalies = []
     for name, args, metric in SCENARIOS:
-        if a.only and name not in a.only.split(","):
+        if only and name not in only:
             continue
-        runs = {"ringcast": [], "baseline": []}
-        p99 = {"ringcast": [], "baseline": []}
+        runs = {k: [] for k in kinds}
+        p99 = {k: [] for k in kinds}
+        errors = {k: [] for k in kinds}
+        backend = {k: [] for k in kinds}
         for i in range(a.runs):
-            for kind in ("ringcast", "baseline"):
+            order = kinds if default_mode else kinds[i % len(kinds):] + kinds[:i % len(kinds)]
+            for kind in order:
                 port += 1
-                srv = start(kind, a.root, port)
+                srv = start(servers, kind, a.root, port)
+                note = None
+                r = None
                 try:
-                    r = bench(a.root, port, args, a.duration)
+                    r = bench(servers, a.root, port, args, a.duration)
+                except subprocess.TimeoutExpired:
+                    note = f"bench did not finish within {a.duration + 120:.0f} s (hang?)"
+                except subprocess.CalledProcessError as e:
+                    note = f"bench exited with status {e.returncode}"
                 finally:
-                    stop(srv)
+                    stop_note = stop(srv)
+                note = "; ".join(x for x in (note, stop_note) if x) or None
+                be = observed_backend(srv.logpath) if kind not in ("baseline", "redis") else None
+                backend[kind].append(be)
+                if r is None:
+                    runs[kind].append(None); p99[kind].append(None); errors[kind].append(None)
+                    print(f"{name:10} run {i+1} {kind:{w}} FAILED: {note}", flush=True)
+                    anomalies.append(f"{name} run {i+1} {kind}: {note}")
+                    continue
                 runs[kind].append(r[metric])
                 p99[kind].append(r["latency_us"]["p99"])
-                print(f"{name:10} run {i+1} {kind:8} {metric} {r[metric]:>14.1f}  p99 {r['latency_us']['p99']} us  errors {r['errors']}", flush=True)
-        med = {k: statistics.median(v) for k, v in runs.items()}
-        med_p99 = {k: statistics.median(v) for k, v in p99.items()}
-        results["scenarios"][name] = {
-            "args": " ".join(args), "metric": metric, "runs": runs, "p99_us": p99,
-            "median": med, "median_p99_us": med_p99,
-            "ratio": med["ringcast"] / med["baseline"] if med["baseline"] else None,
-        }
-        print(f"{name:10} median ringcast {med['ringcast']:.1f} baseline {med['baseline']:.1f} ratio {results['scenarios'][name]['ratio']:.2f}x", flush=True)
-    if shutil.which("redis-server") and shutil.which("redis-benchmark") and not a.only:
+                errors[kind].append(r["errors"])
+                extra = f"  backend {be}" if be and not default_mode else ""
+                print(f"{name:10} run {i+1} {kind:{w}} {metric} {r[metric]:>14.1f}  p99 {r['latency_us']['p99']} us  errors {r['errors']}{extra}"
+                      + (f"  NOTE: {note}" if note else ""), flush=True)
+                if r["errors"] or note:
+                    anomalies.append(f"{name} run {i+1} {kind}: errors {r['errors']}" + (f"; {note}" if note else ""))
+        med = {k: median(v) for k, v in runs.items()}
+        med_p99 = {k: median(v) for k, v in p99.items()}
+        entry = {"args": " ".join(args), "metric": metric, "runs": runs, "p99_us": p99,
+                 "median": med, "median_p99_us": med_p99}
+        if default_mode:
+            entry["ratio"] = ratio(med["ringcast"], med["baseline"])
+            results["scenarios"][name] = entry
+            print(f"{name:10} median ringcast {med['ringcast'] or float('nan'):.1f} baseline {med['baseline'] or float('nan'):.1f} ratio {fmt_ratio(entry['ratio'])}", flush=True)
+            continue
+        entry["errors"] = errors
+        entry["io_backend"] = backend
+        if "baseline" in kinds:
+            entry["ratio_to_baseline"] = {k: ratio(med[k], med["baseline"]) for k in kinds}
+        entry["ratios"] = {f"{x}/{y}": ratio(med[x], med[y]) for x, y in pairs}
+        entry["p99_ratios"] = {f"{x}/{y}": ratio(med_p99[x], med_p99[y]) for x, y in pairs}
+        results["scenarios"][name] = entry
+        for k in kinds:
+            m, q = med[k], med_p99[k]
+            rb = entry.get("ratio_to_baseline", {}).get(k)
+            print(f"{name:10} median {k:{w}} {metric} {m if m is not None else float('nan'):>14.1f}  p99 {q if q is not None else '-'} us"
+                  + (f"  ratio to baseline {fmt_ratio(rb)}" if "baseline" in kinds else ""), flush=True)
+        for key, v in entry["ratios"].items():
+            print(f"{name:10} ratio {key}: {fmt_ratio(v)} (p99 {fmt_ratio(entry['p99_ratios'][key])})", flush=True)
+    if default_mode and shutil.which("redis-server") and shutil.which("redis-benchmark") and not a.only:
         red = {}
         for pipeline, n in ((32, 20_000_000), (1, 1_000_000)):
             vals = []
             for i in range(a.runs):
                 port += 1
-                srv = start("redis", a.root, port)
+                srv = start(servers, "redis", a.root, port)
                 try:
                     v = redis_bench(port, pipeline, n)
                 finally:
@@ -121,15 +332,24 @@ def main():
                 print(f"redis ping -c 64 -P {pipeline} run {i+1}: {vals[-1]:.0f} req/s", flush=True)
             red[f"p{pipeline}"] = {"runs": vals, "median": statistics.median(vals)}
         results["redis"] = red
-    out = os.path.join(a.root, "bench-results", "compare.json")
+    if anomalies:
+        results["anomalies"] = anomalies
+        print("anomalies:\n  " + "\n  ".join(anomalies), flush=True)
+    out = a.out or os.path.join(a.root, "bench-results", "compare.json" if default_mode else "compare-servers.json")
     old = {}
     if a.only and os.path.exists(out):
         old = json.load(open(out))
-        old.setdefault("scenarios", {}).update(results["scenarios"])
-        results = {**old, "date": results["date"], "machine": results["machine"]}
+        if default_mode:
+            old.setdefault("scenarios", {}).update(results["scenarios"])
+            results = {**old, "date": results["date"], "machine": results["machine"]}
+        elif old.get("servers") == results.get("servers"):
+            old.setdefault("scenarios", {}).update(results["scenarios"])
+            results = {**old, **{k: v for k, v in results.items() if k != "scenarios"}, "scenarios": old["scenarios"]}
     with open(out, "w") as f:
         json.dump(results, f, indent=2)
         f.write("\n")
+    print(f"wrote {out}", flush=True)
+
 
 if __name__ == "__main__":
     main()
