@@ -47,9 +47,9 @@ class TCPClient:
     :meth:`set_message_callback` (as dicts, on the receiving thread). Without
     a callback, frames are logged at INFO on the ``ringcast`` logger.
 
-    The attributes the seed's client has -- ``host``, ``port``, ``socket``,
-    ``connected``, ``running``, ``message_callback``, ``receive_thread`` --
-    are kept with the same meaning.
+    Attributes: ``host``, ``port``, ``socket``, ``connected``, ``running``,
+    ``message_callback``, ``receive_thread`` (the seed README does not list
+    its client's attributes; these are the usual ones of such a client).
 
     Reconnection: when the connection drops while the client is running,
     the receiving thread reconnects with exponential backoff and jitter
