@@ -1,13 +1,13 @@
 //! `ringcast client` as a process: demo, interactive through a pipe, and
 //! performance, against a server in this process on 127.0.0.1.
 
-mod client_common;
+mod support;
 
-use client_common::Backend;
 use ringcast::client::{Client, ClientConfig};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::server::{wait_exit, Backend, LogLines};
 
 struct Run {
     code: Option<i32>,
@@ -45,18 +45,8 @@ fn ringcast_client(args: &[&str], stdin: &str) -> Run {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ringcast client {args:?} did not finish in 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("ringcast client {args:?} did not finish in 20 s"));
     writer.join().unwrap();
     Run {
         code: status.code(),
@@ -100,7 +90,6 @@ fn interactive_through_a_pipe() {
 
 #[test]
 fn interactive_ends_at_eof_and_prints_broadcasts_from_others() {
-    use std::io::BufRead;
     let server = Backend::start();
     let addr = server.addr().to_string();
     let other = Client::connect_with(server.addr(), ClientConfig::default()).unwrap();
@@ -114,28 +103,10 @@ fn interactive_ends_at_eof_and_prints_broadcasts_from_others() {
         .unwrap();
     // Read its output line by line on a thread, so each step waits for what
     // it needs to see instead of sleeping and hoping.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut out = String::new();
-    let wait_for = |needle: &str, out: &mut String| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !out.contains(needle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) => {
-                    out.push_str(&l);
-                    out.push('\n');
-                }
-                Err(_) => panic!("never saw {needle:?} in:\n{out}"),
-            }
+    let mut out = LogLines::new(child.stdout.take().unwrap());
+    let wait_for = |needle: &str, out: &mut LogLines| {
+        if out.wait_for_text(needle, Duration::from_secs(20)).is_none() {
+            panic!("never saw {needle:?} in:\n{}", out.seen.join("\n"));
         }
     };
     let mut stdin = child.stdin.take().unwrap();
@@ -145,17 +116,13 @@ fn interactive_ends_at_eof_and_prints_broadcasts_from_others() {
     // must be printed while the piped client waits for its next line.
     assert_eq!(other.broadcast("news for you").unwrap(), 1);
     wait_for("] news for you", &mut out);
-    assert!(out.contains("[broadcast from "), "{out}");
+    let seen = out.seen.join("\n");
+    assert!(seen.contains("[broadcast from "), "{seen}");
     stdin.write_all(b"/echo last\n").unwrap();
     drop(stdin); // EOF
     wait_for("\"last\"", &mut out);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "no exit at EOF");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let _ = reader.join();
+    let status = wait_exit(&mut child, Duration::from_secs(20)).expect("no exit at EOF");
+    assert_eq!(status.code(), Some(0));
     drop(other);
     server.stop();
 }

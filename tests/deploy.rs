@@ -19,12 +19,12 @@
 //! it at /usr/bin/systemd-analyze. systemd is not PID 1 here, so the unit is
 //! checked but not started.
 
-mod common;
+mod support;
 
-use common::{sigterm, wait_exit, LogLines};
 use ringcast::client::{Client, Event};
 use seccompiler::{BpfProgram, TargetArch};
 use serde_json::{json, Map, Value};
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -32,7 +32,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::server::{sigterm, wait_exit, LogLines};
+use support::wait::{recv_within, wait_until};
 
 const RINGCAST: &str = env!("CARGO_BIN_EXE_ringcast");
 const UNIT_BINARY: &str = "/usr/local/bin/ringcast";
@@ -527,15 +529,11 @@ fn seccomp_profile_is_enough_to_run_and_stop_the_server() {
     let big = "x".repeat(64 * 1024);
     assert_eq!(a.echo(&big).unwrap(), big);
     assert!(a.broadcast("to everyone").unwrap() >= 1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let got = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match b_events.recv_timeout(left) {
-            Ok(Event::Message(m)) if m.kind() == "broadcast_message" => break m,
-            Ok(_) => continue,
-            Err(e) => panic!("no broadcast_message for the second client: {e}"),
-        }
-    };
+    let got = recv_within(&b_events, Duration::from_secs(5), |e| match e {
+        Event::Message(m) if m.kind() == "broadcast_message" => Some(m),
+        _ => None,
+    })
+    .expect("a broadcast_message for the second client");
     assert_eq!(got.get("content"), Some(&json!("to everyone")));
 
     // Many connections at once, spread over both shards.
@@ -543,16 +541,19 @@ fn seccomp_profile_is_enough_to_run_and_stop_the_server() {
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
     // Accepts complete asynchronously: ask until the server has them all.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let stats = loop {
-        let stats = a.get_stats().expect("get_stats");
-        if stats.connected_clients >= 302 || Instant::now() > deadline {
-            break stats;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let stats = RefCell::new(None);
+    wait_until(
+        Duration::from_secs(10),
+        || format!("302 connected clients: {:?}", stats.borrow()),
+        || {
+            let s = a.get_stats().expect("get_stats");
+            let all = s.connected_clients >= 302;
+            *stats.borrow_mut() = Some(s);
+            all
+        },
+    );
+    let stats = stats.into_inner().unwrap();
     assert_eq!(stats.shards, 2);
-    assert!(stats.connected_clients >= 302, "{stats:?}");
     drop(many);
 
     // The container's HEALTHCHECK, under the same filter (docker exec runs

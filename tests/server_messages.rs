@@ -1,18 +1,14 @@
 //! Every message type end to end, exact response shapes, and the request- and
 //! frame-level errors (which close the connection and which do not).
 
-mod common;
+mod support;
 
-use common::*;
 use ringcast::protocol::message::write_response;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
-
-fn keys(v: &Value) -> Vec<&str> {
-    let mut k: Vec<&str> = v.as_object().unwrap().keys().map(|s| s.as_str()).collect();
-    k.sort_unstable();
-    k
-}
+use support::server::{builder, spawn, start};
+use support::wait::wait_until;
+use support::wire::{frame, frame_bytes, is_timestamp, keys, u64_of, Client};
 
 #[test]
 fn ping_pong_fields() {
@@ -100,10 +96,7 @@ fn broadcast_to_others_without_id() {
     let mut b = Client::connect(addr);
     let mut c = Client::connect(addr);
     // Make sure all three are registered before broadcasting.
-    assert!(wait_until(Duration::from_secs(3), || u64_of(
-        &a.stats(),
-        "connected_clients"
-    ) == 3));
+    a.wait_connected(3, Duration::from_secs(3));
     let v = a.request(&json!({"type": "broadcast", "content": {"k": "v ✓"}, "id": "b1"}));
     assert_eq!(v["type"], "broadcast_sent", "{v}");
     assert_eq!(v["recipients"], 2);
@@ -133,10 +126,11 @@ fn get_stats_fields() {
     let mut a = Client::connect(addr);
     let mut b = Client::connect(addr);
     let mut c = Client::connect(addr);
-    assert!(wait_until(Duration::from_secs(3), || server
-        .totals()
-        .connected
-        == 3));
+    wait_until(
+        Duration::from_secs(3),
+        "3 connections in the server's totals",
+        || server.totals().connected == 3,
+    );
     a.request(&json!({"type": "ping"}));
     a.request(&json!({"type": "ping"}));
     b.request(&json!({"type": "echo", "content": "x"}));
@@ -190,10 +184,7 @@ fn get_stats_fields() {
     // connected_clients follows closes.
     drop(a);
     drop(b);
-    assert!(wait_until(Duration::from_secs(3), || u64_of(
-        &c.stats(),
-        "connected_clients"
-    ) == 1));
+    c.wait_connected(1, Duration::from_secs(3));
 }
 
 #[test]
@@ -360,7 +351,7 @@ fn oversize_frame_is_rejected_and_closed() {
     c.expect_error("frame_too_large");
     assert!(c.read_until_closed(Duration::from_secs(4)).is_empty());
 
-    let s = stats_of(addr);
+    let s = Client::connect(addr).stats();
     assert_eq!(s["errors_by_code"]["frame_too_large"], 4, "{s}");
 }
 
