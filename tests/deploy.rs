@@ -27,13 +27,11 @@ use serde_json::{json, Map, Value};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
-use support::server::{sigterm, wait_exit, LogLines};
+use support::server::{sigterm, Confined};
 use support::wait::{recv_within, wait_until};
 
 const RINGCAST: &str = env!("CARGO_BIN_EXE_ringcast");
@@ -428,75 +426,12 @@ fn condition(arg: &Value) -> Value {
     json!({ "index": arg["index"], "type": "qword", "op": op, "val": val })
 }
 
-/// A ringcast process started under the profile, with its stderr lines.
-struct Confined {
-    child: Child,
-    log: LogLines,
-}
-
-/// Spawns `ringcast args...` from a thread that first loads `filters`; the
-/// child inherits them across fork and exec, as a container's process does
-/// from runc.
+/// Spawns `ringcast args...` under `profile` (less `without`).
 fn spawn_confined(profile: &Value, without: &[&str], args: &[&str]) -> Confined {
     // The one syscall the spawning itself needs beyond the profile: dup2, with
     // which posix_spawn puts stderr in place in the child before its execve
     // (runc sets up stdio before it loads the filter).
-    let filters = filters(profile, without, &["dup2"]);
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let child = std::thread::spawn(move || {
-        for f in &filters {
-            seccompiler::apply_filter(f).expect("seccomp filter loads");
-        }
-        Command::new(RINGCAST)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(OwnedFd::from(theirs)))
-            .spawn()
-    })
-    .join()
-    .unwrap()
-    .expect("ringcast spawns under the filter");
-    Confined {
-        child,
-        log: LogLines::new(ours),
-    }
-}
-
-impl Confined {
-    /// Waits for the JSON log line "ringcast listening" and returns its addr.
-    fn listening_addr(&mut self) -> SocketAddr {
-        let Some(v) = self
-            .log
-            .wait_for("ringcast listening", Duration::from_secs(15))
-        else {
-            let _ = self.child.kill();
-            panic!(
-                "no 'ringcast listening' line; stderr so far: {:#?}",
-                self.log.seen
-            );
-        };
-        v["fields"]["addr"].as_str().unwrap().parse().unwrap()
-    }
-
-    /// The metrics endpoint's address, from its start-up line (logged before
-    /// "ringcast listening", so call [`Self::listening_addr`] first).
-    fn metrics_addr(&self) -> SocketAddr {
-        self.log
-            .find_seen("metrics endpoint listening")
-            .and_then(|v| v["fields"]["addr"].as_str()?.parse().ok())
-            .unwrap_or_else(|| panic!("no metrics endpoint line in {:#?}", self.log.seen))
-    }
-
-    /// Waits for the process to exit; returns its status and all of stderr.
-    fn wait(mut self, within: Duration) -> (ExitStatus, String) {
-        let Some(status) = wait_exit(&mut self.child, within) else {
-            panic!("ringcast did not exit; stderr: {:#?}", self.log.seen);
-        };
-        // The child's end is closed now: read what is left to EOF.
-        (status, self.log.finish(Duration::from_secs(5)).join("\n"))
-    }
+    support::server::spawn_confined(filters(profile, without, &["dup2"]), args, |_| {})
 }
 
 #[test]

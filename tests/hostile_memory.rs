@@ -198,7 +198,7 @@ fn a_flood_of_partial_frames_stays_within_the_budget() {
     const OVERHEAD: u64 = SHARDS * (32 + 16) * MIB + 32 * MIB;
 
     // Each connection costs two descriptors here (client and server side).
-    let fd_limit = ringcast::uring::raise_nofile_limit()
+    let fd_limit = ringcast::io::raise_nofile_limit()
         .map(|(_, now)| now as usize)
         .unwrap_or(1024);
     let want = env_or("HOSTILE_BUDGET_CONNS", 1000usize);

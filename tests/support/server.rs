@@ -2,13 +2,17 @@
 //! place a test server is built, so every test runs on the I/O backend named
 //! by `RINGCAST_IO_BACKEND`), [`spawn`], [`start`] and [`Backend`] (the
 //! client tests' server). As a child process: [`server_command`],
-//! [`CliServer`], [`LogLines`] (its stderr), [`sigterm`] and [`wait_exit`].
+//! [`CliServer`], [`spawn_confined`] (under seccomp filters), [`LogLines`]
+//! (its stderr), [`sigterm`] and [`wait_exit`].
 
 use crate::support::wait::{poll, recv_within};
 use ringcast::server::{IoBackend, Server, ServerBuilder, ServerError, ServerHandle};
+use seccompiler::BpfProgram;
 use serde_json::Value;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
@@ -190,14 +194,10 @@ impl CliServer {
         .envs(envs.iter().copied());
         let mut child = cmd.spawn().expect("start ringcast server");
         let mut log = LogLines::new(child.stderr.take().unwrap());
-        let Some(listening) = log.wait_for("ringcast listening", Duration::from_secs(10)) else {
-            let _ = child.kill();
-            panic!("ringcast server printed no listening line within 10 s");
-        };
-        let a = listening["fields"]["addr"].as_str().expect("addr field");
+        let listening = await_listening(&mut child, &mut log, Duration::from_secs(10));
         CliServer {
             child,
-            addr: a.parse().expect("listening address"),
+            addr: addr_field(&listening),
             _log: log,
         }
     }
@@ -216,6 +216,102 @@ impl Drop for CliServer {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Waits up to `within` for a server child's JSON "ringcast listening" log
+/// line; kills the child and panics, with what it wrote so far, if none
+/// comes.
+fn await_listening(child: &mut Child, log: &mut LogLines, within: Duration) -> Value {
+    match log.wait_for("ringcast listening", within) {
+        Some(v) => v,
+        None => {
+            let _ = child.kill();
+            panic!(
+                "ringcast server printed no listening line within {within:?}; stderr: {:#?}",
+                log.seen
+            );
+        }
+    }
+}
+
+/// The `addr` field of a JSON log line.
+fn addr_field(line: &Value) -> SocketAddr {
+    line["fields"]["addr"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no addr field in {line}"))
+        .parse()
+        .expect("an address")
+}
+
+/// A `ringcast` child process started under seccomp filters, with its
+/// stderr lines.
+pub struct Confined {
+    pub child: Child,
+    pub log: LogLines,
+}
+
+/// Spawns `ringcast args...` (its command adjusted by `prepare`) from a
+/// thread that first loads `filters`; the child inherits them across fork
+/// and exec, as a container's process does from runc. Its stderr is one end
+/// of a socket pair made before the filters are loaded, so the spawning
+/// needs no system call beyond `dup2` to put it in place.
+pub fn spawn_confined(
+    filters: Vec<BpfProgram>,
+    args: &[&str],
+    prepare: impl FnOnce(&mut Command) + Send + 'static,
+) -> Confined {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let child = std::thread::spawn(move || {
+        for f in &filters {
+            seccompiler::apply_filter(f).expect("seccomp filter loads");
+        }
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+        c.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(OwnedFd::from(theirs)));
+        prepare(&mut c);
+        c.spawn()
+    })
+    .join()
+    .unwrap()
+    .expect("ringcast spawns under the filter");
+    Confined {
+        child,
+        log: LogLines::new(ours),
+    }
+}
+
+impl Confined {
+    /// Waits (up to 15 s) for the JSON log line "ringcast listening" and
+    /// returns it.
+    pub fn listening(&mut self) -> Value {
+        await_listening(&mut self.child, &mut self.log, Duration::from_secs(15))
+    }
+
+    /// [`Self::listening`]'s address.
+    pub fn listening_addr(&mut self) -> SocketAddr {
+        addr_field(&self.listening())
+    }
+
+    /// The metrics endpoint's address, from its start-up line (logged before
+    /// "ringcast listening", so call [`Self::listening_addr`] first).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.log
+            .find_seen("metrics endpoint listening")
+            .map(|v| addr_field(&v))
+            .unwrap_or_else(|| panic!("no metrics endpoint line in {:#?}", self.log.seen))
+    }
+
+    /// Waits for the process to exit; returns its status and all of stderr.
+    pub fn wait(mut self, within: Duration) -> (ExitStatus, String) {
+        let Some(status) = wait_exit(&mut self.child, within) else {
+            panic!("ringcast did not exit; stderr: {:#?}", self.log.seen);
+        };
+        // The child's end is closed now: read what is left to EOF.
+        (status, self.log.finish(Duration::from_secs(5)).join("\n"))
     }
 }
 
