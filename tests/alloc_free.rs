@@ -151,6 +151,7 @@ impl Shard {
                                 messages_per_second: 1000,
                                 connections_per_shard: &PER_SHARD,
                                 partial_frame_bytes: 4096,
+                                io_backend: "io-uring",
                             };
                             write_server_stats(out, req.id.as_ref(), &report)
                         }

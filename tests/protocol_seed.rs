@@ -361,7 +361,7 @@ const SEED_STATS_KEYS: [&str; 6] = [
     "current_time",
 ];
 
-const EXTRA_STATS_KEYS: [&str; 13] = [
+const EXTRA_STATS_KEYS: [&str; 14] = [
     "shards",
     "total_connections",
     "messages_by_type",
@@ -375,6 +375,7 @@ const EXTRA_STATS_KEYS: [&str; 13] = [
     "messages_per_second",
     "connections_per_shard",
     "partial_frame_bytes",
+    "io_backend",
 ];
 
 #[test]
@@ -401,6 +402,7 @@ fn server_stats_matches_seed_plus_extras() {
         messages_per_second: 99,
         connections_per_shard: &per_shard,
         partial_frame_bytes: 65536,
+        io_backend: "io-uring",
     };
     let mut out = Vec::new();
     with_request(SEED_GET_STATS, |r| {
@@ -442,6 +444,7 @@ fn server_stats_matches_seed_plus_extras() {
     assert_eq!(v["connections_per_shard"], json!([2, 1]));
     assert_eq!(v["rss_bytes"], 10 << 20);
     assert_eq!(v["partial_frame_bytes"], 65536);
+    assert_eq!(v["io_backend"], "io-uring");
     // And the client-side type reads it back.
     let stats: ServerStats = serde_json::from_value(v).unwrap();
     assert_eq!(stats.total_messages, 1250);
