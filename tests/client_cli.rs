@@ -15,6 +15,19 @@ struct Run {
     stderr: String,
 }
 
+impl Run {
+    /// Asserts the exit code; shows both outputs if it is another.
+    fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
 /// Runs `ringcast client <args>` with `stdin` piped in; killed after 20 s.
 fn ringcast_client(args: &[&str], stdin: &str) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
@@ -63,13 +76,7 @@ fn interactive_through_a_pipe() {
         &["interactive", "--addr", &addr],
         "/ping\n/echo hi\nhello\n/stats\n/custom no_such_type {\"k\":1}\n/bogus\n/help\n/exit\n/echo never sent\n",
     );
-    assert_eq!(
-        r.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_code(0);
     let o = &r.stdout;
     assert!(o.contains("pong in "), "{o}");
     assert!(o.contains("← \"hi\" (echoed by"), "{o}");
@@ -135,7 +142,7 @@ fn interactive_json_prints_raw_frames_one_per_line() {
         &["interactive", "--json", "--addr", &addr],
         "/ping\n/echo hi\nhello\n",
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    r.assert_code(0);
     let types: Vec<String> = r
         .stdout
         .lines()
@@ -153,13 +160,7 @@ fn demo_walks_through_every_exchange() {
     let server = Backend::start();
     let addr = server.addr().to_string();
     let r = ringcast_client(&["demo", "--addr", &addr], "");
-    assert_eq!(
-        r.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_code(0);
     let o = &r.stdout;
     for want in [
         "ringcast client demo: connected to",
@@ -181,7 +182,7 @@ fn demo_walks_through_every_exchange() {
     }
     // Default mode is demo.
     let r2 = ringcast_client(&["--addr", &addr], "");
-    assert_eq!(r2.code, Some(0));
+    r2.assert_code(0);
     assert!(r2.stdout.contains("demo complete"));
     server.stop();
 }
@@ -191,7 +192,7 @@ fn demo_json_and_auth_token() {
     let server = Backend::with_token("tok");
     let addr = server.addr().to_string();
     let r = ringcast_client(&["demo", "--json", "--token", "tok", "--addr", &addr], "");
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    r.assert_code(0);
     let types: Vec<String> = r
         .stdout
         .lines()
@@ -214,7 +215,7 @@ fn demo_json_and_auth_token() {
         ]
     );
     let bad = ringcast_client(&["demo", "--token", "nope", "--addr", &addr], "");
-    assert_eq!(bad.code, Some(1));
+    bad.assert_code(1);
     assert!(bad.stderr.contains("unauthorized"), "{}", bad.stderr);
     server.stop();
 }
@@ -227,7 +228,7 @@ fn unreachable_server_is_a_clear_error() {
         .unwrap()
         .to_string();
     let r = ringcast_client(&["demo", "--addr", &addr, "--timeout", "2"], "");
-    assert_eq!(r.code, Some(1));
+    r.assert_code(1);
     assert!(
         r.stderr.contains(&format!("cannot connect to {addr}")),
         "{}",
@@ -253,7 +254,7 @@ fn performance_reports_rate_and_percentiles() {
         ],
         "",
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    r.assert_code(0);
     for want in [
         "throughput",
         "msgs/s",

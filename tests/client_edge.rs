@@ -7,26 +7,22 @@ use ringcast::client::{Client, ClientError, Event};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::fake::{bad_server, client_config, FakeOptions, FakeServer, SilentPeer, LIMIT};
-use support::wait::{recv_within, wait_until};
+use support::fake::{
+    bad_server, client_config, heartbeat_client, FakeOptions, FakeServer, SilentPeer, LIMIT,
+};
+use support::wait::{next_matching, wait_until};
 use support::wire::frame_bytes;
 
 #[test]
 fn heartbeat_detects_a_peer_that_accepts_and_never_answers() {
     let peer = SilentPeer::start();
-    let c = Client::builder()
-        .request_timeout(Duration::from_secs(5))
-        .heartbeat(Some(Duration::from_millis(100)))
-        .heartbeat_max_missed(2)
-        .connect(peer.addr())
-        .unwrap();
+    let c = heartbeat_client(peer.addr(), Duration::from_millis(100));
     let events = c.messages();
     let t = Instant::now();
-    let reason = recv_within(&events, LIMIT, |e| match e {
+    let reason = next_matching(&events, LIMIT, "a Disconnected event", |e| match e {
         Event::Disconnected { reason } => Some(reason),
         _ => None,
-    })
-    .expect("a Disconnected event");
+    });
     assert!(reason.contains("heartbeat"), "{reason}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert!(!c.is_connected());
@@ -61,10 +57,9 @@ fn ping_bad(reply: Vec<u8>, then_close: bool) -> ClientError {
     let events = c.messages();
     let err = c.ping().expect_err("bad bytes must fail the request");
     // The connection is reported lost, and the client stays usable (fails cleanly).
-    recv_within(&events, LIMIT, |e| {
+    next_matching(&events, LIMIT, "a Disconnected event", |e| {
         matches!(e, Event::Disconnected { .. }).then_some(())
-    })
-    .expect("Disconnected event");
+    });
     assert!(c.ping().is_err());
     err
 }

@@ -8,12 +8,13 @@ use ringcast::client::{
 };
 use ringcast::protocol::ErrorCode;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::fake::{client_config, LIMIT};
+use support::fake::{client_config, heartbeat_client, LIMIT};
 use support::server::Backend;
-use support::wait::{recv_within, wait_until};
+use support::wait::{next_matching, wait_until};
 
 fn fast_reconnect(attempts: u32) -> ReconnectPolicy {
     ReconnectPolicy {
@@ -26,9 +27,23 @@ fn fast_reconnect(attempts: u32) -> ReconnectPolicy {
     }
 }
 
+/// A client of `addr` that reconnects quickly (200 attempts), requests
+/// waiting for the reconnection if `wait_for_reconnect`.
+fn reconnecting_client(addr: SocketAddr, wait_for_reconnect: bool) -> Client {
+    Client::connect_with(
+        addr,
+        ClientConfig {
+            reconnect: fast_reconnect(200),
+            wait_for_reconnect,
+            ..client_config()
+        },
+    )
+    .unwrap()
+}
+
 /// The next event that `pick` accepts, skipping others, within `LIMIT`.
 fn next_event<T>(rx: &Receiver<Event>, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-    recv_within(rx, LIMIT, |e| pick(&e)).expect("event within the time limit")
+    next_matching(rx, LIMIT, "the event", |e| pick(&e))
 }
 
 #[test]
@@ -199,14 +214,7 @@ fn auth_token_is_sent_first() {
 fn reconnects_after_the_server_restarts_on_the_same_port() {
     let server = Backend::start();
     let addr = server.addr();
-    let c = Client::connect_with(
-        addr,
-        ClientConfig {
-            reconnect: fast_reconnect(200),
-            ..client_config()
-        },
-    )
-    .unwrap();
+    let c = reconnecting_client(addr, false);
     let events = c.messages();
     c.ping().unwrap();
     let before = c.local_addr();
@@ -242,15 +250,7 @@ fn reconnects_after_the_server_restarts_on_the_same_port() {
 fn requests_wait_for_the_reconnection_when_configured() {
     let server = Backend::start();
     let addr = server.addr();
-    let c = Client::connect_with(
-        addr,
-        ClientConfig {
-            reconnect: fast_reconnect(200),
-            wait_for_reconnect: true,
-            ..client_config()
-        },
-    )
-    .unwrap();
+    let c = reconnecting_client(addr, true);
     let events = c.messages();
     server.stop();
     next_event(&events, |e| {
@@ -301,12 +301,7 @@ fn reconnection_gives_up_after_the_configured_attempts() {
 #[test]
 fn heartbeat_keeps_a_healthy_connection() {
     let server = Backend::start();
-    let c = Client::builder()
-        .request_timeout(Duration::from_secs(5))
-        .heartbeat(Some(Duration::from_millis(30)))
-        .heartbeat_max_missed(2)
-        .connect(server.addr())
-        .unwrap();
+    let c = heartbeat_client(server.addr(), Duration::from_millis(30));
     let events = c.messages();
     std::thread::sleep(Duration::from_millis(400));
     assert!(c.is_connected());

@@ -21,7 +21,7 @@
 
 mod support;
 
-use ringcast::client::{Client, Event};
+use ringcast::client::Client;
 use seccompiler::{BpfProgram, TargetArch};
 use serde_json::{json, Map, Value};
 use std::cell::RefCell;
@@ -31,8 +31,9 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-use support::server::{sigterm, Confined};
-use support::wait::{recv_within, wait_until};
+use support::fake::next_broadcast;
+use support::server::{local_args, sigterm, Confined};
+use support::wait::wait_until;
 
 const RINGCAST: &str = env!("CARGO_BIN_EXE_ringcast");
 const UNIT_BINARY: &str = "/usr/local/bin/ringcast";
@@ -427,7 +428,7 @@ fn condition(arg: &Value) -> Value {
 }
 
 /// Spawns `ringcast args...` under `profile` (less `without`).
-fn spawn_confined(profile: &Value, without: &[&str], args: &[&str]) -> Confined {
+fn spawn_confined<S: AsRef<str>>(profile: &Value, without: &[&str], args: &[S]) -> Confined {
     // The one syscall the spawning itself needs beyond the profile: dup2, with
     // which posix_spawn puts stderr in place in the child before its execve
     // (runc sets up stdio before it loads the filter).
@@ -464,11 +465,7 @@ fn seccomp_profile_is_enough_to_run_and_stop_the_server() {
     let big = "x".repeat(64 * 1024);
     assert_eq!(a.echo(&big).unwrap(), big);
     assert!(a.broadcast("to everyone").unwrap() >= 1);
-    let got = recv_within(&b_events, Duration::from_secs(5), |e| match e {
-        Event::Message(m) if m.kind() == "broadcast_message" => Some(m),
-        _ => None,
-    })
-    .expect("a broadcast_message for the second client");
+    let got = next_broadcast(&b_events);
     assert_eq!(got.get("content"), Some(&json!("to everyone")));
 
     // Many connections at once, spread over both shards.
@@ -551,20 +548,10 @@ fn seccomp_profile_is_enough_to_run_and_stop_the_server() {
 
 #[test]
 fn seccomp_profile_without_io_uring_setup_stops_the_server_with_its_message() {
-    let server = spawn_confined(
-        &profile(),
-        &["io_uring_setup"],
-        &[
-            "server",
-            "--addr",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-            "--io-backend",
-            "io-uring",
-        ],
-    );
+    let mut args = vec!["server".to_owned()];
+    args.extend(local_args(1));
+    args.extend(["--io-backend".to_owned(), "io-uring".to_owned()]);
+    let server = spawn_confined(&profile(), &["io_uring_setup"], &args);
     let (status, stderr) = server.wait(Duration::from_secs(15));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(

@@ -407,10 +407,9 @@ fn broadcast_storm_with_a_stalled_subscriber() {
     let addr = server.local_addr();
     let mut sender = Client::connect(addr);
     let baseline_rss = rss_of(&sender.stats());
-    let mut stalled = Client::connect_small_rcvbuf(addr, 4096);
-    let readers = Client::connect_many(addr, READERS);
+    let (mut stalled, readers) =
+        pacing::connect_audience(addr, &mut sender, READERS, Duration::from_secs(5));
     let sender_id = sender.client_id();
-    sender.wait_connected(READERS as u64 + 2, Duration::from_secs(5));
     // Each reader's progress: the sender stays at most READ_AHEAD
     // broadcasts (READ_AHEAD x 512 B, well under MAX_PENDING) ahead of the
     // slowest reader, so a reader thread descheduled on this busy 2-core

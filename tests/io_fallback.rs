@@ -13,14 +13,14 @@
 
 mod support;
 
-use ringcast::client::{Client, Event};
+use ringcast::client::Client;
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::server::{sigterm, spawn_confined, Confined, IO_BACKEND_ENV};
-use support::wait::recv_within;
+use support::fake::next_broadcast;
+use support::server::{local_args, sigterm, spawn_confined, Confined, IO_BACKEND_ENV};
 
 /// Allow everything, deny io_uring with EPERM.
 fn docker_like_filter() -> BpfProgram {
@@ -43,27 +43,21 @@ fn docker_like_filter() -> BpfProgram {
     .expect("filter compiles")
 }
 
-/// `ringcast args...` under the Docker-like filter, with the default
-/// backend unless `args` name one (whatever the suite's
-/// `RINGCAST_IO_BACKEND`).
-fn spawn_without_io_uring(args: &[&str]) -> Confined {
-    spawn_confined(vec![docker_like_filter()], args, |c| {
+/// `ringcast server` with `shards` shards on 127.0.0.1 and `more` flags,
+/// under the Docker-like filter, with the default backend unless `more`
+/// names one (whatever the suite's `RINGCAST_IO_BACKEND`).
+fn spawn_without_io_uring(shards: usize, more: &[&str]) -> Confined {
+    let mut args = vec!["server".to_owned()];
+    args.extend(local_args(shards));
+    args.extend(more.iter().map(|s| s.to_string()));
+    spawn_confined(vec![docker_like_filter()], &args, |c| {
         c.env_remove(IO_BACKEND_ENV);
     })
 }
 
 #[test]
 fn auto_falls_back_to_epoll_and_serves_every_message_type() {
-    let mut server = spawn_without_io_uring(&[
-        "server",
-        "--addr",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--no-pin",
-        "--log-format",
-        "json",
-    ]);
+    let mut server = spawn_without_io_uring(2, &["--log-format", "json"]);
     let v = server.listening();
     assert_eq!(v["fields"]["io_backend"], "epoll", "{v}");
     let addr: SocketAddr = v["fields"]["addr"].as_str().unwrap().parse().unwrap();
@@ -97,11 +91,7 @@ fn auto_falls_back_to_epoll_and_serves_every_message_type() {
         .expect_err("no handler for custom_type");
     assert!(err.to_string().contains("unknown_type"), "{err}");
     assert_eq!(a.broadcast("to everyone").unwrap(), 1);
-    let got = recv_within(&b_events, Duration::from_secs(5), |e| match e {
-        Event::Message(m) if m.kind() == "broadcast_message" => Some(m),
-        _ => None,
-    })
-    .expect("a broadcast_message for the second client");
+    let got = next_broadcast(&b_events);
     assert_eq!(got.get("content"), Some(&json!("to everyone")));
     let stats = a.get_stats().expect("get_stats");
     assert_eq!(stats.io_backend, "epoll");
@@ -118,16 +108,7 @@ fn auto_falls_back_to_epoll_and_serves_every_message_type() {
 
 #[test]
 fn io_uring_backend_refuses_to_start_with_the_cause() {
-    let server = spawn_without_io_uring(&[
-        "server",
-        "--addr",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--no-pin",
-        "--io-backend",
-        "io-uring",
-    ]);
+    let server = spawn_without_io_uring(1, &["--io-backend", "io-uring"]);
     let (status, log) = server.wait(Duration::from_secs(15));
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(

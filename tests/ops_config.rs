@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-use support::server::{server_command, sigterm, wait_exit, LogLines, IO_BACKEND_ENV};
+use support::server::{local_args, server_command, sigterm, wait_exit, LogLines, IO_BACKEND_ENV};
 use support::wire::{frame_bytes, Client};
 
 /// `ringcast server` for the configuration tests: no inherited `RINGCAST_*`
@@ -366,7 +366,7 @@ fn the_example_config_is_valid_and_names_every_key() {
 #[test]
 fn text_logs_to_a_pipe_have_no_colour_codes() {
     let mut c = server_command();
-    c.args(["--addr", "127.0.0.1:0", "--shards", "1", "--no-pin"])
+    c.args(local_args(1))
         .env_remove("NO_COLOR")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
-use support::server::{build, builder, server_command, spawn};
+use support::server::{build, builder, local_args, server_command, spawn};
 use support::wait::wait_until;
 use support::wire::{frame, frame_bytes, Client};
 
@@ -499,7 +499,7 @@ fn busy_metrics_port_is_a_clear_start_up_error() {
     // process exits with the message instead of running without metrics.
     for via_env in [false, true] {
         let mut cmd = server_command();
-        cmd.args(["--addr", "127.0.0.1:0", "--shards", "1", "--no-pin"]);
+        cmd.args(local_args(1));
         if via_env {
             cmd.env("RINGCAST_METRICS_ADDR", addr.to_string());
         } else {

@@ -131,10 +131,9 @@ fn slow_consumer_is_cut_while_others_receive_everything() {
     let addr = server.local_addr();
     let mut sender = Client::connect(addr);
     // The slow one advertises a tiny window and never reads (until the end).
-    let mut slow = Client::connect_small_rcvbuf(addr, 4096);
-    let readers = Client::connect_many(addr, READERS);
+    let (mut slow, readers) =
+        pacing::connect_audience(addr, &mut sender, READERS, Duration::from_secs(3));
     let sender_id = sender.client_id();
-    sender.wait_connected(READERS as u64 + 2, Duration::from_secs(3));
 
     // Each reader's progress: the sender never gets more than READ_AHEAD
     // broadcasts ahead of the slowest reader, so a reader thread that the

@@ -1,8 +1,10 @@
-//! For the client tests: a small threaded fake server speaking the
-//! protocol through `ringcast::protocol` (for behaviour a real server
-//! cannot be made to show: slow answers, no ids, bad bytes, silence), a
-//! silent peer, a one-shot bad server, and the client settings the tests
-//! share. The real server for them is [`crate::support::server::Backend`].
+//! For the tests of the client library (and those driving a server with
+//! it): a small threaded fake server speaking the protocol through
+//! `ringcast::protocol` (for behaviour a real server cannot be made to
+//! show: slow answers, no ids, bad bytes, silence), a silent peer, a
+//! one-shot bad server, and the client settings and event helpers the
+//! tests share. The real server for them is
+//! [`crate::support::server::Backend`].
 
 use crate::support::wait::poll;
 use crate::support::wire::read_frame;
@@ -370,6 +372,33 @@ pub fn bad_server(reply: Vec<u8>, then_close: bool) -> SocketAddr {
 
 /// The longest any client-test wait may take.
 pub const LIMIT: Duration = Duration::from_secs(10);
+
+/// A client of `addr` (5 s per request) sending a heartbeat every `every`
+/// and giving up after two missed.
+pub fn heartbeat_client(addr: SocketAddr, every: Duration) -> ringcast::client::Client {
+    ringcast::client::Client::builder()
+        .request_timeout(Duration::from_secs(5))
+        .heartbeat(Some(every))
+        .heartbeat_max_missed(2)
+        .connect(addr)
+        .unwrap()
+}
+
+/// The next `broadcast_message` among a library client's events (others
+/// skipped), within 5 s.
+pub fn next_broadcast(
+    events: &std::sync::mpsc::Receiver<ringcast::client::Event>,
+) -> ringcast::client::Message {
+    crate::support::wait::next_matching(
+        events,
+        Duration::from_secs(5),
+        "a broadcast_message",
+        |e| match e {
+            ringcast::client::Event::Message(m) if m.kind() == "broadcast_message" => Some(m),
+            _ => None,
+        },
+    )
+}
 
 /// Client settings for the tests: 5 s to connect and for each request.
 pub fn client_config() -> ClientConfig {

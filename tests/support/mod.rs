@@ -6,8 +6,10 @@
 //!   `ringcast server` child process, with its log lines;
 //! - [`wire`]: the frame encoder, the one frame reader, [`wire::Client`]
 //!   (a blocking test connection) and readers of JSON responses;
-//! - [`wait`]: [`wait::wait_until`], the one way to wait for a condition;
-//! - [`fake`]: misbehaving fake servers and settings for the client tests;
+//! - [`wait`]: [`wait::wait_until`], the one way to wait for a condition
+//!   (and [`wait::next_matching`], the same for a channel);
+//! - [`fake`]: misbehaving fake servers, and library-client settings and
+//!   helpers, for the client tests;
 //! - [`hostile`]: watchdog, seeded RNG, descriptor and RSS probes for the
 //!   hostile and resource tests;
 //! - [`pacing`]: a broadcast sender paced on its readers' progress.

@@ -7,6 +7,7 @@
 
 use crate::support::wait::wait_until_every;
 use crate::support::wire::Client;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,22 @@ impl ReaderProgress {
             },
         );
     }
+}
+
+/// The audience of a broadcast test around `sender` (connected to `addr`):
+/// a subscriber that advertises a tiny window (SO_RCVBUF 4 KiB) and never
+/// reads until the test says so, and `readers` readers; returns them once
+/// the server counts all of them and the sender (within `within`).
+pub fn connect_audience(
+    addr: SocketAddr,
+    sender: &mut Client,
+    readers: usize,
+    within: Duration,
+) -> (Client, Vec<Client>) {
+    let stalled = Client::connect_small_rcvbuf(addr, 4096);
+    let readers = Client::connect_many(addr, readers);
+    sender.wait_connected(readers.len() as u64 + 2, within);
+    (stalled, readers)
 }
 
 /// Starts one thread per reader that reads `broadcast_message`s from

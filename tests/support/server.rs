@@ -161,6 +161,20 @@ pub fn server_command() -> Command {
     c
 }
 
+/// The flags of a local test server: `--addr 127.0.0.1:0 --shards
+/// {shards} --no-pin`.
+pub fn local_args(shards: usize) -> Vec<String> {
+    [
+        "--addr",
+        "127.0.0.1:0",
+        "--shards",
+        &shards.to_string(),
+        "--no-pin",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A `ringcast server` child process on 127.0.0.1 with a kernel-chosen
 /// port; killed (SIGKILL) on drop if still running.
 pub struct CliServer {
@@ -177,21 +191,14 @@ impl CliServer {
     /// log line to learn the port.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> CliServer {
         let mut cmd = server_command();
-        cmd.args([
-            "--addr",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--no-pin",
-            "--log-format",
-            "json",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env("RUST_LOG", "info")
-        .envs(envs.iter().copied());
+        cmd.args(local_args(2))
+            .args(["--log-format", "json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .envs(envs.iter().copied());
         let mut child = cmd.spawn().expect("start ringcast server");
         let mut log = LogLines::new(child.stderr.take().unwrap());
         let listening = await_listening(&mut child, &mut log, Duration::from_secs(10));
@@ -256,13 +263,13 @@ pub struct Confined {
 /// and exec, as a container's process does from runc. Its stderr is one end
 /// of a socket pair made before the filters are loaded, so the spawning
 /// needs no system call beyond `dup2` to put it in place.
-pub fn spawn_confined(
+pub fn spawn_confined<S: AsRef<str>>(
     filters: Vec<BpfProgram>,
-    args: &[&str],
+    args: &[S],
     prepare: impl FnOnce(&mut Command) + Send + 'static,
 ) -> Confined {
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> = args.iter().map(|s| s.as_ref().to_owned()).collect();
     let child = std::thread::spawn(move || {
         for f in &filters {
             seccompiler::apply_filter(f).expect("seccomp filter loads");

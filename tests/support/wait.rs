@@ -4,6 +4,9 @@
 //! bool-returning variant: a test that wants the last state in the failure
 //! message passes a closure as the description (evaluated only on timeout).
 //!
+//! A test waiting for a message on a channel calls [`next_matching`], with
+//! the same contract.
+//!
 //! [`poll`] and [`recv_within`] are the building blocks for the support
 //! helpers that must return a value or clean up before failing (a child
 //! process killed, a bind retried); they return `None` at the deadline.
@@ -80,8 +83,25 @@ fn poll_every<T>(within: Duration, every: Duration, mut f: impl FnMut() -> Optio
 }
 
 /// The first message from `rx` that `pick` maps to `Some`, skipping the
-/// others, within `within` in all; `None` at the deadline or when every
-/// sender has gone.
+/// others, within `within` in all: [`wait_until`] for a channel. Panics
+/// naming `what` at the deadline or when every sender has gone.
+pub fn next_matching<M, T>(
+    rx: &Receiver<M>,
+    within: Duration,
+    what: impl Describe,
+    pick: impl FnMut(M) -> Option<T>,
+) -> T {
+    recv_within(rx, within, pick).unwrap_or_else(|| {
+        panic!(
+            "timed out after {within:?} waiting for {} (or the channel closed)",
+            what.describe()
+        )
+    })
+}
+
+/// [`next_matching`], returning `None` at the deadline or when every
+/// sender has gone (for [`crate::support::server::LogLines`], whose users
+/// clean up before failing).
 pub fn recv_within<M, T>(
     rx: &Receiver<M>,
     within: Duration,
