@@ -4,9 +4,10 @@
 mod support;
 
 use ringcast::protocol::message::write_response;
+use ringcast::server::IoBackend;
 use serde_json::json;
 use std::time::Duration;
-use support::server::{builder, spawn, start};
+use support::server::{builder, io_backend_from_env, spawn, start};
 use support::wait::wait_until;
 use support::wire::{frame, frame_bytes, is_timestamp, keys, u64_of, Client};
 
@@ -185,6 +186,21 @@ fn get_stats_fields() {
     drop(a);
     drop(b);
     c.wait_connected(1, Duration::from_secs(3));
+}
+
+/// The server runs on the backend `RINGCAST_IO_BACKEND` names (the suite's
+/// switch, applied by `support::server::build`), and `get_stats` says so.
+#[test]
+fn io_backend_follows_the_environment() {
+    let server = start(1);
+    let s = Client::connect(server.local_addr()).stats();
+    let reported = s["io_backend"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no io_backend in {s}"));
+    match io_backend_from_env() {
+        Some(b) if b != IoBackend::Auto => assert_eq!(reported, b.as_str(), "{s}"),
+        _ => assert!(["io-uring", "epoll"].contains(&reported), "{s}"),
+    }
 }
 
 #[test]

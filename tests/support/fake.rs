@@ -181,8 +181,10 @@ fn serve(s: Arc<Shared>, stream: TcpStream) {
             break;
         }
         let n = match reader.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         };
         let mut close = false;
         let r = dec.feed(&mut buf[..n], |payload| {

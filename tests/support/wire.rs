@@ -337,13 +337,22 @@ impl Client {
 
     /// Asserts nothing arrives within `d` (the connection stays open).
     pub fn expect_silence(&mut self, d: Duration) {
-        self.stream.set_read_timeout(Some(d)).unwrap();
+        let deadline = Instant::now() + d;
         let mut b = [0u8; 1];
-        match self.stream.read(&mut b) {
-            Ok(0) => panic!("connection closed, expected it to stay open"),
-            Ok(_) => panic!("unexpected data from the server"),
-            Err(e) if is_timeout(&e) => {}
-            Err(e) => panic!("unexpected read error: {e}"),
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut b) {
+                Ok(0) => panic!("connection closed, expected it to stay open"),
+                Ok(_) => panic!("unexpected data from the server"),
+                Err(e) if is_timeout(&e) => break,
+                // EINTR: a timed socket read is not restarted; wait on.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("unexpected read error: {e}"),
+            }
         }
         self.stream
             .set_read_timeout(Some(self.read_timeout))
