@@ -7,7 +7,9 @@
 //! the test harness's own threads and tests running in parallel add no noise;
 //! the counts are kept per thread for the same reason.
 
-use ringcast::protocol::frame::{encode_frame, FrameDecoder, DEFAULT_MAX_FRAME_BYTES};
+mod support;
+
+use ringcast::protocol::frame::{FrameDecoder, DEFAULT_MAX_FRAME_BYTES};
 use ringcast::protocol::message::{
     write_echo_response, write_error, write_pong, write_server_stats,
 };
@@ -16,6 +18,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
+use support::wire::frame_bytes;
 
 struct Counting;
 
@@ -173,7 +176,7 @@ impl Shard {
 fn stream(payload: &str, per_chunk: usize) -> Vec<u8> {
     let mut s = Vec::new();
     for _ in 0..per_chunk {
-        encode_frame(&mut s, payload.as_bytes());
+        s.extend(frame_bytes(payload.as_bytes()));
     }
     s
 }

@@ -1,20 +1,14 @@
 //! The load generator end to end: a short run against a real server on
 //! 127.0.0.1, checking it measures something and sees no errors.
 
+mod support;
+
 use ringcast::bench::{self, BenchConfig, Workload};
-use ringcast::server::Server;
 use std::time::Duration;
+use support::server::{builder, spawn};
 
 fn server() -> ringcast::server::ServerHandle {
-    Server::builder()
-        .addr("127.0.0.1:0".parse().unwrap())
-        .shards(2)
-        .pin(false)
-        .idle_timeout_secs(0)
-        .build()
-        .unwrap()
-        .spawn()
-        .unwrap()
+    spawn(builder(2).idle_timeout_secs(0))
 }
 
 fn config(addr: std::net::SocketAddr, workload: Workload) -> BenchConfig {

@@ -1,18 +1,31 @@
 //! `ringcast client` as a process: demo, interactive through a pipe, and
 //! performance, against a server in this process on 127.0.0.1.
 
-mod client_common;
+mod support;
 
-use client_common::Backend;
 use ringcast::client::{Client, ClientConfig};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::server::{wait_exit, Backend, LogLines};
 
 struct Run {
     code: Option<i32>,
     stdout: String,
     stderr: String,
+}
+
+impl Run {
+    /// Asserts the exit code; shows both outputs if it is another.
+    fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
 }
 
 /// Runs `ringcast client <args>` with `stdin` piped in; killed after 20 s.
@@ -45,18 +58,8 @@ fn ringcast_client(args: &[&str], stdin: &str) -> Run {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ringcast client {args:?} did not finish in 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("ringcast client {args:?} did not finish in 20 s"));
     writer.join().unwrap();
     Run {
         code: status.code(),
@@ -73,13 +76,7 @@ fn interactive_through_a_pipe() {
         &["interactive", "--addr", &addr],
         "/ping\n/echo hi\nhello\n/stats\n/custom no_such_type {\"k\":1}\n/bogus\n/help\n/exit\n/echo never sent\n",
     );
-    assert_eq!(
-        r.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_code(0);
     let o = &r.stdout;
     assert!(o.contains("pong in "), "{o}");
     assert!(o.contains("← \"hi\" (echoed by"), "{o}");
@@ -100,7 +97,6 @@ fn interactive_through_a_pipe() {
 
 #[test]
 fn interactive_ends_at_eof_and_prints_broadcasts_from_others() {
-    use std::io::BufRead;
     let server = Backend::start();
     let addr = server.addr().to_string();
     let other = Client::connect_with(server.addr(), ClientConfig::default()).unwrap();
@@ -114,28 +110,10 @@ fn interactive_ends_at_eof_and_prints_broadcasts_from_others() {
         .unwrap();
     // Read its output line by line on a thread, so each step waits for what
     // it needs to see instead of sleeping and hoping.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut out = String::new();
-    let wait_for = |needle: &str, out: &mut String| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !out.contains(needle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) => {
-                    out.push_str(&l);
-                    out.push('\n');
-                }
-                Err(_) => panic!("never saw {needle:?} in:\n{out}"),
-            }
+    let mut out = LogLines::new(child.stdout.take().unwrap());
+    let wait_for = |needle: &str, out: &mut LogLines| {
+        if out.wait_for_text(needle, Duration::from_secs(20)).is_none() {
+            panic!("never saw {needle:?} in:\n{}", out.seen.join("\n"));
         }
     };
     let mut stdin = child.stdin.take().unwrap();
@@ -145,17 +123,13 @@ fn interactive_ends_at_eof_and_prints_broadcasts_from_others() {
     // must be printed while the piped client waits for its next line.
     assert_eq!(other.broadcast("news for you").unwrap(), 1);
     wait_for("] news for you", &mut out);
-    assert!(out.contains("[broadcast from "), "{out}");
+    let seen = out.seen.join("\n");
+    assert!(seen.contains("[broadcast from "), "{seen}");
     stdin.write_all(b"/echo last\n").unwrap();
     drop(stdin); // EOF
     wait_for("\"last\"", &mut out);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "no exit at EOF");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let _ = reader.join();
+    let status = wait_exit(&mut child, Duration::from_secs(20)).expect("no exit at EOF");
+    assert_eq!(status.code(), Some(0));
     drop(other);
     server.stop();
 }
@@ -168,7 +142,7 @@ fn interactive_json_prints_raw_frames_one_per_line() {
         &["interactive", "--json", "--addr", &addr],
         "/ping\n/echo hi\nhello\n",
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    r.assert_code(0);
     let types: Vec<String> = r
         .stdout
         .lines()
@@ -186,13 +160,7 @@ fn demo_walks_through_every_exchange() {
     let server = Backend::start();
     let addr = server.addr().to_string();
     let r = ringcast_client(&["demo", "--addr", &addr], "");
-    assert_eq!(
-        r.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_code(0);
     let o = &r.stdout;
     for want in [
         "ringcast client demo: connected to",
@@ -214,7 +182,7 @@ fn demo_walks_through_every_exchange() {
     }
     // Default mode is demo.
     let r2 = ringcast_client(&["--addr", &addr], "");
-    assert_eq!(r2.code, Some(0));
+    r2.assert_code(0);
     assert!(r2.stdout.contains("demo complete"));
     server.stop();
 }
@@ -224,7 +192,7 @@ fn demo_json_and_auth_token() {
     let server = Backend::with_token("tok");
     let addr = server.addr().to_string();
     let r = ringcast_client(&["demo", "--json", "--token", "tok", "--addr", &addr], "");
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    r.assert_code(0);
     let types: Vec<String> = r
         .stdout
         .lines()
@@ -247,7 +215,7 @@ fn demo_json_and_auth_token() {
         ]
     );
     let bad = ringcast_client(&["demo", "--token", "nope", "--addr", &addr], "");
-    assert_eq!(bad.code, Some(1));
+    bad.assert_code(1);
     assert!(bad.stderr.contains("unauthorized"), "{}", bad.stderr);
     server.stop();
 }
@@ -260,7 +228,7 @@ fn unreachable_server_is_a_clear_error() {
         .unwrap()
         .to_string();
     let r = ringcast_client(&["demo", "--addr", &addr, "--timeout", "2"], "");
-    assert_eq!(r.code, Some(1));
+    r.assert_code(1);
     assert!(
         r.stderr.contains(&format!("cannot connect to {addr}")),
         "{}",
@@ -286,7 +254,7 @@ fn performance_reports_rate_and_percentiles() {
         ],
         "",
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    r.assert_code(0);
     for want in [
         "throughput",
         "msgs/s",

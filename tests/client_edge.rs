@@ -1,41 +1,28 @@
 //! Client behaviour that needs a misbehaving peer: bad bytes, silence, slow
 //! answers, no ids. The peers are std TcpListener threads in this process.
 
-mod client_common;
+mod support;
 
-use client_common::{bad_server, frame, wait_until, FakeOptions, FakeServer, SilentPeer};
-use ringcast::client::{Client, ClientConfig, ClientError, Event};
+use ringcast::client::{Client, ClientError, Event};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-fn config() -> ClientConfig {
-    ClientConfig {
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(5),
-        ..ClientConfig::default()
-    }
-}
+use support::fake::{
+    bad_server, client_config, heartbeat_client, FakeOptions, FakeServer, SilentPeer, LIMIT,
+};
+use support::wait::{next_matching, wait_until};
+use support::wire::frame_bytes;
 
 #[test]
 fn heartbeat_detects_a_peer_that_accepts_and_never_answers() {
     let peer = SilentPeer::start();
-    let c = Client::builder()
-        .request_timeout(Duration::from_secs(5))
-        .heartbeat(Some(Duration::from_millis(100)))
-        .heartbeat_max_missed(2)
-        .connect(peer.addr())
-        .unwrap();
+    let c = heartbeat_client(peer.addr(), Duration::from_millis(100));
     let events = c.messages();
     let t = Instant::now();
-    let reason = loop {
-        match events.recv_timeout(LIMIT).expect("a Disconnected event") {
-            Event::Disconnected { reason } => break reason,
-            _ => continue,
-        }
-    };
+    let reason = next_matching(&events, LIMIT, "a Disconnected event", |e| match e {
+        Event::Disconnected { reason } => Some(reason),
+        _ => None,
+    });
     assert!(reason.contains("heartbeat"), "{reason}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert!(!c.is_connected());
@@ -66,38 +53,35 @@ fn silent_peer_without_heartbeat_times_requests_out() {
 /// Sends one ping to a server that answers with `reply`; returns the error.
 fn ping_bad(reply: Vec<u8>, then_close: bool) -> ClientError {
     let addr = bad_server(reply, then_close);
-    let c = Client::connect_with(addr, config()).unwrap();
+    let c = Client::connect_with(addr, client_config()).unwrap();
     let events = c.messages();
     let err = c.ping().expect_err("bad bytes must fail the request");
     // The connection is reported lost, and the client stays usable (fails cleanly).
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let ev = events
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("Disconnected event");
-        if matches!(ev, Event::Disconnected { .. }) {
-            break;
-        }
-    }
+    next_matching(&events, LIMIT, "a Disconnected event", |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    });
     assert!(c.ping().is_err());
     err
 }
 
 #[test]
 fn bad_bytes_from_the_server_are_errors_not_panics() {
-    let e = ping_bad(frame(b"this is not json{"), false);
+    let e = ping_bad(frame_bytes(b"this is not json{"), false);
     assert!(
         matches!(&e, ClientError::Protocol(m) if m.contains("not valid JSON")),
         "{e:?}"
     );
 
-    let e = ping_bad(frame(b"[1,2,3]"), false);
+    let e = ping_bad(frame_bytes(b"[1,2,3]"), false);
     assert!(
         matches!(&e, ClientError::Protocol(m) if m.contains("not a JSON object")),
         "{e:?}"
     );
 
-    let e = ping_bad(frame(b"{\"type\":\"pong\",\"x\":\"\xff\xfe\"}"), false);
+    let e = ping_bad(
+        frame_bytes(b"{\"type\":\"pong\",\"x\":\"\xff\xfe\"}"),
+        false,
+    );
     assert!(matches!(e, ClientError::Protocol(_)), "{e:?}");
 
     let e = ping_bad(vec![0, 0, 0, 0], false);
@@ -118,7 +102,7 @@ fn bad_bytes_from_the_server_are_errors_not_panics() {
         "{e:?}"
     );
 
-    let mut truncated = frame(br#"{"type":"pong","id":1,"padding":"......"}"#);
+    let mut truncated = frame_bytes(br#"{"type":"pong","id":1,"padding":"......"}"#);
     truncated.truncate(20);
     let e = ping_bad(truncated, true);
     assert!(
@@ -128,7 +112,7 @@ fn bad_bytes_from_the_server_are_errors_not_panics() {
 
     // A well-formed answer of the wrong type for our id.
     let e = ping_bad(
-        frame(br#"{"type":"echo_response","id":1,"content":"?"}"#),
+        frame_bytes(br#"{"type":"echo_response","id":1,"content":"?"}"#),
         true,
     );
     assert!(
@@ -149,7 +133,7 @@ fn bad_bytes_from_the_server_are_errors_not_panics() {
         }
         if i % 2 == 0 {
             junk[0] = b'{';
-            junk = frame(&junk);
+            junk = frame_bytes(&junk);
         }
         let _ = ping_bad(junk, true);
     }
@@ -158,8 +142,8 @@ fn bad_bytes_from_the_server_are_errors_not_panics() {
 #[test]
 fn a_broadcast_between_a_request_and_its_answer_goes_to_the_callback() {
     let server = FakeServer::start(FakeOptions::default());
-    let a = Client::connect_with(server.addr(), config()).unwrap();
-    let b = Client::connect_with(server.addr(), config()).unwrap();
+    let a = Client::connect_with(server.addr(), client_config()).unwrap();
+    let b = Client::connect_with(server.addr(), client_config()).unwrap();
     let log: Arc<Mutex<Vec<String>>> = Arc::default();
     let l2 = log.clone();
     a.set_message_callback(move |ev| {
@@ -167,13 +151,17 @@ fn a_broadcast_between_a_request_and_its_answer_goes_to_the_callback() {
             l2.lock().unwrap().push(format!("callback {}", m.kind()));
         }
     });
+    let before = server.messages();
     std::thread::scope(|s| {
         let slow = s.spawn(|| {
             let m = a.send_custom("slow", json!({"ms": 400})).unwrap();
             log.lock().unwrap().push(format!("answer {}", m.kind()));
         });
-        // The server holds A's answer back; B broadcasts meanwhile.
-        std::thread::sleep(Duration::from_millis(100));
+        // The server holds A's answer back (400 ms from receiving it); B
+        // broadcasts meanwhile.
+        wait_until(LIMIT, "the slow request at the server", || {
+            server.messages() > before
+        });
         assert_eq!(b.broadcast("in between").unwrap(), 1);
         slow.join().unwrap();
     });
@@ -213,8 +201,8 @@ fn servers_that_do_not_copy_ids_still_work_one_request_at_a_time() {
         no_ids: true,
         ..FakeOptions::default()
     });
-    let a = Client::connect_with(server.addr(), config()).unwrap();
-    let b = Client::connect_with(server.addr(), config()).unwrap();
+    let a = Client::connect_with(server.addr(), client_config()).unwrap();
+    let b = Client::connect_with(server.addr(), client_config()).unwrap();
     let got: Arc<Mutex<Vec<String>>> = Arc::default();
     let g2 = got.clone();
     a.set_message_callback(move |ev| {
@@ -235,7 +223,7 @@ fn servers_that_do_not_copy_ids_still_work_one_request_at_a_time() {
 #[test]
 fn a_connection_dropped_mid_request_fails_the_request() {
     let server = FakeServer::start(FakeOptions::default());
-    let c = Client::connect_with(server.addr(), config()).unwrap();
+    let c = Client::connect_with(server.addr(), client_config()).unwrap();
     let t = Instant::now();
     match c.send_custom("close", json!({})) {
         Err(ClientError::Disconnected { reason }) => assert!(reason.contains("closed"), "{reason}"),
@@ -248,7 +236,7 @@ fn a_connection_dropped_mid_request_fails_the_request() {
 #[test]
 fn the_message_iterator_ends_when_the_client_is_closed() {
     let server = FakeServer::start(FakeOptions::default());
-    let c = Client::connect_with(server.addr(), config()).unwrap();
+    let c = Client::connect_with(server.addr(), client_config()).unwrap();
     let rx = c.messages();
     c.disconnect();
     assert!(matches!(
@@ -261,8 +249,8 @@ fn the_message_iterator_ends_when_the_client_is_closed() {
 #[test]
 fn a_panicking_callback_does_not_stop_the_receiver() {
     let server = FakeServer::start(FakeOptions::default());
-    let a = Client::connect_with(server.addr(), config()).unwrap();
-    let b = Client::connect_with(server.addr(), config()).unwrap();
+    let a = Client::connect_with(server.addr(), client_config()).unwrap();
+    let b = Client::connect_with(server.addr(), client_config()).unwrap();
     a.ping().unwrap();
     a.set_message_callback(|_| panic!("callback bug (expected in this test)"));
     let rx = a.messages();

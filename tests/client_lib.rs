@@ -1,27 +1,20 @@
 //! The client library against a server in this process on 127.0.0.1.
 //! Every wait is bounded: request timeouts are short and polls have limits.
 
-mod client_common;
+mod support;
 
-use client_common::{wait_until, Backend};
 use ringcast::client::{
     Client, ClientConfig, ClientError, Event, Pool, ReconnectPolicy, ServerCode,
 };
 use ringcast::protocol::ErrorCode;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-fn config() -> ClientConfig {
-    ClientConfig {
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(5),
-        ..ClientConfig::default()
-    }
-}
+use support::fake::{client_config, heartbeat_client, LIMIT};
+use support::server::Backend;
+use support::wait::{next_matching, wait_until};
 
 fn fast_reconnect(attempts: u32) -> ReconnectPolicy {
     ReconnectPolicy {
@@ -34,22 +27,29 @@ fn fast_reconnect(attempts: u32) -> ReconnectPolicy {
     }
 }
 
+/// A client of `addr` that reconnects quickly (200 attempts), requests
+/// waiting for the reconnection if `wait_for_reconnect`.
+fn reconnecting_client(addr: SocketAddr, wait_for_reconnect: bool) -> Client {
+    Client::connect_with(
+        addr,
+        ClientConfig {
+            reconnect: fast_reconnect(200),
+            wait_for_reconnect,
+            ..client_config()
+        },
+    )
+    .unwrap()
+}
+
 /// The next event that `pick` accepts, skipping others, within `LIMIT`.
 fn next_event<T>(rx: &Receiver<Event>, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ev = rx.recv_timeout(left).expect("event within the time limit");
-        if let Some(t) = pick(&ev) {
-            return t;
-        }
-    }
+    next_matching(rx, LIMIT, "the event", |e| pick(&e))
 }
 
 #[test]
 fn every_library_call() {
     let server = Backend::start();
-    let c = Client::connect_with(server.addr(), config()).unwrap();
+    let c = Client::connect_with(server.addr(), client_config()).unwrap();
     assert!(c.is_connected());
     assert!(c.local_addr().is_some());
 
@@ -60,7 +60,7 @@ fn every_library_call() {
     assert_eq!(c.echo(text).unwrap(), text);
     assert_eq!(c.echo("").unwrap(), "");
 
-    let other = Client::connect_with(server.addr(), config()).unwrap();
+    let other = Client::connect_with(server.addr(), client_config()).unwrap();
     other.ping().unwrap();
     assert_eq!(c.broadcast("to everyone").unwrap(), 1);
 
@@ -102,7 +102,7 @@ fn every_library_call() {
 #[test]
 fn concurrent_requests_from_many_threads_are_correlated() {
     let server = Backend::start();
-    let c = Client::connect_with(server.addr(), config()).unwrap();
+    let c = Client::connect_with(server.addr(), client_config()).unwrap();
     std::thread::scope(|s| {
         for t in 0..8 {
             let c = &c;
@@ -124,8 +124,8 @@ fn concurrent_requests_from_many_threads_are_correlated() {
 fn callback_gets_broadcasts_from_others_while_requests_are_in_flight() {
     const N: usize = 200;
     let server = Backend::start();
-    let a = Client::connect_with(server.addr(), config()).unwrap();
-    let b = Client::connect_with(server.addr(), config()).unwrap();
+    let a = Client::connect_with(server.addr(), client_config()).unwrap();
+    let b = Client::connect_with(server.addr(), client_config()).unwrap();
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let s2 = seen.clone();
     a.set_message_callback(move |ev| {
@@ -199,7 +199,7 @@ fn auth_token_is_sent_first() {
     }
 
     // Without a token the first request is refused (or the server closes).
-    let no = Client::connect_with(server.addr(), config()).unwrap();
+    let no = Client::connect_with(server.addr(), client_config()).unwrap();
     match no.ping() {
         Err(ClientError::Server { code, .. }) => {
             assert_eq!(code, ServerCode::Known(ErrorCode::Unauthorized))
@@ -214,14 +214,7 @@ fn auth_token_is_sent_first() {
 fn reconnects_after_the_server_restarts_on_the_same_port() {
     let server = Backend::start();
     let addr = server.addr();
-    let c = Client::connect_with(
-        addr,
-        ClientConfig {
-            reconnect: fast_reconnect(200),
-            ..config()
-        },
-    )
-    .unwrap();
+    let c = reconnecting_client(addr, false);
     let events = c.messages();
     c.ping().unwrap();
     let before = c.local_addr();
@@ -257,15 +250,7 @@ fn reconnects_after_the_server_restarts_on_the_same_port() {
 fn requests_wait_for_the_reconnection_when_configured() {
     let server = Backend::start();
     let addr = server.addr();
-    let c = Client::connect_with(
-        addr,
-        ClientConfig {
-            reconnect: fast_reconnect(200),
-            wait_for_reconnect: true,
-            ..config()
-        },
-    )
-    .unwrap();
+    let c = reconnecting_client(addr, true);
     let events = c.messages();
     server.stop();
     next_event(&events, |e| {
@@ -292,7 +277,7 @@ fn reconnection_gives_up_after_the_configured_attempts() {
                 initial_backoff: Duration::from_millis(10),
                 ..fast_reconnect(3)
             },
-            ..config()
+            ..client_config()
         },
     )
     .unwrap();
@@ -316,12 +301,7 @@ fn reconnection_gives_up_after_the_configured_attempts() {
 #[test]
 fn heartbeat_keeps_a_healthy_connection() {
     let server = Backend::start();
-    let c = Client::builder()
-        .request_timeout(Duration::from_secs(5))
-        .heartbeat(Some(Duration::from_millis(30)))
-        .heartbeat_max_missed(2)
-        .connect(server.addr())
-        .unwrap();
+    let c = heartbeat_client(server.addr(), Duration::from_millis(30));
     let events = c.messages();
     std::thread::sleep(Duration::from_millis(400));
     assert!(c.is_connected());
@@ -335,7 +315,7 @@ fn heartbeat_keeps_a_healthy_connection() {
 fn pool_lends_clients_and_replaces_dead_ones() {
     let server = Backend::start();
     let addr = server.addr();
-    let pool = Pool::new(addr, 2, config())
+    let pool = Pool::new(addr, 2, client_config())
         .unwrap()
         .with_get_timeout(Duration::from_millis(200));
     assert_eq!((pool.size(), pool.idle()), (2, 2));
@@ -406,8 +386,8 @@ fn frames_over_the_client_limit_are_errors() {
 #[test]
 fn requests_from_the_callback_fail_instead_of_deadlocking() {
     let server = Backend::start();
-    let a = Arc::new(Client::connect_with(server.addr(), config()).unwrap());
-    let b = Client::connect_with(server.addr(), config()).unwrap();
+    let a = Arc::new(Client::connect_with(server.addr(), client_config()).unwrap());
+    let b = Client::connect_with(server.addr(), client_config()).unwrap();
     let weak = Arc::downgrade(&a);
     let result: Arc<Mutex<Option<String>>> = Arc::default();
     let r2 = result.clone();
@@ -439,12 +419,12 @@ fn connect_errors_are_reported() {
         .unwrap();
     let t = Instant::now();
     assert!(matches!(
-        Client::connect_with(addr, config()),
+        Client::connect_with(addr, client_config()),
         Err(ClientError::Io(_))
     ));
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(matches!(
-        Pool::new(addr, 2, config()),
+        Pool::new(addr, 2, client_config()),
         Err(ClientError::Io(_))
     ));
 }

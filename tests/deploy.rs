@@ -19,20 +19,21 @@
 //! it at /usr/bin/systemd-analyze. systemd is not PID 1 here, so the unit is
 //! checked but not started.
 
-mod common;
+mod support;
 
-use common::{sigterm, wait_exit, LogLines};
-use ringcast::client::{Client, Event};
+use ringcast::client::Client;
 use seccompiler::{BpfProgram, TargetArch};
 use serde_json::{json, Map, Value};
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
+use support::fake::next_broadcast;
+use support::server::{local_args, sigterm, Confined};
+use support::wait::wait_until;
 
 const RINGCAST: &str = env!("CARGO_BIN_EXE_ringcast");
 const UNIT_BINARY: &str = "/usr/local/bin/ringcast";
@@ -426,75 +427,12 @@ fn condition(arg: &Value) -> Value {
     json!({ "index": arg["index"], "type": "qword", "op": op, "val": val })
 }
 
-/// A ringcast process started under the profile, with its stderr lines.
-struct Confined {
-    child: Child,
-    log: LogLines,
-}
-
-/// Spawns `ringcast args...` from a thread that first loads `filters`; the
-/// child inherits them across fork and exec, as a container's process does
-/// from runc.
-fn spawn_confined(profile: &Value, without: &[&str], args: &[&str]) -> Confined {
+/// Spawns `ringcast args...` under `profile` (less `without`).
+fn spawn_confined<S: AsRef<str>>(profile: &Value, without: &[&str], args: &[S]) -> Confined {
     // The one syscall the spawning itself needs beyond the profile: dup2, with
     // which posix_spawn puts stderr in place in the child before its execve
     // (runc sets up stdio before it loads the filter).
-    let filters = filters(profile, without, &["dup2"]);
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let child = std::thread::spawn(move || {
-        for f in &filters {
-            seccompiler::apply_filter(f).expect("seccomp filter loads");
-        }
-        Command::new(RINGCAST)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(OwnedFd::from(theirs)))
-            .spawn()
-    })
-    .join()
-    .unwrap()
-    .expect("ringcast spawns under the filter");
-    Confined {
-        child,
-        log: LogLines::new(ours),
-    }
-}
-
-impl Confined {
-    /// Waits for the JSON log line "ringcast listening" and returns its addr.
-    fn listening_addr(&mut self) -> SocketAddr {
-        let Some(v) = self
-            .log
-            .wait_for("ringcast listening", Duration::from_secs(15))
-        else {
-            let _ = self.child.kill();
-            panic!(
-                "no 'ringcast listening' line; stderr so far: {:#?}",
-                self.log.seen
-            );
-        };
-        v["fields"]["addr"].as_str().unwrap().parse().unwrap()
-    }
-
-    /// The metrics endpoint's address, from its start-up line (logged before
-    /// "ringcast listening", so call [`Self::listening_addr`] first).
-    fn metrics_addr(&self) -> SocketAddr {
-        self.log
-            .find_seen("metrics endpoint listening")
-            .and_then(|v| v["fields"]["addr"].as_str()?.parse().ok())
-            .unwrap_or_else(|| panic!("no metrics endpoint line in {:#?}", self.log.seen))
-    }
-
-    /// Waits for the process to exit; returns its status and all of stderr.
-    fn wait(mut self, within: Duration) -> (ExitStatus, String) {
-        let Some(status) = wait_exit(&mut self.child, within) else {
-            panic!("ringcast did not exit; stderr: {:#?}", self.log.seen);
-        };
-        // The child's end is closed now: read what is left to EOF.
-        (status, self.log.finish(Duration::from_secs(5)).join("\n"))
-    }
+    support::server::spawn_confined(filters(profile, without, &["dup2"]), args, |_| {})
 }
 
 #[test]
@@ -527,15 +465,7 @@ fn seccomp_profile_is_enough_to_run_and_stop_the_server() {
     let big = "x".repeat(64 * 1024);
     assert_eq!(a.echo(&big).unwrap(), big);
     assert!(a.broadcast("to everyone").unwrap() >= 1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let got = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match b_events.recv_timeout(left) {
-            Ok(Event::Message(m)) if m.kind() == "broadcast_message" => break m,
-            Ok(_) => continue,
-            Err(e) => panic!("no broadcast_message for the second client: {e}"),
-        }
-    };
+    let got = next_broadcast(&b_events);
     assert_eq!(got.get("content"), Some(&json!("to everyone")));
 
     // Many connections at once, spread over both shards.
@@ -543,16 +473,19 @@ fn seccomp_profile_is_enough_to_run_and_stop_the_server() {
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
     // Accepts complete asynchronously: ask until the server has them all.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let stats = loop {
-        let stats = a.get_stats().expect("get_stats");
-        if stats.connected_clients >= 302 || Instant::now() > deadline {
-            break stats;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let stats = RefCell::new(None);
+    wait_until(
+        Duration::from_secs(10),
+        || format!("302 connected clients: {:?}", stats.borrow()),
+        || {
+            let s = a.get_stats().expect("get_stats");
+            let all = s.connected_clients >= 302;
+            *stats.borrow_mut() = Some(s);
+            all
+        },
+    );
+    let stats = stats.into_inner().unwrap();
     assert_eq!(stats.shards, 2);
-    assert!(stats.connected_clients >= 302, "{stats:?}");
     drop(many);
 
     // The container's HEALTHCHECK, under the same filter (docker exec runs
@@ -615,20 +548,10 @@ fn seccomp_profile_is_enough_to_run_and_stop_the_server() {
 
 #[test]
 fn seccomp_profile_without_io_uring_setup_stops_the_server_with_its_message() {
-    let server = spawn_confined(
-        &profile(),
-        &["io_uring_setup"],
-        &[
-            "server",
-            "--addr",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-            "--io-backend",
-            "io-uring",
-        ],
-    );
+    let mut args = vec!["server".to_owned()];
+    args.extend(local_args(1));
+    args.extend(["--io-backend".to_owned(), "io-uring".to_owned()]);
+    let server = spawn_confined(&profile(), &["io_uring_setup"], &args);
     let (status, stderr) = server.wait(Duration::from_secs(15));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(

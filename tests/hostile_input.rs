@@ -11,15 +11,15 @@
 //! frame one byte every 5 ms). This file adds the health check after each
 //! of those framing errors, and the cases nobody covered.
 
-mod common;
-mod hostile_util;
+mod support;
 
-use common::*;
-use hostile_util::*;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
+use support::hostile::{short, Rng, Watchdog};
+use support::server::{builder, spawn, start};
+use support::wire::{expected_frames, frame, frame_bytes, Client};
 
 const DEFAULT_MAX: u32 = 1 << 20;
 
@@ -145,13 +145,7 @@ fn truncated_frames_then_close() {
     dog.check("a whole ping and half an echo, then shutdown(SHUT_WR)");
 
     // None of them is still counted as connected.
-    assert!(
-        wait_until(Duration::from_secs(4), || {
-            u64_of(&dog.client().stats(), "connected_clients") == 1
-        }),
-        "truncated connections still counted: {}",
-        dog.client().stats()
-    );
+    dog.client().wait_connected(1, Duration::from_secs(4));
     let s = dog.client().stats();
     assert_eq!(s["messages_by_type"]["echo"], 0, "{s}");
     assert_eq!(s["protocol_errors"], 0, "{s}");
@@ -446,9 +440,7 @@ fn one_mib_string_is_echoed_intact() {
 /// Sends `payload` as one frame and reads one raw response frame.
 fn raw_request(c: &mut Client, payload: &[u8]) -> Vec<u8> {
     c.send_raw(&frame_bytes(payload));
-    recv_raw(&mut c.stream)
-        .expect("reading the response")
-        .expect("the server closed the connection")
+    c.recv_raw()
 }
 
 #[test]
@@ -595,22 +587,8 @@ fn ten_thousand_frames_pipelined_in_one_write() {
 /// bad header (`0` frames here when they are random), then the closing error
 /// if there is a bad header.
 fn model(bytes: &[u8], max: u32) -> (usize, Option<&'static str>) {
-    let (mut pos, mut frames) = (0, 0);
-    while bytes.len() - pos >= 4 {
-        let n = u32::from_be_bytes(bytes[pos..pos + 4].try_into().unwrap());
-        if n == 0 {
-            return (frames, Some("empty_frame"));
-        }
-        if n > max {
-            return (frames, Some("frame_too_large"));
-        }
-        if bytes.len() - pos - 4 < n as usize {
-            break;
-        }
-        pos += 4 + n as usize;
-        frames += 1;
-    }
-    (frames, None)
+    let (frames, closing) = expected_frames(bytes, max as usize);
+    (frames.len(), closing.map(|e| e.code().as_str()))
 }
 
 #[test]

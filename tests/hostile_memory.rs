@@ -13,21 +13,17 @@
 //! clients together; the tests run one at a time (`serial()`). Run with
 //! `--nocapture` for the figures recorded in docs/RELIABILITY.md.
 
-mod common;
-mod hostile_util;
+mod support;
 
-use common::*;
-use hostile_util::*;
+use ringcast::server::ServerHandle;
 use serde_json::{json, Value};
+use std::cell::{Cell, RefCell};
 use std::io::Write;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+use support::hostile::{env_or, rss_of, serial, short, Watchdog, MIB};
+use support::server::{builder, spawn};
+use support::wait::wait_until;
+use support::wire::{frame, frame_bytes, is_timeout, u64_of, Client};
 
 /// The error message a refused connection gets (docs/PROTOCOL.md).
 const BUDGET_MESSAGE: &str = "server input buffer budget exhausted; retry later";
@@ -71,6 +67,32 @@ fn expect_budget_refusal(c: &mut Client, who: &str) {
     );
 }
 
+/// Sends `bytes` in two writes split at `at`, the second once the server
+/// has read the first (so the first part waits in a buffer of its own).
+fn send_in_two(c: &mut Client, bytes: &[u8], at: usize, server: &ServerHandle) {
+    let before = server.totals().bytes_received;
+    c.send_raw(&bytes[..at]);
+    wait_until(
+        Duration::from_secs(5),
+        format!("the server to read the first {at} bytes"),
+        || server.totals().bytes_received >= before + at as u64,
+    );
+    c.send_raw(&bytes[at..]);
+}
+
+/// Whether bytes are waiting on client `i`'s connection (peeked, not read).
+fn frame_waiting(c: &Client, i: usize) -> bool {
+    c.stream.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    let waiting = match c.stream.peek(&mut b) {
+        Ok(n) => n > 0,
+        Err(e) if is_timeout(&e) => false,
+        Err(e) => panic!("client {i}: {e}"),
+    };
+    c.stream.set_nonblocking(false).unwrap();
+    waiting
+}
+
 /// The peak resident set of this process so far (VmHWM), in bytes.
 fn vm_hwm() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -96,14 +118,16 @@ fn the_budget_refuses_large_partial_frames_and_frees_on_completion() {
     let big = echo_frame(MAX);
     let mut hog = Client::connect(addr);
     hog.send_raw(&big[..big.len() - 4]);
-    let mut held = 0;
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            held = partial_of(&stats.stats());
-            held >= (big.len() - 4) as u64
-        }),
-        "the hog's partial frame never showed in the gauge ({held})"
+    let held = Cell::new(0);
+    wait_until(
+        Duration::from_secs(5),
+        || format!("the hog's partial frame in the gauge ({})", held.get()),
+        || {
+            held.set(partial_of(&stats.stats()));
+            held.get() >= (big.len() - 4) as u64
+        },
     );
+    let held = held.get();
     // Growth stops at the frame's size: no doubling past it.
     assert!(held <= big.len() as u64, "gauge {held}");
 
@@ -111,9 +135,7 @@ fn the_budget_refuses_large_partial_frames_and_frees_on_completion() {
     // writes (so it waits in a buffer of its own) is still served.
     let mut small = Client::connect(addr);
     let ping = frame(&json!({"type": "ping", "id": "split"}));
-    small.send_raw(&ping[..10]);
-    std::thread::sleep(Duration::from_millis(50));
-    small.send_raw(&ping[10..]);
+    send_in_two(&mut small, &ping, 10, &server);
     let v = small.recv();
     assert_eq!(v["type"], "pong", "{v}");
     assert_eq!(v["id"], "split");
@@ -134,27 +156,28 @@ fn the_budget_refuses_large_partial_frames_and_frees_on_completion() {
     let v = hog.recv();
     assert_eq!(v["type"], "echo_response", "{}", short(&v));
     assert_eq!(v["content"].as_str().unwrap().len(), MAX - 28);
-    assert!(wait_until(Duration::from_secs(5), || partial_of(
-        &stats.stats()
-    ) == 0));
+    wait_until(Duration::from_secs(5), "the budget to be free", || {
+        partial_of(&stats.stats()) == 0
+    });
 
     // Now the 10 KiB frame is accepted, split in two writes.
     let mut again = Client::connect(addr);
-    again.send_raw(&ten[..6 << 10]);
-    std::thread::sleep(Duration::from_millis(50));
-    again.send_raw(&ten[6 << 10..]);
+    send_in_two(&mut again, &ten, 6 << 10, &server);
     assert_eq!(again.recv()["type"], "echo_response");
 
     // A partial frame dropped by a client that goes away is released too.
     let mut vanish = Client::connect(addr);
     vanish.send_raw(&big[..40 << 10]);
-    assert!(wait_until(Duration::from_secs(5), || partial_of(
-        &stats.stats()
-    ) >= 40 << 10));
+    wait_until(
+        Duration::from_secs(5),
+        "the vanishing client's partial frame in the gauge",
+        || partial_of(&stats.stats()) >= 40 << 10,
+    );
     drop(vanish);
-    assert!(
-        wait_until(Duration::from_secs(5), || partial_of(&stats.stats()) == 0),
-        "a closed connection's partial frame stayed accounted"
+    wait_until(
+        Duration::from_secs(5),
+        "a closed connection's partial frame to leave the gauge",
+        || partial_of(&stats.stats()) == 0,
     );
     assert_eq!(server_full_of(&stats.stats()), full_before + 1);
 }
@@ -178,10 +201,7 @@ fn a_flood_of_partial_frames_stays_within_the_budget() {
     let fd_limit = ringcast::io::raise_nofile_limit()
         .map(|(_, now)| now as usize)
         .unwrap_or(1024);
-    let want = std::env::var("HOSTILE_BUDGET_CONNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000usize);
+    let want = env_or("HOSTILE_BUDGET_CONNS", 1000usize);
     let conns = want.min(fd_limit.saturating_sub(200) / 2);
     // Without the budget the server would hold every byte sent: more than
     // the bound asserted below, or the test could not tell.
@@ -218,17 +238,32 @@ fn a_flood_of_partial_frames_stays_within_the_budget() {
         }
     }
     let sent = (conns * (4 + SENT)) as u64;
-    assert!(
-        wait_until(Duration::from_secs(20), || server.totals().bytes_received
-            - received_before
-            >= sent),
-        "the server read {} of {sent} bytes",
-        server.totals().bytes_received - received_before
+    wait_until(
+        Duration::from_secs(20),
+        || {
+            format!(
+                "the server to read {sent} bytes (it read {})",
+                server.totals().bytes_received - received_before
+            )
+        },
+        || server.totals().bytes_received - received_before >= sent,
     );
     let sent_in = started.elapsed();
     // The refusals' error frames are queued as the bytes are read and sent
-    // at the end of that loop turn.
-    std::thread::sleep(Duration::from_millis(200));
+    // at the end of that loop turn: wait until they have all arrived.
+    wait_until(
+        Duration::from_secs(5),
+        "an error frame on every connection the server refused",
+        || {
+            let refused = server_full_of(&stats.stats()) - full_before;
+            let waiting = clients
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| frame_waiting(c, *i))
+                .count();
+            waiting as u64 == refused
+        },
+    );
     let s = stats.stats();
     let (rss_held, partial_held) = (rss_of(&s), partial_of(&s));
     max_rss = max_rss.max(rss_held);
@@ -238,16 +273,8 @@ fn a_flood_of_partial_frames_stays_within_the_budget() {
     // Which connections were refused: those with a frame waiting.
     let mut refused = Vec::new();
     let mut held = Vec::new();
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.stream.set_nonblocking(true).unwrap();
-        let mut b = [0u8; 1];
-        let waiting = match c.stream.peek(&mut b) {
-            Ok(n) => n > 0,
-            Err(e) if is_timeout(&e) => false,
-            Err(e) => panic!("client {i}: {e}"),
-        };
-        c.stream.set_nonblocking(false).unwrap();
-        if waiting {
+    for (i, c) in clients.iter().enumerate() {
+        if frame_waiting(c, i) {
             refused.push(i);
         } else {
             held.push(i);
@@ -319,13 +346,21 @@ fn a_flood_of_partial_frames_stays_within_the_budget() {
     // (d) Everyone leaves: the accounting returns to zero, and a large
     // frame within the budget is accepted again.
     drop(clients);
-    assert!(
-        wait_until(Duration::from_secs(10), || {
+    let last = RefCell::new(Value::Null);
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            format!(
+                "no partial frames and 2 clients after every client left: {}",
+                short(&last.borrow())
+            )
+        },
+        || {
             let s = stats.stats();
-            partial_of(&s) == 0 && u64_of(&s, "connected_clients") == 2
-        }),
-        "after every client left: {}",
-        short(&stats.stats())
+            let done = partial_of(&s) == 0 && u64_of(&s, "connected_clients") == 2;
+            *last.borrow_mut() = s;
+            done
+        },
     );
     let mut late = Client::connect(addr);
     late.set_read_timeout(Duration::from_secs(10));

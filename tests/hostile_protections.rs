@@ -6,15 +6,14 @@
 //! through `ServerBuilder`; this checks the CLI wiring and that each
 //! protection leaves other clients served.
 
-mod common;
-mod hostile_util;
+mod support;
 
-use common::*;
-use hostile_util::*;
 use ringcast::client::{Client as LibClient, ClientConfig};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
+use support::server::CliServer;
+use support::wire::Client;
 
 fn lib_client(addr: SocketAddr, token: Option<&str>) -> ringcast::client::Result<LibClient> {
     LibClient::connect_with(
@@ -89,22 +88,7 @@ fn cli_rate_limit_and_connections_per_ip() {
 
     // A flood of 200 pipelined pings: every one is answered in order,
     // the excess with rate_limited; the other connection is not limited.
-    let mut bytes = Vec::new();
-    for i in 0..200 {
-        bytes.extend(frame(&json!({"type": "ping", "id": i})));
-    }
-    a.send_raw(&bytes);
-    let (mut ok, mut limited) = (0, 0);
-    for i in 0..200 {
-        let v = a.recv();
-        assert_eq!(v["id"], i, "{v}");
-        if v["type"] == "pong" {
-            ok += 1;
-        } else {
-            assert_eq!(v["code"], "rate_limited", "{v}");
-            limited += 1;
-        }
-    }
+    let (ok, limited) = a.ping_flood(200);
     eprintln!("rate limit 20/s, burst 5: {ok} of 200 pipelined pings passed");
     // The first ping above took one token of the burst of 5.
     assert!((4..=40).contains(&ok), "{ok} passed");
@@ -123,7 +107,7 @@ fn cli_rate_limit_and_connections_per_ip() {
     let mut d = Client::connect(addr);
     d.expect_error("server_full");
     assert!(d.read_until_closed(Duration::from_secs(4)).is_empty());
-    let mut other_ip = connect_from("127.0.0.2", addr);
+    let mut other_ip = Client::connect_from([127, 0, 0, 2].into(), addr);
     let v = other_ip.request(&json!({"type": "ping", "id": "other"}));
     assert_eq!(v["type"], "pong", "{v}");
     assert_eq!(
@@ -135,19 +119,4 @@ fn cli_rate_limit_and_connections_per_ip() {
     assert_eq!(s["errors_by_code"]["server_full"], 1, "{s}");
     assert_eq!(s["errors_by_code"]["rate_limited"], limited, "{s}");
     assert!(server.terminate(Duration::from_secs(10)), "unclean exit");
-}
-
-/// A client whose source address is `ip` (any 127/8 address works on
-/// loopback).
-fn connect_from(ip: &str, addr: SocketAddr) -> Client {
-    let sock = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .unwrap();
-    let local: SocketAddr = format!("{ip}:0").parse().unwrap();
-    sock.bind(&local.into()).unwrap();
-    sock.connect(&addr.into()).expect("connect");
-    Client::from_stream(sock.into())
 }

@@ -19,18 +19,18 @@
 //! the test drives that server instead, which must be fresh (its counters
 //! are compared) and have nobody else connected.
 
-mod common;
-mod hostile_util;
+mod support;
 
-use common::*;
-use hostile_util::*;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::hostile::{env_or, rss_of, Rng, MIB};
+use support::server::start;
+use support::wait::wait_until;
+use support::wire::{frame, u64_of, Client};
 
 const REQUESTERS: usize = 4;
 const BROADCASTERS: usize = 3;
@@ -285,7 +285,7 @@ fn request(kind: u64, id: u64, rng: &mut Rng, tally: &Tally) -> (Value, Expect) 
 /// requests are unanswered).
 fn send(c: &mut Client, tx: &SyncSender<Expect>, v: &Value, e: Expect) {
     tx.send(e).expect("the reader stopped early");
-    c.stream.write_all(&frame(v)).expect("send a request");
+    c.send(v);
 }
 
 /// The final request of every writer.
@@ -384,10 +384,7 @@ fn churner(addr: SocketAddr, senders: Arc<Vec<String>>, until: Instant, tally: A
 
 #[test]
 fn soak_nothing_lost() {
-    let secs: f64 = std::env::var("SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
+    let secs: f64 = env_or("SOAK_SECS", 3.0);
     let (_server, addr) = match std::env::var("SOAK_ADDR") {
         Ok(a) => (None, a.parse::<SocketAddr>().expect("SOAK_ADDR is ip:port")),
         Err(_) => {
@@ -400,17 +397,16 @@ fn soak_nothing_lost() {
     let persistent = REQUESTERS + BROADCASTERS + SUBSCRIBERS;
 
     // Everyone connected before the first broadcast, so each must get all.
-    let requesters = connect_many(addr, REQUESTERS);
-    let broadcasters = connect_many(addr, BROADCASTERS);
-    let subscribers = connect_many(addr, SUBSCRIBERS);
+    let requesters = Client::connect_many(addr, REQUESTERS);
+    let broadcasters = Client::connect_many(addr, BROADCASTERS);
+    let subscribers = Client::connect_many(addr, SUBSCRIBERS);
     let senders: Arc<Vec<String>> = Arc::new(broadcasters.iter().map(|c| c.client_id()).collect());
     {
         let mut control = Client::connect(addr);
-        let ok = wait_until(Duration::from_secs(5), || {
+        wait_until(Duration::from_secs(5), "all clients connected", || {
             tally.get_stats.fetch_add(1, Relaxed);
             u64_of(&control.stats(), "connected_clients") == persistent as u64 + 1
         });
-        assert!(ok, "clients not all connected");
         control.stream.shutdown(Shutdown::Write).unwrap();
         assert!(control.read_until_closed(FRAME_TIMEOUT).is_empty());
     }

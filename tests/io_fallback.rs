@@ -11,17 +11,16 @@
 //!   runs on epoll, and serves every message type; `get_stats` says so.
 //! - `io-uring` refuses to start, with the same cause.
 
-use ringcast::client::{Client, Event};
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+mod support;
 
-const RINGCAST: &str = env!("CARGO_BIN_EXE_ringcast");
+use ringcast::client::Client;
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::fake::next_broadcast;
+use support::server::{local_args, sigterm, spawn_confined, Confined, IO_BACKEND_ENV};
 
 /// Allow everything, deny io_uring with EPERM.
 fn docker_like_filter() -> BpfProgram {
@@ -44,104 +43,32 @@ fn docker_like_filter() -> BpfProgram {
     .expect("filter compiles")
 }
 
-struct Server {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-fn spawn_without_io_uring(args: &[&str]) -> Server {
-    let filter = docker_like_filter();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let mut child = std::thread::spawn(move || {
-        seccompiler::apply_filter(&filter).expect("seccomp filter loads");
-        Command::new(RINGCAST)
-            .args(&args)
-            .env_remove("RINGCAST_IO_BACKEND")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ringcast spawns under the filter")
+/// `ringcast server` with `shards` shards on 127.0.0.1 and `more` flags,
+/// under the Docker-like filter, with the default backend unless `more`
+/// names one (whatever the suite's `RINGCAST_IO_BACKEND`).
+fn spawn_without_io_uring(shards: usize, more: &[&str]) -> Confined {
+    let mut args = vec!["server".to_owned()];
+    args.extend(local_args(shards));
+    args.extend(more.iter().map(|s| s.to_string()));
+    spawn_confined(vec![docker_like_filter()], &args, |c| {
+        c.env_remove(IO_BACKEND_ENV);
     })
-    .join()
-    .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Server {
-        child,
-        lines,
-        seen: Vec::new(),
-    }
-}
-
-impl Server {
-    /// Reads log lines until one contains `what` or `within` passes.
-    fn wait_for(&mut self, what: &str, within: Duration) -> Option<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let line = self.lines.recv_timeout(left).ok()?;
-            self.seen.push(line.clone());
-            if line.contains(what) {
-                return Some(line);
-            }
-        }
-    }
-
-    /// Waits for the exit; returns the code and every line of stderr.
-    fn exit(mut self, within: Duration) -> (Option<i32>, String) {
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("ringcast did not exit: {:#?}", self.seen);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(l);
-        }
-        (status.code(), self.seen.join("\n"))
-    }
 }
 
 #[test]
 fn auto_falls_back_to_epoll_and_serves_every_message_type() {
-    let mut server = spawn_without_io_uring(&[
-        "server",
-        "--addr",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--no-pin",
-        "--log-format",
-        "json",
-    ]);
-    let Some(line) = server.wait_for("ringcast listening", Duration::from_secs(15)) else {
-        let _ = server.child.kill();
-        panic!("no 'ringcast listening' line: {:#?}", server.seen);
-    };
-    let v: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(v["fields"]["io_backend"], "epoll", "{line}");
+    let mut server = spawn_without_io_uring(2, &["--log-format", "json"]);
+    let v = server.listening();
+    assert_eq!(v["fields"]["io_backend"], "epoll", "{v}");
     let addr: SocketAddr = v["fields"]["addr"].as_str().unwrap().parse().unwrap();
     // Exactly one warning, naming the cause and the fix.
     let warnings: Vec<&String> = server
+        .log
         .seen
         .iter()
         .filter(|l| l.contains(r#""level":"WARN""#))
         .collect();
-    assert_eq!(warnings.len(), 1, "{:#?}", server.seen);
+    assert_eq!(warnings.len(), 1, "{:#?}", server.log.seen);
     assert!(
         warnings[0].contains("epoll")
             && warnings[0].contains("io_uring is disabled for this process")
@@ -164,15 +91,7 @@ fn auto_falls_back_to_epoll_and_serves_every_message_type() {
         .expect_err("no handler for custom_type");
     assert!(err.to_string().contains("unknown_type"), "{err}");
     assert_eq!(a.broadcast("to everyone").unwrap(), 1);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let got = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match b_events.recv_timeout(left) {
-            Ok(Event::Message(m)) if m.kind() == "broadcast_message" => break m,
-            Ok(_) => continue,
-            Err(e) => panic!("no broadcast_message for the second client: {e}"),
-        }
-    };
+    let got = next_broadcast(&b_events);
     assert_eq!(got.get("content"), Some(&json!("to everyone")));
     let stats = a.get_stats().expect("get_stats");
     assert_eq!(stats.io_backend, "epoll");
@@ -182,29 +101,16 @@ fn auto_falls_back_to_epoll_and_serves_every_message_type() {
     b.disconnect();
 
     // SIGTERM, as a container runtime sends at stop.
-    let pid = server.child.id().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    let (code, log) = server.exit(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{log}");
+    sigterm(&server.child);
+    let (status, log) = server.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{log}");
 }
 
 #[test]
 fn io_uring_backend_refuses_to_start_with_the_cause() {
-    let server = spawn_without_io_uring(&[
-        "server",
-        "--addr",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--no-pin",
-        "--io-backend",
-        "io-uring",
-    ]);
-    let (code, log) = server.exit(Duration::from_secs(15));
-    assert_eq!(code, Some(1), "{log}");
+    let server = spawn_without_io_uring(1, &["--io-backend", "io-uring"]);
+    let (status, log) = server.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1), "{log}");
     assert!(
         log.contains("io_uring is disabled for this process") && log.contains("seccomp profile"),
         "the server names the cause: {log}"

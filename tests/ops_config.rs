@@ -2,26 +2,23 @@
 //! variables and flags (and which wins), `--print-config`, clear errors for
 //! bad files, and JSON log lines from a real server process on 127.0.0.1.
 
-mod common;
+mod support;
 
-use common::{frame_bytes, sigterm, wait_exit, Client, LogLines};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+use support::server::{local_args, server_command, sigterm, wait_exit, LogLines, IO_BACKEND_ENV};
+use support::wire::{frame_bytes, Client};
 
-/// `ringcast server` with no inherited RINGCAST_* or RUST_LOG settings.
-fn server_cmd() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ringcast"));
-    c.arg("server");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RINGCAST_") {
-            c.env_remove(k);
-        }
-    }
-    c.env_remove("RUST_LOG").env("NO_COLOR", "1");
+/// `ringcast server` for the configuration tests: no inherited `RINGCAST_*`
+/// or `RUST_LOG` settings at all, not even the suite's I/O backend, since
+/// they compare printed settings with the defaults.
+fn config_cmd() -> Command {
+    let mut c = server_command();
+    c.env_remove(IO_BACKEND_ENV);
     c
 }
 
@@ -31,7 +28,7 @@ fn run(mut c: Command) -> Output {
 
 /// `--print-config` output with extra args and variables; asserts success.
 fn print_config(args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut c = server_cmd();
+    let mut c = config_cmd();
     c.args(args).arg("--print-config").envs(env.iter().copied());
     let out = run(c);
     assert!(
@@ -72,7 +69,7 @@ fn defaults_printed_match_the_help_text() {
     // Every `[default: X]` in --help is the value --print-config reports, so
     // the help text cannot drift from the built-in defaults.
     let help = run({
-        let mut c = server_cmd();
+        let mut c = config_cmd();
         c.arg("--help");
         c
     });
@@ -206,7 +203,7 @@ fn a_literal_token_is_not_printed() {
 
 /// Runs `--print-config` expecting failure; returns stderr.
 fn config_error(args: &[&str]) -> String {
-    let mut c = server_cmd();
+    let mut c = config_cmd();
     c.args(args).arg("--print-config");
     let out = run(c);
     assert!(!out.status.success(), "{args:?} was accepted");
@@ -250,7 +247,7 @@ fn server_runs_from_a_config_file_and_logs_json() {
         "addr = \"127.0.0.1:0\"\nshards = 2\npin = false\nmax_frame_bytes = 200\n\
          log_format = \"json\"\nstats_interval_secs = 1\n",
     );
-    let mut c = server_cmd();
+    let mut c = server_command();
     c.args(["--config", file.to_str().unwrap()])
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null())
@@ -368,8 +365,8 @@ fn the_example_config_is_valid_and_names_every_key() {
 
 #[test]
 fn text_logs_to_a_pipe_have_no_colour_codes() {
-    let mut c = server_cmd();
-    c.args(["--addr", "127.0.0.1:0", "--shards", "1", "--no-pin"])
+    let mut c = server_command();
+    c.args(local_args(1))
         .env_remove("NO_COLOR")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

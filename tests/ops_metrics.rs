@@ -3,17 +3,19 @@
 //! counters move by exactly what was sent; `/healthz`, errors, start-up
 //! failure on a busy port, and a clean stop with the endpoint running.
 
-mod common;
+mod support;
 
-use common::{builder, frame, frame_bytes, spawn, wait_until, Client};
 use prometheus_parse::{LineInfo, Sample, Scrape, Value as PromValue};
 use ringcast::server::{ServerError, ServerHandle};
 use serde_json::{json, Value};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
+use support::server::{build, builder, local_args, server_command, spawn};
+use support::wait::wait_until;
+use support::wire::{frame, frame_bytes, Client};
 
 /// A server with `shards` shards and the metrics endpoint on a free port.
 fn start_with_metrics(shards: usize) -> (ServerHandle, SocketAddr) {
@@ -205,12 +207,8 @@ fn histogram(s: &Scrape) -> (f64, f64) {
 
 /// Reads one frame raw; returns its JSON and its size on the wire.
 fn recv_counted(c: &mut Client) -> (Value, u64) {
-    let mut h = [0u8; 4];
-    c.stream.read_exact(&mut h).expect("frame header");
-    let n = u32::from_be_bytes(h) as usize;
-    let mut p = vec![0u8; n];
-    c.stream.read_exact(&mut p).expect("frame payload");
-    (serde_json::from_slice(&p).unwrap(), 4 + n as u64)
+    let p = c.recv_raw();
+    (serde_json::from_slice(&p).unwrap(), 4 + p.len() as u64)
 }
 
 /// Sends a frame; returns its size on the wire.
@@ -225,11 +223,10 @@ fn counters_move_by_exactly_the_traffic_and_parse_as_prometheus_text() {
     let addr = handle.local_addr();
     let mut a = Client::connect(addr);
     let mut b = Client::connect(addr);
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            sum(&scrape(maddr).0, "ringcast_connections", &[]) == 2.0
-        }),
-        "both clients show as connected"
+    wait_until(
+        Duration::from_secs(5),
+        "both clients to show as connected",
+        || sum(&scrape(maddr).0, "ringcast_connections", &[]) == 2.0,
     );
     let (before, types) = scrape(maddr);
 
@@ -333,15 +330,17 @@ fn counters_move_by_exactly_the_traffic_and_parse_as_prometheus_text() {
     // Sent bytes are counted when the send completes, which may be just
     // after the client has read them: poll for that one.
     let sent_before = sum(&before, "ringcast_sent_bytes_total", &[]);
-    let mut after = scrape(maddr).0;
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            after = scrape(maddr).0;
-            sum(&after, "ringcast_sent_bytes_total", &[]) - sent_before == down as f64
-        }),
-        "sent bytes moved by {} (expected {down})",
-        sum(&after, "ringcast_sent_bytes_total", &[]) - sent_before
+    let after = RefCell::new(scrape(maddr).0);
+    let sent_moved = || sum(&after.borrow(), "ringcast_sent_bytes_total", &[]) - sent_before;
+    wait_until(
+        Duration::from_secs(5),
+        || format!("sent bytes to move by {down} (moved by {})", sent_moved()),
+        || {
+            *after.borrow_mut() = scrape(maddr).0;
+            sent_moved() == down as f64
+        },
     );
+    let after = after.into_inner();
     let delta =
         |name: &str, want: &[(&str, &str)]| sum(&after, name, want) - sum(&before, name, want);
     assert_eq!(delta("ringcast_messages_total", &[("type", "ping")]), 10.0);
@@ -372,11 +371,10 @@ fn counters_move_by_exactly_the_traffic_and_parse_as_prometheus_text() {
     assert!(sum_after > 0.0 && sum_after < 1.0, "sum {sum_after}");
 
     drop((a, b));
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            sum(&scrape(maddr).0, "ringcast_connections", &[]) == 0.0
-        }),
-        "connections gauge falls back to 0"
+    wait_until(
+        Duration::from_secs(5),
+        "the connections gauge to fall back to 0",
+        || sum(&scrape(maddr).0, "ringcast_connections", &[]) == 0.0,
     );
     shutdown_within(handle, Duration::from_secs(10));
 }
@@ -488,10 +486,7 @@ fn stops_cleanly_with_the_endpoint_running() {
 fn busy_metrics_port_is_a_clear_start_up_error() {
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap();
-    let err = builder(1)
-        .metrics_addr(Some(addr))
-        .build()
-        .expect_err("the metrics port is taken");
+    let err = build(builder(1).metrics_addr(Some(addr))).expect_err("the metrics port is taken");
     let ServerError::Bind(e) = &err else {
         panic!("expected a bind error, got {err:?}");
     };
@@ -503,20 +498,12 @@ fn busy_metrics_port_is_a_clear_start_up_error() {
     // The same through the CLI flag and its environment variable: the
     // process exits with the message instead of running without metrics.
     for via_env in [false, true] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
-        cmd.args([
-            "server",
-            "--addr",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ]);
+        let mut cmd = server_command();
+        cmd.args(local_args(1));
         if via_env {
             cmd.env("RINGCAST_METRICS_ADDR", addr.to_string());
         } else {
-            cmd.env_remove("RINGCAST_METRICS_ADDR")
-                .args(["--metrics-addr", &addr.to_string()]);
+            cmd.args(["--metrics-addr", &addr.to_string()]);
         }
         let out = cmd.output().expect("run ringcast server");
         assert!(

@@ -2,12 +2,15 @@
 //! reference model under arbitrary chunking, and the JSON writers against
 //! serde_json.
 
+mod support;
+
 use proptest::prelude::*;
-use ringcast::protocol::frame::{encode_frame, FrameDecoder, HEADER_LEN};
+use ringcast::protocol::frame::{FrameDecoder, HEADER_LEN};
 use ringcast::protocol::json::{write_str, ObjectWriter};
 use ringcast::protocol::{FrameError, JsonParser};
 use serde_json::Value;
 use std::ops::ControlFlow;
+use support::wire::{expected_frames, frame_bytes};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -44,35 +47,6 @@ fn chunk_sizes() -> impl Strategy<Value = Vec<usize>> {
 /// `Vec` doubling could reach twice that).
 fn capacity_bound(max: usize) -> usize {
     max + HEADER_LEN
-}
-
-/// What a correct decoder must produce for this byte stream, however it is
-/// chunked: the complete frames before the first bad header, and that error.
-/// A header is judged as soon as its 4 bytes are in, before its payload.
-fn model(bytes: &[u8], max: usize) -> (Vec<Vec<u8>>, Option<FrameError>) {
-    let mut frames = Vec::new();
-    let mut pos = 0;
-    while bytes.len() - pos >= HEADER_LEN {
-        let len = u32::from_be_bytes(bytes[pos..pos + HEADER_LEN].try_into().unwrap()) as usize;
-        if len == 0 {
-            return (frames, Some(FrameError::Empty));
-        }
-        if len > max {
-            return (
-                frames,
-                Some(FrameError::TooLarge {
-                    len: len as u64,
-                    max,
-                }),
-            );
-        }
-        if bytes.len() - pos - HEADER_LEN < len {
-            break;
-        }
-        frames.push(bytes[pos + HEADER_LEN..pos + HEADER_LEN + len].to_vec());
-        pos += HEADER_LEN + len;
-    }
-    (frames, None)
 }
 
 /// Feeds the chunks; returns the frames delivered and the first error,
@@ -194,7 +168,7 @@ proptest! {
         let max = 300;
         let mut stream = Vec::new();
         for p in &payloads {
-            encode_frame(&mut stream, p);
+            stream.extend(frame_bytes(p));
         }
         let mut chunks = split(&stream, &sizes);
         let mut dec = FrameDecoder::new(max);
@@ -221,7 +195,8 @@ proptest! {
     ) {
         let mut chunks = split(&bytes, &sizes);
         let (frames, err) = run_decoder(&mut chunks, max)?;
-        let (want_frames, want_err) = model(&bytes, max);
+        // The reference model (tests/support/wire.rs).
+        let (want_frames, want_err) = expected_frames(&bytes, max);
         prop_assert_eq!(err, want_err);
         prop_assert_eq!(frames, want_frames);
     }
@@ -235,8 +210,7 @@ proptest! {
         sizes in chunk_sizes(),
     ) {
         let max = 2000;
-        let mut stream = Vec::new();
-        encode_frame(&mut stream, &payload);
+        let stream = frame_bytes(&payload);
         let cut = 1 + cut.index(stream.len() - 1); // 1..len: never the whole frame
         let mut chunks = split(&stream[..cut], &sizes);
         let (frames, err) = run_decoder(&mut chunks, max)?;

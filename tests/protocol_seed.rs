@@ -4,7 +4,9 @@
 //! field against the seed's response examples (names, JSON types, values).
 //! Also: `id` correlation, request rejections, error codes and timestamps.
 
-use ringcast::protocol::frame::{encode_frame, FrameDecoder, DEFAULT_MAX_FRAME_BYTES, HEADER_LEN};
+mod support;
+
+use ringcast::protocol::frame::{FrameDecoder, DEFAULT_MAX_FRAME_BYTES, HEADER_LEN};
 use ringcast::protocol::message::{
     write_auth_ok, write_broadcast_message, write_broadcast_sent, write_echo_response, write_error,
     write_message_ack, write_pong, write_server_stats, SERVER_NAME,
@@ -15,6 +17,7 @@ use ringcast::protocol::{
 };
 use serde_json::{json, Value};
 use std::ops::ControlFlow;
+use support::wire::{frame_bytes, is_timestamp, keys};
 
 /// The seed's request examples, verbatim (pretty-printed as in the seed).
 const SEED_PING: &str = r#"{
@@ -40,35 +43,11 @@ const SEED_GET_STATS: &str = r#"{
 /// 2024-01-01T12:00:00.001Z, the seed's response time.
 const SEED_NOW_MS: u64 = 1_704_110_400_001;
 
-/// Checks `^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$` by hand.
-fn is_timestamp(s: &str) -> bool {
-    const PATTERN: &[u8; 24] = b"dddd-dd-ddTdd:dd:dd.dddZ";
-    let b = s.as_bytes();
-    b.len() == PATTERN.len()
-        && b.iter().zip(PATTERN).all(|(&c, &p)| match p {
-            b'd' => c.is_ascii_digit(),
-            _ => c == p,
-        })
-}
-
 fn assert_timestamp(v: &Value, what: &str) {
     let s = v
         .as_str()
         .unwrap_or_else(|| panic!("{what} is not a string: {v}"));
     assert!(is_timestamp(s), "{what} = {s:?} is not a timestamp");
-}
-
-/// The keys of a JSON object, sorted (order is checked separately on the
-/// raw text where it matters).
-fn keys(v: &Value) -> Vec<&str> {
-    let mut k: Vec<&str> = v
-        .as_object()
-        .expect("an object")
-        .keys()
-        .map(|s| s.as_str())
-        .collect();
-    k.sort_unstable();
-    k
 }
 
 fn sorted(mut k: Vec<&str>) -> Vec<&str> {
@@ -214,7 +193,7 @@ fn expected_seed_requests() -> Vec<Seen> {
 fn seed_stream() -> Vec<u8> {
     let mut stream = Vec::new();
     for p in [SEED_PING, SEED_ECHO, SEED_BROADCAST, SEED_GET_STATS] {
-        encode_frame(&mut stream, p.as_bytes());
+        stream.extend(frame_bytes(p.as_bytes()));
     }
     stream
 }
@@ -238,7 +217,7 @@ fn seed_requests_decode_compact() {
     let mut stream = Vec::new();
     for p in [SEED_PING, SEED_ECHO, SEED_BROADCAST, SEED_GET_STATS] {
         let v: Value = serde_json::from_str(p).unwrap();
-        encode_frame(&mut stream, &serde_json::to_vec(&v).unwrap());
+        stream.extend(frame_bytes(&serde_json::to_vec(&v).unwrap()));
     }
     let mut chunks: Vec<Vec<u8>> = stream.chunks(7).map(<[u8]>::to_vec).collect();
     assert_eq!(decode_requests(&mut chunks), expected_seed_requests());
@@ -382,7 +361,7 @@ const SEED_STATS_KEYS: [&str; 6] = [
     "current_time",
 ];
 
-const EXTRA_STATS_KEYS: [&str; 13] = [
+const EXTRA_STATS_KEYS: [&str; 14] = [
     "shards",
     "total_connections",
     "messages_by_type",
@@ -396,6 +375,7 @@ const EXTRA_STATS_KEYS: [&str; 13] = [
     "messages_per_second",
     "connections_per_shard",
     "partial_frame_bytes",
+    "io_backend",
 ];
 
 #[test]
@@ -464,6 +444,7 @@ fn server_stats_matches_seed_plus_extras() {
     assert_eq!(v["connections_per_shard"], json!([2, 1]));
     assert_eq!(v["rss_bytes"], 10 << 20);
     assert_eq!(v["partial_frame_bytes"], 65536);
+    assert_eq!(v["io_backend"], "io-uring");
     // And the client-side type reads it back.
     let stats: ServerStats = serde_json::from_value(v).unwrap();
     assert_eq!(stats.total_messages, 1250);

@@ -2,14 +2,17 @@
 //! that reads slowly at first. Alone in its test binary so that the RSS the
 //! server reports (the whole test process) is not inflated by other tests.
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::json;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use support::hostile::rss_of;
+use support::server::{builder, spawn};
+use support::wire::{frame, Client};
 
 const REQUESTS: u64 = 1024;
 const CONTENT: usize = 64 << 10;
@@ -25,20 +28,12 @@ const RSS_BOUND: u64 = 200 << 20;
 fn slow_reader_gets_64_mib_of_echo_replies_in_order() {
     let server = spawn(builder(2));
     let addr = server.local_addr();
-    let client = Client::connect(addr);
-    let mut writer_stream = client.stream.try_clone().unwrap();
-    // Writes may block for long while the reader sleeps: no write timeout.
-    writer_stream.set_write_timeout(None).unwrap();
-    let mut reader = client;
-
-    let writer = std::thread::spawn(move || {
-        let filler = "z".repeat(CONTENT - 16);
-        for i in 0..REQUESTS {
-            let content = format!("<{i:08}>{filler}<end>>");
-            assert_eq!(content.len(), CONTENT);
-            let req = json!({"type": "echo", "content": content, "id": i});
-            writer_stream.write_all(&frame(&req)).unwrap();
-        }
+    let mut reader = Client::connect(addr);
+    let filler = "z".repeat(CONTENT - 16);
+    let writer = spawn_echo_writer(&reader, REQUESTS, move |i| {
+        let content = format!("<{i:08}>{filler}<end>>");
+        assert_eq!(content.len(), CONTENT);
+        content
     });
 
     // RSS sampled on another connection throughout.
@@ -50,7 +45,7 @@ fn slow_reader_gets_64_mib_of_echo_replies_in_order() {
             let mut c = Client::connect(addr);
             let mut samples = 0;
             while !done.load(Ordering::Relaxed) {
-                let rss = u64_of(&c.stats(), "rss_bytes");
+                let rss = rss_of(&c.stats());
                 max_rss.fetch_max(rss, Ordering::Relaxed);
                 samples += 1;
                 std::thread::sleep(Duration::from_millis(20));
@@ -103,20 +98,30 @@ fn slow_reader_gets_64_mib_of_echo_replies_in_order() {
     assert_eq!(s["messages_by_type"]["echo"], REQUESTS, "{s}");
 }
 
+/// Writes `requests` echos (id `i`, content `content(i)`) on a clone of
+/// `c`'s stream from another thread, while the test reads on `c`.
+fn spawn_echo_writer(
+    c: &Client,
+    requests: u64,
+    content: impl Fn(u64) -> String + Send + 'static,
+) -> JoinHandle<()> {
+    let mut writer_stream = c.stream.try_clone().unwrap();
+    // Writes may block for long while the reader sleeps: no write timeout.
+    writer_stream.set_write_timeout(None).unwrap();
+    std::thread::spawn(move || {
+        for i in 0..requests {
+            let req = json!({"type": "echo", "content": content(i), "id": i});
+            writer_stream.write_all(&frame(&req)).unwrap();
+        }
+    })
+}
+
 /// Pipelines `requests` echos of `size` bytes while reading (slowly for the
 /// first `slow` replies); every reply must arrive, in order.
 fn echo_flood(server: &ringcast::server::ServerHandle, requests: u64, size: usize, slow: u64) {
-    let client = Client::connect(server.local_addr());
-    let mut writer_stream = client.stream.try_clone().unwrap();
-    writer_stream.set_write_timeout(None).unwrap();
-    let mut reader = client;
-    let writer = std::thread::spawn(move || {
-        let filler = "q".repeat(size - 10);
-        for i in 0..requests {
-            let req = json!({"type": "echo", "content": format!("<{i:08}>{filler}"), "id": i});
-            writer_stream.write_all(&frame(&req)).unwrap();
-        }
-    });
+    let mut reader = Client::connect(server.local_addr());
+    let filler = "q".repeat(size - 10);
+    let writer = spawn_echo_writer(&reader, requests, move |i| format!("<{i:08}>{filler}"));
     for i in 0..requests {
         if i < slow {
             std::thread::sleep(Duration::from_millis(10));

@@ -1,14 +1,16 @@
 //! Broadcast across shards (both wake-up modes), per-sender ordering, and a
 //! slow consumer cut while everyone else receives everything.
 
-mod common;
-mod pacing;
+mod support;
 
-use common::*;
 use ringcast::server::WakeMode;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
+use support::pacing;
+use support::server::{builder, spawn};
+use support::wait::wait_until;
+use support::wire::{frame, is_timestamp, u64_of, Client, READ_TIMEOUT};
 
 const CLIENTS: usize = 16;
 const PER_SENDER: u64 = 200;
@@ -18,15 +20,19 @@ const PER_SENDER: u64 = 200;
 fn cross_shard_broadcast(wake: WakeMode) {
     let server = spawn(builder(2).wake(wake));
     let addr = server.local_addr();
-    let mut clients = connect_many(addr, CLIENTS);
+    let mut clients = Client::connect_many(addr, CLIENTS);
     let ids: Vec<String> = clients.iter().map(|c| c.client_id()).collect();
 
     // Every client registered, on both shards.
     let mut stats = Value::Null;
-    assert!(wait_until(Duration::from_secs(3), || {
-        stats = clients[0].stats();
-        u64_of(&stats, "connected_clients") == CLIENTS as u64
-    }));
+    wait_until(
+        Duration::from_secs(3),
+        format!("{CLIENTS} connected clients"),
+        || {
+            stats = clients[0].stats();
+            u64_of(&stats, "connected_clients") == CLIENTS as u64
+        },
+    );
     let per_shard: Vec<u64> = stats["connections_per_shard"]
         .as_array()
         .unwrap()
@@ -125,12 +131,9 @@ fn slow_consumer_is_cut_while_others_receive_everything() {
     let addr = server.local_addr();
     let mut sender = Client::connect(addr);
     // The slow one advertises a tiny window and never reads (until the end).
-    let mut slow = Client::connect_small_rcvbuf(addr, 4096);
-    let readers = connect_many(addr, READERS);
+    let (mut slow, readers) =
+        pacing::connect_audience(addr, &mut sender, READERS, Duration::from_secs(3));
     let sender_id = sender.client_id();
-    assert!(wait_until(Duration::from_secs(3), || {
-        u64_of(&sender.stats(), "connected_clients") == READERS as u64 + 2
-    }));
 
     // Each reader's progress: the sender never gets more than READ_AHEAD
     // broadcasts ahead of the slowest reader, so a reader thread that the

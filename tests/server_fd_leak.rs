@@ -3,19 +3,16 @@
 //! /proc/self/fd counts its descriptors and ours, and no other test may
 //! open or close sockets meanwhile.
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::json;
-
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+use support::hostile::{fd_count, settle};
+use support::server::start;
+use support::wire::{frame, u64_of, Client};
 
 const CONNECTIONS: usize = 2000;
-
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
 
 #[test]
 fn no_descriptor_leak_over_2000_connections() {
@@ -68,39 +65,27 @@ fn no_descriptor_leak_over_2000_connections() {
 
     // Settled: every connection accepted has been closed, and no more
     // are arriving from the listen queue.
-    let mut last = (0, 0, 0);
-    let mut accepted_before = u64::MAX;
-    let settled = wait_until(Duration::from_secs(6), || {
-        let st = stats.stats();
-        let (clients, accepted) = (
-            u64_of(&st, "connected_clients"),
-            u64_of(&st, "total_connections"),
-        );
-        let fds = fd_count();
-        let stable = accepted == accepted_before;
-        accepted_before = accepted;
-        last = (clients, fds, accepted);
-        stable && clients == baseline_clients && fds <= baseline_fds + 2
-    });
+    let last = settle(
+        &mut stats,
+        baseline_clients,
+        baseline_fds,
+        2,
+        Duration::from_secs(6),
+        &format!("{CONNECTIONS} connections"),
+    );
     eprintln!(
         "{CONNECTIONS} connections in {opened:?}; settled after {:?}: \
          clients {} (baseline {baseline_clients}), fds {} (baseline {baseline_fds})",
         started.elapsed() - opened,
-        last.0,
-        last.1
-    );
-    assert!(
-        settled,
-        "after {CONNECTIONS} connections: {} clients connected (baseline {baseline_clients}), \
-         {} descriptors open (baseline {baseline_fds})",
-        last.0, last.1
+        last.clients,
+        last.fds
     );
     // Every connection that exchanged a ping was accepted, and perhaps
     // some that left at once.
     assert!(
-        (proven + 1..=CONNECTIONS as u64 + 1).contains(&last.2),
+        (proven + 1..=CONNECTIONS as u64 + 1).contains(&last.accepted),
         "{} connections accepted, {proven} proven",
-        last.2
+        last.accepted
     );
     // The server still works.
     let mut c = Client::connect(addr);

@@ -1,18 +1,15 @@
 //! Every message type end to end, exact response shapes, and the request- and
 //! frame-level errors (which close the connection and which do not).
 
-mod common;
+mod support;
 
-use common::*;
 use ringcast::protocol::message::write_response;
-use serde_json::{json, Value};
+use ringcast::server::IoBackend;
+use serde_json::json;
 use std::time::Duration;
-
-fn keys(v: &Value) -> Vec<&str> {
-    let mut k: Vec<&str> = v.as_object().unwrap().keys().map(|s| s.as_str()).collect();
-    k.sort_unstable();
-    k
-}
+use support::server::{builder, io_backend_from_env, spawn, start};
+use support::wait::wait_until;
+use support::wire::{frame, frame_bytes, is_timestamp, keys, u64_of, Client};
 
 #[test]
 fn ping_pong_fields() {
@@ -100,10 +97,7 @@ fn broadcast_to_others_without_id() {
     let mut b = Client::connect(addr);
     let mut c = Client::connect(addr);
     // Make sure all three are registered before broadcasting.
-    assert!(wait_until(Duration::from_secs(3), || u64_of(
-        &a.stats(),
-        "connected_clients"
-    ) == 3));
+    a.wait_connected(3, Duration::from_secs(3));
     let v = a.request(&json!({"type": "broadcast", "content": {"k": "v ✓"}, "id": "b1"}));
     assert_eq!(v["type"], "broadcast_sent", "{v}");
     assert_eq!(v["recipients"], 2);
@@ -133,10 +127,11 @@ fn get_stats_fields() {
     let mut a = Client::connect(addr);
     let mut b = Client::connect(addr);
     let mut c = Client::connect(addr);
-    assert!(wait_until(Duration::from_secs(3), || server
-        .totals()
-        .connected
-        == 3));
+    wait_until(
+        Duration::from_secs(3),
+        "3 connections in the server's totals",
+        || server.totals().connected == 3,
+    );
     a.request(&json!({"type": "ping"}));
     a.request(&json!({"type": "ping"}));
     b.request(&json!({"type": "echo", "content": "x"}));
@@ -190,10 +185,22 @@ fn get_stats_fields() {
     // connected_clients follows closes.
     drop(a);
     drop(b);
-    assert!(wait_until(Duration::from_secs(3), || u64_of(
-        &c.stats(),
-        "connected_clients"
-    ) == 1));
+    c.wait_connected(1, Duration::from_secs(3));
+}
+
+/// The server runs on the backend `RINGCAST_IO_BACKEND` names (the suite's
+/// switch, applied by `support::server::build`), and `get_stats` says so.
+#[test]
+fn io_backend_follows_the_environment() {
+    let server = start(1);
+    let s = Client::connect(server.local_addr()).stats();
+    let reported = s["io_backend"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no io_backend in {s}"));
+    match io_backend_from_env() {
+        Some(b) if b != IoBackend::Auto => assert_eq!(reported, b.as_str(), "{s}"),
+        _ => assert!(["io-uring", "epoll"].contains(&reported), "{s}"),
+    }
 }
 
 #[test]
@@ -360,7 +367,7 @@ fn oversize_frame_is_rejected_and_closed() {
     c.expect_error("frame_too_large");
     assert!(c.read_until_closed(Duration::from_secs(4)).is_empty());
 
-    let s = stats_of(addr);
+    let s = Client::connect(addr).stats();
     assert_eq!(s["errors_by_code"]["frame_too_large"], 4, "{s}");
 }
 

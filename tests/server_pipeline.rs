@@ -1,12 +1,13 @@
 //! Pipelining, frames split into single bytes, and a tiny receive-buffer
 //! ring (multishot receive ending with ENOBUFS and being re-armed).
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::json;
 use std::io::Write;
 use std::time::{Duration, Instant};
+use support::server::{builder, spawn, start};
+use support::wire::{frame, Client};
 
 #[test]
 fn thousand_pipelined_requests_answered_in_order() {
@@ -64,7 +65,7 @@ fn tiny_buffer_ring_serves_many_busy_connections() {
     const PER_CONN: usize = 50;
     let server = spawn(builder(1).recv_buffers(4).recv_buffer_size(256));
     let addr = server.local_addr();
-    let mut clients = connect_many(addr, CONNS);
+    let mut clients = Client::connect_many(addr, CONNS);
     let content = |c: usize, i: usize| {
         let head = format!("c{c}-m{i}-");
         format!("{head}{}", "y".repeat(300 - head.len()))

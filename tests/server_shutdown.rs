@@ -1,11 +1,13 @@
 //! Graceful shutdown: everything owed is delivered, then `shutting_down`,
 //! then EOF; bounded by drain_secs when a client does not read.
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
+use support::server::{builder, spawn, start};
+use support::wait::wait_until;
+use support::wire::{frame, Client};
 
 const ECHOS: u64 = 200;
 const CONTENT: usize = 4096;
@@ -34,10 +36,10 @@ fn client_with_pending_replies(server: &ringcast::server::ServerHandle) -> Clien
         bytes.extend(frame(&json!({"type": "echo", "content": content, "id": i})));
     }
     busy.send_raw(&bytes);
-    assert!(
-        wait_until(Duration::from_secs(3), || server.totals().messages[1]
-            == ECHOS),
-        "the server did not read every echo request"
+    wait_until(
+        Duration::from_secs(3),
+        "the server to read every echo request",
+        || server.totals().messages[1] == ECHOS,
     );
     busy
 }
@@ -47,7 +49,7 @@ fn shutdown_delivers_pending_output_then_shutting_down() {
     let drain_secs = 3;
     let server = spawn(builder(2).drain_secs(drain_secs));
     let addr = server.local_addr();
-    let mut idle = connect_many(addr, 3);
+    let mut idle = Client::connect_many(addr, 3);
     for c in &mut idle {
         assert_eq!(c.request(&json!({"type": "ping"}))["type"], "pong");
     }
@@ -100,7 +102,7 @@ fn shutdown_cuts_a_client_that_never_reads() {
 fn shutdown_is_prompt_once_clients_have_closed() {
     let server = spawn(builder(2).drain_secs(5));
     let addr = server.local_addr();
-    let mut clients = connect_many(addr, 4);
+    let mut clients = Client::connect_many(addr, 4);
     for c in &mut clients {
         assert_eq!(c.request(&json!({"type": "ping"}))["type"], "pong");
     }

@@ -5,9 +5,12 @@
 //! then (correctly) cut as a slow consumer. Tests that need every reader to
 //! receive everything keep the sender within a bound of the slowest reader.
 
+use crate::support::wait::wait_until_every;
+use crate::support::wire::Client;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How many messages each reader has consumed.
 #[derive(Clone)]
@@ -27,21 +30,37 @@ impl ReaderProgress {
     /// Blocks until the slowest reader is at most `ahead` messages behind
     /// `sent`; panics if that takes longer than `limit` (a reader stopped).
     pub fn wait_within(&self, sent: u64, ahead: u64, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let slowest = self
-                .0
-                .iter()
-                .map(|p| p.load(Ordering::Relaxed))
-                .min()
-                .unwrap_or(0);
-            if sent.saturating_sub(slowest) <= ahead {
-                return;
-            }
-            assert!(Instant::now() < deadline, "a reader stopped reading");
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        wait_until_every(
+            limit,
+            Duration::from_micros(200),
+            "the slowest reader to catch up (a reader stopped reading)",
+            || {
+                let slowest = self
+                    .0
+                    .iter()
+                    .map(|p| p.load(Ordering::Relaxed))
+                    .min()
+                    .unwrap_or(0);
+                sent.saturating_sub(slowest) <= ahead
+            },
+        );
     }
+}
+
+/// The audience of a broadcast test around `sender` (connected to `addr`):
+/// a subscriber that advertises a tiny window (SO_RCVBUF 4 KiB) and never
+/// reads until the test says so, and `readers` readers; returns them once
+/// the server counts all of them and the sender (within `within`).
+pub fn connect_audience(
+    addr: SocketAddr,
+    sender: &mut Client,
+    readers: usize,
+    within: Duration,
+) -> (Client, Vec<Client>) {
+    let stalled = Client::connect_small_rcvbuf(addr, 4096);
+    let readers = Client::connect_many(addr, readers);
+    sender.wait_connected(readers.len() as u64 + 2, within);
+    (stalled, readers)
 }
 
 /// Starts one thread per reader that reads `broadcast_message`s from
@@ -49,12 +68,12 @@ impl ReaderProgress {
 /// sequence number, asserting order, until the content `END`; marks its
 /// progress in `progress` and returns the client and how many it received.
 pub fn spawn_ordered_readers(
-    readers: Vec<crate::common::Client>,
+    readers: Vec<Client>,
     sender_id: &str,
     body_len: usize,
     read_timeout: Duration,
     progress: &ReaderProgress,
-) -> Vec<std::thread::JoinHandle<(crate::common::Client, u64)>> {
+) -> Vec<std::thread::JoinHandle<(Client, u64)>> {
     readers
         .into_iter()
         .enumerate()

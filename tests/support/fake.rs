@@ -1,9 +1,14 @@
-//! Test support for the client tests: a small threaded fake server speaking
-//! the protocol through `ringcast::protocol` (for behaviour a real server
-//! cannot be made to show: slow answers, no ids, bad bytes, silence), and
-//! helpers with time bounds.
-#![allow(dead_code)]
+//! For the tests of the client library (and those driving a server with
+//! it): a small threaded fake server speaking the protocol through
+//! `ringcast::protocol` (for behaviour a real server cannot be made to
+//! show: slow answers, no ids, bad bytes, silence), a silent peer, a
+//! one-shot bad server, and the client settings and event helpers the
+//! tests share. The real server for them is
+//! [`crate::support::server::Backend`].
 
+use crate::support::wait::poll;
+use crate::support::wire::read_frame;
+use ringcast::client::ClientConfig;
 use ringcast::protocol::message::{
     write_auth_ok, write_broadcast_message, write_broadcast_sent, write_echo_response, write_error,
     write_message_ack, write_pong, write_response, write_server_stats,
@@ -18,7 +23,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How the fake server behaves.
 #[derive(Clone, Default)]
@@ -61,17 +66,11 @@ impl FakeServer {
 
     /// Binds `addr` (retrying for a while: the port may be in TIME_WAIT).
     pub fn start_on(addr: SocketAddr, opts: FakeOptions) -> FakeServer {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listener = loop {
-            match TcpListener::bind(addr) {
-                Ok(l) => break l,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("bind {addr}: {e}"),
-            }
-        };
+        let mut last = None;
+        let listener = poll(Duration::from_secs(10), || {
+            TcpListener::bind(addr).map_err(|e| last = Some(e)).ok()
+        })
+        .unwrap_or_else(|| panic!("bind {addr}: {}", last.unwrap()));
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -106,6 +105,11 @@ impl FakeServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Request frames received so far, over all connections.
+    pub fn messages(&self) -> u64 {
+        self.shared.total_messages.load(Ordering::Relaxed)
     }
 
     /// Connections open now.
@@ -177,8 +181,10 @@ fn serve(s: Arc<Shared>, stream: TcpStream) {
             break;
         }
         let n = match reader.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         };
         let mut close = false;
         let r = dec.feed(&mut buf[..n], |payload| {
@@ -353,15 +359,9 @@ pub fn bad_server(reply: Vec<u8>, then_close: bool) -> SocketAddr {
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         let Ok((mut s, _)) = l.accept() else { return };
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut hdr = [0u8; 4];
-        if s.read_exact(&mut hdr).is_err() {
+        let Ok(Some(_request)) = read_frame(&mut s, Duration::from_secs(10)) else {
             return;
-        }
-        let mut body = vec![0u8; u32::from_be_bytes(hdr) as usize];
-        if s.read_exact(&mut body).is_err() {
-            return;
-        }
+        };
         let _ = s.write_all(&reply);
         if then_close {
             let _ = s.shutdown(Shutdown::Both);
@@ -372,91 +372,41 @@ pub fn bad_server(reply: Vec<u8>, then_close: bool) -> SocketAddr {
     addr
 }
 
-/// A frame: 4-byte big-endian length, then `payload`.
-pub fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(payload);
-    v
+/// The longest any client-test wait may take.
+pub const LIMIT: Duration = Duration::from_secs(10);
+
+/// A client of `addr` (5 s per request) sending a heartbeat every `every`
+/// and giving up after two missed.
+pub fn heartbeat_client(addr: SocketAddr, every: Duration) -> ringcast::client::Client {
+    ringcast::client::Client::builder()
+        .request_timeout(Duration::from_secs(5))
+        .heartbeat(Some(every))
+        .heartbeat_max_missed(2)
+        .connect(addr)
+        .unwrap()
 }
 
-/// Polls `f` every 10 ms until it is true; panics after `limit`.
-pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// The next `broadcast_message` among a library client's events (others
+/// skipped), within 5 s.
+pub fn next_broadcast(
+    events: &std::sync::mpsc::Receiver<ringcast::client::Event>,
+) -> ringcast::client::Message {
+    crate::support::wait::next_matching(
+        events,
+        Duration::from_secs(5),
+        "a broadcast_message",
+        |e| match e {
+            ringcast::client::Event::Message(m) if m.kind() == "broadcast_message" => Some(m),
+            _ => None,
+        },
+    )
 }
 
-/// The real server (`ringcast::server`), in this process on 127.0.0.1
-/// with two shards, for the required tests. It has one custom handler:
-/// `fake_custom` answers `fake_custom_ok` with the request's `data`.
-pub struct Backend(ringcast::server::ServerHandle);
-
-impl Backend {
-    fn build(addr: SocketAddr, token: Option<&str>) -> Backend {
-        // A restarted server may find its port busy for a moment.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let built = ringcast::server::Server::builder()
-                .addr(addr)
-                .shards(2)
-                .idle_timeout_secs(0)
-                .auth_token(token.map(str::to_owned))
-                .handler(
-                    "fake_custom",
-                    |req: &ringcast::protocol::Request<'_, '_>,
-                     _: &str,
-                     _: &str,
-                     out: &mut Vec<u8>| {
-                        write_response(out, "fake_custom_ok", req.id.as_ref(), |o| {
-                            if let Some(d) = req.get("data") {
-                                o.value("data", &d);
-                            }
-                        })
-                    },
-                )
-                .build();
-            match built {
-                Ok(server) => return Backend(server.spawn().expect("server start")),
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("server on {addr}: {e}"),
-            }
-        }
-    }
-
-    pub fn start() -> Backend {
-        Self::build("127.0.0.1:0".parse().unwrap(), None)
-    }
-
-    pub fn with_token(token: &str) -> Backend {
-        Self::build("127.0.0.1:0".parse().unwrap(), Some(token))
-    }
-
-    /// Binds a fixed address (to restart on the same port).
-    pub fn start_on(addr: SocketAddr) -> Backend {
-        Self::build(addr, None)
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.0.local_addr()
-    }
-
-    /// Graceful stop (`shutting_down`, drain, join), then waits until the
-    /// port refuses connections: the listener outlives `shutdown()` by a
-    /// few milliseconds (reported to the server's owner), and a restart in
-    /// that window would share the port with it.
-    pub fn stop(self) {
-        let addr = self.addr();
-        self.0.shutdown();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+/// Client settings for the tests: 5 s to connect and for each request.
+pub fn client_config() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
+        ..ClientConfig::default()
     }
 }

@@ -1,0 +1,28 @@
+//! The one support module of the integration tests. Every test file has
+//! `mod support;` and imports what it needs from:
+//!
+//! - [`server`]: test servers, in this process (every one built through
+//!   [`server::build`], which applies `RINGCAST_IO_BACKEND`) or as a
+//!   `ringcast server` child process, with its log lines;
+//! - [`wire`]: the frame encoder, the one frame reader, [`wire::Client`]
+//!   (a blocking test connection) and readers of JSON responses;
+//! - [`wait`]: [`wait::wait_until`], the one way to wait for a condition
+//!   (and [`wait::next_matching`], the same for a channel);
+//! - [`fake`]: misbehaving fake servers, and library-client settings and
+//!   helpers, for the client tests;
+//! - [`hostile`]: watchdog, seeded RNG, descriptor and RSS probes for the
+//!   hostile and resource tests;
+//! - [`pacing`]: a broadcast sender paced on its readers' progress.
+//!
+//! Run the whole suite on one I/O backend with `RINGCAST_IO_BACKEND=auto`,
+//! `io-uring` or `epoll` (unset: the builder's default).
+
+// Each test binary uses part of this module.
+#![allow(dead_code)]
+
+pub mod fake;
+pub mod hostile;
+pub mod pacing;
+pub mod server;
+pub mod wait;
+pub mod wire;
