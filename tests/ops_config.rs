@@ -460,7 +460,7 @@ fn io_backend_from_flag_variable_and_file() {
     );
 
     // A bad value names the accepted ones, from a flag, a variable or the file.
-    let mut c = server_cmd();
+    let mut c = config_cmd();
     c.args(["--io-backend", "kqueue", "--print-config"]);
     let out = run(c);
     assert!(!out.status.success(), "--io-backend kqueue was accepted");
@@ -469,7 +469,7 @@ fn io_backend_from_flag_variable_and_file() {
     assert!(e.contains("kqueue") && e.contains("--io-backend"), "{e}");
     assert!(e.contains("auto, io-uring, epoll"), "names the values: {e}");
 
-    let mut c = server_cmd();
+    let mut c = config_cmd();
     c.arg("--print-config").env("RINGCAST_IO_BACKEND", "kqueue");
     let out = run(c);
     assert!(

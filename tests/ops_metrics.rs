@@ -270,6 +270,17 @@ fn counters_move_by_exactly_the_traffic_and_parse_as_prometheus_text() {
         sum(&before, "ringcast_build_info", &[("version", version)]),
         1.0
     );
+    // The backend label names the one the shards run on: the one the test
+    // asked for, or io_uring where the default (auto) finds it.
+    let backend = match support::server::io_backend_from_env() {
+        Some(ringcast::server::IoBackend::Epoll) => "epoll",
+        _ => "io-uring",
+    };
+    assert_eq!(
+        sum(&before, "ringcast_build_info", &[("io_backend", backend)]),
+        1.0,
+        "ringcast_build_info names the backend"
+    );
     assert_eq!(sum(&before, "ringcast_shards", &[]), 2.0);
     assert_eq!(sum(&before, "ringcast_failed_shards", &[]), 0.0);
     assert!(sum(&before, "ringcast_resident_memory_bytes", &[]) > 0.0);

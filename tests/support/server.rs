@@ -31,7 +31,7 @@ pub fn io_backend_from_env() -> Option<IoBackend> {
         Err(std::env::VarError::NotPresent) => return None,
         Err(e) => panic!("{IO_BACKEND_ENV}: {e}"),
     };
-    let all = <IoBackend as clap::ValueEnum>::value_variants();
+    let all = IoBackend::ALL;
     let names: Vec<&str> = all.iter().map(|b| b.as_str()).collect();
     match all.iter().find(|b| b.as_str() == v) {
         Some(b) => Some(*b),

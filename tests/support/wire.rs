@@ -330,6 +330,7 @@ impl Client {
                         frames.len()
                     )
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => panic!("unexpected read error: {e}"),
             }
         }
