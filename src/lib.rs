@@ -9,6 +9,7 @@
 //! - [`server`]: shard loop, admission, fan-out, stats, metrics, config.
 //! - [`client`]: a blocking client library with reconnection and a pool.
 //! - [`bench`]: the load generator.
+//! - [`tls`]: what TLS endpoints share (crypto provider, PEM files).
 //! - [`cli`]: the `ringcast` command line (the only module that uses clap).
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod io;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod tls;
 
 /// The README's Rust examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

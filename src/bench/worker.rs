@@ -478,7 +478,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
                 to_close.push(i);
             }
             Event::Closed(Token(i)) => to_reopen.push(i),
-            Event::Accepted(_) | Event::AcceptFailed(_) => {}
+            Event::Accepted(..) | Event::AcceptFailed(_) => {}
         })?;
         for i in to_close.drain(..) {
             backend.close(Token(i))?;

@@ -41,6 +41,10 @@ pub struct ServerArgs {
     /// Do not pin shard threads to cores (file key: `pin = false`).
     #[arg(long, env = "RINGCAST_NO_PIN", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_pin: bool,
+    /// Do not serve plain TCP on --addr, only TLS on --tls-addr (file key:
+    /// `plain = false`).
+    #[arg(long, env = "RINGCAST_NO_PLAIN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_plain: bool,
     /// Every setting, as given by flags and variables.
     #[command(flatten)]
     pub given: Layer,
@@ -346,7 +350,19 @@ macro_rules! given_as_itself {
 }
 
 given_as_itself!(
-    bool, u16, u32, u64, i32, usize, String, SocketAddr, PathBuf, WakeMode, IoBackend, LogFormat,
+    bool,
+    u16,
+    u32,
+    u64,
+    i32,
+    usize,
+    String,
+    SocketAddr,
+    PathBuf,
+    WakeMode,
+    IoBackend,
+    LogFormat,
+    crate::tls::TlsVersion,
 );
 
 impl Layer {
@@ -396,6 +412,9 @@ impl ServerArgs {
         let mut given = self.given;
         if self.no_pin {
             given.pin = Some(false);
+        }
+        if self.no_plain {
+            given.plain = Some(false);
         }
         if let Some(path) = &self.config {
             let mut file = Layer::from_file(path)?;

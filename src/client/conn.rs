@@ -4,7 +4,8 @@ use super::{ClientConfig, ClientError, Message, Result};
 use crate::protocol::{encode_frame, FrameDecoder, FrameError};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, Read, Write};
+use super::tls::Stream;
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,18 +32,26 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Reads whole frames off a stream and parses them.
 pub(crate) struct FrameReader {
-    stream: TcpStream,
+    stream: Stream,
     decoder: FrameDecoder,
     buf: Box<[u8]>,
+    /// Ciphertext off the socket (TLS only).
+    scratch: Box<[u8]>,
     ready: VecDeque<Result<Message>>,
 }
 
 impl FrameReader {
-    pub(crate) fn new(stream: TcpStream, max_frame_bytes: usize) -> Self {
+    pub(crate) fn new(stream: Stream, max_frame_bytes: usize) -> Self {
+        let scratch = match stream {
+            Stream::Plain(_) => Box::default(),
+            // One full TLS record per socket read.
+            Stream::Tls { .. } => vec![0u8; 17 * 1024].into_boxed_slice(),
+        };
         FrameReader {
             stream,
             decoder: FrameDecoder::new(max_frame_bytes),
             buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+            scratch,
             ready: VecDeque::new(),
         }
     }
@@ -53,7 +62,7 @@ impl FrameReader {
             if let Some(m) = self.ready.pop_front() {
                 return m;
             }
-            let n = match self.stream.read(&mut self.buf) {
+            let n = match self.stream.read(&mut self.buf, &mut self.scratch) {
                 Ok(0) => {
                     let reason = if self.decoder.in_frame() {
                         "server closed the connection in the middle of a frame"
@@ -69,6 +78,7 @@ impl FrameReader {
                 Err(e) if is_timeout(&e) => {
                     return Err(ClientError::Timeout(
                         self.stream
+                            .socket()
                             .read_timeout()
                             .ok()
                             .flatten()
@@ -190,8 +200,20 @@ pub(crate) fn establish(
     ids: &AtomicU64,
     verify: bool,
 ) -> Result<Established> {
-    let stream = connect_any(addrs, cfg.connect_timeout)?;
-    stream.set_nodelay(true)?;
+    let sock = connect_any(addrs, cfg.connect_timeout)?;
+    sock.set_nodelay(true)?;
+    let mut stream = match &cfg.tls {
+        None => Stream::Plain(sock),
+        Some(t) => {
+            let peer = sock.peer_addr()?;
+            Stream::handshake(
+                sock,
+                t.client_config()?,
+                t.name_for(&peer)?,
+                cfg.connect_timeout,
+            )?
+        }
+    };
     let mut reader = FrameReader::new(stream.try_clone()?, cfg.max_frame_bytes);
     let mut early = Vec::new();
     let mut fields = Map::new();
@@ -210,9 +232,13 @@ pub(crate) fn establish(
         let id = ids.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();
         request_frame(&mut frame, type_name, &fields, id);
-        stream.set_write_timeout(Some(cfg.request_timeout))?;
-        (&stream).write_all(&frame)?;
-        stream.set_read_timeout(Some(cfg.request_timeout))?;
+        stream
+            .socket()
+            .set_write_timeout(Some(cfg.request_timeout))?;
+        stream.write_all(&frame, &mut Vec::new())?;
+        stream
+            .socket()
+            .set_read_timeout(Some(cfg.request_timeout))?;
         loop {
             let m = reader.next_message().map_err(|e| match e {
                 ClientError::Timeout(_) => ClientError::Timeout(cfg.request_timeout),
@@ -235,7 +261,7 @@ pub(crate) fn establish(
                 m.kind()
             )));
         }
-        stream.set_read_timeout(None)?;
+        stream.socket().set_read_timeout(None)?;
     }
     let conn = Conn::new(stream, cfg.request_timeout)?;
     Ok(Established {
@@ -258,7 +284,8 @@ struct Pending {
 
 /// The writing half of a connection and its table of waiting requests.
 pub(crate) struct Conn {
-    writer: Mutex<(TcpStream, Vec<u8>)>,
+    /// The stream, the request being written, and (TLS) its ciphertext.
+    writer: Mutex<(Stream, Vec<u8>, Vec<u8>)>,
     pending: Mutex<Pending>,
     /// Why the connection was killed locally (heartbeat, disconnect).
     kill_reason: Mutex<Option<String>>,
@@ -266,14 +293,16 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, write_timeout: Duration) -> Result<Conn> {
+    fn new(stream: Stream, write_timeout: Duration) -> Result<Conn> {
         // A server that stops reading must not block writers forever; a
         // write that times out leaves the stream out of step, so it kills
         // the connection.
-        stream.set_write_timeout(Some(write_timeout.max(Duration::from_millis(1))))?;
+        stream
+            .socket()
+            .set_write_timeout(Some(write_timeout.max(Duration::from_millis(1))))?;
         Ok(Conn {
-            control: stream.try_clone()?,
-            writer: Mutex::new((stream, Vec::with_capacity(256))),
+            control: stream.socket().try_clone()?,
+            writer: Mutex::new((stream, Vec::with_capacity(256), Vec::new())),
             pending: Mutex::new(Pending {
                 waiting: BTreeMap::new(),
                 dead: None,
@@ -301,10 +330,10 @@ impl Conn {
             }
             p.waiting.insert(id, tx);
         }
-        let (stream, buf) = &mut *w;
+        let (stream, buf, cipher) = &mut *w;
         buf.clear();
         request_frame(buf, type_name, fields, id);
-        if let Err(e) = stream.write_all(buf) {
+        if let Err(e) = stream.write_all(buf, cipher) {
             drop(w);
             lock(&self.pending).waiting.remove(&id);
             self.kill(&format!("write failed: {e}"));
@@ -355,6 +384,15 @@ impl Conn {
     pub(crate) fn kill(&self, reason: &str) {
         lock(&self.kill_reason).get_or_insert_with(|| reason.to_owned());
         let _ = self.control.shutdown(Shutdown::Both);
+    }
+
+    /// Ends the TLS stream cleanly (close_notify) before a deliberate
+    /// close; nothing with plain TCP. Skipped if a write holds the stream
+    /// (it is stuck on a full socket: the close must not wait for it).
+    pub(crate) fn close_notify(&self) {
+        if let Ok(mut w) = self.writer.try_lock() {
+            w.0.close_notify();
+        }
     }
 
     /// The reason given to [`Conn::kill`], if any.

@@ -65,9 +65,11 @@ mod interactive;
 mod perf;
 mod pool;
 mod session;
+pub mod tls;
 
 pub use pool::{Pool, PooledClient};
 pub use session::Client;
+pub use tls::TlsOptions;
 
 use crate::protocol::{ErrorCode, DEFAULT_MAX_FRAME_BYTES};
 use serde_json::Value;
@@ -372,6 +374,8 @@ pub struct ClientConfig {
     pub event_buffer: usize,
     /// Sent as `client_info` in pings.
     pub client_info: String,
+    /// Speak TLS (None: plain TCP).
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientConfig {
@@ -387,6 +391,7 @@ impl Default for ClientConfig {
             max_frame_bytes: DEFAULT_CLIENT_MAX_FRAME_BYTES,
             event_buffer: 1024,
             client_info: concat!("ringcast-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            tls: None,
         }
     }
 }
@@ -465,6 +470,12 @@ impl ClientBuilder {
     /// See [`ClientConfig::client_info`].
     pub fn client_info(mut self, info: impl Into<String>) -> Self {
         self.config.client_info = info.into();
+        self
+    }
+
+    /// See [`ClientConfig::tls`].
+    pub fn tls(mut self, options: TlsOptions) -> Self {
+        self.config.tls = Some(options);
         self
     }
 

@@ -301,6 +301,7 @@ impl Client {
         };
         self.inner.changed.notify_all();
         if let Some(c) = conn {
+            c.close_notify();
             c.kill("closed by the client");
         }
         let threads = std::mem::take(&mut *lock(&self.threads));

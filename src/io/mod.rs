@@ -17,6 +17,8 @@
 //!
 //! # Contract
 //!
+//! - The caller names each listener with a [`ListenerId`] in
+//!   [`Backend::listen`]; every accepted connection is reported with it.
 //! - The caller names each connection with a [`Token`] of its choosing
 //!   (a slab key) in [`Backend::add`], and may reuse it once
 //!   [`Event::Closed`] for it has been reported.
@@ -52,11 +54,17 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Token(pub usize);
 
+/// Names one listening socket to its backend; chosen by the caller in
+/// [`Backend::listen`] and reported with each connection it accepts (a
+/// server tells its plain port from its TLS port by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId(pub u8);
+
 /// Something that happened, reported by [`Backend::poll`].
 #[derive(Debug)]
 pub enum Event<'a> {
-    /// A connection arrived on the listener.
-    Accepted(TcpStream),
+    /// A connection arrived on the listener the id names.
+    Accepted(TcpStream, ListenerId),
     /// Accepting failed (for example EMFILE); retried at the next
     /// [`Backend::tick`].
     AcceptFailed(io::Error),
@@ -164,12 +172,14 @@ impl Backend {
         each!(self, d => d.ring_fd())
     }
 
-    /// Starts accepting on `listener`.
-    pub fn listen(&mut self, listener: TcpListener) -> io::Result<()> {
-        each!(self, d => d.listen(listener))
+    /// Starts accepting on `listener` (any number of them); its
+    /// connections arrive as [`Event::Accepted`] with `id`.
+    pub fn listen(&mut self, listener: TcpListener, id: ListenerId) -> io::Result<()> {
+        each!(self, d => d.listen(listener, id))
     }
 
-    /// Stops accepting at once: the kernel refuses new connections.
+    /// Stops accepting on every listener at once: the kernel refuses new
+    /// connections.
     pub fn stop_listening(&mut self) {
         each!(self, d => d.stop_listening())
     }

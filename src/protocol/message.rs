@@ -312,6 +312,8 @@ pub struct StatsReport<'a> {
     pub partial_frame_bytes: u64,
     /// The I/O backend the shards run on (`io-uring` or `epoll`).
     pub io_backend: &'a str,
+    /// Failed TLS handshakes by reason (all zero without TLS).
+    pub tls_handshake_failures: &'a [(&'a str, u64)],
 }
 
 /// `server_stats`: the seed's five fields first, then ours.
@@ -344,6 +346,7 @@ pub fn write_server_stats(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, s: 
         a.push(b']');
         o.u64("partial_frame_bytes", s.partial_frame_bytes);
         o.raw_str("io_backend", s.io_backend);
+        write_counts(o.key("tls_handshake_failures"), s.tls_handshake_failures);
     });
 }
 
@@ -411,4 +414,8 @@ pub struct ServerStats {
     /// that do not report it).
     #[serde(default)]
     pub io_backend: String,
+    /// Failed TLS handshakes by reason (`malformed`, `incompatible`,
+    /// `client_certificate`, `timeout`, `eof`, `busy`, `other`).
+    #[serde(default)]
+    pub tls_handshake_failures: BTreeMap<String, u64>,
 }

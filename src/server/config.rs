@@ -53,6 +53,43 @@ macro_rules! server_settings {
 
             /// Address to listen on; every shard binds it (SO_REUSEPORT).
             addr: std::net::SocketAddr = DEFAULT_ADDR.parse().expect("valid default address"),
+            /// Serve plain TCP on `addr`.
+            ///
+            /// The flag that turns it off (to serve TLS only) is `--no-plain`
+            /// (`RINGCAST_NO_PLAIN`); the file key is `plain`.
+            [NoFlag] plain: bool = true,
+            /// Address for TLS clients, beside the plain one (like Redis's
+            /// tls-port); needs tls_cert and tls_key.
+            ///
+            /// None (the default): no TLS listener.
+            tls_addr: Option<std::net::SocketAddr> = None,
+            /// PEM file with the server's certificate chain, leaf first.
+            tls_cert: Option<std::path::PathBuf> = None,
+            /// PEM file with tls_cert's private key (RSA, ECDSA or Ed25519).
+            tls_key: Option<std::path::PathBuf> = None,
+            /// PEM file of CA certificates for mutual TLS: TLS clients must
+            /// present a certificate that one of them signed.
+            ///
+            /// A verified certificate does not replace `auth_token`: when both
+            /// are set, a TLS client needs both (the certificate proves the
+            /// machine, the token the application).
+            tls_client_ca: Option<std::path::PathBuf> = None,
+            /// Oldest TLS version accepted: 1.2 or 1.3.
+            tls_min_version: crate::tls::TlsVersion = crate::tls::TlsVersion::V1_2,
+            /// Seconds a TLS client has to finish its handshake.
+            ///
+            /// 10 s: a handshake takes two round trips, so this is generous
+            /// for any real client on any network, and cuts a slow-loris on
+            /// the handshake (which holds a socket and rustls state) early.
+            tls_handshake_timeout_secs: u64 = 10,
+            /// TLS handshakes in progress per shard; a connection beyond them
+            /// is closed at once.
+            ///
+            /// 1024: a reconnect storm of a thousand clients per shard still
+            /// completes (each handshake lasts two round trips), while a flood
+            /// of stalled handshakes holds at most this many sockets and rustls
+            /// states per shard until the handshake timeout cuts them.
+            tls_max_handshakes: usize = 1024,
             /// Shards (threads with their own ring); 0 = one per core this
             /// process may run on.
             shards: usize = 0,
@@ -301,6 +338,25 @@ impl ServerConfig {
         }
         if self.shards > 1024 {
             return Err("at most 1024 shards".into());
+        }
+        match (self.tls_addr, &self.tls_cert, &self.tls_key) {
+            (Some(_), Some(_), Some(_)) | (None, None, None) => {}
+            (Some(_), _, _) => return Err("tls_addr needs both tls_cert and tls_key".into()),
+            (None, _, _) => {
+                return Err("tls_cert and tls_key are used only with tls_addr: set it too".into())
+            }
+        }
+        if self.tls_client_ca.is_some() && self.tls_addr.is_none() {
+            return Err("tls_client_ca is used only with tls_addr: set it too".into());
+        }
+        if !self.plain && self.tls_addr.is_none() {
+            return Err("plain TCP is off and no tls_addr is set: nothing to listen on".into());
+        }
+        if self.tls_handshake_timeout_secs == 0 || self.tls_handshake_timeout_secs > u32::MAX as u64 {
+            return Err("tls_handshake_timeout_secs must be between 1 and 4294967295".into());
+        }
+        if self.tls_max_handshakes == 0 {
+            return Err("tls_max_handshakes must be at least 1".into());
         }
         Ok(())
     }

@@ -569,6 +569,18 @@ impl Collector for ShardCollector {
             &codes,
             |c, i| c.errors[i].load(Relaxed),
         )?;
+        let reasons = crate::session::tls::HandshakeFailure::ALL.map(|r| r.as_str());
+        self.per_shard_by(
+            &mut enc,
+            "ringcast_tls_handshake_failures",
+            "TLS handshakes that failed, by reason: malformed (not TLS: plain text or garbage \
+             on the TLS port), incompatible (no common version or cipher), client_certificate \
+             (missing or not verified), timeout, eof (closed mid-handshake), busy (over \
+             tls_max_handshakes), other.",
+            "reason",
+            &reasons,
+            |c, i| c.tls_handshake_failures[i].load(Relaxed),
+        )?;
         let mut m = enc.encode_descriptor(
             "ringcast_request_duration_seconds",
             "Time a shard spends handling requests, per request: from starting on the receive \

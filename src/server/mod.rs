@@ -26,6 +26,7 @@ mod listener;
 mod metrics;
 mod shard;
 pub mod stats;
+mod tls;
 
 pub use config::{IoBackend, ServerConfig, WakeMode};
 
@@ -36,6 +37,7 @@ use metrics::MetricsEndpoint;
 use stats::{Counters, ShardCounters, Totals};
 use std::collections::HashMap;
 use std::io;
+use crate::io::ListenerId;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,6 +58,9 @@ pub enum ServerError {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A TLS certificate, key or CA file could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// Any other I/O failure.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
@@ -101,6 +106,8 @@ pub(crate) struct Shared {
     pub handlers: HashMap<String, Arc<dyn Handler>>,
     /// The backend every shard runs on (`auto` resolved at build).
     pub io_backend: crate::io::Kind,
+    /// Makes TLS connections (None without a TLS listener).
+    pub tls: Option<tls::TlsAcceptor>,
 }
 
 impl Shared {
@@ -131,6 +138,7 @@ impl Shared {
             start_time: TimestampCache::new().format(start_unix_ms).to_string(),
             handlers,
             io_backend,
+            tls: None,
         }
     }
 
@@ -183,13 +191,31 @@ impl ServerBuilder {
         self
     }
 
-    /// Validates the configuration and binds the listeners.
+    /// Validates the configuration, loads the TLS files and binds the
+    /// listeners.
     pub fn build(self) -> Result<Server, ServerError> {
         self.config.validate().map_err(ServerError::Config)?;
+        let tls = tls::TlsAcceptor::new(&self.config)?;
         let n = self.config.effective_shards();
-        let listeners = listener::bind_all(self.config.addr, n, self.config.backlog)
-            .map_err(ServerError::Bind)?;
-        let local_addr = listeners[0].local_addr()?;
+        let mut listeners: Vec<Vec<(TcpListener, ListenerId)>> =
+            (0..n).map(|_| Vec::with_capacity(2)).collect();
+        let mut bind = |addr, id| -> Result<SocketAddr, ServerError> {
+            let socks =
+                listener::bind_all(addr, n, self.config.backlog).map_err(ServerError::Bind)?;
+            let local = socks[0].local_addr()?;
+            for (shard, sock) in listeners.iter_mut().zip(socks) {
+                shard.push((sock, id));
+            }
+            Ok(local)
+        };
+        let plain_addr = match self.config.plain {
+            true => Some(bind(self.config.addr, PLAIN_LISTENER)?),
+            false => None,
+        };
+        let tls_addr = match self.config.tls_addr {
+            Some(addr) => Some(bind(addr, TLS_LISTENER)?),
+            None => None,
+        };
         let metrics_listener = match self.config.metrics_addr {
             Some(addr) => Some(metrics::bind(addr)?),
             None => None,
@@ -200,30 +226,58 @@ impl ServerBuilder {
             wake_fds.push(crate::io::sys::eventfd()?);
         }
         let fds: Vec<_> = wake_fds.iter().map(|fd| fd.as_raw_fd()).collect();
-        let shared = Arc::new(Shared::new(self.config, self.handlers, io_backend, &fds));
+        let mut shared = Shared::new(self.config, self.handlers, io_backend, &fds);
+        shared.tls = tls;
         Ok(Server {
-            shared,
+            shared: Arc::new(shared),
             listeners,
             metrics_listener,
             wake_fds,
-            local_addr,
+            addrs: Addrs {
+                plain: plain_addr,
+                tls: tls_addr,
+            },
         })
+    }
+}
+
+/// The listener a connection came in on (see [`crate::io::ListenerId`]).
+pub(crate) const PLAIN_LISTENER: ListenerId = ListenerId(0);
+/// The TLS listener.
+pub(crate) const TLS_LISTENER: ListenerId = ListenerId(1);
+
+/// Where a server listens (with the real ports when 0 was asked for).
+#[derive(Debug, Clone, Copy)]
+struct Addrs {
+    /// Plain TCP (None with `plain = false`).
+    plain: Option<SocketAddr>,
+    /// TLS (None without `tls_addr`).
+    tls: Option<SocketAddr>,
+}
+
+impl Addrs {
+    /// The plain address, or the TLS one on a TLS-only server.
+    fn main(&self) -> SocketAddr {
+        self.plain
+            .or(self.tls)
+            .expect("validate() ensures a listener")
     }
 }
 
 /// A bound server, ready to run.
 pub struct Server {
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
+    /// Each shard's listeners.
+    listeners: Vec<Vec<(TcpListener, ListenerId)>>,
     metrics_listener: Option<TcpListener>,
     wake_fds: Vec<OwnedFd>,
-    local_addr: SocketAddr,
+    addrs: Addrs,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.local_addr)
+            .field("addrs", &self.addrs)
             .field("shards", &self.shared.shards)
             .finish()
     }
@@ -235,9 +289,15 @@ impl Server {
         ServerBuilder::default()
     }
 
-    /// The bound address (with the real port when 0 was asked for).
+    /// The bound plain address (with the real port when 0 was asked
+    /// for); on a TLS-only server, the TLS address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.addrs.main()
+    }
+
+    /// The bound TLS address, if TLS is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.addrs.tls
     }
 
     /// Starts the shard threads and returns at once.
@@ -249,7 +309,7 @@ impl Server {
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
-        for (i, (listener, wake)) in self.listeners.into_iter().zip(self.wake_fds).enumerate() {
+        for (i, (listeners, wake)) in self.listeners.into_iter().zip(self.wake_fds).enumerate() {
             let shared = self.shared.clone();
             let core = if cores.is_empty() {
                 None
@@ -259,7 +319,7 @@ impl Server {
             let ready = ready_tx.clone();
             let t = std::thread::Builder::new()
                 .name(format!("ringcast-shard-{i}"))
-                .spawn(move || shard::run(i, shared, listener, wake, core, ready))?;
+                .spawn(move || shard::run(i, shared, listeners, wake, core, ready))?;
             threads.push(t);
         }
         drop(ready_tx);
@@ -282,7 +342,7 @@ impl Server {
             shared: self.shared,
             threads,
             metrics: None,
-            local_addr: self.local_addr,
+            addrs: self.addrs,
         };
         if let Some(e) = first_err {
             handle.stop();
@@ -307,7 +367,8 @@ impl Server {
                 .collect()
         };
         tracing::info!(
-            addr = %handle.local_addr,
+            addr = %handle.addrs.plain.map_or("off".into(), |a| a.to_string()),
+            tls_addr = %handle.addrs.tls.map_or("off".into(), |a| a.to_string()),
             shards = handle.shared.shards,
             pinned_cores = %pinned.join(","),
             io_backend = handle.shared.io_backend.as_str(),
@@ -338,21 +399,42 @@ pub struct ServerHandle {
     /// The metrics endpoint, when configured; it outlives the shards'
     /// drain (scrapes and `/healthz` = 503 still work then) and stops last.
     metrics: Option<MetricsEndpoint>,
-    local_addr: SocketAddr,
+    addrs: Addrs,
 }
 
 impl std::fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerHandle")
-            .field("local_addr", &self.local_addr)
+            .field("addrs", &self.addrs)
             .finish()
     }
 }
 
 impl ServerHandle {
-    /// The address clients connect to.
+    /// The plain address clients connect to; on a TLS-only server, the
+    /// TLS address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.addrs.main()
+    }
+
+    /// The TLS address clients connect to, if TLS is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.addrs.tls
+    }
+
+    /// Reloads the TLS certificate, key and client CA from the files `cfg`
+    /// names (the running ones, or new paths): handshakes from now on use
+    /// them, connections already made are untouched. On error (a file
+    /// missing or bad, a key that does not match) the old ones stay.
+    pub fn reload_tls(&self, cfg: &ServerConfig) -> Result<(), ServerError> {
+        let Some(acceptor) = &self.shared.tls else {
+            return Err(ServerError::Config(
+                "TLS is not on (no tls_addr at start); a reload cannot add it".into(),
+            ));
+        };
+        cfg.validate().map_err(ServerError::Config)?;
+        acceptor.reload(cfg)?;
+        Ok(())
     }
 
     /// The address of the metrics endpoint (with the real port when 0 was

@@ -10,8 +10,8 @@
 use super::admission::Admission;
 use super::broadcast::Wake;
 use super::{ServerError, Shared, WakeMode};
-use crate::io::{Backend, Event, Options, Token};
-use crate::session::{Action, Env, Session};
+use crate::io::{Backend, Event, ListenerId, Options, Token};
+use crate::session::{Action, Env, Session, Transport};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -51,7 +51,7 @@ struct Entry {
 pub(crate) fn run(
     id: usize,
     shared: Arc<Shared>,
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, ListenerId)>,
     wake_fd: OwnedFd,
     core: Option<core_affinity::CoreId>,
     ready: std::sync::mpsc::Sender<Result<String, ServerError>>,
@@ -83,9 +83,11 @@ pub(crate) fn run(
             shared.mailboxes[id].set_ring_fd(fd);
         }
     }
-    if let Err(e) = backend.listen(listener) {
-        let _ = ready.send(Err(ServerError::Io(e)));
-        return;
+    for (listener, lid) in listeners {
+        if let Err(e) = backend.listen(listener, lid) {
+            let _ = ready.send(Err(ServerError::Io(e)));
+            return;
+        }
     }
     let _ = ready.send(Ok(backend.features()));
     drop(ready);
@@ -189,11 +191,11 @@ impl Shard<'_> {
         } = self;
         backend.poll(timeout, |ev| {
             let key = match ev {
-                Event::Accepted(stream) => {
+                Event::Accepted(stream, lid) => {
                     if *stopping {
                         return; // dropped: closed at once
                     }
-                    if let Some(key) = accept(*id, sessions, env, &stream) {
+                    if let Some(key) = accept(*id, sessions, env, &stream, lid) {
                         added.push((key, stream));
                         touch(sessions, touched, key);
                     }
@@ -483,8 +485,21 @@ fn accept(
     sessions: &mut Slab<Entry>,
     env: &mut Env<'_>,
     stream: &std::net::TcpStream,
+    lid: ListenerId,
 ) -> Option<usize> {
     let peer = stream.peer_addr().ok()?; // already gone: dropped
+    let transport = match (&env.shared.tls, lid) {
+        (Some(acceptor), super::TLS_LISTENER) => match acceptor.accept() {
+            Ok(conn) => Transport::Tls(conn),
+            Err(e) => {
+                // Only an invalid configuration does this, and it was
+                // checked at start and at each reload.
+                tracing::error!(shard, peer = %peer, error = %e, "cannot start a TLS connection");
+                return None;
+            }
+        },
+        _ => Transport::Plain,
+    };
     let _ = stream.set_nodelay(true);
     let (admitted, refusal) = Admission::admit(env.shared, env.counters, peer.ip());
     if let Some(msg) = refusal {
@@ -492,7 +507,13 @@ fn accept(
     }
     let entry = sessions.vacant_entry();
     let key = entry.key();
-    let session = Session::new(env, key, peer.to_string().into_boxed_str(), refusal);
+    let session = Session::new(
+        env,
+        key,
+        peer.to_string().into_boxed_str(),
+        refusal,
+        transport,
+    );
     tracing::debug!(shard, client_id = %session.client_id(), "connection opened");
     entry.insert(Entry {
         session,

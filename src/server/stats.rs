@@ -41,6 +41,9 @@ pub struct ShardCounters {
     pub partial_frame_bytes: AtomicU64,
     /// Request handling time (recorded only when the metrics endpoint is on).
     pub request_duration: DurationHistogram,
+    /// Failed TLS handshakes, by position in
+    /// [`HandshakeFailure::ALL`](crate::session::tls::HandshakeFailure::ALL).
+    pub tls_handshake_failures: [AtomicU64; 7],
 }
 
 impl ShardCounters {
@@ -146,6 +149,8 @@ pub struct Totals {
     pub messages_per_second: u64,
     /// Buffer held by partially received frames.
     pub partial_frame_bytes: u64,
+    /// Failed TLS handshakes by reason.
+    pub tls_handshake_failures: [u64; 7],
 }
 
 impl Totals {
@@ -171,6 +176,9 @@ impl Totals {
             }
             t.messages_per_second += c.messages_last_second.load(Relaxed);
             t.partial_frame_bytes += c.partial_frame_bytes.load(Relaxed);
+            for (a, b) in t.tls_handshake_failures.iter_mut().zip(&c.tls_handshake_failures) {
+                *a += b.load(Relaxed);
+            }
         }
         t
     }

@@ -2,6 +2,7 @@
 //! then the message types of the seed protocol.
 
 use super::env::Env;
+use super::tls::HandshakeFailure;
 use super::output::{Bucket, Output};
 use crate::protocol::frame::BufferPool;
 use crate::protocol::message::{self, StatsReport};
@@ -129,6 +130,12 @@ pub(crate) fn handle_frame(
                     std::array::from_fn(|i| (RequestKind::ALL[i].label(), t.messages[i]));
                 let by_code: [(&str, u64); 12] =
                     std::array::from_fn(|i| (ErrorCode::ALL[i].as_str(), t.errors[i]));
+                let tls_failures: [(&str, u64); 7] = std::array::from_fn(|i| {
+                    (
+                        HandshakeFailure::ALL[i].as_str(),
+                        t.tls_handshake_failures[i],
+                    )
+                });
                 let report = StatsReport {
                     connected_clients: t.connected,
                     uptime_seconds: now_ms.saturating_sub(shared.start_unix_ms) / 1000,
@@ -149,6 +156,7 @@ pub(crate) fn handle_frame(
                     connections_per_shard: per_shard,
                     partial_frame_bytes: t.partial_frame_bytes,
                     io_backend: shared.io_backend.as_str(),
+                    tls_handshake_failures: &tls_failures,
                 };
                 message::write_server_stats(buf, req.id.as_ref(), &report);
             }

@@ -17,6 +17,9 @@ const POOL_MAX_CAPACITY: usize = 2 << 20;
 const POOL_MAX_BYTES: usize = 32 << 20;
 /// A reply buffer starts this large (one receive buffer of small replies).
 pub(crate) const REPLY_BUF_CAPACITY: usize = 16 << 10;
+/// The shard's TLS plaintext buffer: one full TLS record (16 KiB) of
+/// plaintext and then some, so rustls hands over a record per read.
+const TLS_PLAIN_BUF: usize = 32 << 10;
 /// Spare send batches kept (each keeps its segment array).
 const SPARE_BATCHES: usize = 1024;
 
@@ -50,6 +53,12 @@ pub struct Env<'a> {
     /// reads per receive chunk).
     pub(crate) time_requests: bool,
     pub(crate) warn_budget: WarnBudget,
+    /// Where TLS sessions decrypt into, to parse in place (one per shard:
+    /// decrypted bytes are parsed before the next session's arrive).
+    pub(crate) tls_plain: Vec<u8>,
+    /// TLS handshakes in progress on this shard (capped by
+    /// `tls_max_handshakes`).
+    pub(crate) tls_handshakes: usize,
 }
 
 impl<'a> Env<'a> {
@@ -81,6 +90,12 @@ impl<'a> Env<'a> {
             burst,
             time_requests: cfg.metrics_addr.is_some(),
             warn_budget: WarnBudget::default(),
+            tls_plain: if cfg.tls_addr.is_some() {
+                vec![0; TLS_PLAIN_BUF]
+            } else {
+                Vec::new()
+            },
+            tls_handshakes: 0,
         }
     }
 

@@ -34,12 +34,24 @@
 //! than a reset caused by unread input) → `Closed` (the backend closes the
 //! socket). Draining and lingering each have a deadline of
 //! [`CLOSE_GRACE_MS`] (draining at shutdown: the server's `drain_secs`).
+//!
+//! # Transports
+//!
+//! A session speaks plain TCP or TLS ([`Transport`]); the shard does not
+//! know which. With TLS ([`tls`]) the bytes of `handle_data` are
+//! ciphertext, decrypted before the frame decoder sees them, and
+//! `poll_transmit` returns ciphertext. The handshake runs in `Open`: the
+//! session is established (counted, receives broadcasts) once it is done,
+//! and is cut if it is not done within `tls_handshake_timeout_secs`.
+//! close_notify goes out before our FIN, and a peer's close_notify is
+//! its EOF.
 
 mod dispatch;
 mod env;
 mod output;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub use env::Env;
 
@@ -52,6 +64,16 @@ use dispatch::{handle_frame, reply_buf, Caller};
 use output::{Bucket, Output};
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
+use tls::{HandshakeFailure, Tls};
+
+/// How a connection's bytes travel.
+#[derive(Debug)]
+pub enum Transport {
+    /// As they are.
+    Plain,
+    /// Through TLS: the connection rustls made for this client.
+    Tls(rustls::ServerConnection),
+}
 
 /// Pause reading a connection's requests while this much of its output is
 /// unsent: TCP flow control then slows the client instead of our memory
@@ -124,17 +146,22 @@ pub struct Session {
     want_fin: bool,
     /// `Close` reported.
     close_reported: bool,
+    /// The TLS state of a TLS connection (boxed: plain ones pay a pointer).
+    tls: Option<Box<Tls>>,
 }
 
 impl Session {
-    /// A session for a connection just accepted from `client_id`.
-    /// `admitted` is false when the server is full: the session then only
-    /// sends `server_full` (with `refusal` as the message) and closes.
+    /// A session for a connection just accepted from `client_id`, over
+    /// `transport`. With a `refusal` (the server is full) the session only
+    /// sends `server_full` with it as the message, and closes. A TLS
+    /// connection beyond the shard's `tls_max_handshakes` in progress is
+    /// closed at once (counted as a `busy` handshake failure).
     pub fn new(
         env: &mut Env<'_>,
         id: usize,
         client_id: Box<str>,
         refusal: Option<&'static str>,
+        transport: Transport,
     ) -> Session {
         let authed = env.shared.config.auth_token.is_none();
         let mut s = Session {
@@ -155,13 +182,30 @@ impl Session {
             fanout_paused: false,
             want_fin: false,
             close_reported: false,
+            tls: None,
         };
+        if let Transport::Tls(conn) = transport {
+            if env.tls_handshakes >= env.shared.config.tls_max_handshakes {
+                s.handshake_failed(env, HandshakeFailure::Busy);
+                s.close_now(env);
+                return s;
+            }
+            env.tls_handshakes += 1;
+            let deadline = env.now_mono_ms + env.shared.config.tls_handshake_timeout_secs * 1000;
+            s.tls = Some(Box::new(Tls::new(conn, deadline)));
+        }
         match refusal {
             Some(msg) => s.fail(env, ErrorCode::ServerFull, msg),
-            None if authed => s.establish(env),
+            // A TLS client is established when its handshake is done.
+            None if authed && s.tls.is_none() => s.establish(env),
             None => {}
         }
         s
+    }
+
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The peer's "ip:port".
@@ -175,8 +219,13 @@ impl Session {
     }
 
     /// Output not yet acknowledged by the backend, in flight included.
+    /// With TLS: plaintext not yet encrypted plus ciphertext not yet sent
+    /// (see [`tls`]).
     pub fn pending(&self) -> usize {
-        self.out.len() + self.inflight + self.leftover.as_ref().map_or(0, |b| b.remaining())
+        self.out.len()
+            + self.inflight
+            + self.leftover.as_ref().map_or(0, |b| b.remaining())
+            + self.tls.as_ref().map_or(0, |t| t.pending())
     }
 
     /// Bytes of buffer held by a partial frame.
@@ -212,6 +261,41 @@ impl Session {
     /// shard's partial-frame budget.
     pub fn handle_data(&mut self, env: &mut Env<'_>, data: &mut [u8]) {
         bump(&env.counters.bytes_received, data.len() as u64);
+        let Some(mut tls) = self.tls.take() else {
+            self.handle_plaintext(env, data);
+            return;
+        };
+        // `self.tls` is out while plaintext is handled: what it holds is
+        // not in `pending()` then, so the high-water check is repeated below.
+        let r = tls.receive(env, data, |env, plain| {
+            self.handle_plaintext(env, plain);
+            self.phase == Phase::Open
+        });
+        let handshaking = tls.handshaking;
+        self.tls = Some(tls);
+        if self.phase == Phase::Open && self.pending() > HIGH_WATER {
+            self.paused = true;
+        }
+        if r.handshake_done && handshaking {
+            self.handshake_finished(env);
+        }
+        if let Some(e) = r.failed {
+            if handshaking && !r.handshake_done {
+                self.handshake_failed(env, HandshakeFailure::of(&e));
+            } else {
+                tracing::debug!(client_id = %self.client_id, error = %e, "TLS error");
+            }
+            // The alert is queued; flush it, then FIN and close. Nothing
+            // else may be written after it.
+            self.drop_output(env);
+            self.close_after_flush(env);
+        } else if r.peer_closed {
+            self.handle_eof(env);
+        }
+    }
+
+    /// Plaintext received (after TLS, if any): parsed in place.
+    fn handle_plaintext(&mut self, env: &mut Env<'_>, data: &mut [u8]) {
         if self.phase != Phase::Open {
             return; // closing: input is read only so the socket closes cleanly
         }
@@ -333,7 +417,13 @@ impl Session {
 
     /// The peer closed its side: answer what was asked, then close.
     pub fn handle_eof(&mut self, env: &mut Env<'_>) {
+        if self.eof {
+            return; // close_notify came first, then the FIN
+        }
         self.eof = true;
+        if self.tls.as_ref().is_some_and(|t| t.handshaking) {
+            self.handshake_failed(env, HandshakeFailure::Eof);
+        }
         if self.decoder.in_frame() {
             tracing::debug!(client_id = %self.client_id, "peer closed in the middle of a frame");
         }
@@ -350,6 +440,9 @@ impl Session {
     /// The connection broke: close at once.
     pub fn handle_failed(&mut self, env: &mut Env<'_>) {
         self.eof = true;
+        if self.tls.as_ref().is_some_and(|t| t.handshaking) {
+            self.handshake_failed(env, HandshakeFailure::Eof);
+        }
         self.close_now(env);
     }
 
@@ -358,6 +451,14 @@ impl Session {
     pub fn handle_tick(&mut self, env: &mut Env<'_>) -> bool {
         let now = env.now_mono_ms;
         let idle = env.shared.config.idle_timeout_secs;
+        if let (Phase::Open, Some(t)) = (self.phase, &self.tls) {
+            if t.handshaking && now >= t.deadline {
+                // A slow-loris on the handshake: no alert, nothing to flush.
+                self.handshake_failed(env, HandshakeFailure::Timeout);
+                self.close_now(env);
+                return true;
+            }
+        }
         let expired = match self.phase {
             Phase::Open => {
                 let idle = idle > 0 && now.saturating_sub(self.last_active) >= idle * 1000;
@@ -383,9 +484,7 @@ impl Session {
             return false;
         }
         if self.pending() + frame.len() > env.shared.config.max_pending_bytes {
-            let pool = &mut env.pool;
-            self.out
-                .discard(|b| drop(crate::protocol::frame::BufferPool::give(pool, b)));
+            self.drop_output(env);
             self.fail(
                 env,
                 ErrorCode::SlowConsumer,
@@ -448,7 +547,12 @@ impl Session {
     pub fn wants_send(&self) -> bool {
         !self.send_inflight
             && self.phase != Phase::Closed
-            && (self.leftover.is_some() || self.out.len() > 0)
+            && (self.leftover.is_some()
+                || match &self.tls {
+                    None => self.out.len() > 0,
+                    // Handshake messages flow before any request.
+                    Some(t) => t.has_output(&self.out),
+                })
     }
 
     /// A batch to send, if there is output and no send in flight: what a
@@ -457,8 +561,17 @@ impl Session {
         if !self.wants_send() {
             return None;
         }
-        let mut batch = self.leftover.take().unwrap_or_else(|| env.batch());
-        self.out.fill(&mut batch);
+        let batch = match self.leftover.take() {
+            Some(b) => b,
+            None => {
+                let mut b = env.batch();
+                match &mut self.tls {
+                    None => self.out.fill(&mut b),
+                    Some(t) => t.fill(env, &mut self.out, &mut b),
+                }
+                b
+            }
+        };
         if batch.is_empty() {
             env.spare_batch(batch);
             return None;
@@ -511,6 +624,13 @@ impl Session {
     fn after_flush(&mut self, env: &mut Env<'_>) {
         if let Phase::Draining { .. } = self.phase {
             if self.pending() == 0 {
+                // TLS: close_notify before the FIN, so the peer can tell
+                // our end from a truncation.
+                if let Some(t) = &mut self.tls {
+                    if !t.handshaking && t.close() {
+                        return; // after_flush again once it is sent
+                    }
+                }
                 if self.eof {
                     self.close_now(env);
                 } else {
@@ -532,11 +652,56 @@ impl Session {
         self.want_fin = false;
         self.release_partial(env);
         self.unestablish(env);
-        let pool = &mut env.pool;
-        self.out
-            .discard(|b| drop(crate::protocol::frame::BufferPool::give(pool, b)));
+        if let Some(t) = &mut self.tls {
+            if t.handshaking {
+                t.handshaking = false;
+                env.tls_handshakes -= 1;
+            }
+        }
+        self.drop_output(env);
+        if let Some(t) = &mut self.tls {
+            let pool = &mut env.pool;
+            t.discard_cipher(|b| drop(crate::protocol::frame::BufferPool::give(pool, b)));
+        }
         if let Some(b) = self.leftover.take() {
             env.spare_batch(b);
+        }
+    }
+
+    /// Drops the output not yet handed to the backend (TLS: encrypted or
+    /// not), recycling its buffers.
+    fn drop_output(&mut self, env: &mut Env<'_>) {
+        let pool = &mut env.pool;
+        let mut recycle = |b| drop(crate::protocol::frame::BufferPool::give(pool, b));
+        self.out.discard(&mut recycle);
+        if let Some(t) = &mut self.tls {
+            t.discard_plain(&mut recycle);
+        }
+    }
+
+    /// The TLS handshake finished: the client is established (or, with an
+    /// auth token, may now authenticate).
+    fn handshake_finished(&mut self, env: &mut Env<'_>) {
+        if let Some(t) = &mut self.tls {
+            t.handshaking = false;
+            env.tls_handshakes -= 1;
+        }
+        if self.phase == Phase::Open && self.authed && !self.established {
+            self.establish(env);
+        }
+    }
+
+    /// Counts a failed handshake (and logs it, within the warning budget).
+    fn handshake_failed(&mut self, env: &mut Env<'_>, why: HandshakeFailure) {
+        bump(&env.counters.tls_handshake_failures[why.index()], 1);
+        if let Some(suppressed) = env.warn_budget.allow(env.now_mono_ms) {
+            tracing::warn!(
+                shard = env.shard,
+                client_id = %self.client_id,
+                reason = why.as_str(),
+                suppressed,
+                "TLS handshake failed"
+            );
         }
     }
 

@@ -32,7 +32,7 @@ impl<'a> Harness<'a> {
         let mut env = Env::new(shared, 0);
         env.now_ms = 1_700_000_000_000;
         env.now_mono_ms = 0;
-        let s = Session::new(&mut env, 0, "127.0.0.1:5000".into(), None);
+        let s = Session::new(&mut env, 0, "127.0.0.1:5000".into(), None, Transport::Plain);
         Harness { env, s }
     }
 
@@ -346,9 +346,9 @@ fn partial_frames_share_the_shard_budget() {
     };
     let sh = shared(cfg);
     let mut env = Env::new(&sh, 0);
-    let mut a = Session::new(&mut env, 0, "a".into(), None);
-    let mut b = Session::new(&mut env, 1, "b".into(), None);
-    let mut c = Session::new(&mut env, 2, "c".into(), None);
+    let mut a = Session::new(&mut env, 0, "a".into(), None, Transport::Plain);
+    let mut b = Session::new(&mut env, 1, "b".into(), None, Transport::Plain);
+    let mut c = Session::new(&mut env, 2, "c".into(), None, Transport::Plain);
     // Each announces a 90,000-byte frame and sends 80,000 bytes of it.
     let partial = || {
         let mut v = 90_000u32.to_be_bytes().to_vec();
@@ -394,8 +394,8 @@ fn eof_answers_what_was_asked_then_closes_without_lingering() {
 fn broadcasts_are_shared_not_copied_and_published_once() {
     let sh = shared(ServerConfig::default());
     let mut env = Env::new(&sh, 0);
-    let mut a = Session::new(&mut env, 0, "a".into(), None);
-    let mut b = Session::new(&mut env, 1, "b".into(), None);
+    let mut a = Session::new(&mut env, 0, "a".into(), None, Transport::Plain);
+    let mut b = Session::new(&mut env, 1, "b".into(), None, Transport::Plain);
     let mut req = frame(&json!({"type": "broadcast", "content": "hello"}));
     a.handle_data(&mut env, &mut req);
     assert_eq!(env.outgoing.len(), 1);

@@ -15,17 +15,18 @@
 //! reported from the next `poll`, as io_uring would, so the caller sees the
 //! same order of events on both backends.
 
-use super::{Event, Options, SendBatch, SetupError, Token, MAX_SEND_SEGMENTS};
+use super::{Event, ListenerId, Options, SendBatch, SetupError, Token, MAX_SEND_SEGMENTS};
 use std::collections::VecDeque;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// epoll data of the listener and of the wake-up eventfd (connections use
-/// their token).
-const LISTENER: u64 = u64::MAX;
-const WAKER: u64 = u64::MAX - 1;
+/// epoll data of the wake-up eventfd, and the tag of a listener's (its
+/// index in the listener table below it); connections use their token,
+/// a slab key far below either.
+const WAKER: u64 = u64::MAX;
+const LISTENER_TAG: u64 = 1 << 62;
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 1024;
 /// Connections accepted per `poll`, so a connect storm cannot starve the
@@ -46,6 +47,15 @@ struct Conn {
     ended: bool,
 }
 
+/// A listening socket and what the caller named it.
+#[derive(Debug)]
+struct Listening {
+    sock: TcpListener,
+    id: ListenerId,
+    /// May have connections waiting (edge seen, not drained).
+    ready: bool,
+}
+
 /// A completion to report from the next `poll`.
 #[derive(Debug)]
 enum Done {
@@ -58,9 +68,8 @@ enum Done {
 pub struct EpollDriver {
     epfd: OwnedFd,
     conns: Vec<Option<Conn>>,
-    listener: Option<TcpListener>,
-    /// The listener may have connections waiting (edge seen, not drained).
-    accept_ready: bool,
+    /// Emptied by `stop_listening`.
+    listeners: Vec<Listening>,
     wake_fd: Option<RawFd>,
     /// One receive buffer: data is handed out before the next read.
     buf: Vec<u8>,
@@ -91,8 +100,7 @@ impl EpollDriver {
         let d = EpollDriver {
             epfd,
             conns: Vec::new(),
-            listener: None,
-            accept_ready: false,
+            listeners: Vec::new(),
             wake_fd,
             buf: vec![0; opts.recv_buffer_size.max(64)],
             ready: Vec::new(),
@@ -121,21 +129,24 @@ impl EpollDriver {
         None
     }
 
-    pub(super) fn listen(&mut self, listener: TcpListener) -> io::Result<()> {
+    pub(super) fn listen(&mut self, listener: TcpListener, id: ListenerId) -> io::Result<()> {
         listener.set_nonblocking(true)?;
         let ev = (libc::EPOLLIN | libc::EPOLLET) as u32;
-        self.ctl(libc::EPOLL_CTL_ADD, listener.as_raw_fd(), ev, LISTENER)?;
-        self.listener = Some(listener);
-        self.accept_ready = true;
+        let tag = LISTENER_TAG | self.listeners.len() as u64;
+        self.ctl(libc::EPOLL_CTL_ADD, listener.as_raw_fd(), ev, tag)?;
+        self.listeners.push(Listening {
+            sock: listener,
+            id,
+            ready: true,
+        });
         Ok(())
     }
 
     pub(super) fn stop_listening(&mut self) {
-        if let Some(l) = self.listener.take() {
+        for l in self.listeners.drain(..) {
             // As for io_uring: refuse new connections at once.
-            let _ = socket2::SockRef::from(&l).shutdown(std::net::Shutdown::Both);
+            let _ = socket2::SockRef::from(&l.sock).shutdown(std::net::Shutdown::Both);
         }
-        self.accept_ready = false;
     }
 
     pub(super) fn add(&mut self, token: Token, stream: TcpStream) -> io::Result<()> {
@@ -211,8 +222,8 @@ impl EpollDriver {
     pub(super) fn tick(&mut self) -> io::Result<()> {
         // An accept that failed (EMFILE) left connections queued without a
         // new edge: try again.
-        if self.listener.is_some() {
-            self.accept_ready = true;
+        for l in &mut self.listeners {
+            l.ready = true;
         }
         Ok(())
     }
@@ -233,7 +244,7 @@ impl EpollDriver {
             }
             return Ok(());
         }
-        let busy = !self.ready.is_empty() || self.accept_ready;
+        let busy = !self.ready.is_empty() || self.listeners.iter().any(|l| l.ready);
         let ms = match timeout {
             _ if busy => 0,
             None => -1,
@@ -264,10 +275,14 @@ impl EpollDriver {
         for ev in &events {
             let (flags, data) = (ev.events, ev.u64);
             match data {
-                LISTENER => self.accept_ready = true,
                 WAKER => {
                     if let Some(fd) = self.wake_fd {
                         super::sys::eventfd_drain(fd);
+                    }
+                }
+                tag if tag & LISTENER_TAG != 0 => {
+                    if let Some(l) = self.listeners.get_mut((tag & !LISTENER_TAG) as usize) {
+                        l.ready = true;
                     }
                 }
                 key => self.on_ready(key as usize, flags, &mut on_event),
@@ -275,8 +290,10 @@ impl EpollDriver {
         }
         events.clear();
         self.events = events;
-        if self.accept_ready {
-            self.accept(&mut on_event);
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].ready {
+                self.accept(i, &mut on_event);
+            }
         }
         self.read_ready(&mut on_event);
         Ok(())
@@ -302,12 +319,10 @@ impl EpollDriver {
         self.enqueue(key);
     }
 
-    fn accept(&mut self, on_event: &mut impl FnMut(Event<'_>)) {
-        let Some(l) = &self.listener else {
-            self.accept_ready = false;
-            return;
-        };
-        let lfd = l.as_raw_fd();
+    /// Accepts from listener `i` (at most `ACCEPTS_PER_POLL` per listener).
+    fn accept(&mut self, i: usize, on_event: &mut impl FnMut(Event<'_>)) {
+        let l = &mut self.listeners[i];
+        let (lfd, id) = (l.sock.as_raw_fd(), l.id);
         for _ in 0..ACCEPTS_PER_POLL {
             // SAFETY: null address pointers are allowed (we do not want the
             // peer address here); the result is checked.
@@ -322,18 +337,18 @@ impl EpollDriver {
             if fd < 0 {
                 let e = io::Error::last_os_error();
                 match e.kind() {
-                    io::ErrorKind::WouldBlock => self.accept_ready = false,
+                    io::ErrorKind::WouldBlock => l.ready = false,
                     io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
                     // EMFILE and friends: retried at the next tick.
                     _ => {
-                        self.accept_ready = false;
+                        l.ready = false;
                         on_event(Event::AcceptFailed(e));
                     }
                 }
                 return;
             }
             // SAFETY: accept4 just created this descriptor; nothing else owns it.
-            on_event(Event::Accepted(unsafe { TcpStream::from_raw_fd(fd) }));
+            on_event(Event::Accepted(unsafe { TcpStream::from_raw_fd(fd) }, id));
         }
     }
 

@@ -15,7 +15,7 @@ mod ring;
 pub use bufring::BufRing;
 pub use ring::{explain_setup_error, Completion, Features, SendHeader, Uring};
 
-use super::{Event, Options, SendBatch, SetupError, Token};
+use super::{Event, ListenerId, Options, SendBatch, SetupError, Token};
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -24,10 +24,10 @@ use std::time::Duration;
 /// An operation in flight, as its user data says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
-    /// The multishot accept.
-    Accept,
-    /// Cancelling the accept at stop.
-    CancelAccept,
+    /// The multishot accept of the listener at this index.
+    Accept(u32),
+    /// Cancelling that accept at stop.
+    CancelAccept(u32),
     /// A connection's multishot receive.
     Recv(Slot),
     /// A connection's `sendmsg`.
@@ -53,8 +53,8 @@ struct Slot {
 impl Op {
     fn kind(self) -> u64 {
         match self {
-            Op::Accept => 1,
-            Op::CancelAccept => 2,
+            Op::Accept(_) => 1,
+            Op::CancelAccept(_) => 2,
             Op::Recv(_) => 3,
             Op::Send(_) => 4,
             Op::Shutdown(_) => 5,
@@ -72,7 +72,8 @@ impl Op {
                 ((s.gen as u64 & 0xff_ffff) << 32) | s.key as u64
             }
             Op::MsgRing(fd) => fd as u32 as u64,
-            _ => 0,
+            Op::Accept(i) | Op::CancelAccept(i) => i as u64,
+            Op::WakeRead => 0,
         };
         (self.kind() << 56) | low
     }
@@ -83,8 +84,8 @@ impl Op {
             gen: ((u >> 32) & 0xff_ffff) as u32,
         };
         Some(match u >> 56 {
-            1 => Op::Accept,
-            2 => Op::CancelAccept,
+            1 => Op::Accept(u as u32),
+            2 => Op::CancelAccept(u as u32),
             3 => Op::Recv(slot),
             4 => Op::Send(slot),
             5 => Op::Shutdown(slot),
@@ -119,6 +120,15 @@ struct Conn {
     closing: bool,
 }
 
+/// A listening socket, what the caller named it, and its accept.
+#[derive(Debug)]
+struct Listening {
+    sock: TcpListener,
+    id: ListenerId,
+    /// The multishot accept is in the kernel.
+    armed: bool,
+}
+
 /// The io_uring backend (see the module doc).
 #[derive(Debug)]
 pub struct UringDriver {
@@ -128,8 +138,8 @@ pub struct UringDriver {
     bufs: BufRing,
     conns: Vec<Option<Conn>>,
     next_gen: u32,
-    listener: Option<TcpListener>,
-    accept_armed: bool,
+    /// Indexed by the `Op::Accept` index; emptied by `stop_listening`.
+    listeners: Vec<Listening>,
     wake_fd: Option<RawFd>,
     /// Spare `sendmsg` headers (their iovec arrays are reused).
     headers: Vec<SendHeader>,
@@ -162,8 +172,7 @@ impl UringDriver {
             bufs,
             conns: Vec::new(),
             next_gen: 1,
-            listener: None,
-            accept_armed: false,
+            listeners: Vec::new(),
             wake_fd,
             headers: Vec::new(),
             closed: Vec::new(),
@@ -188,11 +197,15 @@ impl UringDriver {
         self.ring.features().msg_ring.then(|| self.ring.fd())
     }
 
-    pub(super) fn listen(&mut self, listener: TcpListener) -> io::Result<()> {
+    pub(super) fn listen(&mut self, listener: TcpListener, id: ListenerId) -> io::Result<()> {
+        let i = self.listeners.len() as u32;
         self.ring
-            .accept_multi(listener.as_raw_fd(), Op::Accept.user_data())?;
-        self.accept_armed = true;
-        self.listener = Some(listener);
+            .accept_multi(listener.as_raw_fd(), Op::Accept(i).user_data())?;
+        self.listeners.push(Listening {
+            sock: listener,
+            id,
+            armed: true,
+        });
         Ok(())
     }
 
@@ -200,12 +213,13 @@ impl UringDriver {
         // shutdown(2) on a listening socket makes the kernel refuse new
         // connections at once (dropping it would leave it open while the
         // multishot accept still holds a reference); cancel the accept too.
-        if let Some(l) = self.listener.take() {
-            let _ = socket2::SockRef::from(&l).shutdown(std::net::Shutdown::Both);
-            if self.accept_armed {
+        for (i, l) in std::mem::take(&mut self.listeners).into_iter().enumerate() {
+            let _ = socket2::SockRef::from(&l.sock).shutdown(std::net::Shutdown::Both);
+            if l.armed {
+                let i = i as u32;
                 let _ = self
                     .ring
-                    .cancel(Op::Accept.user_data(), Op::CancelAccept.user_data());
+                    .cancel(Op::Accept(i).user_data(), Op::CancelAccept(i).user_data());
             }
         }
     }
@@ -312,11 +326,11 @@ impl UringDriver {
     }
 
     pub(super) fn tick(&mut self) -> io::Result<()> {
-        if !self.accept_armed {
-            if let Some(l) = &self.listener {
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if !l.armed {
                 self.ring
-                    .accept_multi(l.as_raw_fd(), Op::Accept.user_data())?;
-                self.accept_armed = true;
+                    .accept_multi(l.sock.as_raw_fd(), Op::Accept(i as u32).user_data())?;
+                l.armed = true;
             }
         }
         Ok(())
@@ -364,7 +378,7 @@ impl UringDriver {
             return Ok(());
         };
         match op {
-            Op::Accept => self.on_accept(&c, on_event)?,
+            Op::Accept(i) => self.on_accept(i as usize, &c, on_event)?,
             Op::Recv(s) => self.on_recv(&c, s, on_event)?,
             Op::Send(s) => {
                 let (batch, hdr) = c.send.expect("a send completion carries its batch");
@@ -400,33 +414,36 @@ impl UringDriver {
                     super::sys::eventfd_signal(fallback);
                 }
             }
-            Op::CancelAccept => {}
+            Op::CancelAccept(_) => {}
         }
         Ok(())
     }
 
+    /// A completion of listener `i`'s multishot accept.
     fn on_accept(
         &mut self,
+        i: usize,
         c: &Completion,
         on_event: &mut impl FnMut(Event<'_>),
     ) -> io::Result<()> {
+        // After `stop_listening` the table is empty: accepted sockets are
+        // dropped, so closed at once.
+        let stream = (c.result >= 0).then(|| ring::accepted_stream(c.result));
+        let Some(l) = self.listeners.get_mut(i) else {
+            return Ok(());
+        };
         if !c.more() {
-            self.accept_armed = false;
+            l.armed = false;
         }
-        if c.result < 0 {
-            if self.listener.is_some() {
-                on_event(Event::AcceptFailed(io::Error::from_raw_os_error(-c.result)));
-            }
+        let id = l.id;
+        let Some(stream) = stream else {
+            on_event(Event::AcceptFailed(io::Error::from_raw_os_error(-c.result)));
             return Ok(()); // re-armed at the next tick
-        }
-        let stream = ring::accepted_stream(c.result);
-        if self.listener.is_none() {
-            return Ok(()); // stopping: dropped, so closed at once
-        }
-        if !self.accept_armed {
+        };
+        if !self.listeners[i].armed {
             self.tick()?;
         }
-        on_event(Event::Accepted(stream));
+        on_event(Event::Accepted(stream, id));
         Ok(())
     }
 
