@@ -193,9 +193,18 @@ impl Stream {
         out.clear();
         {
             let mut c = super::conn::lock(tls);
-            c.writer().write_all(data)?;
-            while c.wants_write() {
-                c.write_tls(out)?;
+            // rustls takes a bounded amount of plaintext per call: move
+            // the ciphertext out between calls.
+            let mut rest = data;
+            while !rest.is_empty() {
+                let n = c.writer().write(rest)?;
+                rest = &rest[n..];
+                while c.wants_write() {
+                    c.write_tls(out)?;
+                }
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
             }
         }
         sock.write_all(out)

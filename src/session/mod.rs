@@ -691,8 +691,13 @@ impl Session {
         }
     }
 
-    /// Counts a failed handshake (and logs it, within the warning budget).
+    /// Counts a failed handshake, once (and logs it, within the warning
+    /// budget); it no longer counts as in progress.
     fn handshake_failed(&mut self, env: &mut Env<'_>, why: HandshakeFailure) {
+        if let Some(t) = &mut self.tls {
+            t.handshaking = false;
+            env.tls_handshakes -= 1;
+        }
         bump(&env.counters.tls_handshake_failures[why.index()], 1);
         if let Some(suppressed) = env.warn_budget.allow(env.now_mono_ms) {
             tracing::warn!(

@@ -13,6 +13,7 @@
 //! - [`hostile`]: watchdog, seeded RNG, descriptor and RSS probes for the
 //!   hostile and resource tests;
 //! - [`pacing`]: a broadcast sender paced on its readers' progress.
+//! - [`tls`]: certificates made at test time (rcgen), TLS servers and clients.
 //!
 //! Run the whole suite on one I/O backend with `RINGCAST_IO_BACKEND=auto`,
 //! `io-uring` or `epoll` (unset: the builder's default).
@@ -24,5 +25,6 @@ pub mod fake;
 pub mod hostile;
 pub mod pacing;
 pub mod server;
+pub mod tls;
 pub mod wait;
 pub mod wire;
