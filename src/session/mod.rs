@@ -626,10 +626,8 @@ impl Session {
             if self.pending() == 0 {
                 // TLS: close_notify before the FIN, so the peer can tell
                 // our end from a truncation.
-                if let Some(t) = &mut self.tls {
-                    if !t.handshaking && t.close() {
-                        return; // after_flush again once it is sent
-                    }
+                if self.tls.as_mut().is_some_and(|t| t.close()) {
+                    return; // after_flush again once it is sent
                 }
                 if self.eof {
                     self.close_now(env);

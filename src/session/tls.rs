@@ -263,9 +263,10 @@ impl Tls {
     }
 
     /// Queues close_notify (once; not after a fatal error, whose alert
-    /// already ended the stream). Returns whether it was queued.
+    /// already ended the stream, nor before the handshake is done: there
+    /// is no session to end). Returns whether it was queued.
     pub fn close(&mut self) -> bool {
-        if self.write_closed {
+        if self.write_closed || self.conn.is_handshaking() {
             return false;
         }
         self.write_closed = true;

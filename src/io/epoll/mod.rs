@@ -45,6 +45,10 @@ struct Conn {
     blocked: Option<SendBatch>,
     /// Peer closed or reset: nothing more to read.
     ended: bool,
+    /// The peer's FIN was reported (EPOLLRDHUP/EPOLLHUP): a short read no
+    /// longer means drained, since the EOF after the data raises no new
+    /// edge of its own.
+    peer_fin: bool,
 }
 
 /// A listening socket and what the caller named it.
@@ -164,6 +168,7 @@ impl EpollDriver {
             queued: false,
             blocked: None,
             ended: false,
+            peer_fin: false,
         });
         Ok(())
     }
@@ -307,6 +312,9 @@ impl EpollDriver {
         if flags & input != 0 {
             c.readable = true;
         }
+        if flags & (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 {
+            c.peer_fin = true;
+        }
         let output = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         if flags & output != 0 {
             if let Some(b) = c.blocked.take() {
@@ -370,7 +378,7 @@ impl EpollDriver {
             let token = Token(key);
             if n > 0 {
                 let n = n as usize;
-                if n < self.buf.len() {
+                if n < self.buf.len() && !c.peer_fin {
                     c.readable = false; // drained: the next data raises an edge
                 } else {
                     c.queued = true;
