@@ -1,7 +1,8 @@
-//! The connections workload: open many connections (over several
-//! 127.0.0.x source addresses, to get past one address's ephemeral ports),
-//! hold them, ping a sample, and report the server's RSS growth per
-//! connection from `get_stats`.
+//! The connection workloads. `connections`: open many connections (over
+//! several 127.0.0.x source addresses, to get past one address's ephemeral
+//! ports), hold them, ping a sample, and report the server's RSS growth per
+//! connection from `get_stats`. `connect`: new connections one after
+//! another on each thread, each with one ping, then closed.
 
 use super::report::{new_histogram, Latency, Machine, Report};
 use super::{source_ips, utc_now, worker, BenchConfig, BenchError};
@@ -12,7 +13,7 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 /// Sends one frame and reads one frame back (blocking, with a timeout).
-pub fn roundtrip(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+pub fn roundtrip(stream: &mut (impl Read + Write + ?Sized), payload: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(payload.len() + 4);
     encode_frame(&mut out, payload);
     stream.write_all(&out)?;
@@ -20,7 +21,7 @@ pub fn roundtrip(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<Vec<
 }
 
 /// Reads one frame (blocking; the stream's read timeout applies).
-pub fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+pub fn read_frame(stream: &mut (impl Read + ?Sized)) -> std::io::Result<Vec<u8>> {
     let mut dec = FrameDecoder::new(64 << 20);
     let mut buf = [0u8; 4096];
     loop {
@@ -164,6 +165,115 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
         errors,
         reconnects: 0,
         rss_bytes_per_connection: Some(per_conn),
+        machine: Machine::current(),
+        date: utc_now(),
+    })
+    .inspect(|_| super::set_last_histogram(hist))
+}
+
+/// Runs the connect workload: each thread opens a connection (TLS with
+/// `--tls`), sends one ping, waits for the pong and closes, over and over,
+/// for the warm-up and then the measured duration (paced by
+/// `--connect-rate` when given). Latency is connect + handshake + first
+/// reply; the rate is connections per second.
+pub fn run_connect(cfg: &BenchConfig) -> Result<Report, BenchError> {
+    let tls = match &cfg.tls {
+        Some(o) => Some(super::tls::BenchTls::new(o, cfg.addr)?),
+        None => None,
+    };
+    let threads = cfg.threads.max(1);
+    let ips = source_ips(cfg.source_ips);
+    let gap = cfg
+        .connect_rate
+        .filter(|r| *r > 0)
+        .map(|r| Duration::from_secs_f64(threads as f64 / r as f64));
+    let start = Instant::now();
+    let measure_from = start + cfg.warmup;
+    let until = measure_from + cfg.duration;
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let (tls, ips, addr) = (tls.clone(), ips.clone(), cfg.addr);
+        handles.push(std::thread::spawn(move || {
+            let mut hist = new_histogram();
+            let (mut done, mut errors, mut first_error) = (0u64, 0u64, None);
+            let mut i = t;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= until {
+                    break;
+                }
+                let src = (!ips.is_empty()).then(|| ips[i % ips.len()]);
+                i += threads;
+                let r = worker::connect_auth(addr, src, None, tls.as_ref()).and_then(
+                    |(mut sock, mut conn)| {
+                        let mut s = super::tls::stream(&mut sock, conn.as_mut());
+                        let r = roundtrip(&mut *s, br#"{"type":"ping"}"#)?;
+                        drop(s);
+                        if let Some(c) = conn.as_mut() {
+                            // End it properly, as a real client would.
+                            c.send_close_notify();
+                            let _ = c.write_tls(&mut sock);
+                        }
+                        Ok(r)
+                    },
+                );
+                let measured = t0 >= measure_from;
+                match r {
+                    Ok(r) if r.starts_with(br#"{"type":"pong""#) => {
+                        if measured {
+                            hist.saturating_record(t0.elapsed().as_micros() as u64);
+                            done += 1;
+                        }
+                    }
+                    other => {
+                        errors += u64::from(measured);
+                        if first_error.is_none() {
+                            first_error = Some(match other {
+                                Ok(r) => String::from_utf8_lossy(&r).into_owned(),
+                                Err(e) => e.to_string(),
+                            });
+                        }
+                    }
+                }
+                if let Some(g) = gap {
+                    std::thread::sleep(g.saturating_sub(t0.elapsed()));
+                }
+            }
+            (hist, done, errors, first_error)
+        }));
+    }
+    let mut hist = new_histogram();
+    let (mut done, mut errors) = (0u64, 0u64);
+    for h in handles {
+        let (h, d, e, first) = h
+            .join()
+            .map_err(|_| BenchError::Io(std::io::Error::other("a connect thread panicked")))?;
+        hist.add(&h).ok();
+        done += d;
+        errors += e;
+        if let Some(f) = first {
+            eprintln!("  first error on a thread: {f}");
+        }
+    }
+    let secs = cfg.duration.as_secs_f64();
+    Ok(Report {
+        label: cfg.label.clone(),
+        addr: cfg.addr.to_string(),
+        workload: "connect".into(),
+        connections: threads,
+        pipeline: 1,
+        rate: cfg.connect_rate.unwrap_or(0),
+        size: 0,
+        threads,
+        seconds: secs,
+        messages: done,
+        msgs_per_sec: done as f64 / secs.max(1e-9),
+        mb_per_sec: 0.0,
+        deliveries_per_sec: 0.0,
+        latency_us: Latency::from_histogram(&hist),
+        errors,
+        reconnects: 0,
+        rss_bytes_per_connection: None,
         machine: Machine::current(),
         date: utc_now(),
     })

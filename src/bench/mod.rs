@@ -11,6 +11,7 @@
 pub mod conns;
 pub mod plot;
 pub mod report;
+pub mod tls;
 pub mod worker;
 
 use crate::server::IoBackend;
@@ -37,17 +38,22 @@ pub enum Workload {
     Mixed,
     /// Open and hold many connections, ping a sample, report RSS per connection.
     Connections,
+    /// New connections, each with one ping, then closed: connections per
+    /// second, and the latency of connect + TLS handshake (with `--tls`) +
+    /// first reply.
+    Connect,
 }
 
 impl Workload {
     /// Every workload, in the order `--help` lists them.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Ping,
         Workload::Echo,
         Workload::Broadcast,
         Workload::Stats,
         Workload::Mixed,
         Workload::Connections,
+        Workload::Connect,
     ];
 
     /// Lower-case name (as `--workload` takes it).
@@ -59,6 +65,7 @@ impl Workload {
             Workload::Stats => "stats",
             Workload::Mixed => "mixed",
             Workload::Connections => "connections",
+            Workload::Connect => "connect",
         }
     }
 }
@@ -104,6 +111,8 @@ pub struct BenchConfig {
     pub token: Option<String>,
     /// The generator's I/O backend (`auto`: io_uring, else epoll).
     pub io_backend: IoBackend,
+    /// Connect over TLS (None: plain TCP).
+    pub tls: Option<crate::client::TlsOptions>,
 }
 
 impl Default for BenchConfig {
@@ -129,6 +138,7 @@ impl Default for BenchConfig {
             label: String::new(),
             token: None,
             io_backend: IoBackend::Auto,
+            tls: None,
         }
     }
 }
@@ -203,6 +213,9 @@ pub enum BenchError {
 pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     if config.workload == Workload::Connections {
         return conns::run(&config);
+    }
+    if config.workload == Workload::Connect {
+        return conns::run_connect(&config);
     }
     let threads = config.threads.max(1);
     let (roles, conns_total) = match config.workload {

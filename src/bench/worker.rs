@@ -83,6 +83,8 @@ struct Conn {
     next_due: u64,
     /// Rotates the mixed workload.
     counter: u64,
+    /// The connection's TLS state (None: plain).
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 /// Connects to `addr`, from `source` when given.
@@ -97,23 +99,29 @@ pub fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream
     Ok(s.into())
 }
 
-/// Connects and, when a token is given, authenticates (blocking, before
-/// the connection joins the ring).
+/// Connects, runs the TLS handshake when `tls` is given and, when a token
+/// is given, authenticates (blocking, before the connection joins the
+/// ring). Returns the socket and its TLS state.
 pub fn connect_auth(
     addr: SocketAddr,
     source: Option<IpAddr>,
     token: Option<&str>,
-) -> io::Result<TcpStream> {
-    let mut s = connect(addr, source)?;
+    tls: Option<&super::tls::BenchTls>,
+) -> io::Result<(TcpStream, Option<rustls::ClientConnection>)> {
+    let mut sock = connect(addr, source)?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut conn = match tls {
+        Some(t) => Some(t.handshake(&mut sock)?),
+        None => None,
+    };
     if let Some(token) = token {
+        let mut s = super::tls::stream(&mut sock, conn.as_mut());
         let mut payload = Vec::new();
         let mut o = ObjectWriter::new(&mut payload);
         o.raw_str("type", "auth");
         o.str("token", token);
         o.finish();
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let reply = super::conns::roundtrip(&mut s, &payload)?;
-        s.set_read_timeout(None)?;
+        let reply = super::conns::roundtrip(&mut *s, &payload)?;
         if !reply.starts_with(br#"{"type":"auth_ok""#) {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -124,7 +132,8 @@ pub fn connect_auth(
             ));
         }
     }
-    Ok(s)
+    sock.set_read_timeout(None)?;
+    Ok((sock, conn))
 }
 
 /// Pre-built request frames.
@@ -285,6 +294,12 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
     let mut backend =
         Backend::new(kind, &opts, None).map_err(|e| io::Error::other(e.explanation))?;
     let reqs = Requests::new(cfg.size);
+    let tls = match &cfg.tls {
+        Some(o) => Some(super::tls::BenchTls::new(o, cfg.addr)?),
+        None => None,
+    };
+    // TLS: where records are decrypted, one full record at a time at least.
+    let mut plain_buf = vec![0u8; if tls.is_some() { 64 << 10 } else { 0 }];
     let mut conns: Vec<Conn> = Vec::with_capacity(plan.roles.len());
     let mut streams = Vec::with_capacity(plan.roles.len());
     let mut out = Outcome {
@@ -309,7 +324,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
         } else {
             Some(plan.source_ips[i % plan.source_ips.len()])
         };
-        let stream = connect_auth(cfg.addr, src, cfg.token.as_deref())
+        let (stream, conn_tls) = connect_auth(cfg.addr, src, cfg.token.as_deref(), tls.as_ref())
             .map_err(|e| io::Error::new(e.kind(), format!("connecting to {}: {e}", cfg.addr)))?;
         streams.push(stream);
         conns.push(Conn {
@@ -322,6 +337,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
             sent: VecDeque::new(),
             next_due: 0,
             counter: i as u64,
+            tls: conn_tls.map(Box::new),
         });
         if let Some(g) = gap {
             std::thread::sleep(g);
@@ -404,10 +420,16 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
                     .take()
                     .unwrap_or_else(|| batches.pop().unwrap_or_default());
                 if !c.out.is_empty() {
-                    let fresh = spare.pop().unwrap_or_default();
-                    batch
-                        .segments
-                        .push_back(Segment::Owned(std::mem::replace(&mut c.out, fresh)));
+                    let mut fresh = spare.pop().unwrap_or_default();
+                    let seg = match &mut c.tls {
+                        None => std::mem::replace(&mut c.out, fresh),
+                        Some(t) => {
+                            super::tls::encrypt(t, &c.out, &mut fresh)?;
+                            c.out.clear();
+                            fresh
+                        }
+                    };
+                    batch.segments.push_back(Segment::Owned(seg));
                 }
                 c.send_inflight = true;
                 backend.send(Token(i), batch)?;
@@ -447,14 +469,30 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
                     measuring,
                     now,
                 };
-                let r = c.decoder.feed_pooled(chunk, &mut straddle_pool, |payload| {
-                    if tally.frame(role, sent, payload) {
-                        replies += 1;
+                let decoder = &mut c.decoder;
+                let pool = &mut straddle_pool;
+                let mut feed = |data: &mut [u8]| {
+                    let r = decoder.feed_pooled(data, pool, |payload| {
+                        if tally.frame(role, sent, payload) {
+                            replies += 1;
+                        }
+                        std::ops::ControlFlow::Continue(())
+                    });
+                    r.is_ok()
+                };
+                let ok = match &mut c.tls {
+                    None => feed(chunk),
+                    Some(t) => {
+                        let mut ok = true;
+                        let r = super::tls::decrypt(t, chunk, &mut plain_buf, |p| {
+                            ok = feed(p);
+                            ok
+                        });
+                        ok && r.is_ok()
                     }
-                    std::ops::ControlFlow::Continue(())
-                });
-                if r.is_err() {
-                    out.errors += 1;
+                };
+                if !ok {
+                    tally.out.errors += 1;
                 }
                 if plan.rate_per_conn.is_none() && sending {
                     for _ in 0..replies {
@@ -489,8 +527,9 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
             if !sending {
                 continue;
             }
-            if let Ok(s) = connect_auth(cfg.addr, None, cfg.token.as_deref()) {
+            if let Ok((s, conn_tls)) = connect_auth(cfg.addr, None, cfg.token.as_deref(), tls.as_ref()) {
                 let c = &mut conns[i];
+                c.tls = conn_tls.map(Box::new);
                 c.decoder = FrameDecoder::new(64 << 20);
                 c.out.clear();
                 c.leftover = None;

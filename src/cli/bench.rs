@@ -76,6 +76,9 @@ pub struct BenchArgs {
     /// No progress lines.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: super::tls::TlsArgs,
 }
 
 impl BenchArgs {
@@ -101,6 +104,7 @@ impl BenchArgs {
             label: self.label.clone(),
             token: self.token.clone(),
             io_backend: self.io_backend,
+            tls: self.tls.to_options(&self.addr.to_string()),
         }
     }
 }

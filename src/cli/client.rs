@@ -49,6 +49,9 @@ pub struct ClientArgs {
     /// Performance mode: requests in flight at once.
     #[arg(long, default_value_t = 32)]
     pub window: usize,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: super::tls::TlsArgs,
 }
 
 impl ClientArgs {
@@ -64,6 +67,7 @@ impl ClientArgs {
             count: self.count,
             size: self.size,
             window: self.window,
+            tls: self.tls.to_options(&self.addr),
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod client;
 pub mod server;
+pub mod tls;
 
 use crate::bench::Workload;
 use crate::server::{IoBackend, WakeMode};

@@ -19,7 +19,7 @@
 //! `--print-config` (not settings at all).
 
 use crate::server::config::*; // every type the settings table names
-use crate::server::{Server, Watcher};
+use crate::server::{Reloader, Server, Watcher};
 use clap::builder::ValueParser;
 use clap::{Arg, ArgMatches, Command};
 use serde::{Deserialize, Serialize};
@@ -501,7 +501,7 @@ fn rlimit_nofile_raise() -> std::io::Result<(u64, u64)> {
 /// Runs `ringcast server` until SIGINT or SIGTERM.
 pub fn run(args: ServerArgs) -> ExitCode {
     let print = args.print_config;
-    let settings = match args.resolve() {
+    let settings = match args.clone().resolve() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ringcast server: {e}");
@@ -520,6 +520,7 @@ pub fn run(args: ServerArgs) -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -542,10 +543,16 @@ pub fn run(args: ServerArgs) -> ExitCode {
         }
     };
     let stopper = handle.stopper();
+    let reloader = handle.reloader();
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                reload_tls(&args, &reloader);
+                continue;
+            }
             tracing::info!(signal = sig, "shutting down: draining clients");
             stopper.stop();
+            break;
         }
     });
     let watcher = handle.watcher();
@@ -577,6 +584,21 @@ pub fn run(args: ServerArgs) -> ExitCode {
             eprintln!("ringcast server: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGHUP: reads the configuration again (flags, variables, the file) and
+/// reloads the TLS certificate, key and client CA it names. On any error
+/// the server keeps what it has, and the error is logged.
+fn reload_tls(args: &ServerArgs, reloader: &Reloader) {
+    let result = args
+        .clone()
+        .resolve()
+        .map_err(|e| e.to_string())
+        .and_then(|s| reloader.reload_tls(&s.server).map_err(|e| e.to_string()));
+    match result {
+        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the current certificate"),
     }
 }
 

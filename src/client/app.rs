@@ -32,6 +32,8 @@ pub struct AppOptions {
     pub size: usize,
     /// Performance mode: requests in flight at once.
     pub window: usize,
+    /// Speak TLS (None: plain TCP).
+    pub tls: Option<super::TlsOptions>,
 }
 
 impl AppOptions {
@@ -40,6 +42,7 @@ impl AppOptions {
             connect_timeout: self.timeout,
             request_timeout: self.timeout,
             auth_token: self.token.clone(),
+            tls: self.tls.clone(),
             ..ClientConfig::default()
         }
     }

@@ -37,6 +37,7 @@ pub(crate) fn run(args: &AppOptions, style: &Style) -> Result<ExitCode, ClientEr
         progress: false,
         label: "client performance".into(),
         token: args.token.clone(),
+        tls: args.tls.clone(),
         ..BenchConfig::default()
     };
     let report = bench::run(config).map_err(|e| match e {

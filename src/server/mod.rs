@@ -427,14 +427,13 @@ impl ServerHandle {
     /// them, connections already made are untouched. On error (a file
     /// missing or bad, a key that does not match) the old ones stay.
     pub fn reload_tls(&self, cfg: &ServerConfig) -> Result<(), ServerError> {
-        let Some(acceptor) = &self.shared.tls else {
-            return Err(ServerError::Config(
-                "TLS is not on (no tls_addr at start); a reload cannot add it".into(),
-            ));
-        };
-        cfg.validate().map_err(ServerError::Config)?;
-        acceptor.reload(cfg)?;
-        Ok(())
+        self.reloader().reload_tls(cfg)
+    }
+
+    /// A cloneable, thread-safe [`ServerHandle::reload_tls`] (for a
+    /// SIGHUP handler).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.shared.clone())
     }
 
     /// The address of the metrics endpoint (with the real port when 0 was
@@ -513,6 +512,30 @@ impl Stopper {
     /// Asks every shard to shut down gracefully.
     pub fn stop(&self) {
         request_stop(&self.0);
+    }
+}
+
+/// Reloads a running server's TLS files from any thread.
+#[derive(Clone)]
+pub struct Reloader(Arc<Shared>);
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
+impl Reloader {
+    /// See [`ServerHandle::reload_tls`].
+    pub fn reload_tls(&self, cfg: &ServerConfig) -> Result<(), ServerError> {
+        let Some(acceptor) = &self.0.tls else {
+            return Err(ServerError::Config(
+                "TLS is not on (no tls_addr at start); a reload cannot add it".into(),
+            ));
+        };
+        cfg.validate().map_err(ServerError::Config)?;
+        acceptor.reload(cfg)?;
+        Ok(())
     }
 }
 
