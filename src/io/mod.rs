@@ -222,13 +222,32 @@ impl Backend {
     }
 }
 
-/// Checks on this thread whether io_uring with every feature ringcast
-/// needs can be set up here; the error says why not and how to fix it.
+/// Checks whether io_uring with every feature ringcast needs can be set up
+/// here; the error says why not and how to fix it.
+///
+/// The probe ring lives and dies on a thread of its own: tearing a ring down
+/// queues task work on the thread that created it, and that interrupts the
+/// thread's timed socket calls with EINTR (measured: an embedding thread's
+/// `recv` with a read timeout failed within 0.2 ms of the probe).
 pub fn probe_uring() -> Result<(), SetupError> {
     let probe = Options {
         recv_buffers: 2,
         recv_buffer_size: 64,
         ring_entries: 8,
     };
-    uring::UringDriver::new(&probe, None).map(drop)
+    std::thread::Builder::new()
+        .name("ringcast-probe".into())
+        .spawn(move || uring::UringDriver::new(&probe, None).map(drop))
+        .map_err(|e| SetupError {
+            explanation: format!("cannot start a thread to probe io_uring ({e})"),
+            cause: e,
+        })?
+        .join()
+        .unwrap_or_else(|_| {
+            let e = io::Error::other("the io_uring probe thread panicked");
+            Err(SetupError {
+                explanation: e.to_string(),
+                cause: e,
+            })
+        })
 }
