@@ -152,6 +152,7 @@ impl Shard {
                                 connections_per_shard: &PER_SHARD,
                                 partial_frame_bytes: 4096,
                                 io_backend: "io-uring",
+                                tls_handshake_failures: &[],
                             };
                             write_server_stats(out, req.id.as_ref(), &report)
                         }

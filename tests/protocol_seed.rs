@@ -403,6 +403,7 @@ fn server_stats_matches_seed_plus_extras() {
         connections_per_shard: &per_shard,
         partial_frame_bytes: 65536,
         io_backend: "io-uring",
+        tls_handshake_failures: &[("malformed", 0)],
     };
     let mut out = Vec::new();
     with_request(SEED_GET_STATS, |r| {

@@ -39,12 +39,13 @@ fn ping_echo_broadcast_and_stats_over_tls_beside_plain() {
     let prx = plain.messages();
     assert_eq!(a.broadcast("to all").unwrap(), 2);
     for r in [&rx, &prx] {
-        let m = support::wait::next_matching(r, Duration::from_secs(5), "the broadcast", |e| match e {
-            ringcast::client::Event::Message(m) if m.kind() == "broadcast_message" => {
-                Some(m.get_str("content").map(str::to_owned))
-            }
-            _ => None,
-        });
+        let m =
+            support::wait::next_matching(r, Duration::from_secs(5), "the broadcast", |e| match e {
+                ringcast::client::Event::Message(m) if m.kind() == "broadcast_message" => {
+                    Some(m.get_str("content").map(str::to_owned))
+                }
+                _ => None,
+            });
         assert_eq!(m.as_deref(), Some("to all"));
     }
     let stats = plain.get_stats().unwrap();
@@ -67,8 +68,7 @@ fn rsa_ecdsa_and_ed25519_server_keys() {
     ] {
         let pki = Pki::with_server_key(alg);
         let h = spawn(pki.server(1));
-        let c = connect(&h, pki.client_options())
-            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        let c = connect(&h, pki.client_options()).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
         assert_eq!(c.echo("k").unwrap(), "k");
     }
 }
@@ -93,7 +93,9 @@ fn tls_only_server_and_the_server_name() {
     assert!(e.to_string().contains("TLS handshake failed"), "{e}");
     // A client that trusts another CA refuses the server.
     let stranger = Pki::new();
-    let e = connect(&h, stranger.client_options()).err().expect("untrusted");
+    let e = connect(&h, stranger.client_options())
+        .err()
+        .expect("untrusted");
     assert!(e.to_string().contains("certificate"), "{e}");
 }
 
@@ -106,7 +108,10 @@ fn mutual_tls_accepts_known_clients_and_refuses_others() {
     // after the client's Finished, so the first request fails instead).
     let refused = |opts: TlsOptions| match connect(&h, opts) {
         Err(_) => {}
-        Ok(c) => assert!(c.ping().is_err(), "a client without a valid certificate was served"),
+        Ok(c) => assert!(
+            c.ping().is_err(),
+            "a client without a valid certificate was served"
+        ),
     };
     refused(pki.client_options());
     let (cert, key) = pki.write_stranger_client();
@@ -129,8 +134,17 @@ fn mutual_tls_and_the_auth_token_are_both_required() {
             .auth_token(Some("s3cret".into())),
     );
     let no_token = connect(&h, pki.mtls_options()).unwrap();
-    let e = no_token.ping().err().expect("a certificate alone is not enough");
-    assert!(matches!(e, ClientError::Server { .. } | ClientError::Disconnected { .. }), "{e}");
+    let e = no_token
+        .ping()
+        .err()
+        .expect("a certificate alone is not enough");
+    assert!(
+        matches!(
+            e,
+            ClientError::Server { .. } | ClientError::Disconnected { .. }
+        ),
+        "{e}"
+    );
     let both = Client::builder()
         .tls(pki.mtls_options())
         .auth_token("s3cret")
@@ -176,7 +190,11 @@ fn handshake(
 }
 
 fn leaf_of(path: &std::path::Path) -> CertificateDer<'static> {
-    CertificateDer::pem_file_iter(path).unwrap().next().unwrap().unwrap()
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
 }
 
 #[test]
@@ -200,7 +218,10 @@ fn reload_switches_certificates_for_new_handshakes_only() {
 
     // A bad file: the reload fails, the current certificate stays.
     std::fs::write(&pki.key, "not a key").unwrap();
-    let e = h.reload_tls(&tls_config(&pki)).err().expect("bad key refused");
+    let e = h
+        .reload_tls(&tls_config(&pki))
+        .err()
+        .expect("bad key refused");
     assert!(e.to_string().contains("server.key"), "{e}");
     assert_eq!(handshake(&h, trust).unwrap(), second);
 }
@@ -219,7 +240,9 @@ fn tls_config(pki: &Pki) -> ringcast::server::ServerConfig {
 fn bad_tls_files_stop_the_server_at_build_with_the_file_named() {
     let pki = Pki::new();
     std::fs::write(&pki.key, "-----BEGIN NOTHING-----\n").unwrap();
-    let e = support::server::build(pki.server(1)).err().expect("refused");
+    let e = support::server::build(pki.server(1))
+        .err()
+        .expect("refused");
     assert!(e.to_string().contains("server.key"), "{e}");
     let missing = support::server::builder(1)
         .tls_addr(Some("127.0.0.1:0".parse().unwrap()))

@@ -123,14 +123,21 @@ fn openssl_s_client_handshake_ping_echo() {
     std::thread::spawn(move || {
         let _ = tx.send(read_frames(&mut stdout, 2, Duration::from_secs(10)));
     });
-    let frames = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_else(|_| {
-        let _ = child.kill();
-        Vec::new()
-    });
+    let frames = rx
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            Vec::new()
+        });
     drop(stdin); // s_client sends close_notify and exits
     let status = child.wait().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(frames.len(), 2, "s_client got {frames:?}; stderr: {err}");
     assert_eq!(frames[0]["type"], "pong");
     assert_eq!(frames[1]["content"], "from openssl");

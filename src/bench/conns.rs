@@ -13,7 +13,10 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 /// Sends one frame and reads one frame back (blocking, with a timeout).
-pub fn roundtrip(stream: &mut (impl Read + Write + ?Sized), payload: &[u8]) -> std::io::Result<Vec<u8>> {
+pub fn roundtrip(
+    stream: &mut (impl Read + Write + ?Sized),
+    payload: &[u8],
+) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(payload.len() + 4);
     encode_frame(&mut out, payload);
     stream.write_all(&out)?;

@@ -20,7 +20,9 @@ pub struct BenchTls {
 impl BenchTls {
     /// From the run's options (files read once, here).
     pub fn new(opts: &TlsOptions, addr: SocketAddr) -> io::Result<BenchTls> {
-        let bad = |e: crate::client::ClientError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+        let bad = |e: crate::client::ClientError| {
+            io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+        };
         Ok(BenchTls {
             config: opts.client_config().map_err(bad)?,
             name: opts.name_for(&addr).map_err(bad)?,

@@ -527,7 +527,9 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
             if !sending {
                 continue;
             }
-            if let Ok((s, conn_tls)) = connect_auth(cfg.addr, None, cfg.token.as_deref(), tls.as_ref()) {
+            if let Ok((s, conn_tls)) =
+                connect_auth(cfg.addr, None, cfg.token.as_deref(), tls.as_ref())
+            {
                 let c = &mut conns[i];
                 c.tls = conn_tls.map(Box::new);
                 c.decoder = FrameDecoder::new(64 << 20);

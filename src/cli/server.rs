@@ -598,7 +598,9 @@ fn reload_tls(args: &ServerArgs, reloader: &Reloader) {
         .and_then(|s| reloader.reload_tls(&s.server).map_err(|e| e.to_string()));
     match result {
         Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the current certificate"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: reload failed; keeping the current certificate")
+        }
     }
 }
 

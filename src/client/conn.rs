@@ -1,10 +1,10 @@
 //! One TCP connection: reading frames, writing requests, waiting answers.
 
+use super::tls::Stream;
 use super::{ClientConfig, ClientError, Message, Result};
 use crate::protocol::{encode_frame, FrameDecoder, FrameError};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, VecDeque};
-use super::tls::Stream;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::ControlFlow;

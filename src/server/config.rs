@@ -352,7 +352,8 @@ impl ServerConfig {
         if !self.plain && self.tls_addr.is_none() {
             return Err("plain TCP is off and no tls_addr is set: nothing to listen on".into());
         }
-        if self.tls_handshake_timeout_secs == 0 || self.tls_handshake_timeout_secs > u32::MAX as u64 {
+        if self.tls_handshake_timeout_secs == 0 || self.tls_handshake_timeout_secs > u32::MAX as u64
+        {
             return Err("tls_handshake_timeout_secs must be between 1 and 4294967295".into());
         }
         if self.tls_max_handshakes == 0 {

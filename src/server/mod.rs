@@ -30,6 +30,7 @@ mod tls;
 
 pub use config::{IoBackend, ServerConfig, WakeMode};
 
+use crate::io::ListenerId;
 use crate::protocol::{Request, TimestampCache};
 use broadcast::Mailbox;
 use crossbeam_utils::CachePadded;
@@ -37,7 +38,6 @@ use metrics::MetricsEndpoint;
 use stats::{Counters, ShardCounters, Totals};
 use std::collections::HashMap;
 use std::io;
-use crate::io::ListenerId;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

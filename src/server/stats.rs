@@ -176,7 +176,11 @@ impl Totals {
             }
             t.messages_per_second += c.messages_last_second.load(Relaxed);
             t.partial_frame_bytes += c.partial_frame_bytes.load(Relaxed);
-            for (a, b) in t.tls_handshake_failures.iter_mut().zip(&c.tls_handshake_failures) {
+            for (a, b) in t
+                .tls_handshake_failures
+                .iter_mut()
+                .zip(&c.tls_handshake_failures)
+            {
                 *a += b.load(Relaxed);
             }
         }

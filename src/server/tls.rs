@@ -60,9 +60,7 @@ fn build(cfg: &ServerConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
                     .build()
-                    .map_err(|e| {
-                        TlsError::Config(format!("client CA {}: {e}", ca.display()))
-                    })?;
+                    .map_err(|e| TlsError::Config(format!("client CA {}: {e}", ca.display())))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

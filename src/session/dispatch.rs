@@ -2,8 +2,8 @@
 //! then the message types of the seed protocol.
 
 use super::env::Env;
-use super::tls::HandshakeFailure;
 use super::output::{Bucket, Output};
+use super::tls::HandshakeFailure;
 use crate::protocol::frame::BufferPool;
 use crate::protocol::message::{self, StatsReport};
 use crate::protocol::{parse_request, ErrorCode, RequestKind};

@@ -9,6 +9,7 @@ use crate::protocol::frame::encode_frame;
 use crate::server::{ServerConfig, Shared};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A one-shard server state with `cfg`, as the shard would build it.
 fn shared(cfg: ServerConfig) -> Shared {
@@ -409,4 +410,157 @@ fn broadcasts_are_shared_not_copied_and_published_once() {
     let v = decode(batch.slices().flatten().copied().collect());
     assert_eq!(v[0]["type"], "broadcast_message");
     assert_eq!(v[0]["content"], "hello");
+}
+
+/// A TLS session on a simulated shard and a rustls client for it, in
+/// memory: bytes move only when the test says so.
+struct TlsPair<'a> {
+    h: Harness<'a>,
+    client: rustls::ClientConnection,
+}
+
+fn tls_config() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
+
+impl<'a> TlsPair<'a> {
+    fn new(shared: &'a Shared) -> TlsPair<'a> {
+        let (server, client) = tls_config();
+        let mut env = Env::new(shared, 0);
+        env.tls_plain = vec![0; 32 << 10];
+        let conn = rustls::ServerConnection::new(server).unwrap();
+        let s = Session::new(
+            &mut env,
+            0,
+            "127.0.0.1:5000".into(),
+            None,
+            Transport::Tls(conn),
+        );
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        TlsPair {
+            h: Harness { env, s },
+            client: rustls::ClientConnection::new(client, name).unwrap(),
+        }
+    }
+
+    /// Client → server: what the client has to send.
+    fn to_server(&mut self) {
+        let mut bytes = Vec::new();
+        while self.client.wants_write() {
+            self.client.write_tls(&mut bytes).unwrap();
+        }
+        if !bytes.is_empty() {
+            self.h.s.handle_data(&mut self.h.env, &mut bytes);
+        }
+    }
+
+    /// Server → client: everything the session sends; returns the frames
+    /// the client decrypts.
+    fn to_client(&mut self) -> Vec<Value> {
+        let mut plain = Vec::new();
+        while let Some(batch) = self.h.s.poll_transmit(&mut self.h.env) {
+            let bytes: Vec<u8> = batch.slices().flatten().copied().collect();
+            self.h
+                .s
+                .handle_sent(&mut self.h.env, batch, Ok(bytes.len()));
+            let mut rd = &bytes[..];
+            while !rd.is_empty() {
+                self.client.read_tls(&mut rd).unwrap();
+                self.client.process_new_packets().unwrap();
+            }
+            let _ = std::io::Read::read_to_end(&mut self.client.reader(), &mut plain);
+        }
+        decode(plain)
+    }
+
+    fn handshake(&mut self) {
+        for _ in 0..4 {
+            self.to_server();
+            self.to_client();
+        }
+        assert!(!self.client.is_handshaking());
+    }
+}
+
+#[test]
+fn tls_handshake_then_requests_then_close_notify_before_the_fin() {
+    let sh = shared(ServerConfig::default());
+    let mut p = TlsPair::new(&sh);
+    // The server answers the ClientHello with no request sent.
+    p.to_server();
+    assert!(p.h.s.wants_send(), "handshake bytes must flow");
+    assert!(!p.h.s.is_established(), "not before the handshake is done");
+    p.handshake();
+    assert!(p.h.s.is_established());
+    assert_eq!(p.h.env.tls_handshakes, 0);
+    std::io::Write::write_all(
+        &mut p.client.writer(),
+        &frame(&json!({"type": "echo", "content": "sealed", "id": 7})),
+    )
+    .unwrap();
+    p.to_server();
+    let f = p.to_client();
+    assert_eq!(types(&f), ["echo_response"]);
+    assert_eq!(f[0]["content"], "sealed");
+    // The client's close_notify is its EOF: the server answers with its
+    // own close_notify, then closes (the peer already ended).
+    p.client.send_close_notify();
+    p.to_server();
+    p.to_client();
+    assert!(p.client.process_new_packets().unwrap().peer_has_closed());
+    assert_eq!(p.h.actions(), [Action::Close]);
+}
+
+#[test]
+fn a_stalled_tls_handshake_is_cut_at_its_deadline() {
+    let cfg = ServerConfig {
+        tls_handshake_timeout_secs: 10,
+        ..ServerConfig::default()
+    };
+    let sh = shared(cfg);
+    let mut p = TlsPair::new(&sh);
+    assert_eq!(p.h.env.tls_handshakes, 1);
+    assert!(!p.h.advance(9_999));
+    assert!(p.h.advance(1));
+    assert_eq!(p.h.actions(), [Action::Close]);
+    assert_eq!(p.h.env.tls_handshakes, 0);
+    let timeouts = &sh.counters[0].tls_handshake_failures[HandshakeFailure::Timeout.index()];
+    assert_eq!(timeouts.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn garbage_gets_an_alert_and_a_close_and_counts_once() {
+    let sh = shared(ServerConfig::default());
+    let mut p = TlsPair::new(&sh);
+    let mut junk = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+    p.h.s.handle_data(&mut p.h.env, &mut junk);
+    let batch = p.h.s.poll_transmit(&mut p.h.env).expect("an alert");
+    let bytes: Vec<u8> = batch.slices().flatten().copied().collect();
+    assert_eq!(bytes[0], 21, "a TLS alert record");
+    p.h.s.handle_sent(&mut p.h.env, batch, Ok(bytes.len()));
+    assert_eq!(p.h.actions(), [Action::ShutdownWrite]);
+    p.h.s.handle_eof(&mut p.h.env);
+    assert_eq!(p.h.actions(), [Action::Close]);
+    let c = &sh.counters[0].tls_handshake_failures;
+    assert_eq!(
+        c[HandshakeFailure::Malformed.index()].load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(c.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>(), 1);
 }

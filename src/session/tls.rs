@@ -240,13 +240,8 @@ impl Tls {
                     let mut it = self.plain.slices();
                     std::array::from_fn(|_| IoSlice::new(it.next().unwrap_or(&[])))
                 };
-                let n = self
-                    .conn
-                    .writer()
-                    .write_vectored(&slices[..k])
-                    .unwrap_or(0);
-                self.plain
-                    .advance(n, |v| drop(BufferPool::give(pool, v)));
+                let n = self.conn.writer().write_vectored(&slices[..k]).unwrap_or(0);
+                self.plain.advance(n, |v| drop(BufferPool::give(pool, v)));
                 self.drain();
                 encrypted += n;
                 if n == 0 {

@@ -85,7 +85,13 @@ impl Pki {
 
     /// Writes a server certificate named `cn` (for localhost and
     /// 127.0.0.1, signed by the CA, chain = leaf + CA) and its key.
-    pub fn write_server(&mut self, cn: &str, alg: &'static SignatureAlgorithm, cert: &Path, key: &Path) {
+    pub fn write_server(
+        &mut self,
+        cn: &str,
+        alg: &'static SignatureAlgorithm,
+        cert: &Path,
+        key: &Path,
+    ) {
         let mut p =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
@@ -147,6 +153,9 @@ pub fn tls_addr(h: &ServerHandle) -> std::net::SocketAddr {
 }
 
 /// Our client over TLS to `h`.
-pub fn connect(h: &ServerHandle, opts: TlsOptions) -> Result<Client, ringcast::client::ClientError> {
+pub fn connect(
+    h: &ServerHandle,
+    opts: TlsOptions,
+) -> Result<Client, ringcast::client::ClientError> {
     Client::builder().tls(opts).connect(tls_addr(h))
 }

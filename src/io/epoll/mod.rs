@@ -7,7 +7,8 @@
 //! filled the buffer, or that was paused while readable, stays on the
 //! `ready` list and is read in a later `poll` without waiting for a new
 //! edge. A read shorter than the buffer means the socket was drained, and
-//! any later data raises a new edge.
+//! any later data raises a new edge, unless the peer's FIN was signalled
+//! (`EPOLLRDHUP`): then the EOF behind the data is read in the next `poll`.
 //!
 //! Sends are attempted at once with one gathered `sendmsg` of the batch's
 //! segments;
@@ -43,12 +44,12 @@ struct Conn {
     queued: bool,
     /// A send the socket refused part of, waiting for `EPOLLOUT`.
     blocked: Option<SendBatch>,
-    /// Peer closed or reset: nothing more to read.
+    /// The peer's FIN (or an error) was signalled: it is read after any
+    /// data, and no further edge will announce it, so a short read does not
+    /// mean drained.
+    hup: bool,
+    /// EOF or an error was read: nothing more to read.
     ended: bool,
-    /// The peer's FIN was reported (EPOLLRDHUP/EPOLLHUP): a short read no
-    /// longer means drained, since the EOF after the data raises no new
-    /// edge of its own.
-    peer_fin: bool,
 }
 
 /// A listening socket and what the caller named it.
@@ -167,8 +168,8 @@ impl EpollDriver {
             readable: false,
             queued: false,
             blocked: None,
+            hup: false,
             ended: false,
-            peer_fin: false,
         });
         Ok(())
     }
@@ -312,8 +313,8 @@ impl EpollDriver {
         if flags & input != 0 {
             c.readable = true;
         }
-        if flags & (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 {
-            c.peer_fin = true;
+        if flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+            c.hup = true;
         }
         let output = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         if flags & output != 0 {
@@ -378,9 +379,11 @@ impl EpollDriver {
             let token = Token(key);
             if n > 0 {
                 let n = n as usize;
-                if n < self.buf.len() && !c.peer_fin {
+                if n < self.buf.len() && !c.hup {
                     c.readable = false; // drained: the next data raises an edge
                 } else {
+                    // A full buffer may have more behind it; after the peer's
+                    // FIN the EOF is still to be read.
                     c.queued = true;
                     keep.push(key);
                 }

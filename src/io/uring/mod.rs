@@ -527,8 +527,8 @@ mod tests {
             gen: 0xab_cdef,
         };
         for op in [
-            Op::Accept,
-            Op::CancelAccept,
+            Op::Accept(3),
+            Op::CancelAccept(1),
             Op::Recv(s),
             Op::Send(s),
             Op::Shutdown(s),

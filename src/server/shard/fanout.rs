@@ -1,0 +1,111 @@
+//! Fan-out: broadcasts published this turn go to the local sessions and
+//! to the other shards' mailboxes; publishers are paused while fan-out is
+//! behind anywhere.
+
+use super::{touch, Shard, PUSH_FLUSH_BUDGET};
+use crate::server::broadcast::Wake;
+use crate::server::WakeMode;
+
+/// Fan-out backlog (connections waiting for a broadcast send, on any shard)
+/// above which connections that publish are paused like any other
+/// backpressure: publishers are slowed to the rate the fan-out sustains,
+/// instead of every subscriber's queue (and latency) growing.
+const FANOUT_BACKLOG_LIMIT: usize = 4 * PUSH_FLUSH_BUDGET;
+
+impl Shard<'_> {
+    /// Whether broadcast fan-out is behind on any shard.
+    pub(super) fn fanout_busy(&self) -> bool {
+        self.env
+            .shared
+            .mailboxes
+            .iter()
+            .any(|m| m.backlog() > FANOUT_BACKLOG_LIMIT)
+    }
+
+    /// Publishes this shard's fan-out backlog and resumes publishers paused
+    /// for fan-out once every shard has caught up.
+    pub(super) fn update_fanout(&mut self) {
+        let shared = self.env.shared;
+        let backlog = self.pushes.len();
+        let was = shared.mailboxes[self.id].backlog();
+        shared.mailboxes[self.id].set_backlog(backlog);
+        if was > FANOUT_BACKLOG_LIMIT && backlog <= FANOUT_BACKLOG_LIMIT {
+            // Caught up: shards with paused publishers may be asleep.
+            for (i, m) in shared.mailboxes.iter().enumerate() {
+                if i != self.id {
+                    m.wake_external();
+                }
+            }
+        }
+        if self.fanout_paused.is_empty() || self.fanout_busy() {
+            return;
+        }
+        for key in std::mem::take(&mut self.fanout_paused) {
+            if let Some(e) = self.sessions.get_mut(key) {
+                e.session.set_fanout_paused(false);
+                touch(&mut self.sessions, &mut self.touched, key);
+            }
+        }
+    }
+
+    /// Delivers this turn's broadcasts: to local sessions now, and to other
+    /// shards' mailboxes (waking each at most once). A publisher is paused
+    /// while fan-out is behind anywhere.
+    pub(super) fn deliver_broadcasts(&mut self) {
+        let shared = self.env.shared;
+        let mut outgoing = std::mem::take(&mut self.env.outgoing);
+        let busy = !outgoing.is_empty() && self.fanout_busy();
+        let use_ring = shared.config.wake == WakeMode::MsgRing;
+        for (frame, sender) in outgoing.drain(..) {
+            for (i, mb) in shared.mailboxes.iter().enumerate() {
+                if i != self.id {
+                    if let Wake::Ring(fd) = mb.push(frame.clone(), use_ring) {
+                        self.wake_targets[i] = Some(fd);
+                    }
+                }
+            }
+            if busy {
+                if let Some(e) = self.sessions.get_mut(sender) {
+                    if e.session.wants_read() {
+                        e.session.set_fanout_paused(true);
+                        self.fanout_paused.push(sender);
+                        touch(&mut self.sessions, &mut self.touched, sender);
+                    }
+                }
+            }
+            self.deliver_local(&frame, Some(sender));
+        }
+        self.env.outgoing = outgoing;
+        let mut inbound = Vec::new();
+        shared.mailboxes[self.id].drain(|b| inbound.push(b));
+        for frame in inbound {
+            self.deliver_local(&frame, None);
+        }
+        for i in 0..self.wake_targets.len() {
+            if let Some(fd) = self.wake_targets[i].take() {
+                self.backend.wake_ring(fd, shared.mailboxes[i].event_fd());
+            }
+        }
+    }
+
+    fn deliver_local(&mut self, frame: &bytes::Bytes, except: Option<usize>) {
+        let mut delivered = 0;
+        for (key, e) in self.sessions.iter_mut() {
+            if Some(key) == except || !e.session.is_established() {
+                continue;
+            }
+            if e.session.push_broadcast(&mut self.env, frame) {
+                delivered += 1;
+                if !e.push_dirty {
+                    e.push_dirty = true;
+                    self.pushes.push_back(key);
+                }
+            } else if !e.touched {
+                // Cut as a slow consumer: its error frame goes out as a reply.
+                e.touched = true;
+                self.touched.push(key);
+            }
+        }
+        crate::server::stats::bump(&self.env.counters.broadcasts_delivered, delivered);
+    }
+}
