@@ -361,7 +361,7 @@ const SEED_STATS_KEYS: [&str; 6] = [
     "current_time",
 ];
 
-const EXTRA_STATS_KEYS: [&str; 14] = [
+const EXTRA_STATS_KEYS: [&str; 15] = [
     "shards",
     "total_connections",
     "messages_by_type",
@@ -376,6 +376,7 @@ const EXTRA_STATS_KEYS: [&str; 14] = [
     "connections_per_shard",
     "partial_frame_bytes",
     "io_backend",
+    "tls_handshake_failures",
 ];
 
 #[test]

@@ -89,13 +89,15 @@ fn tls_only_server_and_the_server_name() {
         server_name: Some("example.com".into()),
         ..pki.client_options()
     };
-    let e = connect(&h, wrong).err().expect("wrong name refused");
+    let e = connect(&h, wrong)
+        .err()
+        .unwrap_or_else(|| panic!("wrong name refused"));
     assert!(e.to_string().contains("TLS handshake failed"), "{e}");
     // A client that trusts another CA refuses the server.
     let stranger = Pki::new();
     let e = connect(&h, stranger.client_options())
         .err()
-        .expect("untrusted");
+        .unwrap_or_else(|| panic!("untrusted"));
     assert!(e.to_string().contains("certificate"), "{e}");
 }
 
@@ -137,7 +139,7 @@ fn mutual_tls_and_the_auth_token_are_both_required() {
     let e = no_token
         .ping()
         .err()
-        .expect("a certificate alone is not enough");
+        .unwrap_or_else(|| panic!("a certificate alone is not enough"));
     assert!(
         matches!(
             e,
@@ -221,7 +223,7 @@ fn reload_switches_certificates_for_new_handshakes_only() {
     let e = h
         .reload_tls(&tls_config(&pki))
         .err()
-        .expect("bad key refused");
+        .unwrap_or_else(|| panic!("bad key refused"));
     assert!(e.to_string().contains("server.key"), "{e}");
     assert_eq!(handshake(&h, trust).unwrap(), second);
 }
@@ -242,16 +244,20 @@ fn bad_tls_files_stop_the_server_at_build_with_the_file_named() {
     std::fs::write(&pki.key, "-----BEGIN NOTHING-----\n").unwrap();
     let e = support::server::build(pki.server(1))
         .err()
-        .expect("refused");
+        .unwrap_or_else(|| panic!("refused"));
     assert!(e.to_string().contains("server.key"), "{e}");
     let missing = support::server::builder(1)
         .tls_addr(Some("127.0.0.1:0".parse().unwrap()))
         .tls_cert(Some("/nonexistent/cert.pem".into()))
         .tls_key(Some(pki.key.clone()));
-    let e = support::server::build(missing).err().expect("refused");
+    let e = support::server::build(missing)
+        .err()
+        .unwrap_or_else(|| panic!("refused"));
     assert!(e.to_string().contains("/nonexistent/cert.pem"), "{e}");
     let half = support::server::builder(1).tls_addr(Some("127.0.0.1:0".parse().unwrap()));
-    let e = support::server::build(half).err().expect("refused");
+    let e = support::server::build(half)
+        .err()
+        .unwrap_or_else(|| panic!("refused"));
     assert!(e.to_string().contains("tls_cert"), "{e}");
 }
 

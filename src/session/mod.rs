@@ -72,7 +72,7 @@ pub enum Transport {
     /// As they are.
     Plain,
     /// Through TLS: the connection rustls made for this client.
-    Tls(rustls::ServerConnection),
+    Tls(Box<rustls::ServerConnection>),
 }
 
 /// Pause reading a connection's requests while this much of its output is
@@ -192,7 +192,7 @@ impl Session {
             }
             env.tls_handshakes += 1;
             let deadline = env.now_mono_ms + env.shared.config.tls_handshake_timeout_secs * 1000;
-            s.tls = Some(Box::new(Tls::new(conn, deadline)));
+            s.tls = Some(Box::new(Tls::new(*conn, deadline)));
         }
         match refusal {
             Some(msg) => s.fail(env, ErrorCode::ServerFull, msg),

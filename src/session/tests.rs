@@ -450,7 +450,7 @@ impl<'a> TlsPair<'a> {
             0,
             "127.0.0.1:5000".into(),
             None,
-            Transport::Tls(conn),
+            Transport::Tls(Box::new(conn)),
         );
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         TlsPair {
@@ -460,7 +460,7 @@ impl<'a> TlsPair<'a> {
     }
 
     /// Client → server: what the client has to send.
-    fn to_server(&mut self) {
+    fn deliver_to_server(&mut self) {
         let mut bytes = Vec::new();
         while self.client.wants_write() {
             self.client.write_tls(&mut bytes).unwrap();
@@ -472,7 +472,7 @@ impl<'a> TlsPair<'a> {
 
     /// Server → client: everything the session sends; returns the frames
     /// the client decrypts.
-    fn to_client(&mut self) -> Vec<Value> {
+    fn deliver_to_client(&mut self) -> Vec<Value> {
         let mut plain = Vec::new();
         while let Some(batch) = self.h.s.poll_transmit(&mut self.h.env) {
             let bytes: Vec<u8> = batch.slices().flatten().copied().collect();
@@ -491,8 +491,8 @@ impl<'a> TlsPair<'a> {
 
     fn handshake(&mut self) {
         for _ in 0..4 {
-            self.to_server();
-            self.to_client();
+            self.deliver_to_server();
+            self.deliver_to_client();
         }
         assert!(!self.client.is_handshaking());
     }
@@ -503,7 +503,7 @@ fn tls_handshake_then_requests_then_close_notify_before_the_fin() {
     let sh = shared(ServerConfig::default());
     let mut p = TlsPair::new(&sh);
     // The server answers the ClientHello with no request sent.
-    p.to_server();
+    p.deliver_to_server();
     assert!(p.h.s.wants_send(), "handshake bytes must flow");
     assert!(!p.h.s.is_established(), "not before the handshake is done");
     p.handshake();
@@ -514,15 +514,15 @@ fn tls_handshake_then_requests_then_close_notify_before_the_fin() {
         &frame(&json!({"type": "echo", "content": "sealed", "id": 7})),
     )
     .unwrap();
-    p.to_server();
-    let f = p.to_client();
+    p.deliver_to_server();
+    let f = p.deliver_to_client();
     assert_eq!(types(&f), ["echo_response"]);
     assert_eq!(f[0]["content"], "sealed");
     // The client's close_notify is its EOF: the server answers with its
     // own close_notify, then closes (the peer already ended).
     p.client.send_close_notify();
-    p.to_server();
-    p.to_client();
+    p.deliver_to_server();
+    p.deliver_to_client();
     assert!(p.client.process_new_packets().unwrap().peer_has_closed());
     assert_eq!(p.h.actions(), [Action::Close]);
 }

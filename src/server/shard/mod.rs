@@ -390,7 +390,7 @@ fn accept(
     let peer = stream.peer_addr().ok()?; // already gone: dropped
     let transport = match (&env.shared.tls, lid) {
         (Some(acceptor), super::TLS_LISTENER) => match acceptor.accept() {
-            Ok(conn) => Transport::Tls(conn),
+            Ok(conn) => Transport::Tls(Box::new(conn)),
             Err(e) => {
                 // Only an invalid configuration does this, and it was
                 // checked at start and at each reload.
