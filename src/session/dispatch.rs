@@ -4,7 +4,7 @@
 use super::env::Env;
 use super::output::{Bucket, Output};
 use super::tls::HandshakeFailure;
-use crate::protocol::frame::BufferPool;
+use crate::protocol::frame::{BoundedPool, BufferPool};
 use crate::protocol::message::{self, StatsReport};
 use crate::protocol::{parse_request, ErrorCode, RequestKind};
 use bytes::Bytes;
@@ -14,10 +14,9 @@ use std::ops::ControlFlow;
 pub(crate) type Closing = (ErrorCode, &'static str);
 
 /// The reply buffer to append to, taken from the pool when empty.
-pub(crate) fn reply_buf<'o>(env: &mut Env<'_>, out: &'o mut Output) -> &'o mut Vec<u8> {
+pub(crate) fn reply_buf<'o>(pool: &mut BoundedPool, out: &'o mut Output) -> &'o mut Vec<u8> {
     if out.building.capacity() == 0 {
-        out.building = env
-            .pool
+        out.building = pool
             .take()
             .unwrap_or_else(|| Vec::with_capacity(super::env::REPLY_BUF_CAPACITY));
     }
@@ -57,12 +56,7 @@ pub(crate) fn handle_frame(
     let now = ts.format(now_ms);
     let (rate, burst) = (*rate, *burst);
     parse_request(parser, payload, |r| {
-        if out.building.capacity() == 0 {
-            out.building = pool
-                .take()
-                .unwrap_or_else(|| Vec::with_capacity(super::env::REPLY_BUF_CAPACITY));
-        }
-        let buf = &mut out.building;
+        let buf = reply_buf(pool, out);
         let req = match r {
             Ok(req) => req,
             Err(rej) => {

@@ -585,7 +585,7 @@ impl Session {
 
     /// Sends an error that ends the connection: flush it, then close.
     fn fail(&mut self, env: &mut Env<'_>, code: ErrorCode, msg: &str) {
-        let buf = reply_buf(env, &mut self.out);
+        let buf = reply_buf(&mut env.pool, &mut self.out);
         crate::protocol::message::write_error(buf, None, code, msg, None);
         env.counters.error(code);
         if code == ErrorCode::SlowConsumer {
