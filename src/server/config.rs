@@ -99,6 +99,14 @@ macro_rules! server_settings {
             /// 8 MiB: several seconds of a busy broadcast stream, small enough
             /// that thousands of stalled readers fit in memory.
             max_pending_bytes: usize = 8 << 20,
+            /// Channels one connection may be subscribed to at once; one more
+            /// `subscribe` gets `too_many_subscriptions`.
+            ///
+            /// 1,000 covers a client that follows many rooms or topics, and
+            /// bounds what one connection can make every shard's index and
+            /// its own bookkeeping hold (about 100 bytes a subscription plus
+            /// the name).
+            max_subscriptions: usize = 1_000,
             /// Close connections without a complete frame for this many
             /// seconds; 0 = never.
             idle_timeout_secs: u64 = 300,

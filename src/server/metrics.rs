@@ -548,6 +548,27 @@ impl Collector for ShardCollector {
         )?;
         self.per_shard(
             &mut enc,
+            "ringcast_channel_deliveries",
+            "channel_message frames queued to subscribers on this shard.",
+            Counter,
+            |c| c.channel_deliveries.load(Relaxed),
+        )?;
+        self.per_shard(
+            &mut enc,
+            "ringcast_channels",
+            "Channels with at least one subscriber on this shard.",
+            Gauge,
+            |c| c.channels.load(Relaxed),
+        )?;
+        self.per_shard(
+            &mut enc,
+            "ringcast_subscriptions",
+            "Channel subscriptions held by this shard's connections.",
+            Gauge,
+            |c| c.subscriptions.load(Relaxed),
+        )?;
+        self.per_shard(
+            &mut enc,
             "ringcast_slow_consumer_disconnects",
             "Clients cut for falling too far behind reading broadcasts.",
             Counter,

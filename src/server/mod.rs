@@ -21,6 +21,7 @@
 
 mod admission;
 pub mod broadcast;
+pub mod channels;
 pub mod config;
 mod listener;
 mod metrics;
@@ -87,6 +88,9 @@ pub(crate) struct Shared {
     pub shards: usize,
     pub counters: Counters,
     pub mailboxes: Box<[CachePadded<Mailbox>]>,
+    /// Each shard's channel interest (subscriber counts per hash slot),
+    /// written by its shard, read by publishers on any shard.
+    pub interest: Box<[channels::Interest]>,
     /// Connections over all shards (for `max_connections`); touched on
     /// accept and close only.
     pub connections: AtomicUsize,
@@ -123,6 +127,7 @@ impl Shared {
                 .iter()
                 .map(|fd| CachePadded::new(Mailbox::new(*fd)))
                 .collect(),
+            interest: (0..n).map(|_| channels::Interest::default()).collect(),
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),

@@ -8,7 +8,8 @@
 //! rules live in [`Session`]; this file only moves bytes and runs fan-out.
 
 use super::admission::Admission;
-use super::broadcast::Wake;
+use super::broadcast::{Delivery, Wake};
+use super::channels::slot_of;
 use super::{ServerError, Shared, WakeMode};
 use crate::io::{Backend, Event, Options, Token};
 use crate::session::{Action, Env, Session};
@@ -100,6 +101,7 @@ pub(crate) fn run(
         pushes: VecDeque::new(),
         fanout_paused: Vec::new(),
         added: Vec::new(),
+        recipients: Vec::new(),
         wake_targets: vec![None; shared.shards],
         stopping: false,
         stop_deadline: 0,
@@ -129,6 +131,8 @@ struct Shard<'a> {
     fanout_paused: Vec<usize>,
     /// Connections accepted during the poll, handed to the backend after it.
     added: Vec<(usize, std::net::TcpStream)>,
+    /// Recipients of the delivery being queued (kept for its capacity).
+    recipients: Vec<usize>,
     /// Rings of shards to wake at the end of this turn.
     wake_targets: Vec<Option<std::os::fd::RawFd>>,
     stopping: bool,
@@ -334,20 +338,23 @@ impl Shard<'_> {
         }
     }
 
-    /// Delivers this turn's broadcasts: to local sessions now, and to other
-    /// shards' mailboxes (waking each at most once). A publisher is paused
-    /// while fan-out is behind anywhere.
+    /// Delivers this turn's broadcasts and channel messages: to local
+    /// sessions now, and to other shards' mailboxes (a channel message only
+    /// to shards with interest in its channel), waking each at most once. A
+    /// publisher is paused while fan-out is behind anywhere.
     fn deliver_broadcasts(&mut self) {
         let shared = self.env.shared;
         let mut outgoing = std::mem::take(&mut self.env.outgoing);
         let busy = !outgoing.is_empty() && self.fanout_busy();
         let use_ring = shared.config.wake == WakeMode::MsgRing;
-        for (frame, sender) in outgoing.drain(..) {
+        for (d, sender) in outgoing.drain(..) {
+            let slot = d.channel.as_deref().map(slot_of);
             for (i, mb) in shared.mailboxes.iter().enumerate() {
-                if i != self.id {
-                    if let Wake::Ring(fd) = mb.push(frame.clone(), use_ring) {
-                        self.wake_targets[i] = Some(fd);
-                    }
+                if i == self.id || slot.is_some_and(|s| shared.interest[i].count(s) == 0) {
+                    continue;
+                }
+                if let Wake::Ring(fd) = mb.push(d.clone(), use_ring) {
+                    self.wake_targets[i] = Some(fd);
                 }
             }
             if busy {
@@ -359,13 +366,13 @@ impl Shard<'_> {
                     }
                 }
             }
-            self.deliver_local(&frame, Some(sender));
+            self.deliver_local(&d, Some(sender));
         }
         self.env.outgoing = outgoing;
         let mut inbound = Vec::new();
-        shared.mailboxes[self.id].drain(|b| inbound.push(b));
-        for frame in inbound {
-            self.deliver_local(&frame, None);
+        shared.mailboxes[self.id].drain(|d| inbound.push(d));
+        for d in inbound {
+            self.deliver_local(&d, None);
         }
         for i in 0..self.wake_targets.len() {
             if let Some(fd) = self.wake_targets[i].take() {
@@ -374,13 +381,26 @@ impl Shard<'_> {
         }
     }
 
-    fn deliver_local(&mut self, frame: &bytes::Bytes, except: Option<usize>) {
+    /// Queues a delivery to this shard's recipients: a broadcast to every
+    /// established session but its sender (`except`), a channel message to
+    /// the channel's subscribers here (its publisher too, if subscribed).
+    fn deliver_local(&mut self, d: &Delivery, except: Option<usize>) {
+        let mut keys = std::mem::take(&mut self.recipients);
+        match &d.channel {
+            None => keys.extend(
+                self.sessions
+                    .iter()
+                    .filter(|(k, e)| Some(*k) != except && e.session.is_established())
+                    .map(|(k, _)| k),
+            ),
+            Some(ch) => keys.extend(self.env.channels.subscribers(ch)),
+        }
         let mut delivered = 0;
-        for (key, e) in self.sessions.iter_mut() {
-            if Some(key) == except || !e.session.is_established() {
+        for key in keys.drain(..) {
+            let Some(e) = self.sessions.get_mut(key) else {
                 continue;
-            }
-            if e.session.push_broadcast(&mut self.env, frame) {
+            };
+            if e.session.push_broadcast(&mut self.env, &d.frame) {
                 delivered += 1;
                 if !e.push_dirty {
                     e.push_dirty = true;
@@ -392,7 +412,12 @@ impl Shard<'_> {
                 self.touched.push(key);
             }
         }
-        crate::server::stats::bump(&self.env.counters.broadcasts_delivered, delivered);
+        self.recipients = keys;
+        let counter = match d.channel {
+            None => &self.env.counters.broadcasts_delivered,
+            Some(_) => &self.env.counters.channel_deliveries,
+        };
+        crate::server::stats::bump(counter, delivered);
     }
 
     fn on_tick(&mut self) -> std::io::Result<()> {
