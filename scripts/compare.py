@@ -18,6 +18,7 @@ Variants:
   NAME      any name given with --server 'NAME=command ... {addr} ...'
             ({addr} is 127.0.0.1:PORT, {port} the port)
 
+BUILD_COMMIT, when set, is recorded as the commit the binaries were built from.
 Binaries: RINGCAST_BIN (default $CARGO_TARGET_DIR or ROOT/target, then
 release/ringcast) and BASELINE_BIN (release/examples/tokio_baseline).
 The load generator is always RINGCAST_BIN `bench` with its default io backend
@@ -249,7 +250,13 @@ def main():
                "machine": machine, "runs": a.runs, "duration_s": a.duration, "scenarios": {}}
     if not default_mode:
         results.update({
+            # HEAD of --root when run; the binaries may have been built from
+            # another tree (BUILD_COMMIT says which, when set), so their
+            # paths and modification times are recorded too.
             "git_commit": git_commit(a.root),
+            **({"build_commit": os.environ["BUILD_COMMIT"]} if os.environ.get("BUILD_COMMIT") else {}),
+            "binaries": {p: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(os.path.getmtime(p)))
+                         for p in dict.fromkeys(servers.command(k, 0)[0] for k in kinds + ["ringcast"]) if os.path.exists(p)},
             "servers": {k: " ".join(servers.command(k, 0)).replace(":0", ":PORT") for k in kinds},
             "generator": f"{servers.ringcast} bench (default io backend)",
         })

@@ -16,6 +16,7 @@
 #   scripts/syscalls-per-message.sh
 #   N=200000 BACKENDS="epoll" PIPELINES="32" scripts/syscalls-per-message.sh
 #
+# BUILD_COMMIT, when set, is printed as the commit the binary was built from.
 # Environment: RINGCAST_BIN (default $CARGO_TARGET_DIR or target, then
 # release/ringcast), N (requests per case, default 100000), CONNS (64), SIZE
 # (32), BACKENDS ("io-uring epoll"), PIPELINES ("32 1"), TOP (8), PORT (29950),
@@ -50,7 +51,7 @@ command -v strace >/dev/null || { echo "strace is needed: apt-get install -y str
 
 echo "machine: $(machine)"
 echo "binary: $BIN"
-echo "commit: $(git -C "$ROOT" log -1 --format='%h %s' 2>/dev/null || echo unknown)"
+echo "repo HEAD: $(git -C "$ROOT" log -1 --format='%h %s' 2>/dev/null || echo unknown)${BUILD_COMMIT:+; binaries built from $BUILD_COMMIT}"
 echo "echo ${SIZE} B, ${CONNS} connections, ${N} requests per case; server: --shards 1 --no-pin"
 echo
 
@@ -85,7 +86,7 @@ for backend in $BACKENDS; do
   done
 done
 
-python3 - "$TMP" "$TOP" "$N" "$OUT_JSON" "$(machine)" "$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)" "$CONNS" "$SIZE" "${CASES[@]}" <<'EOF'
+python3 - "$TMP" "$TOP" "$N" "$OUT_JSON" "$(machine)" "${BUILD_COMMIT:-$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}" "$CONNS" "$SIZE" "${CASES[@]}" <<'EOF'
 import json, os, re, sys, time
 tmp, top, n, out_json, machine, commit, conns, size = sys.argv[1:9]
 cases = sys.argv[9:]

@@ -7,7 +7,8 @@
 //! filled the buffer, or that was paused while readable, stays on the
 //! `ready` list and is read in a later `poll` without waiting for a new
 //! edge. A read shorter than the buffer means the socket was drained, and
-//! any later data raises a new edge.
+//! any later data raises a new edge, unless the peer's FIN was signalled
+//! (`EPOLLRDHUP`): then the EOF behind the data is read in the next `poll`.
 //!
 //! Sends are attempted at once with one gathered `sendmsg` of the batch's
 //! segments;
@@ -42,7 +43,11 @@ struct Conn {
     queued: bool,
     /// A send the socket refused part of, waiting for `EPOLLOUT`.
     blocked: Option<SendBatch>,
-    /// Peer closed or reset: nothing more to read.
+    /// The peer's FIN (or an error) was signalled: it is read after any
+    /// data, and no further edge will announce it, so a short read does not
+    /// mean drained.
+    hup: bool,
+    /// EOF or an error was read: nothing more to read.
     ended: bool,
 }
 
@@ -152,6 +157,7 @@ impl EpollDriver {
             readable: false,
             queued: false,
             blocked: None,
+            hup: false,
             ended: false,
         });
         Ok(())
@@ -290,6 +296,9 @@ impl EpollDriver {
         if flags & input != 0 {
             c.readable = true;
         }
+        if flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+            c.hup = true;
+        }
         let output = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         if flags & output != 0 {
             if let Some(b) = c.blocked.take() {
@@ -355,9 +364,11 @@ impl EpollDriver {
             let token = Token(key);
             if n > 0 {
                 let n = n as usize;
-                if n < self.buf.len() {
+                if n < self.buf.len() && !c.hup {
                     c.readable = false; // drained: the next data raises an edge
                 } else {
+                    // A full buffer may have more behind it; after the peer's
+                    // FIN the EOF is still to be read.
                     c.queued = true;
                     keep.push(key);
                 }

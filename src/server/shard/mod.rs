@@ -7,9 +7,9 @@
 //! changed is asked what it wants (read or pause, FIN, close, send). The
 //! rules live in [`Session`]; this file only moves bytes and runs fan-out.
 
+mod fanout;
+
 use super::admission::Admission;
-use super::broadcast::{Delivery, Wake};
-use super::channels::slot_of;
 use super::{ServerError, Shared, WakeMode};
 use crate::io::{Backend, Event, Options, Token};
 use crate::session::{Action, Env, Session};
@@ -23,11 +23,6 @@ use std::time::{Duration, Instant};
 
 /// Broadcast-only connections flushed per loop turn (see `flush`).
 const PUSH_FLUSH_BUDGET: usize = 64;
-/// Fan-out backlog (connections waiting for a broadcast send, on any shard)
-/// above which connections that publish are paused like any other
-/// backpressure: publishers are slowed to the rate the fan-out sustains,
-/// instead of every subscriber's queue (and latency) growing.
-const FANOUT_BACKLOG_LIMIT: usize = 4 * PUSH_FLUSH_BUDGET;
 /// The shard's housekeeping tick (idle sweep, deadlines, messages/s).
 const TICK: Duration = Duration::from_secs(1);
 /// At stop, how long to wait for the backend to finish with connections.
@@ -301,123 +296,6 @@ impl Shard<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Whether broadcast fan-out is behind on any shard.
-    fn fanout_busy(&self) -> bool {
-        self.env
-            .shared
-            .mailboxes
-            .iter()
-            .any(|m| m.backlog() > FANOUT_BACKLOG_LIMIT)
-    }
-
-    /// Publishes this shard's fan-out backlog and resumes publishers paused
-    /// for fan-out once every shard has caught up.
-    fn update_fanout(&mut self) {
-        let shared = self.env.shared;
-        let backlog = self.pushes.len();
-        let was = shared.mailboxes[self.id].backlog();
-        shared.mailboxes[self.id].set_backlog(backlog);
-        if was > FANOUT_BACKLOG_LIMIT && backlog <= FANOUT_BACKLOG_LIMIT {
-            // Caught up: shards with paused publishers may be asleep.
-            for (i, m) in shared.mailboxes.iter().enumerate() {
-                if i != self.id {
-                    m.wake_external();
-                }
-            }
-        }
-        if self.fanout_paused.is_empty() || self.fanout_busy() {
-            return;
-        }
-        for key in std::mem::take(&mut self.fanout_paused) {
-            if let Some(e) = self.sessions.get_mut(key) {
-                e.session.set_fanout_paused(false);
-                touch(&mut self.sessions, &mut self.touched, key);
-            }
-        }
-    }
-
-    /// Delivers this turn's broadcasts and channel messages: to local
-    /// sessions now, and to other shards' mailboxes (a channel message only
-    /// to shards with interest in its channel), waking each at most once. A
-    /// publisher is paused while fan-out is behind anywhere.
-    fn deliver_broadcasts(&mut self) {
-        let shared = self.env.shared;
-        let mut outgoing = std::mem::take(&mut self.env.outgoing);
-        let busy = !outgoing.is_empty() && self.fanout_busy();
-        let use_ring = shared.config.wake == WakeMode::MsgRing;
-        for (d, sender) in outgoing.drain(..) {
-            let slot = d.channel.as_deref().map(slot_of);
-            for (i, mb) in shared.mailboxes.iter().enumerate() {
-                if i == self.id || slot.is_some_and(|s| shared.interest[i].count(s) == 0) {
-                    continue;
-                }
-                if let Wake::Ring(fd) = mb.push(d.clone(), use_ring) {
-                    self.wake_targets[i] = Some(fd);
-                }
-            }
-            if busy {
-                if let Some(e) = self.sessions.get_mut(sender) {
-                    if e.session.wants_read() {
-                        e.session.set_fanout_paused(true);
-                        self.fanout_paused.push(sender);
-                        touch(&mut self.sessions, &mut self.touched, sender);
-                    }
-                }
-            }
-            self.deliver_local(&d, Some(sender));
-        }
-        self.env.outgoing = outgoing;
-        let mut inbound = Vec::new();
-        shared.mailboxes[self.id].drain(|d| inbound.push(d));
-        for d in inbound {
-            self.deliver_local(&d, None);
-        }
-        for i in 0..self.wake_targets.len() {
-            if let Some(fd) = self.wake_targets[i].take() {
-                self.backend.wake_ring(fd, shared.mailboxes[i].event_fd());
-            }
-        }
-    }
-
-    /// Queues a delivery to this shard's recipients: a broadcast to every
-    /// established session but its sender (`except`), a channel message to
-    /// the channel's subscribers here (its publisher too, if subscribed).
-    fn deliver_local(&mut self, d: &Delivery, except: Option<usize>) {
-        let mut keys = std::mem::take(&mut self.recipients);
-        match &d.channel {
-            None => keys.extend(
-                self.sessions
-                    .iter()
-                    .filter(|(k, e)| Some(*k) != except && e.session.is_established())
-                    .map(|(k, _)| k),
-            ),
-            Some(ch) => keys.extend(self.env.channels.subscribers(ch)),
-        }
-        let mut delivered = 0;
-        for key in keys.drain(..) {
-            let Some(e) = self.sessions.get_mut(key) else {
-                continue;
-            };
-            if e.session.push_broadcast(&mut self.env, &d.frame) {
-                delivered += 1;
-                if !e.push_dirty {
-                    e.push_dirty = true;
-                    self.pushes.push_back(key);
-                }
-            } else if !e.touched {
-                // Cut as a slow consumer: its error frame goes out as a reply.
-                e.touched = true;
-                self.touched.push(key);
-            }
-        }
-        self.recipients = keys;
-        let counter = match d.channel {
-            None => &self.env.counters.broadcasts_delivered,
-            Some(_) => &self.env.counters.channel_deliveries,
-        };
-        crate::server::stats::bump(counter, delivered);
     }
 
     fn on_tick(&mut self) -> std::io::Result<()> {
