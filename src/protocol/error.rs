@@ -41,11 +41,14 @@ pub enum ErrorCode {
     /// A `subscribe` would take the connection past the server's
     /// `max_subscriptions`.
     TooManySubscriptions,
+    /// The cluster backplane is unreachable and its buffer is full: the
+    /// message reached this node's clients only.
+    BackplaneUnavailable,
 }
 
 impl ErrorCode {
     /// How many codes there are (the length of per-code counter arrays).
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     /// Every code, in the order of per-code counters.
     pub const ALL: [ErrorCode; ErrorCode::COUNT] = [
@@ -63,6 +66,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::InvalidChannel,
         ErrorCode::TooManySubscriptions,
+        ErrorCode::BackplaneUnavailable,
     ];
 
     /// The wire string of this code.
@@ -82,6 +86,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::InvalidChannel => "invalid_channel",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::BackplaneUnavailable => "backplane_unavailable",
         }
     }
 

@@ -66,6 +66,11 @@ impl Interest {
         self.slots[slot].load(Ordering::Acquire)
     }
 
+    /// Sets `slot`'s count (the single writer of a table of remote counts).
+    pub(crate) fn set(&self, slot: usize, n: u32) {
+        self.slots[slot].store(n, Ordering::Release);
+    }
+
     /// The owner adds one subscriber to `slot` (single writer: no RMW).
     fn add(&self, slot: usize) {
         let s = &self.slots[slot];

@@ -141,6 +141,23 @@ macro_rules! server_settings {
             ///
             /// None = no endpoint, and no request timing.
             metrics_addr: Option<std::net::SocketAddr> = None,
+            /// Join a cluster: deliver broadcasts and publishes to the clients of
+            /// every node through Redis Streams at this
+            /// `redis://[user:pass@]host:port[/db]` URL.
+            ///
+            /// None (the default): one node. Never printed by `--print-config`
+            /// (it may hold a password). See src/cluster/.
+            [Secret] backplane: Option<String> = None,
+            /// This node's name in the cluster; default host:port plus a
+            /// random suffix (a restarted node joins as a new member).
+            node_id: Option<String> = None,
+            /// Bytes of broadcasts and publishes held for the backplane while
+            /// Redis is unreachable; past it, senders get
+            /// `backplane_unavailable` (their message reaches this node only).
+            ///
+            /// 64 MiB: about a minute of 1,000 small messages a second, kept in
+            /// order and written when Redis returns.
+            backplane_buffer_bytes: usize = 64 << 20,
             /// Kernel interface for socket I/O: auto (io_uring, falling back to
             /// epoll with one warning where io_uring is refused), io-uring
             /// (refuse to start without it) or epoll.

@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     pub handlers: HashMap<String, Arc<dyn Handler>>,
     /// The backend every shard runs on (`auto` resolved at build).
     pub io_backend: crate::io::Kind,
+    /// The cross-node backplane, with `--backplane`.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Shared {
@@ -136,6 +138,7 @@ impl Shared {
             start_time: TimestampCache::new().format(start_unix_ms).to_string(),
             handlers,
             io_backend,
+            cluster: None,
         }
     }
 
@@ -205,7 +208,21 @@ impl ServerBuilder {
             wake_fds.push(crate::io::sys::eventfd()?);
         }
         let fds: Vec<_> = wake_fds.iter().map(|fd| fd.as_raw_fd()).collect();
-        let shared = Arc::new(Shared::new(self.config, self.handlers, io_backend, &fds));
+        let cluster = match &self.config.backplane {
+            Some(url) => {
+                let id = self
+                    .config
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| crate::cluster::Cluster::default_node_id(local_addr));
+                let limit = self.config.backplane_buffer_bytes;
+                Some(crate::cluster::Cluster::new(url, id, limit).map_err(ServerError::Config)?)
+            }
+            None => None,
+        };
+        let mut shared = Shared::new(self.config, self.handlers, io_backend, &fds);
+        shared.cluster = cluster;
+        let shared = Arc::new(shared);
         Ok(Server {
             shared,
             listeners,
@@ -294,6 +311,11 @@ impl Server {
             let _ = handle.join();
             return Err(e);
         }
+        if let Err(e) = crate::cluster::Cluster::start(&handle.shared) {
+            handle.stop();
+            let _ = handle.join();
+            return Err(ServerError::Io(e));
+        }
         if let Some(l) = self.metrics_listener {
             match MetricsEndpoint::start(l, handle.shared.clone()) {
                 Ok(m) => handle.metrics = Some(m),
@@ -315,6 +337,7 @@ impl Server {
             addr = %handle.local_addr,
             shards = handle.shared.shards,
             pinned_cores = %pinned.join(","),
+            node_id = handle.shared.cluster.as_ref().map_or("", |c| c.node_id.as_str()),
             io_backend = handle.shared.io_backend.as_str(),
             features = %features.unwrap_or_default(),
             "ringcast listening"
@@ -394,6 +417,9 @@ impl ServerHandle {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(c) = &self.shared.cluster {
+            c.stop_and_join();
+        }
         if let Some(mut m) = self.metrics.take() {
             m.stop();
         }
@@ -415,6 +441,9 @@ impl Drop for ServerHandle {
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }
+        }
+        if let Some(c) = &self.shared.cluster {
+            c.stop_and_join();
         }
         if let Some(mut m) = self.metrics.take() {
             m.stop();

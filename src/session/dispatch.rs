@@ -128,9 +128,19 @@ pub(crate) fn handle_frame(
                     frame: Bytes::from(frame),
                     channel: None,
                 };
+                let remote = shared
+                    .cluster
+                    .as_ref()
+                    .map(|c| (c.try_send(&d.frame, None), c.remote_clients()));
                 outgoing.push((d, me.id));
-                let t = crate::server::stats::Totals::read(&shared.counters, per_shard);
-                message::write_broadcast_sent(buf, &req, t.connected.saturating_sub(1), now);
+                if let Some((false, _)) = remote {
+                    backplane_refused(counters, buf, &req);
+                } else {
+                    let t = crate::server::stats::Totals::read(&shared.counters, per_shard);
+                    let others = remote.map_or(0, |(_, n)| n);
+                    let n = t.connected.saturating_sub(1) + others;
+                    message::write_broadcast_sent(buf, &req, n, now);
+                }
             }
             RequestKind::Subscribe => {
                 let interest = &shared.interest[shard];
@@ -173,8 +183,19 @@ pub(crate) fn handle_frame(
                     frame: Bytes::from(frame),
                     channel: Some(Arc::from(channel)),
                 };
+                let remote = shared.cluster.as_ref().map(|c| {
+                    (
+                        c.try_send(&d.frame, d.channel.as_ref()),
+                        c.remote_subscribers(channel),
+                    )
+                });
                 outgoing.push((d, me.id));
-                message::write_published(buf, &req, recipients, now);
+                if let Some((false, _)) = remote {
+                    backplane_refused(counters, buf, &req);
+                } else {
+                    let others = remote.map_or(0, |(_, n)| n);
+                    message::write_published(buf, &req, recipients + others, now);
+                }
             }
             RequestKind::GetStats => {
                 let t = shared.totals(per_shard);
@@ -225,6 +246,24 @@ pub(crate) fn handle_frame(
         }
         ControlFlow::Continue(())
     })
+}
+
+/// Answers a broadcast or publish that reached this node's clients only:
+/// the backplane is down and its buffer full.
+fn backplane_refused(
+    counters: &crate::server::stats::ShardCounters,
+    buf: &mut Vec<u8>,
+    req: &crate::protocol::Request<'_, '_>,
+) {
+    counters.error(ErrorCode::BackplaneUnavailable);
+    message::write_error(
+        buf,
+        req.id.as_ref(),
+        ErrorCode::BackplaneUnavailable,
+        "the cluster backplane is unreachable and its buffer is full: \
+         delivered to this node's clients only",
+        Some(req.type_name),
+    );
 }
 
 /// Compares secrets in time independent of where they differ.

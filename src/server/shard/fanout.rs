@@ -57,7 +57,8 @@ impl Shard<'_> {
     pub(super) fn deliver_broadcasts(&mut self) {
         let shared = self.env.shared;
         let mut outgoing = std::mem::take(&mut self.env.outgoing);
-        let busy = !outgoing.is_empty() && self.fanout_busy();
+        let sent_any = !outgoing.is_empty();
+        let busy = sent_any && self.fanout_busy();
         let use_ring = shared.config.wake == WakeMode::MsgRing;
         for (d, sender) in outgoing.drain(..) {
             let slot = d.channel.as_deref().map(slot_of);
@@ -81,6 +82,11 @@ impl Shard<'_> {
             self.deliver_local(&d, Some(sender));
         }
         self.env.outgoing = outgoing;
+        if sent_any {
+            if let Some(c) = &shared.cluster {
+                c.wake_writer();
+            }
+        }
         let mut inbound = Vec::new();
         shared.mailboxes[self.id].drain(|d| inbound.push(d));
         for d in inbound {
