@@ -159,6 +159,7 @@ impl Shard {
                                 subscriptions: 3,
                                 publishes: 4,
                                 channel_deliveries: 5,
+                                cluster: None,
                             };
                             write_server_stats(out, req.id.as_ref(), &report)
                         }

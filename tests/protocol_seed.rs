@@ -411,6 +411,7 @@ fn server_stats_matches_seed_plus_extras() {
         subscriptions: 12,
         publishes: 30,
         channel_deliveries: 300,
+        cluster: None,
     };
     let mut out = Vec::new();
     with_request(SEED_GET_STATS, |r| {

@@ -423,6 +423,24 @@ pub struct StatsReport<'a> {
     pub publishes: u64,
     /// `channel_message` frames queued to subscribers.
     pub channel_deliveries: u64,
+    /// The cluster, when the server runs with a backplane.
+    pub cluster: Option<ClusterReport<'a>>,
+}
+
+/// `cluster` in `server_stats`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterReport<'a> {
+    /// This node's id.
+    pub node_id: &'a str,
+    /// Nodes alive (heartbeats not expired), this one included.
+    pub nodes: u64,
+    /// Clients connected over all nodes (the others' from their last
+    /// heartbeats).
+    pub connected_clients: u64,
+    /// `connected` or `reconnecting`.
+    pub backplane: &'a str,
+    /// Bytes held for the backplane, not yet written to Redis.
+    pub buffered_bytes: u64,
 }
 
 /// `server_stats`: the seed's five fields first, then ours.
@@ -459,6 +477,15 @@ pub fn write_server_stats(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, s: 
         o.u64("subscriptions", s.subscriptions);
         o.u64("publishes", s.publishes);
         o.u64("channel_deliveries", s.channel_deliveries);
+        if let Some(c) = &s.cluster {
+            let mut w = ObjectWriter::new(o.key("cluster"));
+            w.str("node_id", c.node_id);
+            w.u64("nodes", c.nodes);
+            w.u64("connected_clients", c.connected_clients);
+            w.raw_str("backplane", c.backplane);
+            w.u64("buffered_bytes", c.buffered_bytes);
+            w.finish();
+        }
     });
 }
 
@@ -538,4 +565,22 @@ pub struct ServerStats {
     /// Channel message deliveries.
     #[serde(default)]
     pub channel_deliveries: u64,
+    /// The cluster (absent without a backplane).
+    #[serde(default)]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// `cluster` in `server_stats`, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    /// This node's id.
+    pub node_id: String,
+    /// Nodes alive.
+    pub nodes: u64,
+    /// Clients over all nodes.
+    pub connected_clients: u64,
+    /// `connected` or `reconnecting`.
+    pub backplane: String,
+    /// Bytes waiting to be written to Redis.
+    pub buffered_bytes: u64,
 }

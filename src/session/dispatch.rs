@@ -227,6 +227,16 @@ pub(crate) fn handle_frame(
                     subscriptions: t.subscriptions,
                     publishes: t.messages_of(RequestKind::Publish),
                     channel_deliveries: t.channel_deliveries,
+                    cluster: shared.cluster.as_ref().map(|c| {
+                        let f = c.figures();
+                        message::ClusterReport {
+                            node_id: f.node_id,
+                            nodes: f.nodes,
+                            connected_clients: t.connected + f.remote_clients,
+                            backplane: f.backplane,
+                            buffered_bytes: f.buffered_bytes,
+                        }
+                    }),
                 };
                 message::write_server_stats(buf, req.id.as_ref(), &report);
             }
