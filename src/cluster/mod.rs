@@ -48,6 +48,12 @@ pub const BATCH_ENTRIES: usize = 512;
 /// How long XREAD blocks when there is nothing to read (the reader checks
 /// for a stop this often).
 const READ_BLOCK_MS: usize = 500;
+/// While Redis is up but this many bytes wait to be written, publishers
+/// are paused like any fan-out backpressure (src/server/shard/fanout.rs):
+/// the backplane, not a queue, sets their pace. 1 MiB is thousands of
+/// small messages, a few pipelines' worth: enough to keep the writer busy,
+/// small enough that waiting in it adds milliseconds, not seconds.
+pub const PAUSE_PUBLISHERS_BYTES: usize = 1 << 20;
 /// Heartbeat period; membership and remote counts are this fresh.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node whose heartbeat is older than this has left: three missed beats,
@@ -203,6 +209,14 @@ impl Cluster {
     /// Clients on the other nodes (their last heartbeats).
     pub fn remote_clients(&self) -> u64 {
         self.remote_clients.load(Ordering::Relaxed)
+    }
+
+    /// Whether publishers should wait for the backplane: Redis is up and
+    /// more than [`PAUSE_PUBLISHERS_BYTES`] wait to be written. (While it is
+    /// down, nothing is paused: the bounded buffer and `backplane_unavailable`
+    /// take over.)
+    pub fn backlogged(&self) -> bool {
+        self.is_up() && self.buffered.load(Ordering::Relaxed) > PAUSE_PUBLISHERS_BYTES
     }
 
     /// Whether Redis is reachable now.
@@ -378,7 +392,13 @@ fn writer_main(shared: &Shared) {
             match pipe.query::<()>(conn) {
                 Ok(()) => {
                     let bytes: usize = pending.drain(..n).map(|p| p.out.frame.len()).sum();
-                    c.buffered.fetch_sub(bytes, Ordering::AcqRel);
+                    let was = c.buffered.fetch_sub(bytes, Ordering::AcqRel);
+                    if was > PAUSE_PUBLISHERS_BYTES && was - bytes <= PAUSE_PUBLISHERS_BYTES {
+                        // Shards with paused publishers may be asleep.
+                        for m in shared.mailboxes.iter() {
+                            m.wake_external();
+                        }
+                    }
                     c.written.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 // Kept, in order, for the next connection. A batch that

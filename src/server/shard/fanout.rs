@@ -15,13 +15,15 @@ use crate::server::WakeMode;
 const FANOUT_BACKLOG_LIMIT: usize = 4 * PUSH_FLUSH_BUDGET;
 
 impl Shard<'_> {
-    /// Whether broadcast fan-out is behind on any shard.
+    /// Whether broadcast fan-out is behind on any shard, or the cluster
+    /// backplane behind writing to Redis.
     pub(super) fn fanout_busy(&self) -> bool {
-        self.env
-            .shared
+        let shared = self.env.shared;
+        shared
             .mailboxes
             .iter()
             .any(|m| m.backlog() > FANOUT_BACKLOG_LIMIT)
+            || shared.cluster.as_ref().is_some_and(|c| c.backlogged())
     }
 
     /// Publishes this shard's fan-out backlog and resumes publishers paused
