@@ -1,8 +1,11 @@
 //! The epoll backend, for hosts that refuse io_uring.
 //!
-//! One epoll instance per shard, **edge-triggered**: each socket is
-//! registered once for input and output and never modified again, so a
-//! pause, a resume or a blocked send costs no `epoll_ctl`. The price of
+//! One epoll instance per shard. Input is **edge-triggered**: a pause or a
+//! resume costs no `epoll_ctl`. Output interest is added only while a send
+//! waits for room (one `epoll_ctl` each way), since a socket registered for
+//! `EPOLLOUT` for good wakes the loop whenever an ACK frees send buffer.
+//! Chosen by measurement against level-triggered and always-`EPOLLOUT`
+//! edge-triggered variants: bench-results/README.md. The price of
 //! edges is remembering readiness ourselves: a connection whose last read
 //! filled the buffer, or that was paused while readable, stays on the
 //! `ready` list and is read in a later `poll` without waiting for a new
@@ -29,6 +32,12 @@ const LISTENER: u64 = u64::MAX;
 const WAKER: u64 = u64::MAX - 1;
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 1024;
+/// A connection's interest: input, edge-triggered (a pause or resume costs
+/// no `epoll_ctl`) ...
+const INPUT: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+/// ... and output only while a send waits for room: registered for good,
+/// `EPOLLOUT` would wake the loop for every ACK that frees send buffer.
+const INPUT_OUTPUT: u32 = INPUT | libc::EPOLLOUT as u32;
 /// Connections accepted per `poll`, so a connect storm cannot starve the
 /// connections already served; the rest wait for the next `poll`.
 const ACCEPTS_PER_POLL: usize = 256;
@@ -74,6 +83,12 @@ pub struct EpollDriver {
     events: Vec<libc::epoll_event>,
 }
 
+fn ctl(epfd: RawFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` is a live local the kernel reads during the call.
+    cvt(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
+}
+
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -113,9 +128,7 @@ impl EpollDriver {
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events, u64: data };
-        // SAFETY: `ev` is a live local the kernel reads during the call.
-        cvt(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev) }).map(drop)
+        ctl(self.epfd.as_raw_fd(), op, fd, events, data)
     }
 
     pub(super) fn features(&self) -> String {
@@ -145,8 +158,12 @@ impl EpollDriver {
 
     pub(super) fn add(&mut self, token: Token, stream: TcpStream) -> io::Result<()> {
         stream.set_nonblocking(true)?;
-        let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
-        self.ctl(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), ev, token.0 as u64)?;
+        self.ctl(
+            libc::EPOLL_CTL_ADD,
+            stream.as_raw_fd(),
+            INPUT,
+            token.0 as u64,
+        )?;
         if self.conns.len() <= token.0 {
             self.conns.resize_with(token.0 + 1, || None);
         }
@@ -184,7 +201,11 @@ impl EpollDriver {
         let c = self.conns[token.0].as_mut().expect("send on a live token");
         debug_assert!(c.blocked.is_none(), "one send in flight per connection");
         match writev(&c.stream, &batch) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.blocked = Some(batch),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.blocked = Some(batch);
+                let (epfd, fd) = (self.epfd.as_raw_fd(), c.stream.as_raw_fd());
+                ctl(epfd, libc::EPOLL_CTL_MOD, fd, INPUT_OUTPUT, token.0 as u64)?;
+            }
             r => self.done.push_back(Done::Sent(token, batch, r)),
         }
         Ok(())
@@ -289,6 +310,7 @@ impl EpollDriver {
     }
 
     fn on_ready(&mut self, key: usize, flags: u32, on_event: &mut impl FnMut(Event<'_>)) {
+        let epfd = self.epfd.as_raw_fd();
         let Some(c) = self.conns.get_mut(key).and_then(Option::as_mut) else {
             return;
         };
@@ -304,7 +326,13 @@ impl EpollDriver {
             if let Some(b) = c.blocked.take() {
                 match writev(&c.stream, &b) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.blocked = Some(b),
-                    r => on_event(Event::Sent(Token(key), b, r)),
+                    r => {
+                        on_event(Event::Sent(Token(key), b, r));
+                        // Room again: stop hearing about output. On failure
+                        // the next blocked send re-registers it anyway.
+                        let fd = c.stream.as_raw_fd();
+                        let _ = ctl(epfd, libc::EPOLL_CTL_MOD, fd, INPUT, key as u64);
+                    }
                 }
             }
         }

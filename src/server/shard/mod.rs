@@ -145,6 +145,11 @@ impl Shard<'_> {
         loop {
             self.flush()?;
             self.update_fanout();
+            if !self.touched.is_empty() {
+                // Publishers the fan-out just let go: resume their reading
+                // now, not after a poll that may sleep until the next tick.
+                self.settle()?;
+            }
             let timeout = if self.pushes.is_empty() {
                 Duration::from_millis(self.next_tick.saturating_sub(self.env.now_mono_ms))
             } else {
