@@ -7,6 +7,7 @@
 //! - [`io`]: the backend seam, with io_uring and epoll behind it (the only
 //!   `unsafe`, and the only raw io_uring).
 //! - [`server`]: shard loop, admission, fan-out, stats, metrics, config.
+//! - [`cluster`]: delivery across nodes over Redis Streams (`--backplane`).
 //! - [`client`]: a blocking client library with reconnection and a pool.
 //! - [`bench`]: the load generator.
 //! - [`tls`]: what TLS endpoints share (crypto provider, PEM files).
@@ -16,6 +17,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod io;
 pub mod protocol;
 pub mod server;

@@ -76,7 +76,7 @@ fn count_allocs(f: impl FnOnce()) -> u64 {
     n
 }
 
-static BY_TYPE: [(&str, u64); 7] = [
+static BY_TYPE: [(&str, u64); 10] = [
     ("ping", 10),
     ("echo", 20),
     ("broadcast", 3),
@@ -84,6 +84,9 @@ static BY_TYPE: [(&str, u64); 7] = [
     ("message", 0),
     ("auth", 0),
     ("custom", 0),
+    ("subscribe", 2),
+    ("unsubscribe", 1),
+    ("publish", 4),
 ];
 static BY_CODE: [(&str, u64); 2] = [("invalid_json", 1), ("unknown_type", 2)];
 static PER_SHARD: [u64; 2] = [4, 5];
@@ -153,6 +156,11 @@ impl Shard {
                                 partial_frame_bytes: 4096,
                                 io_backend: "io-uring",
                                 tls_handshake_failures: &[],
+                                channels: 2,
+                                subscriptions: 3,
+                                publishes: 4,
+                                channel_deliveries: 5,
+                                cluster: None,
                             };
                             write_server_stats(out, req.id.as_ref(), &report)
                         }

@@ -77,3 +77,27 @@ fn broadcast_workload_times_deliveries() {
     assert_eq!(r.messages, r.latency_us.count);
     s.shutdown();
 }
+
+#[test]
+fn pubsub_workload_subscribes_every_subscriber_and_times_deliveries() {
+    let s = server();
+    let mut c = config(s.local_addr(), Workload::Pubsub);
+    c.publishers = 2;
+    c.channels = 3;
+    c.subscribers = 4;
+    c.pipeline = 2;
+    let r = bench::run(c).unwrap();
+    assert_eq!(r.errors, 0, "{}", r.to_text());
+    assert_eq!(r.connections, 2 + 3 * 4);
+    assert!(r.deliveries_per_sec > 0.0, "{}", r.to_text());
+    assert_eq!(r.messages, r.latency_us.count);
+    let mut probe = support::wire::Client::connect(s.local_addr());
+    let stats = probe.stats();
+    assert!(stats["publishes"].as_u64() > Some(0), "{stats}");
+    support::wait::wait_until(
+        Duration::from_secs(5),
+        "the bench's subscriptions to go with its connections",
+        || probe.stats()["subscriptions"] == 0,
+    );
+    s.shutdown();
+}

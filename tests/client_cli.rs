@@ -273,3 +273,51 @@ fn performance_reports_rate_and_percentiles() {
     assert!(v["msgs_per_s"].as_f64().unwrap() > 0.0);
     server.stop();
 }
+
+#[test]
+fn interactive_subscribes_publishes_and_prints_channel_messages() {
+    let server = Backend::start();
+    let addr = server.addr().to_string();
+    let other = Client::connect_with(server.addr(), ClientConfig::default()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["client", "interactive", "--addr", &addr])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = LogLines::new(child.stdout.take().unwrap());
+    let wait_for = |needle: &str, out: &mut LogLines| {
+        if out.wait_for_text(needle, Duration::from_secs(20)).is_none() {
+            panic!("never saw {needle:?} in:\n{}", out.seen.join("\n"));
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"/sub news\n").unwrap();
+    wait_for("subscribed news (1 channel now", &mut out);
+    assert_eq!(other.publish("news", "extra extra").unwrap(), 1);
+    wait_for("extra extra", &mut out);
+    let from = format!("[news from {}] extra extra", other.local_addr().unwrap());
+    assert!(
+        out.seen.iter().any(|l| l == &from),
+        "{}",
+        out.seen.join("\n")
+    );
+    stdin.write_all(b"/pub news to myself\n").unwrap();
+    // The answer and the pushed message are printed by two threads, in
+    // either order.
+    wait_for("published to news for 1 subscriber", &mut out);
+    if !out.seen.iter().any(|l| l.ends_with("] to myself")) {
+        wait_for("] to myself", &mut out);
+    }
+    stdin.write_all(b"/unsub news\n").unwrap();
+    wait_for("unsubscribed news (0 channels now", &mut out);
+    assert_eq!(other.publish("news", "unheard").unwrap(), 0);
+    drop(stdin); // EOF
+    let status = wait_exit(&mut child, Duration::from_secs(20)).expect("no exit at EOF");
+    assert_eq!(status.code(), Some(0));
+    assert!(!out.seen.join("\n").contains("unheard"));
+    drop(other);
+    server.stop();
+}

@@ -428,3 +428,60 @@ fn connect_errors_are_reported() {
         Err(ClientError::Io(_))
     ));
 }
+
+#[test]
+fn channels_through_the_library() {
+    let server = Backend::start();
+    let sub = Client::connect_with(server.addr(), client_config()).unwrap();
+    let publisher = Client::connect_with(server.addr(), client_config()).unwrap();
+    let rx = sub.messages();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    sub.set_message_callback(move |e| {
+        if let Event::Message(m) = e {
+            if m.kind() == "channel_message" {
+                s2.lock().unwrap().push(m.get("content").cloned());
+            }
+        }
+    });
+    assert_eq!(sub.subscribe("news").unwrap(), 1);
+    assert_eq!(sub.subscribe("sport").unwrap(), 2);
+    assert_eq!(publisher.publish("news", json!({"n": 1})).unwrap(), 1);
+    assert_eq!(publisher.publish("weather", "nobody").unwrap(), 0);
+    let m = next_event(&rx, |e| match e {
+        Event::Message(m) if m.kind() == "channel_message" => Some(m.clone()),
+        _ => None,
+    });
+    assert_eq!(m.get_str("channel"), Some("news"));
+    assert_eq!(m.get("content"), Some(&json!({"n": 1})));
+    assert_eq!(
+        m.get_str("from"),
+        Some(publisher.local_addr().unwrap().to_string().as_str())
+    );
+    wait_until(LIMIT, "the callback to see the message too", || {
+        seen.lock().unwrap().as_slice() == [Some(json!({"n": 1}))]
+    });
+    assert_eq!(sub.unsubscribe("news").unwrap(), 1);
+    assert_eq!(
+        sub.unsubscribe("news").unwrap(),
+        1,
+        "not subscribed: no error"
+    );
+    assert_eq!(publisher.publish("news", "gone").unwrap(), 0);
+    // Bad names are refused before they are sent.
+    for bad in ["", "a\u{1}b"] {
+        match sub.subscribe(bad) {
+            Err(ClientError::InvalidArgument(why)) => assert!(why.contains("channel"), "{why}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        publisher.publish(&"x".repeat(257), 1),
+        Err(ClientError::InvalidArgument(_))
+    ));
+    let stats = publisher.get_stats().unwrap();
+    assert_eq!(stats.subscriptions, 1);
+    assert_eq!(stats.publishes, 3);
+    assert_eq!(stats.channel_deliveries, 1);
+    server.stop();
+}

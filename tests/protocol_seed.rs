@@ -361,7 +361,7 @@ const SEED_STATS_KEYS: [&str; 6] = [
     "current_time",
 ];
 
-const EXTRA_STATS_KEYS: [&str; 15] = [
+const EXTRA_STATS_KEYS: [&str; 19] = [
     "shards",
     "total_connections",
     "messages_by_type",
@@ -377,6 +377,10 @@ const EXTRA_STATS_KEYS: [&str; 15] = [
     "partial_frame_bytes",
     "io_backend",
     "tls_handshake_failures",
+    "channels",
+    "subscriptions",
+    "publishes",
+    "channel_deliveries",
 ];
 
 #[test]
@@ -405,6 +409,11 @@ fn server_stats_matches_seed_plus_extras() {
         partial_frame_bytes: 65536,
         io_backend: "io-uring",
         tls_handshake_failures: &[("malformed", 0)],
+        channels: 5,
+        subscriptions: 12,
+        publishes: 30,
+        channel_deliveries: 300,
+        cluster: None,
     };
     let mut out = Vec::new();
     with_request(SEED_GET_STATS, |r| {
@@ -447,12 +456,23 @@ fn server_stats_matches_seed_plus_extras() {
     assert_eq!(v["rss_bytes"], 10 << 20);
     assert_eq!(v["partial_frame_bytes"], 65536);
     assert_eq!(v["io_backend"], "io-uring");
+    assert_eq!(
+        (
+            &v["channels"],
+            &v["subscriptions"],
+            &v["publishes"],
+            &v["channel_deliveries"]
+        ),
+        (&json!(5), &json!(12), &json!(30), &json!(300))
+    );
     // And the client-side type reads it back.
     let stats: ServerStats = serde_json::from_value(v).unwrap();
     assert_eq!(stats.total_messages, 1250);
     assert_eq!(stats.messages_by_type["echo"], 200);
     assert_eq!(stats.connections_per_shard, vec![2, 1]);
     assert_eq!(stats.partial_frame_bytes, 65536);
+    assert_eq!((stats.channels, stats.subscriptions), (5, 12));
+    assert_eq!((stats.publishes, stats.channel_deliveries), (30, 300));
     // A seed-only server's stats (no extras) also deserialize.
     let stats: ServerStats = serde_json::from_value(seed).unwrap();
     assert_eq!(stats.connected_clients, 3);

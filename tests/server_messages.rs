@@ -158,7 +158,8 @@ fn get_stats_fields() {
     assert_eq!(u64_of(&v, "total_connections"), 3);
     assert_eq!(
         v["messages_by_type"],
-        json!({"ping": 2, "echo": 1, "broadcast": 1, "get_stats": 1, "message": 1, "auth": 0, "custom": 0})
+        json!({"ping": 2, "echo": 1, "broadcast": 1, "get_stats": 1, "message": 1, "auth": 0,
+               "custom": 0, "subscribe": 0, "unsubscribe": 0, "publish": 0})
     );
     assert!(u64_of(&v, "bytes_received") > 0);
     assert!(u64_of(&v, "bytes_sent") > 0);
@@ -166,7 +167,7 @@ fn get_stats_fields() {
     assert_eq!(u64_of(&v, "slow_consumer_disconnects"), 0);
     assert_eq!(u64_of(&v, "protocol_errors"), 1);
     let codes = v["errors_by_code"].as_object().unwrap();
-    assert_eq!(codes.len(), 12, "{v}");
+    assert_eq!(codes.len(), ringcast::protocol::ErrorCode::COUNT, "{v}");
     for code in ringcast::protocol::ErrorCode::ALL {
         let want = u64::from(code.as_str() == "invalid_json");
         assert_eq!(codes[code.as_str()], want, "{code}: {v}");

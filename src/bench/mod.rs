@@ -32,6 +32,10 @@ pub enum Workload {
     Echo,
     /// Publishers broadcast to subscribers; latency is publish → delivery.
     Broadcast,
+    /// `channels` channels with `subscribers` subscribers each; every
+    /// publisher publishes to the channels in turn; latency is publish →
+    /// delivery.
+    Pubsub,
     /// `get_stats`.
     Stats,
     /// 45 % ping, 45 % echo, 10 % get_stats.
@@ -46,10 +50,11 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in the order `--help` lists them.
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 8] = [
         Workload::Ping,
         Workload::Echo,
         Workload::Broadcast,
+        Workload::Pubsub,
         Workload::Stats,
         Workload::Mixed,
         Workload::Connections,
@@ -62,6 +67,7 @@ impl Workload {
             Workload::Ping => "ping",
             Workload::Echo => "echo",
             Workload::Broadcast => "broadcast",
+            Workload::Pubsub => "pubsub",
             Workload::Stats => "stats",
             Workload::Mixed => "mixed",
             Workload::Connections => "connections",
@@ -77,6 +83,10 @@ crate::server::config::named_choices!(Workload, name, "workload");
 pub struct BenchConfig {
     /// Server address.
     pub addr: SocketAddr,
+    /// More servers (nodes of one cluster): connections are dealt round
+    /// robin over `addr` and these, so publishers and subscribers sit on
+    /// every node.
+    pub more_addrs: Vec<SocketAddr>,
     /// Workload.
     pub workload: Workload,
     /// Generator threads.
@@ -99,8 +109,10 @@ pub struct BenchConfig {
     pub warmup: Duration,
     /// Broadcast publishers.
     pub publishers: usize,
-    /// Broadcast subscribers.
+    /// Broadcast subscribers; pubsub: subscribers per channel.
     pub subscribers: usize,
+    /// Pubsub: channels.
+    pub channels: usize,
     /// Source addresses 127.0.0.1..=N (connections workload).
     pub source_ips: usize,
     /// Print a progress line each second (to stderr).
@@ -119,6 +131,7 @@ impl Default for BenchConfig {
     fn default() -> Self {
         BenchConfig {
             addr: crate::server::config::DEFAULT_ADDR.parse().expect("valid"),
+            more_addrs: Vec::new(),
             workload: Workload::Echo,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -133,6 +146,7 @@ impl Default for BenchConfig {
             warmup: Duration::from_secs(1),
             publishers: 1,
             subscribers: 100,
+            channels: 10,
             source_ips: 1,
             progress: true,
             label: String::new(),
@@ -230,6 +244,18 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
             let n = r.len();
             (r, n)
         }
+        Workload::Pubsub => {
+            if config.publishers == 0 || config.channels == 0 {
+                return Err(BenchError::Config(
+                    "pubsub needs at least one publisher and one channel".into(),
+                ));
+            }
+            let mut r = vec![Role::Publisher; config.publishers];
+            let subscribers = config.channels.saturating_mul(config.subscribers);
+            r.extend(std::iter::repeat_n(Role::Subscriber, subscribers));
+            let n = r.len();
+            (r, n)
+        }
         _ => {
             if config.connections == 0 {
                 return Err(BenchError::Config("need at least one connection".into()));
@@ -243,10 +269,32 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let threads = threads.min(conns_total);
     let mut config = config;
     config.threads = threads;
-    // Deal connections round-robin so every thread gets a mix of roles.
-    let mut per_thread: Vec<Vec<Role>> = vec![Vec::new(); threads];
+    // Deal connections round-robin so every thread gets a mix of roles,
+    // and every server (node) a share of each role. Each connection's
+    // channel: a subscriber's is the one it joins (S per channel), a
+    // publisher's the one it starts its rotation at.
+    let servers: Vec<SocketAddr> = std::iter::once(config.addr)
+        .chain(config.more_addrs.iter().copied())
+        .collect();
+    let mut per_thread: Vec<Vec<worker::Slot>> = vec![Vec::new(); threads];
+    let (mut publisher, mut subscriber) = (0usize, 0usize);
     for (i, r) in roles.iter().enumerate() {
-        per_thread[i % threads].push(*r);
+        let channel = match r {
+            Role::Publisher => {
+                publisher += 1;
+                publisher - 1
+            }
+            Role::Subscriber => {
+                subscriber += 1;
+                (subscriber - 1) % config.channels.max(1)
+            }
+            Role::Requester => 0,
+        };
+        per_thread[i % threads].push(worker::Slot {
+            role: *r,
+            server: servers[i % servers.len()],
+            channel,
+        });
     }
     let senders = roles
         .iter()
@@ -270,7 +318,7 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
             .map(|n| n / threads as u64 + u64::from((i as u64) < n % threads as u64));
         let plan = Plan {
             index: i,
-            roles,
+            slots: roles,
             request_budget: budget,
             rate_per_conn,
             source_ips: source_ips(config.source_ips),
@@ -346,14 +394,18 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     } else {
         config.duration.as_secs_f64()
     };
-    let messages = if config.workload == Workload::Broadcast {
+    let messages = if matches!(config.workload, Workload::Broadcast | Workload::Pubsub) {
         deliveries
     } else {
         responses
     };
     let report = Report {
         label: config.label.clone(),
-        addr: config.addr.to_string(),
+        addr: servers
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         workload: config.workload.name().into(),
         connections: conns_total,
         pipeline: config.pipeline,

@@ -131,7 +131,7 @@ pub struct Report {
     pub msgs_per_sec: f64,
     /// Megabytes (10^6) per second received.
     pub mb_per_sec: f64,
-    /// Broadcast deliveries per second (broadcast workload).
+    /// Deliveries per second (broadcast and pubsub workloads).
     pub deliveries_per_sec: f64,
     /// Latency in microseconds.
     pub latency_us: Latency,
@@ -175,7 +175,7 @@ impl Report {
         if self.deliveries_per_sec > 0.0 {
             let _ = writeln!(
                 s,
-                "  {:>14.0} broadcast deliveries/s",
+                "  {:>14.0} deliveries/s (broadcast or channel messages received)",
                 self.deliveries_per_sec
             );
         }

@@ -31,13 +31,24 @@ pub enum Role {
     Subscriber,
 }
 
+/// One connection of a thread's share.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    /// What it does.
+    pub role: Role,
+    /// The server it connects to.
+    pub server: SocketAddr,
+    /// Pubsub: the channel a subscriber joins, or where a publisher starts.
+    pub channel: usize,
+}
+
 /// One thread's share of the run.
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Thread index.
     pub index: usize,
-    /// Roles of this thread's connections.
-    pub roles: Vec<Role>,
+    /// This thread's connections.
+    pub slots: Vec<Slot>,
     /// Requests this thread may send in total (None = until the end time).
     pub request_budget: Option<u64>,
     /// Open loop: messages/s per connection (None = closed loop).
@@ -69,6 +80,8 @@ pub struct Outcome {
 
 struct Conn {
     role: Role,
+    server: SocketAddr,
+    channel: usize,
     decoder: FrameDecoder,
     /// Requests queued this turn (sent at the end of the turn).
     out: Vec<u8>,
@@ -173,6 +186,55 @@ impl Requests {
     }
 }
 
+/// The name of pubsub channel `n`.
+fn channel_name(n: usize) -> String {
+    format!("bench-{n}")
+}
+
+/// Connects (and authenticates) like [`connect_auth`]; a pubsub subscriber
+/// then joins its channel before the connection joins the ring.
+fn connect_slot(
+    cfg: &super::BenchConfig,
+    slot: &Slot,
+    src: Option<IpAddr>,
+    tls: Option<&super::tls::BenchTls>,
+) -> io::Result<(TcpStream, Option<rustls::ClientConnection>)> {
+    let (mut sock, mut conn) = connect_auth(slot.server, src, cfg.token.as_deref(), tls)?;
+    if cfg.workload == Workload::Pubsub && slot.role == Role::Subscriber {
+        let mut payload = Vec::new();
+        let mut o = ObjectWriter::new(&mut payload);
+        o.raw_str("type", "subscribe");
+        o.str("channel", &channel_name(slot.channel));
+        o.finish();
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let reply = {
+            let mut s = super::tls::stream(&mut sock, conn.as_mut());
+            super::conns::roundtrip(&mut *s, &payload)?
+        };
+        sock.set_read_timeout(None)?;
+        if !reply.starts_with(br#"{"type":"subscribed""#) {
+            return Err(io::Error::other(format!(
+                "subscribe refused: {}",
+                String::from_utf8_lossy(&reply)
+            )));
+        }
+    }
+    Ok((sock, conn))
+}
+
+/// Writes a publish to `channel` whose content starts with the publish time.
+fn write_publish(out: &mut Vec<u8>, channel: &str, now_ns: u64, pad: &str) {
+    let st = frame::begin_frame(out);
+    out.extend_from_slice(br#"{"type":"publish","channel":""#);
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(br#"","content":"t="#);
+    crate::protocol::json::write_u64(out, now_ns);
+    out.push(b';');
+    out.extend_from_slice(pad.as_bytes());
+    out.extend_from_slice(br#""}"#);
+    frame::finish_frame(out, st);
+}
+
 /// Writes a broadcast whose content starts with the publish time.
 fn write_broadcast(out: &mut Vec<u8>, now_ns: u64, pad: &str) {
     let st = frame::begin_frame(out);
@@ -204,7 +266,9 @@ pub fn publish_time(payload: &[u8]) -> Option<u64> {
 /// What kind of frame a response is, from its first bytes (servers write
 /// `type` first); anything else is parsed to be sure.
 fn frame_type(payload: &[u8]) -> FrameKind {
-    if payload.starts_with(br#"{"type":"broadcast_message""#) {
+    if payload.starts_with(br#"{"type":"broadcast_message""#)
+        || payload.starts_with(br#"{"type":"channel_message""#)
+    {
         return FrameKind::Broadcast;
     }
     if payload.starts_with(br#"{"type":"error""#) {
@@ -221,7 +285,7 @@ fn frame_type(payload: &[u8]) -> FrameKind {
         .and_then(|v| v.get("type"))
         .and_then(|t| t.as_str())
     {
-        Some("broadcast_message") => FrameKind::Broadcast,
+        Some("broadcast_message" | "channel_message") => FrameKind::Broadcast,
         Some("error") | None => FrameKind::Error,
         Some(_) => FrameKind::Response,
     }
@@ -300,8 +364,8 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
     };
     // TLS: where records are decrypted, one full record at a time at least.
     let mut plain_buf = vec![0u8; if tls.is_some() { 64 << 10 } else { 0 }];
-    let mut conns: Vec<Conn> = Vec::with_capacity(plan.roles.len());
-    let mut streams = Vec::with_capacity(plan.roles.len());
+    let mut conns: Vec<Conn> = Vec::with_capacity(plan.slots.len());
+    let mut streams = Vec::with_capacity(plan.slots.len());
     let mut out = Outcome {
         hist: new_histogram(),
         responses: 0,
@@ -318,17 +382,19 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
         .connect_rate
         .filter(|r| *r > 0)
         .map(|r| Duration::from_secs_f64(cfg.threads as f64 / r as f64));
-    for (i, role) in plan.roles.iter().enumerate() {
+    for (i, slot) in plan.slots.iter().enumerate() {
         let src = if plan.source_ips.is_empty() {
             None
         } else {
             Some(plan.source_ips[i % plan.source_ips.len()])
         };
-        let (stream, conn_tls) = connect_auth(cfg.addr, src, cfg.token.as_deref(), tls.as_ref())
-            .map_err(|e| io::Error::new(e.kind(), format!("connecting to {}: {e}", cfg.addr)))?;
+        let (stream, conn_tls) = connect_slot(cfg, slot, src, tls.as_ref())
+            .map_err(|e| io::Error::new(e.kind(), format!("connecting to {}: {e}", slot.server)))?;
         streams.push(stream);
         conns.push(Conn {
-            role: *role,
+            role: slot.role,
+            server: slot.server,
+            channel: slot.channel,
             decoder: FrameDecoder::new(64 << 20),
             out: Vec::with_capacity(4096),
             leftover: None,
@@ -355,6 +421,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
         .get(..cfg.size.saturating_sub(24))
         .unwrap_or("")
         .to_string();
+    let channel_names: Vec<String> = (0..cfg.channels.max(1)).map(channel_name).collect();
     let mut batches: Vec<SendBatch> = Vec::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut straddle_pool = BoundedPool::new(4 << 20, 64 << 20);
@@ -375,6 +442,13 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
         }
         match c.role {
             Role::Subscriber => return false,
+            Role::Publisher if cfg.workload == Workload::Pubsub => {
+                // Each publisher cycles through every channel, starting at
+                // its own, so the channels share the load evenly.
+                let ch = (c.channel as u64 + c.counter) % channel_names.len() as u64;
+                c.counter += 1;
+                write_publish(&mut c.out, &channel_names[ch as usize], now, &pad);
+            }
             Role::Publisher => write_broadcast(&mut c.out, now, &pad),
             Role::Requester => {
                 let f = match cfg.workload {
@@ -527,9 +601,12 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
             if !sending {
                 continue;
             }
-            if let Ok((s, conn_tls)) =
-                connect_auth(cfg.addr, None, cfg.token.as_deref(), tls.as_ref())
-            {
+            let slot = Slot {
+                role: conns[i].role,
+                server: conns[i].server,
+                channel: conns[i].channel,
+            };
+            if let Ok((s, conn_tls)) = connect_slot(cfg, &slot, None, tls.as_ref()) {
                 let c = &mut conns[i];
                 c.tls = conn_tls.map(Box::new);
                 c.decoder = FrameDecoder::new(64 << 20);

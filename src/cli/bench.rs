@@ -52,9 +52,16 @@ pub struct BenchArgs {
     /// Broadcast workload: publishers.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
-    /// Broadcast workload: subscribers.
+    /// Broadcast workload: subscribers; pubsub: subscribers per channel.
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
+    /// Pubsub workload: channels (named bench-0, bench-1, …).
+    #[arg(long, default_value_t = 10)]
+    pub channels: usize,
+    /// Another server to spread connections over (repeat it): the nodes of
+    /// one cluster. Connections are dealt round robin over --addr and these.
+    #[arg(long = "node", value_name = "ADDR")]
+    pub more_addrs: Vec<std::net::SocketAddr>,
     /// Connections workload: spread over source addresses 127.0.0.1..=N.
     #[arg(long, default_value_t = 1)]
     pub source_ips: usize,
@@ -99,6 +106,8 @@ impl BenchArgs {
             warmup: Duration::from_secs_f64(self.warmup.max(0.0)),
             publishers: self.publishers,
             subscribers: self.subscribers,
+            channels: self.channels,
+            more_addrs: self.more_addrs.clone(),
             source_ips: self.source_ips,
             progress: !self.quiet,
             label: self.label.clone(),

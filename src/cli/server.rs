@@ -454,7 +454,8 @@ fn read_token(path: &Path) -> Result<String, String> {
 impl Settings {
     /// The configuration as a config file that reproduces it. An auth token
     /// given literally is not printed (a comment says one is set); one read
-    /// from a file is printed as that file's path.
+    /// from a file is printed as that file's path. The backplane URL is not
+    /// printed either (a comment says one is set).
     pub fn to_toml(&self) -> String {
         let mut out = String::from(
             "# ringcast server: effective configuration (defaults < file < RINGCAST_* < flags)\n",
@@ -462,6 +463,9 @@ impl Settings {
         Layer::of(self).write_toml(&mut out);
         if self.server.auth_token.is_some() && self.auth_token_file.is_none() {
             out.push_str("# auth_token is set but not printed\n");
+        }
+        if self.server.backplane.is_some() {
+            out.push_str("# backplane is set but not printed (its URL may hold a password)\n");
         }
         out
     }

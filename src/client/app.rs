@@ -175,6 +175,27 @@ pub(crate) fn describe_answer(m: &Message, rtt: Duration) -> Vec<String> {
                 fmt_ms(rtt)
             )]
         }
+        "subscribed" | "unsubscribed" => vec![format!(
+            "{} {} ({} channel{} now, {})",
+            m.kind(),
+            m.get_str("channel").unwrap_or("?"),
+            m.get_u64("subscriptions").unwrap_or(0),
+            if m.get_u64("subscriptions") == Some(1) {
+                ""
+            } else {
+                "s"
+            },
+            fmt_ms(rtt)
+        )],
+        "published" => {
+            let n = m.get_u64("recipients").unwrap_or(0);
+            vec![format!(
+                "published to {} for {n} subscriber{} ({})",
+                m.get_str("channel").unwrap_or("?"),
+                if n == 1 { "" } else { "s" },
+                fmt_ms(rtt)
+            )]
+        }
         "server_stats" => match serde_json::from_value::<ServerStats>(m.value.clone()) {
             Ok(s) => describe_stats(&s),
             Err(e) => vec![format!("unreadable server_stats ({e}): {}", m.raw)],
@@ -219,6 +240,10 @@ fn describe_stats(s: &ServerStats) -> Vec<String> {
         ("bytes_received", s.bytes_received.to_string()),
         ("bytes_sent", s.bytes_sent.to_string()),
         ("broadcasts_delivered", s.broadcasts_delivered.to_string()),
+        ("channels", s.channels.to_string()),
+        ("subscriptions", s.subscriptions.to_string()),
+        ("publishes", s.publishes.to_string()),
+        ("channel_deliveries", s.channel_deliveries.to_string()),
         ("protocol_errors", s.protocol_errors.to_string()),
         ("messages_by_type", counts(&s.messages_by_type)),
         ("errors_by_code", counts(&s.errors_by_code)),
@@ -241,6 +266,21 @@ pub(crate) fn describe_event(style: &Style, ev: &Event) -> Option<EventLine> {
             style.paint(
                 YELLOW,
                 &format!("[broadcast from {}]", m.get_str("from").unwrap_or("?"))
+            ),
+            match m.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                v => quoted(v),
+            }
+        ),
+        Event::Message(m) if m.kind() == "channel_message" => format!(
+            "{} {}",
+            style.paint(
+                YELLOW,
+                &format!(
+                    "[{} from {}]",
+                    m.get_str("channel").unwrap_or("?"),
+                    m.get_str("from").unwrap_or("?")
+                )
             ),
             match m.get("content") {
                 Some(Value::String(s)) => s.clone(),

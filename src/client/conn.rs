@@ -15,13 +15,16 @@ use std::time::Duration;
 
 /// Response types that a server which does not copy `id`s still sends only
 /// as answers, so they can be matched to the oldest waiting request.
-const RESPONSE_TYPES: [&str; 6] = [
+const RESPONSE_TYPES: [&str; 9] = [
     "pong",
     "echo_response",
     "broadcast_sent",
     "server_stats",
     "message_ack",
     "auth_ok",
+    "subscribed",
+    "unsubscribed",
+    "published",
 ];
 
 /// Locks, ignoring poisoning: every critical section here leaves the data

@@ -13,6 +13,9 @@ commands:
   /ping                   ping the server, print the round trip
   /echo <text>            have the server echo <text>
   /broadcast <text>       send <text> to every other client
+  /sub <channel>          subscribe to <channel>; its messages are printed as they come
+  /unsub <channel>        leave <channel>
+  /pub <channel> <text>   publish <text> to <channel>'s subscribers
   /stats                  print the server's statistics
   /custom <type> [json]   send a message of any type, with a JSON object of fields
   /help                   this list
@@ -25,6 +28,9 @@ pub(crate) enum Command {
     Ping,
     Echo(String),
     Broadcast(String),
+    Subscribe(String),
+    Unsubscribe(String),
+    Publish(String, String),
     Stats,
     Custom(String, Map<String, Value>),
     Text(String),
@@ -58,6 +64,17 @@ pub(crate) fn parse_command(line: &str) -> Command {
         "ping" => Command::Ping,
         "echo" => needs_arg("echo", Command::Echo),
         "broadcast" => needs_arg("broadcast", Command::Broadcast),
+        "sub" | "subscribe" => needs_channel("sub", arg, Command::Subscribe),
+        "unsub" | "unsubscribe" => needs_channel("unsub", arg, Command::Unsubscribe),
+        "pub" | "publish" => match arg.split_once(char::is_whitespace) {
+            Some((ch, text)) if !text.trim().is_empty() => {
+                match crate::protocol::message::check_channel(ch) {
+                    Ok(()) => Command::Publish(ch.to_owned(), text.trim().to_owned()),
+                    Err(why) => Command::Bad(why.into()),
+                }
+            }
+            _ => Command::Bad("usage: /pub <channel> <text>".into()),
+        },
         "stats" => Command::Stats,
         "help" | "?" => Command::Help,
         "exit" | "quit" => Command::Exit,
@@ -79,6 +96,18 @@ pub(crate) fn parse_command(line: &str) -> Command {
             }
         }
         other => Command::Bad(format!("unknown command /{other} (/help lists them)")),
+    }
+}
+
+/// A command taking one channel name (no spaces: the name is one word here;
+/// the library takes any valid name).
+fn needs_channel(what: &str, arg: &str, make: fn(String) -> Command) -> Command {
+    if arg.is_empty() || arg.contains(char::is_whitespace) {
+        return Command::Bad(format!("usage: /{what} <channel>"));
+    }
+    match crate::protocol::message::check_channel(arg) {
+        Ok(()) => make(arg.to_owned()),
+        Err(why) => Command::Bad(why.into()),
     }
 }
 
@@ -124,6 +153,24 @@ fn execute(client: &Client, style: &Style, cmd: Command) -> Flow {
             format!("{t:?}"),
             "broadcast".into(),
             json!({"content": t, "timestamp": ts()}),
+        ),
+        Command::Subscribe(ch) => (
+            "subscribe",
+            ch.clone(),
+            "subscribe".into(),
+            json!({"channel": ch}),
+        ),
+        Command::Unsubscribe(ch) => (
+            "unsubscribe",
+            ch.clone(),
+            "unsubscribe".into(),
+            json!({"channel": ch}),
+        ),
+        Command::Publish(ch, t) => (
+            "publish",
+            format!("{ch} {t:?}"),
+            "publish".into(),
+            json!({"channel": ch, "content": t, "timestamp": ts()}),
         ),
         Command::Stats => (
             "stats",
@@ -261,6 +308,23 @@ mod tests {
             parse_command("/broadcast yo"),
             Command::Broadcast("yo".into())
         );
+        assert_eq!(
+            parse_command("/sub news"),
+            Command::Subscribe("news".into())
+        );
+        assert_eq!(
+            parse_command("/unsub news"),
+            Command::Unsubscribe("news".into())
+        );
+        assert_eq!(
+            parse_command("/pub news  hello there "),
+            Command::Publish("news".into(), "hello there".into())
+        );
+        assert!(matches!(parse_command("/sub"), Command::Bad(_)));
+        assert!(matches!(parse_command("/sub a b"), Command::Bad(_)));
+        assert!(matches!(parse_command("/pub news"), Command::Bad(_)));
+        let long = format!("/sub {}", "x".repeat(257));
+        assert!(matches!(parse_command(&long), Command::Bad(m) if m.contains("256")));
         assert_eq!(parse_command("/stats"), Command::Stats);
         assert_eq!(parse_command("/exit"), Command::Exit);
         assert_eq!(parse_command("/quit"), Command::Exit);

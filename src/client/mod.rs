@@ -28,7 +28,8 @@
 //! answer. A background receiver thread decodes frames
 //! ([`FrameDecoder`](crate::protocol::FrameDecoder), then serde_json: this
 //! is not a hot path) and routes each one: an answer goes to the thread
-//! waiting for that `id`; anything else (a `broadcast_message`, a pushed
+//! waiting for that `id`; anything else (a `broadcast_message`, a
+//! `channel_message` of a channel it subscribed to, a pushed
 //! `error` such as `shutting_down`) is *unsolicited* and goes, as an
 //! [`Event::Message`], to the callback set with
 //! [`Client::set_message_callback`] and to every receiver obtained from
@@ -251,7 +252,7 @@ impl Message {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
-    /// An unsolicited frame: a `broadcast_message`, an `error` pushed by the
+    /// An unsolicited frame: a `broadcast_message`, a `channel_message`, an `error` pushed by the
     /// server (`shutting_down`, `slow_consumer`, …) or any frame that
     /// answers no request of this client.
     Message(Message),

@@ -230,6 +230,55 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("broadcast_sent without recipients".into()))
     }
 
+    /// Sends `subscribe` and returns how many channels this connection now
+    /// holds. The channel's messages then arrive as [`Event::Message`]s of
+    /// kind `channel_message`, to the callback and to [`Client::messages`].
+    ///
+    /// Subscriptions belong to the connection: after a reconnection
+    /// ([`Event::Reconnected`]) there are none, and what was published
+    /// meanwhile is not replayed; subscribe again there.
+    pub fn subscribe(&self, channel: &str) -> Result<u64> {
+        let m = self.channel_request("subscribe", channel, None)?;
+        expect_kind(&m, "subscribed")?;
+        subscriptions_of(&m)
+    }
+
+    /// Sends `unsubscribe` and returns how many channels this connection
+    /// still holds (leaving a channel it is not in is no error).
+    pub fn unsubscribe(&self, channel: &str) -> Result<u64> {
+        let m = self.channel_request("unsubscribe", channel, None)?;
+        expect_kind(&m, "unsubscribed")?;
+        subscriptions_of(&m)
+    }
+
+    /// Sends `publish` and returns how many subscribers it reached (this
+    /// client too, if it is subscribed).
+    pub fn publish(&self, channel: &str, content: impl Into<Value>) -> Result<u64> {
+        let m = self.channel_request("publish", channel, Some(content.into()))?;
+        expect_kind(&m, "published")?;
+        m.get_u64("recipients")
+            .ok_or_else(|| ClientError::Protocol("published without recipients".into()))
+    }
+
+    /// A channel request, its name checked here first so that a bad one is
+    /// [`ClientError::InvalidArgument`] without a round trip.
+    fn channel_request(
+        &self,
+        type_name: &str,
+        channel: &str,
+        content: Option<Value>,
+    ) -> Result<Message> {
+        crate::protocol::message::check_channel(channel)
+            .map_err(|why| ClientError::InvalidArgument(why.into()))?;
+        let mut f = Map::new();
+        f.insert("channel".into(), Value::from(channel));
+        if let Some(c) = content {
+            f.insert("content".into(), c);
+        }
+        self.inner
+            .request(type_name, &f, self.inner.cfg.request_timeout)
+    }
+
     /// Sends `get_stats` and returns the server's figures.
     pub fn get_stats(&self) -> Result<ServerStats> {
         let mut f = Map::new();
@@ -482,6 +531,11 @@ impl Inner {
         }
         self.emit(Event::Message(m));
     }
+}
+
+fn subscriptions_of(m: &Message) -> Result<u64> {
+    m.get_u64("subscriptions")
+        .ok_or_else(|| ClientError::Protocol(format!("{} without subscriptions", m.kind())))
 }
 
 /// The receiver thread: reads and routes frames; on loss, reports it and

@@ -34,11 +34,24 @@ pub enum ErrorCode {
     Unauthorized,
     /// The server is shutting down; the connection will be closed.
     ShuttingDown,
+    /// A channel name is empty, longer than
+    /// [`MAX_CHANNEL_BYTES`](crate::protocol::message::MAX_CHANNEL_BYTES),
+    /// or holds a control character.
+    InvalidChannel,
+    /// A `subscribe` would take the connection past the server's
+    /// `max_subscriptions`.
+    TooManySubscriptions,
+    /// The cluster backplane is unreachable and its buffer is full: the
+    /// message reached this node's clients only.
+    BackplaneUnavailable,
 }
 
 impl ErrorCode {
-    /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 12] = [
+    /// How many codes there are (the length of per-code counter arrays).
+    pub const COUNT: usize = 15;
+
+    /// Every code, in the order of per-code counters.
+    pub const ALL: [ErrorCode; ErrorCode::COUNT] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::MissingType,
@@ -51,6 +64,9 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Unauthorized,
         ErrorCode::ShuttingDown,
+        ErrorCode::InvalidChannel,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::BackplaneUnavailable,
     ];
 
     /// The wire string of this code.
@@ -68,7 +84,16 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::InvalidChannel => "invalid_channel",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::BackplaneUnavailable => "backplane_unavailable",
         }
+    }
+
+    /// Position in [`ErrorCode::ALL`] (per-code counters).
+    #[inline]
+    pub const fn index(self) -> usize {
+        self as usize
     }
 
     /// Parses a wire string back into a code (used by clients).
@@ -159,6 +184,26 @@ impl<'a> RequestError<'a> {
             code,
             message,
             request_type: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+    use crate::protocol::RequestKind;
+
+    #[test]
+    fn counter_positions_match_the_lists() {
+        for (i, c) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(c.index(), i, "{c}");
+            assert_eq!(ErrorCode::from_wire(c.as_str()), Some(c));
+        }
+        for (i, k) in RequestKind::ALL.into_iter().enumerate() {
+            assert_eq!(k.index(), i, "{}", k.label());
+            if k != RequestKind::Custom {
+                assert_eq!(RequestKind::from_type(k.label()), k);
+            }
         }
     }
 }

@@ -30,11 +30,22 @@ pub enum RequestKind {
     Auth,
     /// Any other type: handled by a registered custom handler, or `unknown_type`.
     Custom,
+    /// `subscribe {channel}` → `subscribed`.
+    Subscribe,
+    /// `unsubscribe {channel}` → `unsubscribed`.
+    Unsubscribe,
+    /// `publish {channel, content}` → `published`, and `channel_message` to
+    /// the channel's subscribers.
+    Publish,
 }
 
 impl RequestKind {
-    /// Known kinds, in the order used for per-type counters.
-    pub const ALL: [RequestKind; 7] = [
+    /// How many kinds there are (the length of per-type counter arrays).
+    pub const COUNT: usize = 10;
+
+    /// Known kinds, in the order used for per-type counters (new kinds are
+    /// appended, so existing counter positions never move).
+    pub const ALL: [RequestKind; RequestKind::COUNT] = [
         RequestKind::Ping,
         RequestKind::Echo,
         RequestKind::Broadcast,
@@ -42,6 +53,9 @@ impl RequestKind {
         RequestKind::Message,
         RequestKind::Auth,
         RequestKind::Custom,
+        RequestKind::Subscribe,
+        RequestKind::Unsubscribe,
+        RequestKind::Publish,
     ];
 
     /// Classifies a `type` string.
@@ -54,6 +68,9 @@ impl RequestKind {
             "get_stats" => RequestKind::GetStats,
             "message" => RequestKind::Message,
             "auth" => RequestKind::Auth,
+            "subscribe" => RequestKind::Subscribe,
+            "unsubscribe" => RequestKind::Unsubscribe,
+            "publish" => RequestKind::Publish,
             _ => RequestKind::Custom,
         }
     }
@@ -68,6 +85,9 @@ impl RequestKind {
             RequestKind::Message => "message",
             RequestKind::Auth => "auth",
             RequestKind::Custom => "custom",
+            RequestKind::Subscribe => "subscribe",
+            RequestKind::Unsubscribe => "unsubscribe",
+            RequestKind::Publish => "publish",
         }
     }
 
@@ -140,10 +160,25 @@ impl<'t, 'a> Request<'t, 'a> {
         }
         let kind = RequestKind::from_type(type_name);
         match kind {
-            RequestKind::Echo | RequestKind::Broadcast | RequestKind::Message
+            RequestKind::Echo
+            | RequestKind::Broadcast
+            | RequestKind::Message
+            | RequestKind::Publish
                 if root.get("content").is_none() =>
             {
                 return Err(err("this message type needs a content field"));
+            }
+            RequestKind::Subscribe | RequestKind::Unsubscribe | RequestKind::Publish => {
+                let Some(channel) = root.get("channel").and_then(|c| c.as_str()) else {
+                    return Err(err("this message type needs a string channel field"));
+                };
+                if let Err(message) = check_channel(channel) {
+                    return Err(RequestError {
+                        code: ErrorCode::InvalidChannel,
+                        message,
+                        request_type: Some(type_name),
+                    });
+                }
             }
             RequestKind::Auth if root.get("token").and_then(|t| t.as_str()).is_none() => {
                 return Err(err("auth needs a string token field"));
@@ -174,6 +209,34 @@ impl<'t, 'a> Request<'t, 'a> {
     pub fn get(&self, key: &str) -> Option<JsonValue<'t, 'a>> {
         self.root.get(key)
     }
+
+    /// The `channel` of a `subscribe`, `unsubscribe` or `publish` (checked
+    /// by [`Request::from_value`]); empty for other kinds.
+    pub fn channel(&self) -> &'a str {
+        self.get("channel").and_then(|c| c.as_str()).unwrap_or("")
+    }
+}
+
+/// Longest channel name, in bytes of UTF-8. Names are keys in every
+/// shard's subscriber index and are copied into every `channel_message`,
+/// so they are kept short; 256 bytes holds any hierarchical name people
+/// use (`tenant/room/topic`, a UUID or two) with room to spare.
+pub const MAX_CHANNEL_BYTES: usize = 256;
+
+/// Checks a channel name: 1 to [`MAX_CHANNEL_BYTES`] bytes, no control
+/// characters (they would make names that log and display ambiguously).
+/// The error is the message for `invalid_channel`.
+pub fn check_channel(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("a channel name must not be empty");
+    }
+    if name.len() > MAX_CHANNEL_BYTES {
+        return Err("a channel name must be at most 256 bytes of UTF-8");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a channel name must not contain control characters");
+    }
+    Ok(())
 }
 
 /// Writes a response frame: header, `{"type":…`, the caller's fields, the
@@ -232,6 +295,46 @@ pub fn write_broadcast_sent(out: &mut Vec<u8>, req: &Request<'_, '_>, recipients
 /// the sender's id would collide with the recipients' own correlation ids.
 pub fn write_broadcast_message(out: &mut Vec<u8>, req: &Request<'_, '_>, from: &str, now: &str) {
     write_response(out, "broadcast_message", None, |o| {
+        if let Some(c) = req.get("content") {
+            o.value("content", &c);
+        }
+        o.str("from", from);
+        o.raw_str("timestamp", now);
+    });
+}
+
+/// `subscribed`: the connection now holds `subscriptions` channels.
+pub fn write_subscribed(out: &mut Vec<u8>, req: &Request<'_, '_>, subscriptions: u64) {
+    write_response(out, "subscribed", req.id.as_ref(), |o| {
+        o.str("channel", req.channel());
+        o.u64("subscriptions", subscriptions);
+    });
+}
+
+/// `unsubscribed`, whether or not the connection was subscribed (as in
+/// Redis, leaving a channel you are not in is no error); `subscriptions`
+/// is what the connection holds now.
+pub fn write_unsubscribed(out: &mut Vec<u8>, req: &Request<'_, '_>, subscriptions: u64) {
+    write_response(out, "unsubscribed", req.id.as_ref(), |o| {
+        o.str("channel", req.channel());
+        o.u64("subscriptions", subscriptions);
+    });
+}
+
+/// `published`: how many subscribers the message was delivered or queued to.
+pub fn write_published(out: &mut Vec<u8>, req: &Request<'_, '_>, recipients: u64, now: &str) {
+    write_response(out, "published", req.id.as_ref(), |o| {
+        o.str("channel", req.channel());
+        o.u64("recipients", recipients);
+        o.raw_str("timestamp", now);
+    });
+}
+
+/// `channel_message`, as delivered to every subscriber of the channel. No
+/// `id`, for the reason `broadcast_message` has none.
+pub fn write_channel_message(out: &mut Vec<u8>, req: &Request<'_, '_>, from: &str, now: &str) {
+    write_response(out, "channel_message", None, |o| {
+        o.str("channel", req.channel());
         if let Some(c) = req.get("content") {
             o.value("content", &c);
         }
@@ -314,6 +417,32 @@ pub struct StatsReport<'a> {
     pub io_backend: &'a str,
     /// Failed TLS handshakes by reason (all zero without TLS).
     pub tls_handshake_failures: &'a [(&'a str, u64)],
+    /// Channels with subscribers, summed over shards.
+    pub channels: u64,
+    /// Subscriptions held by connected clients.
+    pub subscriptions: u64,
+    /// `publish` requests handled.
+    pub publishes: u64,
+    /// `channel_message` frames queued to subscribers.
+    pub channel_deliveries: u64,
+    /// The cluster, when the server runs with a backplane.
+    pub cluster: Option<ClusterReport<'a>>,
+}
+
+/// `cluster` in `server_stats`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterReport<'a> {
+    /// This node's id.
+    pub node_id: &'a str,
+    /// Nodes alive (heartbeats not expired), this one included.
+    pub nodes: u64,
+    /// Clients connected over all nodes (the others' from their last
+    /// heartbeats).
+    pub connected_clients: u64,
+    /// `connected` or `reconnecting`.
+    pub backplane: &'a str,
+    /// Bytes held for the backplane, not yet written to Redis.
+    pub buffered_bytes: u64,
 }
 
 /// `server_stats`: the seed's five fields first, then ours.
@@ -347,6 +476,19 @@ pub fn write_server_stats(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, s: 
         o.u64("partial_frame_bytes", s.partial_frame_bytes);
         o.raw_str("io_backend", s.io_backend);
         write_counts(o.key("tls_handshake_failures"), s.tls_handshake_failures);
+        o.u64("channels", s.channels);
+        o.u64("subscriptions", s.subscriptions);
+        o.u64("publishes", s.publishes);
+        o.u64("channel_deliveries", s.channel_deliveries);
+        if let Some(c) = &s.cluster {
+            let mut w = ObjectWriter::new(o.key("cluster"));
+            w.str("node_id", c.node_id);
+            w.u64("nodes", c.nodes);
+            w.u64("connected_clients", c.connected_clients);
+            w.raw_str("backplane", c.backplane);
+            w.u64("buffered_bytes", c.buffered_bytes);
+            w.finish();
+        }
     });
 }
 
@@ -418,4 +560,34 @@ pub struct ServerStats {
     /// `client_certificate`, `timeout`, `eof`, `busy`, `other`).
     #[serde(default)]
     pub tls_handshake_failures: BTreeMap<String, u64>,
+    /// Channels with subscribers, summed over shards.
+    #[serde(default)]
+    pub channels: u64,
+    /// Subscriptions held.
+    #[serde(default)]
+    pub subscriptions: u64,
+    /// `publish` requests handled.
+    #[serde(default)]
+    pub publishes: u64,
+    /// Channel message deliveries.
+    #[serde(default)]
+    pub channel_deliveries: u64,
+    /// The cluster (absent without a backplane).
+    #[serde(default)]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// `cluster` in `server_stats`, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    /// This node's id.
+    pub node_id: String,
+    /// Nodes alive.
+    pub nodes: u64,
+    /// Clients over all nodes.
+    pub connected_clients: u64,
+    /// `connected` or `reconnecting`.
+    pub backplane: String,
+    /// Bytes waiting to be written to Redis.
+    pub buffered_bytes: u64,
 }

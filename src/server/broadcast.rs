@@ -11,10 +11,22 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A frame for a shard's clients: a `broadcast_message` for every
+/// established client, or a `channel_message` for the channel's
+/// subscribers. Cloning it is two refcount increments at most.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The frame, serialised once.
+    pub frame: Bytes,
+    /// `None` for a broadcast; the channel for a publish.
+    pub channel: Option<Arc<str>>,
+}
 
 /// One shard's inbound mailbox.
 pub struct Mailbox {
-    queue: SegQueue<Bytes>,
+    queue: SegQueue<Delivery>,
     /// Set by a producer that has woken (or will wake) the target; cleared
     /// by the target before it drains.
     notified: AtomicBool,
@@ -65,9 +77,9 @@ impl Mailbox {
         self.ring_fd.store(fd, Ordering::Release);
     }
 
-    /// Queues a frame; says whether and how the caller must wake the owner.
-    pub fn push(&self, frame: Bytes, use_msg_ring: bool) -> Wake {
-        self.queue.push(frame);
+    /// Queues a delivery; says whether and how the caller must wake the owner.
+    pub fn push(&self, d: Delivery, use_msg_ring: bool) -> Wake {
+        self.queue.push(d);
         if self.notified.swap(true, Ordering::SeqCst) {
             return Wake::No;
         }
@@ -100,8 +112,8 @@ impl Mailbox {
         crate::io::sys::eventfd_signal(self.event_fd);
     }
 
-    /// Takes every queued frame, in order. The owner calls this each turn.
-    pub fn drain(&self, mut f: impl FnMut(Bytes)) {
+    /// Takes every queued delivery, in order. The owner calls this each turn.
+    pub fn drain(&self, mut f: impl FnMut(Delivery)) {
         if self.queue.is_empty() && !self.notified.load(Ordering::Relaxed) {
             return;
         }

@@ -136,6 +136,14 @@ macro_rules! server_settings {
             /// 8 MiB: several seconds of a busy broadcast stream, small enough
             /// that thousands of stalled readers fit in memory.
             max_pending_bytes: usize = 8 << 20,
+            /// Channels one connection may be subscribed to at once; one more
+            /// `subscribe` gets `too_many_subscriptions`.
+            ///
+            /// 1,000 covers a client that follows many rooms or topics, and
+            /// bounds what one connection can make every shard's index and
+            /// its own bookkeeping hold (about 100 bytes a subscription plus
+            /// the name).
+            max_subscriptions: usize = 1_000,
             /// Close connections without a complete frame for this many
             /// seconds; 0 = never.
             idle_timeout_secs: u64 = 300,
@@ -170,6 +178,23 @@ macro_rules! server_settings {
             ///
             /// None = no endpoint, and no request timing.
             metrics_addr: Option<std::net::SocketAddr> = None,
+            /// Join a cluster: deliver broadcasts and publishes to the clients of
+            /// every node through Redis Streams at this
+            /// `redis://[user:pass@]host:port[/db]` URL.
+            ///
+            /// None (the default): one node. Never printed by `--print-config`
+            /// (it may hold a password). See src/cluster/.
+            [Secret] backplane: Option<String> = None,
+            /// This node's name in the cluster; default host:port plus a
+            /// random suffix (a restarted node joins as a new member).
+            node_id: Option<String> = None,
+            /// Bytes of broadcasts and publishes held for the backplane while
+            /// Redis is unreachable; past it, senders get
+            /// `backplane_unavailable` (their message reaches this node only).
+            ///
+            /// 64 MiB: about a minute of 1,000 small messages a second, kept in
+            /// order and written when Redis returns.
+            backplane_buffer_bytes: usize = 64 << 20,
             /// Kernel interface for socket I/O: auto (io_uring, falling back to
             /// epoll with one warning where io_uring is refused), io-uring
             /// (refuse to start without it) or epoll.

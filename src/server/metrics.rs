@@ -275,6 +275,15 @@ fn respond(
                     b"a shard stopped on an I/O error (see the log)\n",
                     head_only,
                 )
+            } else if shared.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+                // Still serving its own clients: not a reason to restart it.
+                write_response(
+                    &mut stream,
+                    "200 OK",
+                    TEXT,
+                    b"degraded: the cluster backplane is unreachable; delivering locally\n",
+                    head_only,
+                )
             } else {
                 write_response(&mut stream, "200 OK", TEXT, b"ok\n", head_only)
             }
@@ -399,6 +408,11 @@ impl ShardCollector {
         v: N,
     ) -> std::fmt::Result {
         ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+    }
+
+    /// One counter without labels (`name` without `_total`).
+    fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+        ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
     }
 
     /// One series per shard, labelled `shard`. `name` of a counter is
@@ -548,6 +562,27 @@ impl Collector for ShardCollector {
         )?;
         self.per_shard(
             &mut enc,
+            "ringcast_channel_deliveries",
+            "channel_message frames queued to subscribers on this shard.",
+            Counter,
+            |c| c.channel_deliveries.load(Relaxed),
+        )?;
+        self.per_shard(
+            &mut enc,
+            "ringcast_channels",
+            "Channels with at least one subscriber on this shard.",
+            Gauge,
+            |c| c.channels.load(Relaxed),
+        )?;
+        self.per_shard(
+            &mut enc,
+            "ringcast_subscriptions",
+            "Channel subscriptions held by this shard's connections.",
+            Gauge,
+            |c| c.subscriptions.load(Relaxed),
+        )?;
+        self.per_shard(
+            &mut enc,
             "ringcast_slow_consumer_disconnects",
             "Clients cut for falling too far behind reading broadcasts.",
             Counter,
@@ -560,6 +595,51 @@ impl Collector for ShardCollector {
             Gauge,
             |c| c.partial_frame_bytes.load(Relaxed),
         )?;
+        if let Some(c) = &shared.cluster {
+            let f = c.figures();
+            Self::gauge(
+                &mut enc,
+                "ringcast_backplane_up",
+                "1 while the cluster backplane (Redis) is reachable, 0 while reconnecting.",
+                u64::from(c.is_up()),
+            )?;
+            Self::gauge(
+                &mut enc,
+                "ringcast_backplane_buffered_bytes",
+                "Bytes of broadcasts and publishes held for the backplane, not yet written.",
+                f.buffered_bytes,
+            )?;
+            Self::gauge(
+                &mut enc,
+                "ringcast_cluster_nodes",
+                "Nodes alive (heartbeats not expired), this one included.",
+                f.nodes,
+            )?;
+            for (name, help, v) in [
+                (
+                    "ringcast_backplane_written",
+                    "Entries this node wrote to the stream.",
+                    &c.written,
+                ),
+                (
+                    "ringcast_backplane_received",
+                    "Other nodes' entries delivered on this node.",
+                    &c.received,
+                ),
+                (
+                    "ringcast_backplane_refused",
+                    "Messages refused with backplane_unavailable (buffer full).",
+                    &c.refused,
+                ),
+                (
+                    "ringcast_backplane_reconnects",
+                    "Connections (re)established to Redis by the writer.",
+                    &c.reconnects,
+                ),
+            ] {
+                Self::counter(&mut enc, name, help, v.load(Relaxed))?;
+            }
+        }
         let codes = ErrorCode::ALL.map(ErrorCode::as_str);
         self.per_shard_by(
             &mut enc,

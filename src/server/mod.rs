@@ -21,6 +21,7 @@
 
 mod admission;
 pub mod broadcast;
+pub mod channels;
 pub mod config;
 mod listener;
 mod metrics;
@@ -92,6 +93,9 @@ pub(crate) struct Shared {
     pub shards: usize,
     pub counters: Counters,
     pub mailboxes: Box<[CachePadded<Mailbox>]>,
+    /// Each shard's channel interest (subscriber counts per hash slot),
+    /// written by its shard, read by publishers on any shard.
+    pub interest: Box<[channels::Interest]>,
     /// Connections over all shards (for `max_connections`); touched on
     /// accept and close only.
     pub connections: AtomicUsize,
@@ -108,6 +112,8 @@ pub(crate) struct Shared {
     pub io_backend: crate::io::Kind,
     /// Makes TLS connections (None without a TLS listener).
     pub tls: Option<tls::TlsAcceptor>,
+    /// The cross-node backplane, with `--backplane`.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Shared {
@@ -130,6 +136,7 @@ impl Shared {
                 .iter()
                 .map(|fd| CachePadded::new(Mailbox::new(*fd)))
                 .collect(),
+            interest: (0..n).map(|_| channels::Interest::default()).collect(),
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
@@ -139,6 +146,7 @@ impl Shared {
             handlers,
             io_backend,
             tls: None,
+            cluster: None,
         }
     }
 
@@ -226,8 +234,25 @@ impl ServerBuilder {
             wake_fds.push(crate::io::sys::eventfd()?);
         }
         let fds: Vec<_> = wake_fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let cluster = match &self.config.backplane {
+            Some(url) => {
+                let id = self
+                    .config
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| {
+                        // Either listener names the node; plain first, as before TLS.
+                        let addr = plain_addr.or(tls_addr).expect("validate: a listener is on");
+                        crate::cluster::Cluster::default_node_id(addr)
+                    });
+                let limit = self.config.backplane_buffer_bytes;
+                Some(crate::cluster::Cluster::new(url, id, limit).map_err(ServerError::Config)?)
+            }
+            None => None,
+        };
         let mut shared = Shared::new(self.config, self.handlers, io_backend, &fds);
         shared.tls = tls;
+        shared.cluster = cluster;
         Ok(Server {
             shared: Arc::new(shared),
             listeners,
@@ -349,6 +374,11 @@ impl Server {
             let _ = handle.join();
             return Err(e);
         }
+        if let Err(e) = crate::cluster::Cluster::start(&handle.shared) {
+            handle.stop();
+            let _ = handle.join();
+            return Err(ServerError::Io(e));
+        }
         if let Some(l) = self.metrics_listener {
             match MetricsEndpoint::start(l, handle.shared.clone()) {
                 Ok(m) => handle.metrics = Some(m),
@@ -371,6 +401,7 @@ impl Server {
             tls_addr = %handle.addrs.tls.map_or("off".into(), |a| a.to_string()),
             shards = handle.shared.shards,
             pinned_cores = %pinned.join(","),
+            node_id = handle.shared.cluster.as_ref().map_or("", |c| c.node_id.as_str()),
             io_backend = handle.shared.io_backend.as_str(),
             features = %features.unwrap_or_default(),
             "ringcast listening"
@@ -470,6 +501,9 @@ impl ServerHandle {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(c) = &self.shared.cluster {
+            c.stop_and_join();
+        }
         if let Some(mut m) = self.metrics.take() {
             m.stop();
         }
@@ -491,6 +525,9 @@ impl Drop for ServerHandle {
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }
+        }
+        if let Some(c) = &self.shared.cluster {
+            c.stop_and_join();
         }
         if let Some(mut m) = self.metrics.take() {
             m.stop();

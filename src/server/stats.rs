@@ -23,17 +23,23 @@ pub struct ShardCounters {
     /// Connections accepted since start.
     pub total_connections: AtomicU64,
     /// Requests handled, by [`RequestKind::index`].
-    pub messages: [AtomicU64; 7],
+    pub messages: [AtomicU64; RequestKind::COUNT],
     /// Bytes read.
     pub bytes_received: AtomicU64,
     /// Bytes written.
     pub bytes_sent: AtomicU64,
     /// Broadcast frames queued to recipients on this shard.
     pub broadcasts_delivered: AtomicU64,
+    /// `channel_message` frames queued to subscribers on this shard.
+    pub channel_deliveries: AtomicU64,
+    /// Channels with at least one subscriber on this shard (a gauge).
+    pub channels: AtomicU64,
+    /// Subscriptions held by this shard's connections (a gauge).
+    pub subscriptions: AtomicU64,
     /// Slow consumers cut.
     pub slow_consumer_disconnects: AtomicU64,
     /// Error frames sent, by position in [`ErrorCode::ALL`].
-    pub errors: [AtomicU64; 12],
+    pub errors: [AtomicU64; ErrorCode::COUNT],
     /// Requests in the last whole second (set by the shard's 1 s tick).
     pub messages_last_second: AtomicU64,
     /// Bytes of buffer (capacity) held now by partially received frames
@@ -55,8 +61,7 @@ impl ShardCounters {
     /// Counts one error frame.
     #[inline]
     pub fn error(&self, code: ErrorCode) {
-        let i = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
-        bump(&self.errors[i], 1);
+        bump(&self.errors[code.index()], 1);
     }
 
     /// Counts one request.
@@ -134,17 +139,24 @@ pub struct Totals {
     /// Sum of accepted connections.
     pub total_connections: u64,
     /// Requests by kind.
-    pub messages: [u64; 7],
+    pub messages: [u64; RequestKind::COUNT],
     /// Bytes read.
     pub bytes_received: u64,
     /// Bytes written.
     pub bytes_sent: u64,
     /// Broadcast deliveries.
     pub broadcasts_delivered: u64,
+    /// Channel message deliveries.
+    pub channel_deliveries: u64,
+    /// Channels with subscribers, summed over shards (a channel with
+    /// subscribers on two shards counts twice).
+    pub channels: u64,
+    /// Subscriptions held.
+    pub subscriptions: u64,
     /// Slow consumers cut.
     pub slow_consumer_disconnects: u64,
     /// Error frames by code.
-    pub errors: [u64; 12],
+    pub errors: [u64; ErrorCode::COUNT],
     /// Requests in the last second.
     pub messages_per_second: u64,
     /// Buffer held by partially received frames.
@@ -170,6 +182,9 @@ impl Totals {
             t.bytes_received += c.bytes_received.load(Relaxed);
             t.bytes_sent += c.bytes_sent.load(Relaxed);
             t.broadcasts_delivered += c.broadcasts_delivered.load(Relaxed);
+            t.channel_deliveries += c.channel_deliveries.load(Relaxed);
+            t.channels += c.channels.load(Relaxed);
+            t.subscriptions += c.subscriptions.load(Relaxed);
             t.slow_consumer_disconnects += c.slow_consumer_disconnects.load(Relaxed);
             for (a, b) in t.errors.iter_mut().zip(&c.errors) {
                 *a += b.load(Relaxed);
@@ -190,6 +205,11 @@ impl Totals {
     /// Total requests.
     pub fn total_messages(&self) -> u64 {
         self.messages.iter().sum()
+    }
+
+    /// Requests of one kind.
+    pub fn messages_of(&self, kind: RequestKind) -> u64 {
+        self.messages[kind.index()]
     }
 
     /// Total error frames.

@@ -7,8 +7,11 @@ use super::tls::HandshakeFailure;
 use crate::protocol::frame::{BoundedPool, BufferPool};
 use crate::protocol::message::{self, StatsReport};
 use crate::protocol::{parse_request, ErrorCode, RequestKind};
+use crate::server::broadcast::Delivery;
+use crate::server::channels::{slot_of, SubscribeError};
 use bytes::Bytes;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 /// Why a session is closing after an error frame.
 pub(crate) type Closing = (ErrorCode, &'static str);
@@ -41,6 +44,7 @@ pub(crate) fn handle_frame(
 ) -> ControlFlow<Closing> {
     let shared = env.shared;
     let now_ms = env.now_ms;
+    let shard = env.shard;
     let Env {
         parser,
         ts,
@@ -51,6 +55,7 @@ pub(crate) fn handle_frame(
         pool,
         rate,
         burst,
+        channels,
         ..
     } = env;
     let now = ts.format(now_ms);
@@ -114,15 +119,84 @@ pub(crate) fn handle_frame(
                 // Serialised once here; every recipient shares these bytes.
                 let mut frame = Vec::with_capacity(128);
                 message::write_broadcast_message(&mut frame, &req, me.client_id, now);
-                outgoing.push((Bytes::from(frame), me.id));
-                let t = crate::server::stats::Totals::read(&shared.counters, per_shard);
-                message::write_broadcast_sent(buf, &req, t.connected.saturating_sub(1), now);
+                let d = Delivery {
+                    frame: Bytes::from(frame),
+                    channel: None,
+                };
+                let remote = shared
+                    .cluster
+                    .as_ref()
+                    .map(|c| (c.try_send(&d.frame, None), c.remote_clients()));
+                outgoing.push((d, me.id));
+                if let Some((false, _)) = remote {
+                    backplane_refused(counters, buf, &req);
+                } else {
+                    let t = crate::server::stats::Totals::read(&shared.counters, per_shard);
+                    let others = remote.map_or(0, |(_, n)| n);
+                    let n = t.connected.saturating_sub(1) + others;
+                    message::write_broadcast_sent(buf, &req, n, now);
+                }
+            }
+            RequestKind::Subscribe => {
+                let interest = &shared.interest[shard];
+                let max = shared.config.max_subscriptions;
+                match channels.subscribe(interest, me.id, req.channel(), max) {
+                    Ok(held) => message::write_subscribed(buf, &req, held as u64),
+                    Err(SubscribeError::TooMany) => {
+                        counters.error(ErrorCode::TooManySubscriptions);
+                        message::write_error(
+                            buf,
+                            req.id.as_ref(),
+                            ErrorCode::TooManySubscriptions,
+                            "this connection holds max_subscriptions channels; unsubscribe first",
+                            Some(req.type_name),
+                        );
+                    }
+                }
+                channels.store_gauges(counters);
+            }
+            RequestKind::Unsubscribe => {
+                let interest = &shared.interest[shard];
+                let held = channels.unsubscribe(interest, me.id, req.channel());
+                message::write_unsubscribed(buf, &req, held as u64);
+                channels.store_gauges(counters);
+            }
+            RequestKind::Publish => {
+                let channel = req.channel();
+                // Exact here; elsewhere the other shards' interest counts,
+                // read without a lock (see server::channels).
+                let slot = slot_of(channel);
+                let remote: u64 = (0..shared.shards)
+                    .filter(|i| *i != shard)
+                    .map(|i| u64::from(shared.interest[i].count(slot)))
+                    .sum();
+                let recipients = channels.subscriber_count(channel) as u64 + remote;
+                // Serialised once here; every subscriber shares these bytes.
+                let mut frame = Vec::with_capacity(160);
+                message::write_channel_message(&mut frame, &req, me.client_id, now);
+                let d = Delivery {
+                    frame: Bytes::from(frame),
+                    channel: Some(Arc::from(channel)),
+                };
+                let remote = shared.cluster.as_ref().map(|c| {
+                    (
+                        c.try_send(&d.frame, d.channel.as_ref()),
+                        c.remote_subscribers(channel),
+                    )
+                });
+                outgoing.push((d, me.id));
+                if let Some((false, _)) = remote {
+                    backplane_refused(counters, buf, &req);
+                } else {
+                    let others = remote.map_or(0, |(_, n)| n);
+                    message::write_published(buf, &req, recipients + others, now);
+                }
             }
             RequestKind::GetStats => {
                 let t = shared.totals(per_shard);
-                let by_type: [(&str, u64); 7] =
+                let by_type: [(&str, u64); RequestKind::COUNT] =
                     std::array::from_fn(|i| (RequestKind::ALL[i].label(), t.messages[i]));
-                let by_code: [(&str, u64); 12] =
+                let by_code: [(&str, u64); ErrorCode::COUNT] =
                     std::array::from_fn(|i| (ErrorCode::ALL[i].as_str(), t.errors[i]));
                 let tls_failures: [(&str, u64); 7] = std::array::from_fn(|i| {
                     (
@@ -151,6 +225,20 @@ pub(crate) fn handle_frame(
                     partial_frame_bytes: t.partial_frame_bytes,
                     io_backend: shared.io_backend.as_str(),
                     tls_handshake_failures: &tls_failures,
+                    channels: t.channels,
+                    subscriptions: t.subscriptions,
+                    publishes: t.messages_of(RequestKind::Publish),
+                    channel_deliveries: t.channel_deliveries,
+                    cluster: shared.cluster.as_ref().map(|c| {
+                        let f = c.figures();
+                        message::ClusterReport {
+                            node_id: f.node_id,
+                            nodes: f.nodes,
+                            connected_clients: t.connected + f.remote_clients,
+                            backplane: f.backplane,
+                            buffered_bytes: f.buffered_bytes,
+                        }
+                    }),
                 };
                 message::write_server_stats(buf, req.id.as_ref(), &report);
             }
@@ -170,6 +258,24 @@ pub(crate) fn handle_frame(
         }
         ControlFlow::Continue(())
     })
+}
+
+/// Answers a broadcast or publish that reached this node's clients only:
+/// the backplane is down and its buffer full.
+fn backplane_refused(
+    counters: &crate::server::stats::ShardCounters,
+    buf: &mut Vec<u8>,
+    req: &crate::protocol::Request<'_, '_>,
+) {
+    counters.error(ErrorCode::BackplaneUnavailable);
+    message::write_error(
+        buf,
+        req.id.as_ref(),
+        ErrorCode::BackplaneUnavailable,
+        "the cluster backplane is unreachable and its buffer is full: \
+         delivered to this node's clients only",
+        Some(req.type_name),
+    );
 }
 
 /// Compares secrets in time independent of where they differ.

@@ -4,9 +4,10 @@
 use crate::io::SendBatch;
 use crate::protocol::frame::BoundedPool;
 use crate::protocol::{JsonParser, TimestampCache};
+use crate::server::broadcast::Delivery;
+use crate::server::channels::ChannelIndex;
 use crate::server::stats::{RssReader, ShardCounters};
 use crate::server::Shared;
-use bytes::Bytes;
 use std::sync::atomic::Ordering;
 
 /// Largest spare buffer a shard keeps: a maximum-size frame (1 MiB)
@@ -44,8 +45,11 @@ pub struct Env<'a> {
     /// Capacity the shard's partial frames hold (the budget
     /// `max_partial_bytes` bounds), mirrored in the counters' gauge.
     pub(crate) partial_bytes: usize,
-    /// Broadcast frames published this turn, with the publishing session.
-    pub(crate) outgoing: Vec<(Bytes, usize)>,
+    /// Broadcasts and channel messages published this turn, with the
+    /// publishing session.
+    pub(crate) outgoing: Vec<(Delivery, usize)>,
+    /// Which of this shard's sessions are subscribed to which channels.
+    pub(crate) channels: ChannelIndex,
     pub(crate) batches: Vec<SendBatch>,
     pub(crate) rate: f64,
     pub(crate) burst: f64,
@@ -85,6 +89,7 @@ impl<'a> Env<'a> {
             straddle_pool: BoundedPool::new(POOL_MAX_CAPACITY, POOL_MAX_BYTES),
             partial_bytes: 0,
             outgoing: Vec::new(),
+            channels: ChannelIndex::default(),
             batches: Vec::new(),
             rate,
             burst,
@@ -107,6 +112,14 @@ impl<'a> Env<'a> {
             self.counters
                 .partial_frame_bytes
                 .store(self.partial_bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every subscription of session `id` (it stopped receiving).
+    pub(crate) fn drop_subscriptions(&mut self, id: usize) {
+        let interest = &self.shared.interest[self.shard];
+        if self.channels.drop_session(interest, id) > 0 {
+            self.channels.store_gauges(self.counters);
         }
     }
 

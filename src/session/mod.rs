@@ -15,7 +15,7 @@
 //! - [`Session::handle_eof`] / [`Session::handle_failed`]: the peer closed, or the
 //!   connection broke;
 //! - [`Session::handle_tick`]: time passed (idle timeout, deadlines);
-//! - [`Session::push_broadcast`]: a broadcast frame for this client;
+//! - [`Session::push_broadcast`]: a broadcast or channel frame for this client;
 //! - [`Session::begin_shutdown`]: the server is stopping.
 //!
 //! Then, after each input (the shard does this once per touched session
@@ -246,6 +246,8 @@ impl Session {
     fn unestablish(&mut self, env: &mut Env<'_>) {
         if self.established {
             self.established = false;
+            // A closing connection receives nothing more: its channels go now.
+            env.drop_subscriptions(self.id);
             let c = &env.counters.connected;
             c.store(
                 c.load(Ordering::Relaxed).saturating_sub(1),

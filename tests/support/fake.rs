@@ -255,6 +255,16 @@ fn serve(s: Arc<Shared>, stream: TcpStream) {
                         };
                         write_server_stats(&mut out, req.id.as_ref(), &report);
                     }
+                    // The fake keeps no channels: the real server's tests cover them.
+                    RequestKind::Subscribe | RequestKind::Unsubscribe | RequestKind::Publish => {
+                        write_error(
+                            &mut out,
+                            req.id.as_ref(),
+                            ErrorCode::UnknownType,
+                            "the fake server has no channels",
+                            Some(req.type_name),
+                        )
+                    }
                     RequestKind::Custom => match req.type_name {
                         "slow" => {
                             let ms = req.get("ms").and_then(|v| v.as_u64()).unwrap_or(200);

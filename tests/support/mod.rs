@@ -12,8 +12,9 @@
 //!   helpers, for the client tests;
 //! - [`hostile`]: watchdog, seeded RNG, descriptor and RSS probes for the
 //!   hostile and resource tests;
-//! - [`pacing`]: a broadcast sender paced on its readers' progress.
-//! - [`tls`]: certificates made at test time (rcgen), TLS servers and clients.
+//! - [`pacing`]: a broadcast sender paced on its readers' progress;
+//! - [`tls`]: certificates made at test time (rcgen), TLS servers and clients;
+//! - [`redis`]: a real redis-server on a free port, for the cluster tests.
 //!
 //! Run the whole suite on one I/O backend with `RINGCAST_IO_BACKEND=auto`,
 //! `io-uring` or `epoll` (unset: the builder's default).
@@ -24,6 +25,7 @@
 pub mod fake;
 pub mod hostile;
 pub mod pacing;
+pub mod redis;
 pub mod server;
 pub mod tls;
 pub mod wait;

@@ -1,9 +1,11 @@
-//! Fan-out: broadcasts published this turn go to the local sessions and
-//! to the other shards' mailboxes; publishers are paused while fan-out is
+//! Fan-out: broadcasts and channel messages published this turn go to the
+//! local sessions and to the other shards' mailboxes (channel messages only
+//! to shards with subscribers); publishers are paused while fan-out is
 //! behind anywhere.
 
 use super::{touch, Shard, PUSH_FLUSH_BUDGET};
-use crate::server::broadcast::Wake;
+use crate::server::broadcast::{Delivery, Wake};
+use crate::server::channels::slot_of;
 use crate::server::WakeMode;
 
 /// Fan-out backlog (connections waiting for a broadcast send, on any shard)
@@ -13,13 +15,15 @@ use crate::server::WakeMode;
 const FANOUT_BACKLOG_LIMIT: usize = 4 * PUSH_FLUSH_BUDGET;
 
 impl Shard<'_> {
-    /// Whether broadcast fan-out is behind on any shard.
+    /// Whether broadcast fan-out is behind on any shard, or the cluster
+    /// backplane behind writing to Redis.
     pub(super) fn fanout_busy(&self) -> bool {
-        self.env
-            .shared
+        let shared = self.env.shared;
+        shared
             .mailboxes
             .iter()
             .any(|m| m.backlog() > FANOUT_BACKLOG_LIMIT)
+            || shared.cluster.as_ref().is_some_and(|c| c.backlogged())
     }
 
     /// Publishes this shard's fan-out backlog and resumes publishers paused
@@ -48,20 +52,24 @@ impl Shard<'_> {
         }
     }
 
-    /// Delivers this turn's broadcasts: to local sessions now, and to other
-    /// shards' mailboxes (waking each at most once). A publisher is paused
-    /// while fan-out is behind anywhere.
+    /// Delivers this turn's broadcasts and channel messages: to local
+    /// sessions now, and to other shards' mailboxes (a channel message only
+    /// to shards with interest in its channel), waking each at most once. A
+    /// publisher is paused while fan-out is behind anywhere.
     pub(super) fn deliver_broadcasts(&mut self) {
         let shared = self.env.shared;
         let mut outgoing = std::mem::take(&mut self.env.outgoing);
-        let busy = !outgoing.is_empty() && self.fanout_busy();
+        let sent_any = !outgoing.is_empty();
+        let busy = sent_any && self.fanout_busy();
         let use_ring = shared.config.wake == WakeMode::MsgRing;
-        for (frame, sender) in outgoing.drain(..) {
+        for (d, sender) in outgoing.drain(..) {
+            let slot = d.channel.as_deref().map(slot_of);
             for (i, mb) in shared.mailboxes.iter().enumerate() {
-                if i != self.id {
-                    if let Wake::Ring(fd) = mb.push(frame.clone(), use_ring) {
-                        self.wake_targets[i] = Some(fd);
-                    }
+                if i == self.id || slot.is_some_and(|s| shared.interest[i].count(s) == 0) {
+                    continue;
+                }
+                if let Wake::Ring(fd) = mb.push(d.clone(), use_ring) {
+                    self.wake_targets[i] = Some(fd);
                 }
             }
             if busy {
@@ -73,13 +81,18 @@ impl Shard<'_> {
                     }
                 }
             }
-            self.deliver_local(&frame, Some(sender));
+            self.deliver_local(&d, Some(sender));
         }
         self.env.outgoing = outgoing;
+        if sent_any {
+            if let Some(c) = &shared.cluster {
+                c.wake_writer();
+            }
+        }
         let mut inbound = Vec::new();
-        shared.mailboxes[self.id].drain(|b| inbound.push(b));
-        for frame in inbound {
-            self.deliver_local(&frame, None);
+        shared.mailboxes[self.id].drain(|d| inbound.push(d));
+        for d in inbound {
+            self.deliver_local(&d, None);
         }
         for i in 0..self.wake_targets.len() {
             if let Some(fd) = self.wake_targets[i].take() {
@@ -88,13 +101,26 @@ impl Shard<'_> {
         }
     }
 
-    fn deliver_local(&mut self, frame: &bytes::Bytes, except: Option<usize>) {
+    /// Queues a delivery to this shard's recipients: a broadcast to every
+    /// established session but its sender (`except`), a channel message to
+    /// the channel's subscribers here (its publisher too, if subscribed).
+    fn deliver_local(&mut self, d: &Delivery, except: Option<usize>) {
+        let mut keys = std::mem::take(&mut self.recipients);
+        match &d.channel {
+            None => keys.extend(
+                self.sessions
+                    .iter()
+                    .filter(|(k, e)| Some(*k) != except && e.session.is_established())
+                    .map(|(k, _)| k),
+            ),
+            Some(ch) => keys.extend(self.env.channels.subscribers(ch)),
+        }
         let mut delivered = 0;
-        for (key, e) in self.sessions.iter_mut() {
-            if Some(key) == except || !e.session.is_established() {
+        for key in keys.drain(..) {
+            let Some(e) = self.sessions.get_mut(key) else {
                 continue;
-            }
-            if e.session.push_broadcast(&mut self.env, frame) {
+            };
+            if e.session.push_broadcast(&mut self.env, &d.frame) {
                 delivered += 1;
                 if !e.push_dirty {
                     e.push_dirty = true;
@@ -106,6 +132,11 @@ impl Shard<'_> {
                 self.touched.push(key);
             }
         }
-        crate::server::stats::bump(&self.env.counters.broadcasts_delivered, delivered);
+        self.recipients = keys;
+        let counter = match d.channel {
+            None => &self.env.counters.broadcasts_delivered,
+            Some(_) => &self.env.counters.channel_deliveries,
+        };
+        crate::server::stats::bump(counter, delivered);
     }
 }

@@ -98,6 +98,7 @@ pub(crate) fn run(
         pushes: VecDeque::new(),
         fanout_paused: Vec::new(),
         added: Vec::new(),
+        recipients: Vec::new(),
         wake_targets: vec![None; shared.shards],
         stopping: false,
         stop_deadline: 0,
@@ -127,6 +128,8 @@ struct Shard<'a> {
     fanout_paused: Vec<usize>,
     /// Connections accepted during the poll, handed to the backend after it.
     added: Vec<(usize, std::net::TcpStream)>,
+    /// Recipients of the delivery being queued (kept for its capacity).
+    recipients: Vec<usize>,
     /// Rings of shards to wake at the end of this turn.
     wake_targets: Vec<Option<std::os::fd::RawFd>>,
     stopping: bool,

@@ -1,0 +1,261 @@
+//! Channels: each shard's subscriber index, and the interest table through
+//! which a publish finds the shards that have subscribers.
+//!
+//! A shard alone writes its [`ChannelIndex`] (channel → its sessions there,
+//! session → its channels) and its row of the [`Interest`] table:
+//! subscriber counts per hash slot of the channel name, read by every
+//! other shard with relaxed loads. A publish reads one slot per shard, with
+//! no lock, and crosses only to shards whose slot is non-zero. Two channels
+//! that share a slot cost a shard an unneeded hop now and then (it finds no
+//! local subscriber and drops the frame); they never lose a delivery.
+//!
+//! Why slots and not the names themselves: a name set shared across shards
+//! needs a lock (or an epoch scheme) on every publish; a fixed array of
+//! counters needs neither, and its size bounds the memory whatever clients
+//! subscribe to.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use super::stats::ShardCounters;
+
+/// Hash slots of the interest table. 16,384 × 4 bytes = 64 KiB per shard;
+/// two given channels share a slot with probability 1/16,384, so the
+/// unneeded hops (and the overcount in a remote shard's share of
+/// `recipients`) stay rare even with thousands of busy channels.
+pub const INTEREST_SLOTS: usize = 1 << 14;
+
+/// The interest slot of a channel: FNV-1a, a fixed function (not the
+/// per-process random SipHash of `HashMap`) so that every shard, and every
+/// node of a cluster, puts a name in the same slot.
+pub fn slot_of(channel: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in channel.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % INTEREST_SLOTS as u64) as usize
+}
+
+/// One shard's published interest: its subscriber count per slot.
+pub struct Interest {
+    slots: Box<[AtomicU32]>,
+}
+
+impl std::fmt::Debug for Interest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interest").finish_non_exhaustive()
+    }
+}
+
+impl Default for Interest {
+    fn default() -> Self {
+        Interest {
+            slots: (0..INTEREST_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+}
+
+impl Interest {
+    /// Subscribers the owner has in `slot` (any shard may ask).
+    #[inline]
+    pub fn count(&self, slot: usize) -> u32 {
+        // Acquire pairs with the owner's Release: a client told
+        // `subscribed` is visible to every publish that starts afterwards.
+        self.slots[slot].load(Ordering::Acquire)
+    }
+
+    /// Sets `slot`'s count (the single writer of a table of remote counts).
+    pub(crate) fn set(&self, slot: usize, n: u32) {
+        self.slots[slot].store(n, Ordering::Release);
+    }
+
+    /// The owner adds one subscriber to `slot` (single writer: no RMW).
+    fn add(&self, slot: usize) {
+        let s = &self.slots[slot];
+        s.store(s.load(Ordering::Relaxed) + 1, Ordering::Release);
+    }
+
+    /// The owner removes one subscriber from `slot`.
+    fn remove(&self, slot: usize) {
+        let s = &self.slots[slot];
+        s.store(
+            s.load(Ordering::Relaxed).saturating_sub(1),
+            Ordering::Release,
+        );
+    }
+}
+
+/// Why a subscribe was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The connection already holds `max_subscriptions` channels.
+    #[error("this connection already holds the server's max_subscriptions channels")]
+    TooMany,
+}
+
+/// One shard's subscriber index. Sessions are named by their shard key.
+#[derive(Debug, Default)]
+pub struct ChannelIndex {
+    channels: HashMap<Arc<str>, HashSet<usize>>,
+    by_session: HashMap<usize, HashSet<Arc<str>>>,
+    subscriptions: usize,
+}
+
+impl ChannelIndex {
+    /// Subscribes `session` to `channel` (again is a no-op), publishing the
+    /// interest in `interest`. Returns the channels the session now holds.
+    pub fn subscribe(
+        &mut self,
+        interest: &Interest,
+        session: usize,
+        channel: &str,
+        max: usize,
+    ) -> Result<usize, SubscribeError> {
+        let mine = self.by_session.entry(session).or_default();
+        if mine.contains(channel) {
+            return Ok(mine.len());
+        }
+        if mine.len() >= max {
+            return Err(SubscribeError::TooMany);
+        }
+        let name: Arc<str> = match self.channels.get_key_value(channel) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(channel),
+        };
+        mine.insert(name.clone());
+        let held = mine.len();
+        self.channels.entry(name).or_default().insert(session);
+        self.subscriptions += 1;
+        interest.add(slot_of(channel));
+        Ok(held)
+    }
+
+    /// Unsubscribes `session` from `channel` if it was subscribed. Returns
+    /// the channels the session now holds.
+    pub fn unsubscribe(&mut self, interest: &Interest, session: usize, channel: &str) -> usize {
+        let Some(mine) = self.by_session.get_mut(&session) else {
+            return 0;
+        };
+        let removed = mine.remove(channel);
+        let held = mine.len();
+        if held == 0 {
+            self.by_session.remove(&session);
+        }
+        if removed {
+            self.remove_member(interest, session, channel);
+        }
+        held
+    }
+
+    /// Drops every subscription of `session` (it disconnected). Returns
+    /// how many it held.
+    pub fn drop_session(&mut self, interest: &Interest, session: usize) -> usize {
+        let Some(mine) = self.by_session.remove(&session) else {
+            return 0;
+        };
+        for channel in &mine {
+            self.remove_member(interest, session, channel);
+        }
+        mine.len()
+    }
+
+    fn remove_member(&mut self, interest: &Interest, session: usize, channel: &str) {
+        if let Some(members) = self.channels.get_mut(channel) {
+            if members.remove(&session) {
+                self.subscriptions -= 1;
+                interest.remove(slot_of(channel));
+            }
+            if members.is_empty() {
+                self.channels.remove(channel);
+            }
+        }
+    }
+
+    /// The sessions subscribed to `channel` on this shard.
+    pub fn subscribers(&self, channel: &str) -> impl Iterator<Item = usize> + '_ {
+        self.channels.get(channel).into_iter().flatten().copied()
+    }
+
+    /// How many sessions on this shard are subscribed to `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, HashSet::len)
+    }
+
+    /// Channels with at least one subscriber on this shard.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Subscriptions held on this shard.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions
+    }
+
+    /// Mirrors the index's sizes into the shard's gauges (after a change).
+    pub fn store_gauges(&self, counters: &ShardCounters) {
+        counters
+            .channels
+            .store(self.channels.len() as u64, Ordering::Relaxed);
+        counters
+            .subscriptions
+            .store(self.subscriptions as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_unsubscribe_drop_keep_index_and_interest_in_step() {
+        let interest = Interest::default();
+        let mut ix = ChannelIndex::default();
+        let (a, b) = (slot_of("a"), slot_of("b"));
+        assert_eq!(ix.subscribe(&interest, 1, "a", 2), Ok(1));
+        assert_eq!(
+            ix.subscribe(&interest, 1, "a", 2),
+            Ok(1),
+            "again is a no-op"
+        );
+        assert_eq!(ix.subscribe(&interest, 2, "a", 2), Ok(1));
+        assert_eq!(ix.subscribe(&interest, 1, "b", 2), Ok(2));
+        assert_eq!(
+            ix.subscribe(&interest, 1, "c", 2),
+            Err(SubscribeError::TooMany)
+        );
+        assert_eq!(interest.count(a), 2);
+        assert_eq!(interest.count(b), 1);
+        assert_eq!((ix.channel_count(), ix.subscription_count()), (2, 3));
+        let mut subs: Vec<usize> = ix.subscribers("a").collect();
+        subs.sort_unstable();
+        assert_eq!(subs, [1, 2]);
+
+        assert_eq!(
+            ix.unsubscribe(&interest, 2, "b"),
+            1,
+            "not subscribed: no-op"
+        );
+        assert_eq!(ix.unsubscribe(&interest, 9, "a"), 0, "unknown session");
+        assert_eq!(ix.unsubscribe(&interest, 2, "a"), 0);
+        assert_eq!(interest.count(a), 1);
+        assert_eq!(ix.drop_session(&interest, 1), 2);
+        assert_eq!(ix.drop_session(&interest, 1), 0);
+        assert_eq!((interest.count(a), interest.count(b)), (0, 0));
+        assert_eq!((ix.channel_count(), ix.subscription_count()), (0, 0));
+        assert_eq!(ix.subscribers("a").count(), 0);
+    }
+
+    #[test]
+    fn slots_are_fixed_and_in_range() {
+        // FNV-1a of the empty string is the offset basis itself.
+        assert_eq!(
+            slot_of(""),
+            (0xcbf2_9ce4_8422_2325u64 % INTEREST_SLOTS as u64) as usize
+        );
+        assert_eq!(slot_of("news"), slot_of("news"));
+        assert_ne!(slot_of("news"), slot_of("sport"));
+        assert!(slot_of(&"x".repeat(300)) < INTEREST_SLOTS);
+    }
+}
