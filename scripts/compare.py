@@ -340,7 +340,8 @@ def ceiling_mode(a, servers):
                "generator": f"{servers.ringcast} bench (default io backend); Redis: redis-benchmark -t ping",
                "scenarios": {}}
     print(f"machine: {machine}; load average at start {' '.join(load)}; runs {a.runs} x {a.duration} s", flush=True)
-    port = 19400
+    # Away from the 19200-19500 range other scripts (and engineers) use.
+    port = int(os.environ.get("PORT_BASE", "29400"))
     anomalies = []
     for name, args, metric, kinds in plan:
         runs = {k: [] for k in kinds}
