@@ -313,7 +313,7 @@ const SCAN_BLOCK: usize = 64;
 /// fold so the compiler turns it into vector compares (16+ bytes per
 /// instruction on x86_64); safe code, no intrinsics.
 #[inline]
-fn block_needs_escape(block: &[u8]) -> bool {
+pub(crate) fn block_needs_escape(block: &[u8]) -> bool {
     block.iter().fold(0u8, |acc, &b| {
         acc | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
     }) != 0

@@ -11,6 +11,7 @@ pub mod error;
 pub mod frame;
 pub mod json;
 pub mod message;
+pub mod raw;
 pub mod time;
 
 pub use error::{ErrorCode, FrameError, RequestError};

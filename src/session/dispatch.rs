@@ -6,7 +6,7 @@ use super::output::{Bucket, Output};
 use super::tls::HandshakeFailure;
 use crate::protocol::frame::{BoundedPool, BufferPool};
 use crate::protocol::message::{self, StatsReport};
-use crate::protocol::{parse_request, ErrorCode, RequestKind};
+use crate::protocol::{parse_request, raw, ErrorCode, RequestKind};
 use crate::server::broadcast::Delivery;
 use crate::server::channels::{slot_of, SubscribeError};
 use bytes::Bytes;
@@ -60,6 +60,14 @@ pub(crate) fn handle_frame(
     } = env;
     let now = ts.format(now_ms);
     let (rate, burst) = (*rate, *burst);
+    // Large echoes: validated and copied raw, without the tape (issue 15).
+    if payload.len() >= raw::RAW_ECHO_MIN && *me.authed && rate == 0.0 {
+        if let Some(echo) = raw::large_echo(payload) {
+            counters.message(RequestKind::Echo);
+            raw::write_echo_response(reply_buf(pool, out), &echo, now);
+            return ControlFlow::Continue(());
+        }
+    }
     parse_request(parser, payload, |r| {
         let buf = reply_buf(pool, out);
         let req = match r {

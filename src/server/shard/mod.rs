@@ -21,8 +21,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Broadcast-only connections flushed per loop turn (see `flush`).
-const PUSH_FLUSH_BUDGET: usize = 64;
+/// Broadcast-only connections flushed per loop turn (see `flush`). Short
+/// turns let the publisher's next broadcasts in sooner; broadcast 1 →
+/// 1,000 (issue 15, medians of 3 alternated): 4 gave 0.88–1.09 M
+/// deliveries/s against 0.50 M for 64, at the same p99 (65–73 ms); 1 and 2
+/// were no better than 4, 16 was 0.62 M.
+const PUSH_FLUSH_BUDGET: usize = 4;
 /// The shard's housekeeping tick (idle sweep, deadlines, messages/s).
 const TICK: Duration = Duration::from_secs(1);
 /// At stop, how long to wait for the backend to finish with connections.
