@@ -37,11 +37,14 @@ pub enum RequestKind {
     /// `publish {channel, content}` → `published`, and `channel_message` to
     /// the channel's subscribers.
     Publish,
+    /// `hello {compression}` → `hello_ok`: version and feature discovery,
+    /// and the compression codec (see [`super::codec`]).
+    Hello,
 }
 
 impl RequestKind {
     /// How many kinds there are (the length of per-type counter arrays).
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     /// Known kinds, in the order used for per-type counters (new kinds are
     /// appended, so existing counter positions never move).
@@ -56,6 +59,7 @@ impl RequestKind {
         RequestKind::Subscribe,
         RequestKind::Unsubscribe,
         RequestKind::Publish,
+        RequestKind::Hello,
     ];
 
     /// Classifies a `type` string.
@@ -71,6 +75,7 @@ impl RequestKind {
             "subscribe" => RequestKind::Subscribe,
             "unsubscribe" => RequestKind::Unsubscribe,
             "publish" => RequestKind::Publish,
+            "hello" => RequestKind::Hello,
             _ => RequestKind::Custom,
         }
     }
@@ -88,6 +93,7 @@ impl RequestKind {
             RequestKind::Subscribe => "subscribe",
             RequestKind::Unsubscribe => "unsubscribe",
             RequestKind::Publish => "publish",
+            RequestKind::Hello => "hello",
         }
     }
 
@@ -179,6 +185,16 @@ impl<'t, 'a> Request<'t, 'a> {
                         request_type: Some(type_name),
                     });
                 }
+            }
+            RequestKind::Hello
+                if root.get("compression").is_some_and(|c| {
+                    !c.is_null()
+                        && !c
+                            .elements()
+                            .is_some_and(|mut e| e.all(|n| n.as_str().is_some()))
+                }) =>
+            {
+                return Err(err("hello's compression must be an array of codec names"));
             }
             RequestKind::Auth if root.get("token").and_then(|t| t.as_str()).is_none() => {
                 return Err(err("auth needs a string token field"));
@@ -353,6 +369,46 @@ pub fn write_message_ack(out: &mut Vec<u8>, req: &Request<'_, '_>, now: &str) {
 /// `auth_ok` after a valid `auth`.
 pub fn write_auth_ok(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>) {
     write_response(out, "auth_ok", id, |_| {});
+}
+
+/// What `hello_ok` tells a client about the server and its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct HelloOk<'a> {
+    /// The codec chosen for this connection, if any.
+    pub compression: Option<super::codec::Codec>,
+    /// The largest payload (decompressed) accepted.
+    pub max_frame_bytes: usize,
+    /// Payloads larger than this are compressed.
+    pub compression_threshold: usize,
+    /// Capabilities present (see docs/PROTOCOL.md, `hello`).
+    pub features: &'a [&'a str],
+}
+
+/// The protocol version `hello_ok` announces; bumped only for changes an
+/// old client could not follow.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// `hello_ok`: the codec chosen, and what the server is and offers.
+pub fn write_hello_ok(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, h: &HelloOk<'_>) {
+    write_response(out, "hello_ok", id, |o| {
+        match h.compression {
+            Some(c) => o.raw_str("compression", c.as_str()),
+            None => o.null("compression"),
+        }
+        o.raw_str("server", concat!("ringcast/", env!("CARGO_PKG_VERSION")));
+        o.u64("protocol", PROTOCOL_VERSION);
+        o.u64("max_frame_bytes", h.max_frame_bytes as u64);
+        o.u64("compression_threshold", h.compression_threshold as u64);
+        let a = o.key("features");
+        a.push(b'[');
+        for (i, f) in h.features.iter().enumerate() {
+            if i > 0 {
+                a.push(b',');
+            }
+            super::json::write_str(a, f);
+        }
+        a.push(b']');
+    });
 }
 
 /// `error` with a stable code, a message and, when known, the request type.
