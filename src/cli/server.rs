@@ -45,6 +45,10 @@ pub struct ServerArgs {
     /// `plain = false`).
     #[arg(long, env = "RINGCAST_NO_PLAIN", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_plain: bool,
+    /// Do not offer compression to clients that ask for it in `hello`
+    /// (file key: `compression = false`).
+    #[arg(long, env = "RINGCAST_NO_COMPRESSION", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_compression: bool,
     /// Every setting, as given by flags and variables.
     #[command(flatten)]
     pub given: Layer,
@@ -415,6 +419,9 @@ impl ServerArgs {
         }
         if self.no_plain {
             given.plain = Some(false);
+        }
+        if self.no_compression {
+            given.compression = Some(false);
         }
         if let Some(path) = &self.config {
             let mut file = Layer::from_file(path)?;

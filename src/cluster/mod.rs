@@ -493,6 +493,7 @@ fn reader_main(shared: &Shared) {
     let mut last_id: Option<String> = None;
     let mut last_seq: HashMap<String, u64> = HashMap::new();
     let mut con: Option<Connection> = None;
+    let mut compressor = crate::protocol::codec::Compressor::new();
     while !c.stopping() {
         let Some(conn) = con.as_mut() else {
             con = c.connect(read_timeout, "reader");
@@ -556,10 +557,9 @@ fn reader_main(shared: &Shared) {
                 let channel: Option<Arc<str>> = get("c")
                     .and_then(|c| String::from_utf8(c).ok())
                     .map(Arc::from);
-                let d = Delivery {
-                    frame: Bytes::from(frame),
-                    channel,
-                };
+                let mut d = Delivery::new(Bytes::from(frame), channel);
+                // Compressed here, once, like a local publish on its shard.
+                d.pack(shared, &mut compressor, &shared.counters[0]);
                 deliver(shared, d);
                 c.received.fetch_add(1, Ordering::Relaxed);
             }

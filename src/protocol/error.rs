@@ -44,11 +44,16 @@ pub enum ErrorCode {
     /// The cluster backplane is unreachable and its buffer is full: the
     /// message reached this node's clients only.
     BackplaneUnavailable,
+    /// A compressed frame is not a valid stream of the negotiated codec
+    /// (garbage, truncated, or with bytes after its end).
+    CompressionError,
+    /// `hello` was sent a second time on this connection.
+    HelloRepeated,
 }
 
 impl ErrorCode {
     /// How many codes there are (the length of per-code counter arrays).
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 17;
 
     /// Every code, in the order of per-code counters.
     pub const ALL: [ErrorCode; ErrorCode::COUNT] = [
@@ -67,6 +72,8 @@ impl ErrorCode {
         ErrorCode::InvalidChannel,
         ErrorCode::TooManySubscriptions,
         ErrorCode::BackplaneUnavailable,
+        ErrorCode::CompressionError,
+        ErrorCode::HelloRepeated,
     ];
 
     /// The wire string of this code.
@@ -87,6 +94,8 @@ impl ErrorCode {
             ErrorCode::InvalidChannel => "invalid_channel",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::BackplaneUnavailable => "backplane_unavailable",
+            ErrorCode::CompressionError => "compression_error",
+            ErrorCode::HelloRepeated => "hello_repeated",
         }
     }
 
@@ -115,6 +124,7 @@ impl ErrorCode {
                 | ErrorCode::SlowConsumer
                 | ErrorCode::Unauthorized
                 | ErrorCode::ShuttingDown
+                | ErrorCode::CompressionError
         )
     }
 }

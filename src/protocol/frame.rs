@@ -114,6 +114,10 @@ pub struct FrameDecoder {
     /// earlier chunks. Empty when the previous chunk ended on a frame boundary.
     straddle: Vec<u8>,
     poisoned: Option<FrameError>,
+    /// The top bit of a header marks a compressed payload (only after the
+    /// connection negotiated a codec; before that such a header is simply a
+    /// length over the limit).
+    flagged: bool,
 }
 
 impl FrameDecoder {
@@ -123,6 +127,7 @@ impl FrameDecoder {
             max_frame_bytes,
             straddle: Vec::new(),
             poisoned: None,
+            flagged: false,
         }
     }
 
@@ -146,9 +151,21 @@ impl FrameDecoder {
         !self.straddle.is_empty()
     }
 
-    /// Checks a complete header and returns the payload length.
-    fn check_header(&self, h: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
-        let len = u32::from_be_bytes(h) as u64;
+    /// From now on a header with the top bit set announces a compressed
+    /// payload of the low 31 bits' length (see [`super::codec`]).
+    pub fn accept_compressed(&mut self) {
+        self.flagged = true;
+    }
+
+    /// Checks a complete header and returns the payload length, and
+    /// whether the payload is compressed.
+    fn check_header(&self, h: [u8; HEADER_LEN]) -> Result<(usize, bool), FrameError> {
+        let raw = u32::from_be_bytes(h);
+        let compressed = self.flagged && raw & super::codec::COMPRESSED_FLAG != 0;
+        let len = match compressed {
+            true => (raw & !super::codec::COMPRESSED_FLAG) as u64,
+            false => raw as u64,
+        };
         if len == 0 {
             return Err(FrameError::Empty);
         }
@@ -158,7 +175,7 @@ impl FrameDecoder {
                 max: self.max_frame_bytes,
             });
         }
-        Ok(len as usize)
+        Ok((len as usize, compressed))
     }
 
     /// Feeds one chunk. `on_frame` is called with each complete payload, in
@@ -209,6 +226,23 @@ impl FrameDecoder {
     where
         P: BufferPool + ?Sized,
         F: FnMut(&mut [u8]) -> ControlFlow<()>,
+    {
+        self.feed_flagged(chunk, pool, max_capacity, |p, _| on_frame(p))
+    }
+
+    /// Like [`FrameDecoder::feed_bounded`], and `on_frame` is also told
+    /// whether the payload is compressed (always false until
+    /// [`FrameDecoder::accept_compressed`]).
+    pub fn feed_flagged<P, F>(
+        &mut self,
+        chunk: &mut [u8],
+        pool: &mut P,
+        max_capacity: usize,
+        mut on_frame: F,
+    ) -> Result<(), FrameError>
+    where
+        P: BufferPool + ?Sized,
+        F: FnMut(&mut [u8], bool) -> ControlFlow<()>,
     {
         if let Some(e) = self.poisoned {
             return Err(e);
@@ -300,7 +334,7 @@ impl FrameDecoder {
     ) -> Result<(), FrameError>
     where
         P: BufferPool + ?Sized,
-        F: FnMut(&mut [u8]) -> ControlFlow<()>,
+        F: FnMut(&mut [u8], bool) -> ControlFlow<()>,
     {
         let mut pos = 0;
         // 1. Finish a frame begun in an earlier chunk.
@@ -316,7 +350,7 @@ impl FrameDecoder {
             }
             let mut h = [0u8; HEADER_LEN];
             h.copy_from_slice(&self.straddle[..HEADER_LEN]);
-            let len = self.check_header(h)?;
+            let (len, compressed) = self.check_header(h)?;
             let have = self.straddle.len() - HEADER_LEN;
             let take = (len - have).min(chunk.len() - pos);
             self.reserve(take, HEADER_LEN + len, max_capacity)?;
@@ -325,7 +359,7 @@ impl FrameDecoder {
             if self.straddle.len() - HEADER_LEN < len {
                 return Ok(());
             }
-            let flow = on_frame(&mut self.straddle[HEADER_LEN..]);
+            let flow = on_frame(&mut self.straddle[HEADER_LEN..], compressed);
             let mut done = std::mem::take(&mut self.straddle);
             done.clear();
             // A buffer the pool declines is kept only if it is modest.
@@ -349,14 +383,14 @@ impl FrameDecoder {
             }
             let mut h = [0u8; HEADER_LEN];
             h.copy_from_slice(&chunk[pos..pos + HEADER_LEN]);
-            let len = self.check_header(h)?;
+            let (len, compressed) = self.check_header(h)?;
             if rest - HEADER_LEN < len {
                 // 3. The tail straddles into the next chunk: keep what arrived.
                 return self.begin_straddle(pool, &chunk[pos..], HEADER_LEN + len, max_capacity);
             }
             let start = pos + HEADER_LEN;
             pos = start + len;
-            if on_frame(&mut chunk[start..pos]).is_break() {
+            if on_frame(&mut chunk[start..pos], compressed).is_break() {
                 return Ok(());
             }
         }
@@ -442,6 +476,38 @@ mod tests {
             ControlFlow::Continue(())
         })
         .unwrap();
+    }
+
+    #[test]
+    fn the_top_bit_marks_compression_only_once_accepted() {
+        let mut bytes = (5u32 | super::super::codec::COMPRESSED_FLAG)
+            .to_be_bytes()
+            .to_vec();
+        bytes.extend_from_slice(b"abcde");
+        let mut d = FrameDecoder::new(1 << 20);
+        let r = d.feed(&mut bytes.clone(), |_| ControlFlow::Continue(()));
+        assert!(matches!(r, Err(FrameError::TooLarge { .. })), "{r:?}");
+        let mut d = FrameDecoder::new(1 << 20);
+        d.accept_compressed();
+        let mut seen = Vec::new();
+        let mut two = bytes.clone();
+        two.extend_from_slice(&[0, 0, 0, 2, b'{', b'}']);
+        // Split mid-header, so the straddle path sees the flag too.
+        let (a, b) = two.split_at_mut(2);
+        for chunk in [a, b] {
+            d.feed_flagged(chunk, &mut NoPool, usize::MAX, |p, packed| {
+                seen.push((p.to_vec(), packed));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        }
+        assert_eq!(seen, [(b"abcde".to_vec(), true), (b"{}".to_vec(), false)]);
+        // Flagged with a zero length: empty.
+        let mut d = FrameDecoder::new(1 << 20);
+        d.accept_compressed();
+        let mut empty = super::super::codec::COMPRESSED_FLAG.to_be_bytes();
+        let r = d.feed(&mut empty, |_| ControlFlow::Continue(()));
+        assert_eq!(r, Err(FrameError::Empty));
     }
 
     #[test]

@@ -193,6 +193,17 @@ impl<'t, 'a> JsonValue<'t, 'a> {
         }
     }
 
+    /// The elements of an array, or `None` if this is not an array.
+    pub fn elements(&self) -> Option<Elements<'t, 'a>> {
+        match self.head() {
+            Node::Array { len, .. } => Some(Elements {
+                nodes: &self.0[1..],
+                left: *len,
+            }),
+            _ => None,
+        }
+    }
+
     /// Appends this value as compact JSON to `out`. Iterative, so nesting
     /// depth costs heap (a small stack), never the thread's stack.
     pub fn write_json(&self, out: &mut Vec<u8>) {
@@ -278,6 +289,28 @@ impl<'t, 'a> Iterator for Entries<'t, 'a> {
         let v = JsonValue(&self.nodes[1..1 + n]);
         self.nodes = &self.nodes[1 + n..];
         Some((k, v))
+    }
+}
+
+/// The elements of a JSON array, in order.
+#[derive(Debug)]
+pub struct Elements<'t, 'a> {
+    nodes: &'t [Node<'a>],
+    left: usize,
+}
+
+impl<'t, 'a> Iterator for Elements<'t, 'a> {
+    type Item = JsonValue<'t, 'a>;
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let n = node_count(self.nodes.first()?);
+        let v = JsonValue(&self.nodes[..n]);
+        self.nodes = &self.nodes[n..];
+        Some(v)
     }
 }
 

@@ -37,11 +37,14 @@ pub enum RequestKind {
     /// `publish {channel, content}` → `published`, and `channel_message` to
     /// the channel's subscribers.
     Publish,
+    /// `hello {compression}` → `hello_ok`: version and feature discovery,
+    /// and the compression codec (see [`super::codec`]).
+    Hello,
 }
 
 impl RequestKind {
     /// How many kinds there are (the length of per-type counter arrays).
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     /// Known kinds, in the order used for per-type counters (new kinds are
     /// appended, so existing counter positions never move).
@@ -56,6 +59,7 @@ impl RequestKind {
         RequestKind::Subscribe,
         RequestKind::Unsubscribe,
         RequestKind::Publish,
+        RequestKind::Hello,
     ];
 
     /// Classifies a `type` string.
@@ -71,6 +75,7 @@ impl RequestKind {
             "subscribe" => RequestKind::Subscribe,
             "unsubscribe" => RequestKind::Unsubscribe,
             "publish" => RequestKind::Publish,
+            "hello" => RequestKind::Hello,
             _ => RequestKind::Custom,
         }
     }
@@ -88,6 +93,7 @@ impl RequestKind {
             RequestKind::Subscribe => "subscribe",
             RequestKind::Unsubscribe => "unsubscribe",
             RequestKind::Publish => "publish",
+            RequestKind::Hello => "hello",
         }
     }
 
@@ -179,6 +185,16 @@ impl<'t, 'a> Request<'t, 'a> {
                         request_type: Some(type_name),
                     });
                 }
+            }
+            RequestKind::Hello
+                if root.get("compression").is_some_and(|c| {
+                    !c.is_null()
+                        && !c
+                            .elements()
+                            .is_some_and(|mut e| e.all(|n| n.as_str().is_some()))
+                }) =>
+            {
+                return Err(err("hello's compression must be an array of codec names"));
             }
             RequestKind::Auth if root.get("token").and_then(|t| t.as_str()).is_none() => {
                 return Err(err("auth needs a string token field"));
@@ -355,6 +371,46 @@ pub fn write_auth_ok(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>) {
     write_response(out, "auth_ok", id, |_| {});
 }
 
+/// What `hello_ok` tells a client about the server and its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct HelloOk<'a> {
+    /// The codec chosen for this connection, if any.
+    pub compression: Option<super::codec::Codec>,
+    /// The largest payload (decompressed) accepted.
+    pub max_frame_bytes: usize,
+    /// Payloads larger than this are compressed.
+    pub compression_threshold: usize,
+    /// Capabilities present (see docs/PROTOCOL.md, `hello`).
+    pub features: &'a [&'a str],
+}
+
+/// The protocol version `hello_ok` announces; bumped only for changes an
+/// old client could not follow.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// `hello_ok`: the codec chosen, and what the server is and offers.
+pub fn write_hello_ok(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, h: &HelloOk<'_>) {
+    write_response(out, "hello_ok", id, |o| {
+        match h.compression {
+            Some(c) => o.raw_str("compression", c.as_str()),
+            None => o.null("compression"),
+        }
+        o.raw_str("server", concat!("ringcast/", env!("CARGO_PKG_VERSION")));
+        o.u64("protocol", PROTOCOL_VERSION);
+        o.u64("max_frame_bytes", h.max_frame_bytes as u64);
+        o.u64("compression_threshold", h.compression_threshold as u64);
+        let a = o.key("features");
+        a.push(b'[');
+        for (i, f) in h.features.iter().enumerate() {
+            if i > 0 {
+                a.push(b',');
+            }
+            super::json::write_str(a, f);
+        }
+        a.push(b']');
+    });
+}
+
 /// `error` with a stable code, a message and, when known, the request type.
 pub fn write_error(
     out: &mut Vec<u8>,
@@ -427,6 +483,43 @@ pub struct StatsReport<'a> {
     pub channel_deliveries: u64,
     /// The cluster, when the server runs with a backplane.
     pub cluster: Option<ClusterReport<'a>>,
+    /// Negotiated compression.
+    pub compression: CompressionReport,
+}
+
+/// `compression` in `server_stats` (see
+/// [`CompressionCounters`](crate::server::stats::CompressionCounters)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompressionReport {
+    /// Connections per codec, by [`Codec::index`](super::codec::Codec::index).
+    pub connections: [u64; super::codec::Codec::COUNT],
+    /// Compressed frames received.
+    pub frames_in: u64,
+    /// Their payload bytes as received.
+    pub bytes_in_wire: u64,
+    /// Their payload bytes decompressed.
+    pub bytes_in_plain: u64,
+    /// Compressed frames queued to clients.
+    pub frames_out: u64,
+    /// Their payload bytes before compression.
+    pub bytes_out_plain: u64,
+    /// Their payload bytes as sent.
+    pub bytes_out_wire: u64,
+    /// Compression operations run.
+    pub compressions: u64,
+}
+
+/// `plain / wire` with two decimals as a JSON number (0 before any
+/// traffic), written without allocating (get_stats allocates nothing).
+fn write_ratio(o: &mut ObjectWriter<'_>, key: &str, plain: u64, wire: u64) {
+    let hundredths = match wire {
+        0 => 0,
+        w => (plain as u128 * 100 / w as u128).min(u64::MAX as u128) as u64,
+    };
+    let out = o.key(key);
+    super::json::write_u64(out, hundredths / 100);
+    let frac = hundredths % 100;
+    out.extend_from_slice(&[b'.', b'0' + (frac / 10) as u8, b'0' + (frac % 10) as u8]);
 }
 
 /// `cluster` in `server_stats`.
@@ -489,6 +582,23 @@ pub fn write_server_stats(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, s: 
             w.u64("buffered_bytes", c.buffered_bytes);
             w.finish();
         }
+        let c = &s.compression;
+        let mut w = ObjectWriter::new(o.key("compression"));
+        let mut per = ObjectWriter::new(w.key("connections"));
+        for codec in super::codec::Codec::ALL {
+            per.u64(codec.as_str(), c.connections[codec.index()]);
+        }
+        per.finish();
+        w.u64("frames_in", c.frames_in);
+        w.u64("bytes_in_wire", c.bytes_in_wire);
+        w.u64("bytes_in_plain", c.bytes_in_plain);
+        w.u64("frames_out", c.frames_out);
+        w.u64("bytes_out_plain", c.bytes_out_plain);
+        w.u64("bytes_out_wire", c.bytes_out_wire);
+        w.u64("compressions", c.compressions);
+        write_ratio(&mut w, "ratio_in", c.bytes_in_plain, c.bytes_in_wire);
+        write_ratio(&mut w, "ratio_out", c.bytes_out_plain, c.bytes_out_wire);
+        w.finish();
     });
 }
 
@@ -575,6 +685,35 @@ pub struct ServerStats {
     /// The cluster (absent without a backplane).
     #[serde(default)]
     pub cluster: Option<ClusterStats>,
+    /// Negotiated compression (absent from servers without it).
+    #[serde(default)]
+    pub compression: Option<CompressionStats>,
+}
+
+/// `compression` in `server_stats`, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressionStats {
+    /// Connections per codec name.
+    pub connections: BTreeMap<String, u64>,
+    /// Compressed frames received.
+    pub frames_in: u64,
+    /// Their payload bytes as received.
+    pub bytes_in_wire: u64,
+    /// Their payload bytes decompressed.
+    pub bytes_in_plain: u64,
+    /// Compressed frames queued to clients.
+    pub frames_out: u64,
+    /// Their payload bytes before compression.
+    pub bytes_out_plain: u64,
+    /// Their payload bytes as sent.
+    pub bytes_out_wire: u64,
+    /// Compression operations run (one per broadcast and codec, however
+    /// many recipients share it).
+    pub compressions: u64,
+    /// `bytes_in_plain / bytes_in_wire` (0 before any).
+    pub ratio_in: f64,
+    /// `bytes_out_plain / bytes_out_wire` (0 before any).
+    pub ratio_out: f64,
 }
 
 /// `cluster` in `server_stats`, as a client reads it.

@@ -5,8 +5,11 @@
 //!
 //! Call order for a receiver: [`FrameDecoder::feed`] each chunk; for each
 //! payload, [`parse_request`] (server) or [`JsonParser::parse`] (clients);
-//! write answers with the `write_*` functions of [`message`].
+//! write answers with the `write_*` functions of [`message`]. A connection
+//! that negotiated compression ([`codec`]) also has flagged frames, which
+//! are decompressed before parsing and compressed after writing.
 
+pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod json;

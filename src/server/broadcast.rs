@@ -7,6 +7,9 @@
 //! most once per batch: the `notified` flag collapses wake-ups until the
 //! target has drained its queue.
 
+use super::stats::ShardCounters;
+use super::Shared;
+use crate::protocol::codec::{Codec, Compressor};
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use std::os::fd::RawFd;
@@ -15,13 +18,72 @@ use std::sync::Arc;
 
 /// A frame for a shard's clients: a `broadcast_message` for every
 /// established client, or a `channel_message` for the channel's
-/// subscribers. Cloning it is two refcount increments at most.
+/// subscribers. Cloning it is a few refcount increments.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The frame, serialised once.
     pub frame: Bytes,
     /// `None` for a broadcast; the channel for a publish.
     pub channel: Option<Arc<str>>,
+    /// The frame compressed, by [`Codec::index`]: made once, where the
+    /// delivery is published, for each codec some connection negotiated
+    /// (see [`Delivery::pack`]). `None`: that codec's clients get `frame`.
+    pub packed: [Option<Bytes>; Codec::COUNT],
+}
+
+impl Delivery {
+    /// A delivery of `frame`, not compressed yet.
+    pub fn new(frame: Bytes, channel: Option<Arc<str>>) -> Delivery {
+        Delivery {
+            frame,
+            channel,
+            packed: [None, None],
+        }
+    }
+
+    /// Compresses the frame once for each codec that connections on any
+    /// shard have negotiated, if its payload is over the threshold and the
+    /// codec saves bytes. Every recipient of that codec then shares the
+    /// one compressed frame; a connection negotiating meanwhile simply gets
+    /// this one plain. Counts each compression in `counters`.
+    pub(crate) fn pack(
+        &mut self,
+        shared: &Shared,
+        compressor: &mut Compressor,
+        counters: &ShardCounters,
+    ) {
+        let payload = &self.frame[crate::protocol::HEADER_LEN..];
+        if payload.len() <= shared.config.compression_threshold_bytes {
+            return;
+        }
+        for codec in Codec::ALL {
+            let wanted = shared
+                .counters
+                .iter()
+                .any(|c| c.compression.connections[codec.index()].load(Ordering::Relaxed) > 0);
+            if !wanted {
+                continue;
+            }
+            let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+            if compressor.compress_frame(codec, payload, &mut out) {
+                self.packed[codec.index()] = Some(Bytes::from(out));
+            }
+            // Two writers (a shard and the cluster reader): an atomic add.
+            counters
+                .compression
+                .compressions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The frame a connection using `codec` gets: the compressed one when
+    /// there is one.
+    #[inline]
+    pub fn frame_for(&self, codec: Option<Codec>) -> &Bytes {
+        codec
+            .and_then(|c| self.packed[c.index()].as_ref())
+            .unwrap_or(&self.frame)
+    }
 }
 
 /// One shard's inbound mailbox.

@@ -144,6 +144,19 @@ macro_rules! server_settings {
             /// its own bookkeeping hold (about 100 bytes a subscription plus
             /// the name).
             max_subscriptions: usize = 1_000,
+            /// Offer per-frame compression (zstd, deflate) to clients that
+            /// ask for it in `hello`.
+            ///
+            /// The flag that turns it off is `--no-compression`
+            /// (`RINGCAST_NO_COMPRESSION`); the file key is `compression`.
+            /// Off, `hello_ok` answers `compression: null`.
+            [NoFlag] compression: bool = true,
+            /// Payloads larger than this many bytes are compressed toward
+            /// clients that negotiated a codec, when that saves bytes.
+            ///
+            /// 1 KiB: below it a codec's fixed overhead eats most of the
+            /// saving, and small frames keep their fast path untouched.
+            compression_threshold_bytes: usize = crate::protocol::codec::DEFAULT_THRESHOLD,
             /// Close connections without a complete frame for this many
             /// seconds; 0 = never.
             idle_timeout_secs: u64 = 300,
@@ -353,6 +366,15 @@ impl ServerConfig {
                 self.max_partial_bytes,
                 self.max_frame_bytes + crate::protocol::HEADER_LEN
             ));
+        }
+        if self.compression
+            && self.max_frame_bytes >= crate::protocol::codec::COMPRESSED_FLAG as usize
+        {
+            return Err(
+                "with compression on, max frame bytes must be below 2147483648: \
+                 the top bit of a frame's length marks a compressed frame"
+                    .into(),
+            );
         }
         if self.max_connections == 0 {
             return Err("max connections must be at least 1".into());

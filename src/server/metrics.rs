@@ -449,11 +449,30 @@ impl ShardCollector {
         values: &[&str],
         read: impl Fn(&ShardCounters, usize) -> u64,
     ) -> std::fmt::Result {
-        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        self.per_shard_by_typed(enc, name, help, MetricType::Counter, label, values, read)
+    }
+
+    /// [`Self::per_shard_by`] for a metric of any type (a gauge).
+    #[allow(clippy::too_many_arguments)]
+    fn per_shard_by_typed(
+        &self,
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        label: &str,
+        values: &[&str],
+        read: impl Fn(&ShardCounters, usize) -> u64,
+    ) -> std::fmt::Result {
+        let mut m = enc.encode_descriptor(name, help, None, kind)?;
         for (c, shard) in self.shared.counters.iter().zip(&self.shard_names) {
             for (i, v) in values.iter().enumerate() {
                 let labels = [("shard", shard.as_str()), (label, *v)];
-                ConstCounter::new(read(c, i)).encode(m.encode_family(&labels)?)?;
+                let fam = m.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(read(c, i)).encode(fam)?,
+                    _ => ConstGauge::new(read(c, i)).encode(fam)?,
+                }
             }
         }
         Ok(())
@@ -660,6 +679,57 @@ impl Collector for ShardCollector {
             "reason",
             &reasons,
             |c, i| c.tls_handshake_failures[i].load(Relaxed),
+        )?;
+        let codecs = crate::protocol::codec::Codec::ALL.map(|c| c.as_str());
+        self.per_shard_by_typed(
+            &mut enc,
+            "ringcast_compressed_connections",
+            "Connections that negotiated a compression codec in hello, by codec.",
+            MetricType::Gauge,
+            "codec",
+            &codecs,
+            |c, i| c.compression.connections[i].load(Relaxed),
+        )?;
+        let directions = ["in", "out"];
+        self.per_shard_by(
+            &mut enc,
+            "ringcast_compressed_frames",
+            "Compressed frames received (in) and queued to clients (out; a shared broadcast \
+             counts once per recipient).",
+            "direction",
+            &directions,
+            |c, i| [&c.compression.frames_in, &c.compression.frames_out][i].load(Relaxed),
+        )?;
+        self.per_shard_by(
+            &mut enc,
+            "ringcast_compressed_payload_bytes",
+            "Payload bytes of compressed frames as they crossed the wire, by direction.",
+            "direction",
+            &directions,
+            |c, i| [&c.compression.bytes_in_wire, &c.compression.bytes_out_wire][i].load(Relaxed),
+        )?;
+        self.per_shard_by(
+            &mut enc,
+            "ringcast_uncompressed_payload_bytes",
+            "Payload bytes of compressed frames before compression (out) or after \
+             decompression (in); divided by ringcast_compressed_payload_bytes, the ratio.",
+            "direction",
+            &directions,
+            |c, i| {
+                [
+                    &c.compression.bytes_in_plain,
+                    &c.compression.bytes_out_plain,
+                ][i]
+                    .load(Relaxed)
+            },
+        )?;
+        self.per_shard(
+            &mut enc,
+            "ringcast_compressions",
+            "Compression operations run (a broadcast shared by any number of clients of one \
+             codec is one).",
+            Counter,
+            |c| c.compression.compressions.load(Relaxed),
         )?;
         let mut m = enc.encode_descriptor(
             "ringcast_request_duration_seconds",

@@ -50,6 +50,70 @@ pub struct ShardCounters {
     /// Failed TLS handshakes, by position in
     /// [`HandshakeFailure::ALL`](crate::session::tls::HandshakeFailure::ALL).
     pub tls_handshake_failures: [AtomicU64; 7],
+    /// Negotiated compression.
+    pub compression: CompressionCounters,
+}
+
+/// What negotiated compression did on one shard. Every field has the
+/// shard as its only writer except `compressions`, which the cluster's
+/// reader thread also adds to (with an atomic add).
+#[derive(Debug, Default)]
+pub struct CompressionCounters {
+    /// Connections that negotiated each codec, by
+    /// [`Codec::index`](crate::protocol::codec::Codec::index) (a gauge).
+    pub connections: [AtomicU64; crate::protocol::codec::Codec::COUNT],
+    /// Compressed frames received.
+    pub frames_in: AtomicU64,
+    /// Their payload bytes as received (compressed).
+    pub bytes_in_wire: AtomicU64,
+    /// Their payload bytes after decompression.
+    pub bytes_in_plain: AtomicU64,
+    /// Compressed frames queued to clients (a shared broadcast counts once
+    /// per recipient).
+    pub frames_out: AtomicU64,
+    /// Their payload bytes before compression.
+    pub bytes_out_plain: AtomicU64,
+    /// Their payload bytes compressed, as sent.
+    pub bytes_out_wire: AtomicU64,
+    /// Compression operations run (a broadcast to any number of clients of
+    /// one codec is one).
+    pub compressions: AtomicU64,
+}
+
+/// [`CompressionCounters`] summed over shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompressionTotals {
+    /// Connections per codec.
+    pub connections: [u64; crate::protocol::codec::Codec::COUNT],
+    /// Compressed frames received.
+    pub frames_in: u64,
+    /// Their bytes as received.
+    pub bytes_in_wire: u64,
+    /// Their bytes decompressed.
+    pub bytes_in_plain: u64,
+    /// Compressed frames sent.
+    pub frames_out: u64,
+    /// Their bytes before compression.
+    pub bytes_out_plain: u64,
+    /// Their bytes as sent.
+    pub bytes_out_wire: u64,
+    /// Compression operations.
+    pub compressions: u64,
+}
+
+impl CompressionTotals {
+    fn add(&mut self, c: &CompressionCounters) {
+        for (a, b) in self.connections.iter_mut().zip(&c.connections) {
+            *a += b.load(Relaxed);
+        }
+        self.frames_in += c.frames_in.load(Relaxed);
+        self.bytes_in_wire += c.bytes_in_wire.load(Relaxed);
+        self.bytes_in_plain += c.bytes_in_plain.load(Relaxed);
+        self.frames_out += c.frames_out.load(Relaxed);
+        self.bytes_out_plain += c.bytes_out_plain.load(Relaxed);
+        self.bytes_out_wire += c.bytes_out_wire.load(Relaxed);
+        self.compressions += c.compressions.load(Relaxed);
+    }
 }
 
 impl ShardCounters {
@@ -163,6 +227,8 @@ pub struct Totals {
     pub partial_frame_bytes: u64,
     /// Failed TLS handshakes by reason.
     pub tls_handshake_failures: [u64; 7],
+    /// Negotiated compression.
+    pub compression: CompressionTotals,
 }
 
 impl Totals {
@@ -198,6 +264,7 @@ impl Totals {
             {
                 *a += b.load(Relaxed);
             }
+            t.compression.add(&c.compression);
         }
         t
     }

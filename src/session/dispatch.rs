@@ -4,6 +4,7 @@
 use super::env::Env;
 use super::output::{Bucket, Output};
 use super::tls::HandshakeFailure;
+use crate::protocol::codec::Codec;
 use crate::protocol::frame::{BoundedPool, BufferPool};
 use crate::protocol::message::{self, StatsReport};
 use crate::protocol::{parse_request, raw, ErrorCode, RequestKind};
@@ -32,6 +33,11 @@ pub(crate) struct Caller<'s> {
     pub client_id: &'s str,
     pub authed: &'s mut bool,
     pub bucket: &'s mut Bucket,
+    /// The codec `hello` chose (set by a `hello`).
+    pub codec: &'s mut Option<Codec>,
+    /// A `hello` was answered on this connection.
+    pub hello_seen: &'s mut bool,
+    pub tls: bool,
 }
 
 /// Handles one request frame; writes the response into `out`. Returns
@@ -56,6 +62,7 @@ pub(crate) fn handle_frame(
         rate,
         burst,
         channels,
+        compressor,
         ..
     } = env;
     let now = ts.format(now_ms);
@@ -90,7 +97,8 @@ pub(crate) fn handle_frame(
                 return ControlFlow::Continue(());
             }
         };
-        if !*me.authed {
+        // `hello` may come before `auth`; it does not authenticate.
+        if !*me.authed && req.kind != RequestKind::Hello {
             let token = req.get("token").and_then(|t| t.as_str());
             let expected = shared.config.auth_token.as_deref().unwrap_or("");
             if req.kind == RequestKind::Auth
@@ -127,10 +135,8 @@ pub(crate) fn handle_frame(
                 // Serialised once here; every recipient shares these bytes.
                 let mut frame = Vec::with_capacity(128);
                 message::write_broadcast_message(&mut frame, &req, me.client_id, now);
-                let d = Delivery {
-                    frame: Bytes::from(frame),
-                    channel: None,
-                };
+                let mut d = Delivery::new(Bytes::from(frame), None);
+                d.pack(shared, compressor, counters);
                 let remote = shared
                     .cluster
                     .as_ref()
@@ -144,6 +150,47 @@ pub(crate) fn handle_frame(
                     let n = t.connected.saturating_sub(1) + others;
                     message::write_broadcast_sent(buf, &req, n, now);
                 }
+            }
+            RequestKind::Hello if *me.hello_seen => {
+                counters.error(ErrorCode::HelloRepeated);
+                message::write_error(
+                    buf,
+                    req.id.as_ref(),
+                    ErrorCode::HelloRepeated,
+                    "hello was already answered on this connection; the codec is unchanged",
+                    Some(req.type_name),
+                );
+            }
+            RequestKind::Hello => {
+                *me.hello_seen = true;
+                // The first codec in the client's order that we have.
+                *me.codec = match shared.config.compression {
+                    true => req
+                        .get("compression")
+                        .and_then(|c| c.elements())
+                        .and_then(|mut e| e.find_map(|n| n.as_str().and_then(Codec::from_name))),
+                    false => None,
+                };
+                let mut features = ["broadcast", "channels", "", "", "", ""];
+                let mut n = 2;
+                for (on, name) in [
+                    (shared.config.compression, "compression"),
+                    (shared.config.auth_token.is_some(), "auth"),
+                    (me.tls, "tls"),
+                    (shared.cluster.is_some(), "cluster"),
+                ] {
+                    if on {
+                        features[n] = name;
+                        n += 1;
+                    }
+                }
+                let hello = message::HelloOk {
+                    compression: *me.codec,
+                    max_frame_bytes: shared.config.max_frame_bytes,
+                    compression_threshold: shared.config.compression_threshold_bytes,
+                    features: &features[..n],
+                };
+                message::write_hello_ok(buf, req.id.as_ref(), &hello);
             }
             RequestKind::Subscribe => {
                 let interest = &shared.interest[shard];
@@ -182,10 +229,8 @@ pub(crate) fn handle_frame(
                 // Serialised once here; every subscriber shares these bytes.
                 let mut frame = Vec::with_capacity(160);
                 message::write_channel_message(&mut frame, &req, me.client_id, now);
-                let d = Delivery {
-                    frame: Bytes::from(frame),
-                    channel: Some(Arc::from(channel)),
-                };
+                let mut d = Delivery::new(Bytes::from(frame), Some(Arc::from(channel)));
+                d.pack(shared, compressor, counters);
                 let remote = shared.cluster.as_ref().map(|c| {
                     (
                         c.try_send(&d.frame, d.channel.as_ref()),
@@ -237,6 +282,19 @@ pub(crate) fn handle_frame(
                     subscriptions: t.subscriptions,
                     publishes: t.messages_of(RequestKind::Publish),
                     channel_deliveries: t.channel_deliveries,
+                    compression: {
+                        let c = t.compression;
+                        message::CompressionReport {
+                            connections: c.connections,
+                            frames_in: c.frames_in,
+                            bytes_in_wire: c.bytes_in_wire,
+                            bytes_in_plain: c.bytes_in_plain,
+                            frames_out: c.frames_out,
+                            bytes_out_plain: c.bytes_out_plain,
+                            bytes_out_wire: c.bytes_out_wire,
+                            compressions: c.compressions,
+                        }
+                    },
                     cluster: shared.cluster.as_ref().map(|c| {
                         let f = c.figures();
                         message::ClusterReport {

@@ -2,6 +2,7 @@
 //! parser and buffer pools, counters, the broadcasts published this turn.
 
 use crate::io::SendBatch;
+use crate::protocol::codec::{Compressor, Decompressor};
 use crate::protocol::frame::BoundedPool;
 use crate::protocol::{JsonParser, TimestampCache};
 use crate::server::broadcast::Delivery;
@@ -63,6 +64,16 @@ pub struct Env<'a> {
     /// TLS handshakes in progress on this shard (capped by
     /// `tls_max_handshakes`).
     pub(crate) tls_handshakes: usize,
+    /// Compresses replies, broadcasts and channel messages published here.
+    pub(crate) compressor: Compressor,
+    /// Decompresses compressed requests.
+    pub(crate) decompressor: Decompressor,
+    /// Where a compressed request is decompressed, to parse in place (one
+    /// per shard, like `tls_plain`). Its capacity counts against the
+    /// partial-frame budget while held.
+    pub(crate) inflate: Vec<u8>,
+    /// Where replies are compressed before they replace the plain ones.
+    pub(crate) deflate: Vec<u8>,
 }
 
 impl<'a> Env<'a> {
@@ -101,6 +112,10 @@ impl<'a> Env<'a> {
                 Vec::new()
             },
             tls_handshakes: 0,
+            compressor: Compressor::new(),
+            decompressor: Decompressor::new(),
+            inflate: Vec::new(),
+            deflate: Vec::new(),
         }
     }
 

@@ -46,6 +46,9 @@
 //! close_notify goes out before our FIN, and a peer's close_notify is
 //! its EOF.
 
+mod compress;
+#[cfg(test)]
+mod compress_tests;
 mod dispatch;
 mod env;
 mod output;
@@ -56,10 +59,11 @@ pub mod tls;
 pub use env::Env;
 
 use crate::io::SendBatch;
-use crate::protocol::{ErrorCode, FrameDecoder};
+use crate::protocol::codec::Codec;
+use crate::protocol::{ErrorCode, FrameDecoder, HEADER_LEN};
+use crate::server::broadcast::Delivery;
 use crate::server::config::SMALL_PARTIAL_BYTES;
 use crate::server::stats::bump;
-use bytes::Bytes;
 use dispatch::{handle_frame, reply_buf, Caller};
 use output::{Bucket, Output};
 use std::ops::ControlFlow;
@@ -148,6 +152,10 @@ pub struct Session {
     close_reported: bool,
     /// The TLS state of a TLS connection (boxed: plain ones pay a pointer).
     tls: Option<Box<Tls>>,
+    /// The compression codec negotiated with `hello`, if any.
+    codec: Option<Codec>,
+    /// `hello` was answered.
+    hello_seen: bool,
 }
 
 impl Session {
@@ -183,6 +191,8 @@ impl Session {
             want_fin: false,
             close_reported: false,
             tls: None,
+            codec: None,
+            hello_seen: false,
         };
         if let Transport::Tls(conn) = transport {
             if env.tls_handshakes >= env.shared.config.tls_max_handshakes {
@@ -201,6 +211,11 @@ impl Session {
             None => {}
         }
         s
+    }
+
+    /// The compression codec negotiated with `hello`, if any.
+    pub fn codec(&self) -> Option<Codec> {
+        self.codec
     }
 
     /// Whether the connection is TLS.
@@ -317,6 +332,8 @@ impl Session {
         let started = env.time_requests.then(std::time::Instant::now);
         let mut frames = 0u64;
         let mut close = None;
+        let codec_before = self.codec;
+        let tls = self.tls.is_some();
         let Session {
             id,
             client_id,
@@ -326,35 +343,69 @@ impl Session {
             authed,
             bucket,
             established,
+            codec,
+            hello_seen,
             ..
         } = self;
         let mut straddle_pool = std::mem::replace(
             &mut env.straddle_pool,
             crate::protocol::frame::BoundedPool::new(0, 0),
         );
-        let result = decoder.feed_bounded(data, &mut straddle_pool, max_capacity, |payload| {
-            // Activity is a complete frame, not a byte: a client that
-            // trickles a frame (slowloris) is idle until it completes one.
-            *last_active = env.now_mono_ms;
-            let me = Caller {
-                id: *id,
-                client_id,
-                authed,
-                bucket,
-            };
-            frames += 1;
-            if let ControlFlow::Break(reason) = handle_frame(env, me, payload, out) {
-                close = Some(reason);
-                return ControlFlow::Break(());
-            }
-            if *authed && !*established {
-                *established = true;
-                bump(&env.counters.connected, 1);
-            }
-            ControlFlow::Continue(())
-        });
+        let result =
+            decoder.feed_flagged(data, &mut straddle_pool, max_capacity, |payload, packed| {
+                // Activity is a complete frame, not a byte: a client that
+                // trickles a frame (slowloris) is idle until it completes one.
+                *last_active = env.now_mono_ms;
+                // Replies are compressed with the codec in force before this
+                // request: `hello_ok` itself always goes plain.
+                let reply_codec = *codec;
+                let me = Caller {
+                    id: *id,
+                    client_id,
+                    authed,
+                    bucket,
+                    codec,
+                    hello_seen,
+                    tls,
+                };
+                frames += 1;
+                let start = out.building.len();
+                let flow = match (packed, reply_codec) {
+                    // The decoder flags frames only once a codec is in force.
+                    (true, Some(c)) => match compress::inflate(env, c, payload) {
+                        Ok(mut plain) => {
+                            let flow = handle_frame(env, me, &mut plain, out);
+                            compress::give_inflate(env, plain);
+                            flow
+                        }
+                        Err((buf, reason)) => {
+                            compress::give_inflate(env, buf);
+                            ControlFlow::Break(reason)
+                        }
+                    },
+                    _ => handle_frame(env, me, payload, out),
+                };
+                if let ControlFlow::Break(reason) = flow {
+                    close = Some(reason);
+                    return ControlFlow::Break(());
+                }
+                if let Some(c) = reply_codec {
+                    compress::pack_replies(env, c, out, start);
+                }
+                if *authed && !*established {
+                    *established = true;
+                    bump(&env.counters.connected, 1);
+                }
+                ControlFlow::Continue(())
+            });
         env.straddle_pool = straddle_pool;
         env.set_partial(held, self.decoder.buffered_capacity());
+        if let (None, Some(c)) = (codec_before, self.codec) {
+            // Negotiated in this chunk: the client reads hello_ok before it
+            // may send a compressed frame, so none came in this chunk.
+            self.decoder.accept_compressed();
+            bump(&env.counters.compression.connections[c.index()], 1);
+        }
         if let (Some(t0), 1..) = (started, frames) {
             let ns = t0.elapsed().as_nanos() as u64;
             env.counters.request_duration.record_batch(ns, frames);
@@ -481,10 +532,11 @@ impl Session {
     /// A broadcast frame for this client. A client that has fallen more
     /// than `max_pending_bytes` behind is cut with `slow_consumer` instead.
     /// Returns whether the frame was queued.
-    pub fn push_broadcast(&mut self, env: &mut Env<'_>, frame: &Bytes) -> bool {
+    pub fn push_broadcast(&mut self, env: &mut Env<'_>, d: &Delivery) -> bool {
         if !self.established {
             return false;
         }
+        let frame = d.frame_for(self.codec);
         if self.pending() + frame.len() > env.shared.config.max_pending_bytes {
             self.drop_output(env);
             self.fail(
@@ -493,6 +545,13 @@ impl Session {
                 "you fell too far behind reading broadcasts",
             );
             return false;
+        }
+        if !std::ptr::eq(frame, &d.frame) {
+            // The shared compressed frame.
+            let c = &env.counters.compression;
+            bump(&c.frames_out, 1);
+            bump(&c.bytes_out_plain, (d.frame.len() - HEADER_LEN) as u64);
+            bump(&c.bytes_out_wire, (frame.len() - HEADER_LEN) as u64);
         }
         self.out.push_shared(frame.clone());
         true
@@ -650,6 +709,13 @@ impl Session {
         }
         self.phase = Phase::Closed;
         self.want_fin = false;
+        if let Some(c) = self.codec {
+            let g = &env.counters.compression.connections[c.index()];
+            g.store(
+                g.load(Ordering::Relaxed).saturating_sub(1),
+                Ordering::Relaxed,
+            );
+        }
         self.release_partial(env);
         self.unestablish(env);
         if let Some(t) = &mut self.tls {

@@ -149,7 +149,7 @@ fn cuts_a_slow_consumer_and_keeps_only_the_error() {
     };
     let sh = shared(cfg);
     let mut h = Harness::new(&sh);
-    let b = bytes::Bytes::from(vec![b'x'; 3_000]);
+    let b = Delivery::new(bytes::Bytes::from(vec![b'x'; 3_000]), None);
     for _ in 0..3 {
         assert!(h.s.push_broadcast(&mut h.env, &b));
     }
@@ -404,8 +404,8 @@ fn broadcasts_are_shared_not_copied_and_published_once() {
     let (d, sender) = env.outgoing.pop().expect("one frame");
     assert_eq!(sender, 0);
     assert!(d.channel.is_none(), "a broadcast names no channel");
+    assert!(b.push_broadcast(&mut env, &d));
     let f = d.frame;
-    assert!(b.push_broadcast(&mut env, &f));
     let batch = b.poll_transmit(&mut env).expect("the broadcast");
     // The recipient's segment is the very buffer published.
     let seg = batch.segments.front().expect("one segment");

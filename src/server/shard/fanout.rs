@@ -122,7 +122,7 @@ impl Shard<'_> {
             let Some(e) = self.sessions.get_mut(key) else {
                 continue;
             };
-            if e.session.push_broadcast(&mut self.env, &d.frame) {
+            if e.session.push_broadcast(&mut self.env, d) {
                 delivered += 1;
                 if !e.push_dirty {
                     e.push_dirty = true;
