@@ -358,7 +358,10 @@ class CompressingFakeServer:
         codecs: Sequence[str] = ("zstd", "deflate"),
         threshold: int = 1024,
         max_frame_bytes: int = 1 << 20,
+        push_after_hello: Optional[Dict[str, Any]] = None,
     ) -> None:
+        #: Sent right after hello_ok, in the same send (compressed when large).
+        self.push_after_hello = push_after_hello
         self.codecs = tuple(codecs)
         self.threshold = threshold
         self.max_frame_bytes = max_frame_bytes
@@ -368,6 +371,7 @@ class CompressingFakeServer:
         self.port = int(self.sock.getsockname()[1])
         self.host = "127.0.0.1"
         self.lock = threading.Lock()
+        self.send_locks: Dict[int, threading.Lock] = {}
         self.conns: Dict[int, "tuple[socket.socket, Optional[str]]"] = {}
         self.sent: List["tuple[int, int, bytes]"] = []
         self.received: List["tuple[int, bool, Dict[str, Any]]"] = []
@@ -430,30 +434,33 @@ class CompressingFakeServer:
         return b"".join(out_parts)
 
     def frame_for(self, codec: Optional[str], payload: bytes) -> bytes:
+        """The frame for ``payload`` toward a connection using ``codec``;
+        counts a compression when it compresses."""
         if codec is not None and len(payload) > self.threshold:
             packed = self.compress(codec, payload)
+            with self.lock:
+                self.stats["compressions"] += 1
             if len(packed) < len(payload):
                 return struct.pack(">I", 0x80000000 | len(packed)) + packed
         return struct.pack(">I", len(payload)) + payload
 
-    def _send(self, n: int, conn: socket.socket, frame: bytes) -> None:
-        (header,) = struct.unpack(">I", frame[:4])
+    def _send(self, n: int, conn: socket.socket, *frames: bytes) -> None:
+        """Sends ``frames`` in one piece; counts each compressed one."""
         with self.lock:
-            self.sent.append((n, header, frame[4:]))
-        conn.sendall(frame)
+            for frame in frames:
+                (header,) = struct.unpack(">I", frame[:4])
+                self.sent.append((n, header, frame[4:]))
+                if header & 0x80000000:
+                    self.stats["frames_out"] += 1
+                    self.stats["bytes_out_wire"] += len(frame) - 4
+            send_lock = self.send_locks.setdefault(n, threading.Lock())
+        with send_lock:  # broadcasts come from other connections' threads
+            conn.sendall(b"".join(frames))
 
     def _reply(
         self, n: int, conn: socket.socket, codec: Optional[str], msg: Dict[str, Any]
     ) -> None:
-        payload = json.dumps(msg, separators=(",", ":")).encode()
-        frame = self.frame_for(codec, payload)
-        if frame[0] & 0x80:
-            with self.lock:
-                self.stats["compressions"] += 1
-                self.stats["frames_out"] += 1
-                self.stats["bytes_out_plain"] += len(payload)
-                self.stats["bytes_out_wire"] += len(frame) - 4
-        self._send(n, conn, frame)
+        self._send(n, conn, self.frame_for(codec, json.dumps(msg, separators=(",", ":")).encode()))
 
     def _error(self, n: int, conn: socket.socket, code: str, close: bool) -> None:
         self._send(n, conn, encode({"type": "error", "code": code, "message": "fake"}))
@@ -532,24 +539,24 @@ class CompressingFakeServer:
                     helloed = True
                     offered = msg.get("compression") or []
                     chosen = next((c for c in offered if c in self.codecs), None)
-                    self._reply(
-                        n,
-                        conn,
-                        None,
-                        {
-                            "type": "hello_ok",
-                            "compression": chosen,
-                            "server": "fake/0",
-                            "protocol": 1,
-                            "max_frame_bytes": self.max_frame_bytes,
-                            "compression_threshold": self.threshold,
-                            "features": ["broadcast", "channels", "compression"],
-                            **rid,
-                        },
-                    )
+                    hello_ok = {
+                        "type": "hello_ok",
+                        "compression": chosen,
+                        "server": "fake/0",
+                        "protocol": 1,
+                        "max_frame_bytes": self.max_frame_bytes,
+                        "compression_threshold": self.threshold,
+                        "features": ["broadcast", "channels", "compression"],
+                        **rid,
+                    }
                     codec = chosen
                     with self.lock:
                         self.conns[n] = (conn, codec)
+                    frames = [encode(hello_ok)]
+                    if self.push_after_hello is not None:
+                        push = json.dumps(self.push_after_hello, separators=(",", ":"))
+                        frames.append(self.frame_for(codec, push.encode()))
+                    self._send(n, conn, *frames)
                 elif kind == "echo":
                     self._reply(
                         n,
@@ -568,8 +575,10 @@ class CompressingFakeServer:
                         n, conn, codec, {"type": "server_stats", "compression": comp, **rid}
                     )
                 elif kind == "broadcast":
-                    self._broadcast(n, msg)
-                    self._reply(n, conn, codec, {"type": "broadcast_sent", "recipients": 1, **rid})
+                    recipients = self._broadcast(n, msg)
+                    self._reply(
+                        n, conn, codec, {"type": "broadcast_sent", "recipients": recipients, **rid}
+                    )
                 else:
                     self._reply(
                         n,
@@ -582,7 +591,7 @@ class CompressingFakeServer:
                 self.conns.pop(n, None)
             conn.close()
 
-    def _broadcast(self, sender: int, msg: Dict[str, Any]) -> None:
+    def _broadcast(self, sender: int, msg: Dict[str, Any]) -> int:
         payload = json.dumps(
             {"type": "broadcast_message", "content": msg.get("content"), "from": str(sender)},
             separators=(",", ":"),
@@ -598,6 +607,7 @@ class CompressingFakeServer:
                 self._send(n, conn, frame)
             except OSError:
                 pass
+        return len(targets)
 
     def close(self) -> None:
         self._closed = True
