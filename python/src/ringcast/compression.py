@@ -163,7 +163,12 @@ class ZstdCodec(Codec):
         # max_output_size also skips the trailing-bytes check), so the
         # input goes in slices small enough that one slice cannot take the
         # output far past the limit (at most 32 KiB out per byte in).
-        obj = dctx.decompressobj()
+        try:
+            # One frame only (the default may change to reading on; the
+            # argument exists from zstandard 0.22).
+            obj = dctx.decompressobj(read_across_frames=False)
+        except TypeError:
+            obj = dctx.decompressobj()
         parts = []
         total = 0
         pos = 0
