@@ -182,6 +182,7 @@ def open_session(
     :class:`ConnectionClosed`, :class:`ProtocolError`.
     """
     with_hello = offer is not None
+    sent = 0  # handshake bytes, for the encoder's count
     while True:
         sock = open_socket(host, port, timeout, ssl_context, server_hostname)
         try:
@@ -196,6 +197,7 @@ def open_session(
                 decoder.expect_hello(codecs)
                 msg = protocol.hello_message(offer, HELLO_CLIENT)
                 msg["id"] = next_id()
+                sent = len(encode(msg))
                 try:
                     reply, early = handshake(sock, decoder, msg, timeout, check=False)
                     hello, codec, threshold = read_hello_ok(reply, codecs)
@@ -211,17 +213,21 @@ def open_session(
             if auth_token is not None:
                 msg = protocol.auth_message(auth_token)
                 msg["id"] = next_id()
+                sent += len(encode(msg))
                 _, more = handshake(sock, decoder, msg, timeout)
                 early += more
             elif verify_message is not None and not with_hello:
                 msg = verify_message()
                 msg["id"] = next_id()
+                sent += len(encode(msg))
                 _, more = handshake(sock, decoder, msg, timeout)
                 early += more
         except BaseException:
             close_quietly(sock)
             raise
-        return Session(sock, decoder, FrameEncoder(codec, threshold), hello, early)
+        encoder = FrameEncoder(codec, threshold)
+        encoder.bytes_sent = sent
+        return Session(sock, decoder, encoder, hello, early)
 
 
 def wire_stats(
@@ -239,7 +245,7 @@ def wire_stats(
         "bytes_out_plain": e.bytes_compressed_plain if e else 0,
         "bytes_out_wire": e.bytes_compressed_wire if e else 0,
         "bytes_received": d.bytes_received if d else 0,
-        "bytes_sent": e.bytes_wire if e else 0,
+        "bytes_sent": e.bytes_sent if e else 0,
     }
 
 

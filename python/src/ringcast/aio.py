@@ -215,7 +215,9 @@ class Client:
             proto.decoder.expect_hello(None)
         hello, codec, threshold = read_hello_ok(reply, codecs)
         self._hello = hello
+        sent = self._encoder.bytes_sent
         self._encoder = FrameEncoder(codec, threshold)
+        self._encoder.bytes_sent = sent
 
     async def _open(self) -> None:
         """Opens the transport, with a fresh encoder (no codec)."""
@@ -406,7 +408,7 @@ class Client:
         try:
             # Frames written in one event-loop turn leave in one send: a
             # send syscall per request was the biggest cost when pipelining.
-            self._wbuf.append(self._encoder(msg))
+            self._wbuf.append(self._encoder.encode(msg))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 loop.call_soon(self._flush)
@@ -429,7 +431,9 @@ class Client:
         frames, self._wbuf = self._wbuf, []
         transport = self._transport
         if frames and transport is not None and not transport.is_closing():
-            transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            transport.write(data)
+            self._encoder.bytes_sent += len(data)
         if self._unarmed:
             unarmed, self._unarmed = self._unarmed, {}
             loop = asyncio.get_running_loop()

@@ -25,7 +25,7 @@ from .errors import (
     ServerError,
     Timeout,
 )
-from .protocol import ANSWER_TYPES, RECV_CHUNK, FrameDecoder, FrameEncoder, Message
+from .protocol import ANSWER_TYPES, RECV_CHUNK, FrameDecoder, Message
 
 log = logging.getLogger("ringcast")
 
@@ -129,7 +129,6 @@ class Client:
         self._ids = itertools.count(1)
         self._sock: Optional[socket.socket] = None
         self._session: Optional[Session] = None
-        self._encoder = FrameEncoder()
         self._closing = False
         self._stop = threading.Event()
         self._last_reason: Optional[ConnectionClosed] = None
@@ -330,7 +329,6 @@ class Client:
         """Makes ``session`` the current connection (under ``_lock`` by the caller
         once the receiver runs): its socket and encoder change together."""
         self._sock = session.sock
-        self._encoder = session.encoder
         self._session = session
 
     def _call(
@@ -355,10 +353,12 @@ class Client:
                 raise self._not_connected()
             # The encoder goes with the socket: a reconnection may have
             # negotiated another codec, or none.
-            encoder = self._encoder
+            session = self._session
+            assert session is not None and session.sock is sock
+            encoder = session.encoder
             self._pending[rid] = waiter
         try:
-            frame = encoder(msg)
+            frame = encoder.encode(msg)
         except BaseException:
             with self._lock:
                 self._pending.pop(rid, None)
@@ -366,6 +366,7 @@ class Client:
         try:
             with self._send_lock:
                 sock.sendall(frame)
+                encoder.bytes_sent += len(frame)
         except OSError as e:
             with self._lock:
                 self._pending.pop(rid, None)

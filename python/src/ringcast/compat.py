@@ -211,10 +211,12 @@ class TCPClient:
         session = self._session
         if not self.connected or session is None:
             return False
-        frame = session.encoder(message)
+        encoder = session.encoder
+        frame = encoder.encode(message)
         try:
             with self._send_lock:
                 session.sock.sendall(frame)
+                encoder.bytes_sent += len(frame)
         except OSError as e:
             log.warning("send failed: %s", e)
             return False

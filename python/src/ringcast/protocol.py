@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import struct
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .compression import (
     COMPRESSED_FLAG,
@@ -195,13 +195,17 @@ class FrameEncoder:
     """Encodes messages into frames for one connection, compressing per the
     negotiated codec: a payload larger than ``threshold`` bytes is sent
     compressed when that makes it smaller (:func:`compress_frame`).
-    Without a codec it is :func:`encode`. Counts what it sent."""
+
+    ``encoder.encode(message)`` returns the frame. Without a codec it *is*
+    :func:`encode`, so a connection without compression pays nothing. It
+    counts the frames it compressed; ``bytes_sent`` is counted by the
+    client as it sends."""
 
     __slots__ = (
         "codec",
         "threshold",
-        "frames",
-        "bytes_wire",
+        "encode",
+        "bytes_sent",
         "frames_compressed",
         "bytes_compressed_plain",
         "bytes_compressed_wire",
@@ -210,30 +214,32 @@ class FrameEncoder:
     def __init__(self, codec: Optional[Codec] = None, threshold: int = DEFAULT_THRESHOLD) -> None:
         self.codec = codec
         self.threshold = threshold
-        #: Frames encoded and their bytes on the wire (headers included).
-        self.frames = 0
-        self.bytes_wire = 0
+        #: Frame bytes written to the connection (headers included).
+        self.bytes_sent = 0
         #: Frames sent compressed, their payload bytes before and after.
         self.frames_compressed = 0
         self.bytes_compressed_plain = 0
         self.bytes_compressed_wire = 0
+        self.encode: Callable[[Mapping[str, Any]], bytes] = (
+            encode if codec is None else self._compressing(codec, threshold)
+        )
 
-    def __call__(self, message: Mapping[str, Any]) -> bytes:
-        payload = _encoder.encode(message).encode("utf-8")
-        codec = self.codec
-        if codec is None:
-            if len(payload) > 0xFFFFFFFF:
-                raise ValueError("message too large for a u32 length prefix")
-            frame = HEADER.pack(len(payload)) + payload
-        else:
-            frame = compress_frame(payload, codec, self.threshold)
+    def _compressing(self, codec: Codec, threshold: int) -> Callable[[Mapping[str, Any]], bytes]:
+        dumps = _encoder.encode
+
+        def encode_compressing(message: Mapping[str, Any]) -> bytes:
+            payload = dumps(message).encode("utf-8")
+            frame = compress_frame(payload, codec, threshold)
             if frame[0] & 0x80:
                 self.frames_compressed += 1
                 self.bytes_compressed_plain += len(payload)
                 self.bytes_compressed_wire += len(frame) - HEADER_LEN
-        self.frames += 1
-        self.bytes_wire += len(frame)
-        return frame
+            return frame
+
+        return encode_compressing
+
+    def __call__(self, message: Mapping[str, Any]) -> bytes:
+        return self.encode(message)
 
 
 _ts_second = -1
