@@ -814,3 +814,30 @@ def test_cli_compress_zstd_without_the_module_says_how_to_get_it(tmp_path: Any) 
     )
     assert r.returncode == 2
     assert "pip install zstandard" in r.stderr
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_threads_share_a_compressing_client(cserver: Any, codec: str) -> None:
+    """Codec contexts are per thread: threads compress and the receiver
+    inflates at the same time without mixing them up."""
+    import threading
+
+    errors: List[BaseException] = []
+    with ringcast.Client(cserver.host, cserver.port, compression=codec) as c:
+
+        def work(k: int) -> None:
+            try:
+                mine = perf.telemetry(8 * 1024, seed=k)
+                for _ in range(10):
+                    assert c.echo(mine) == mine
+            except BaseException as e:  # noqa: B036 (reported below)
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(DEADLINE * 3)
+        assert not errors, errors
+        s = _stats(c)
+        assert s["frames_out"] == 40 and s["frames_in"] == 40
