@@ -182,9 +182,9 @@ def open_session(
     :class:`ConnectionClosed`, :class:`ProtocolError`.
     """
     with_hello = offer is not None
-    sent = 0  # handshake bytes, for the encoder's count
     while True:
         sock = open_socket(host, port, timeout, ssl_context, server_hostname)
+        sent = 0  # handshake bytes, for the encoder's count
         try:
             decoder = FrameDecoder(max_frame_bytes)
             hello: Optional[Message] = None
