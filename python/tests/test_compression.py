@@ -85,7 +85,13 @@ def test_codec_round_trip_and_foreign_streams(codec: str) -> None:
     # Streams made elsewhere (zstd: with and without the content size).
     assert c.decompress(_compress(codec, data), 1 << 20) == data
     if codec == "zstd":
-        assert c.decompress(_compress(codec, data, content_size=False), 1 << 20) == data
+        nosize = _compress(codec, data, content_size=False)
+        # Far under the limit (one call: the block headers bound the output)
+        # and right at it (sliced input).
+        assert c.decompress(nosize, 1 << 20) == data
+        assert c.decompress(nosize, len(data)) == data
+        with pytest.raises(FrameTooLarge):
+            c.decompress(nosize, len(data) - 1)
     # Exactly at the limit is fine; one byte less is not.
     assert c.decompress(packed, len(data)) == data
     with pytest.raises(FrameTooLarge):

@@ -106,7 +106,38 @@ class DeflateCodec(Codec):
 
 #: A zstd block makes at most 128 KiB of output and takes at least 4 bytes
 #: of input (an RLE block), so one input byte yields at most 32 KiB.
+_ZSTD_BLOCK_MAX = 128 * 1024
 _ZSTD_MAX_RATIO = 32 * 1024
+
+
+def _zstd_output_bound(data: bytes, header_size: int, limit: int) -> Optional[int]:
+    """The most output the blocks of the zstd frame in ``data`` can make,
+    read from their headers (a raw or RLE block states its size, a
+    compressed one makes at most 128 KiB); stops counting past ``limit``.
+    None when the blocks cannot be walked (truncated, reserved type): the
+    decompressor will say what is wrong."""
+    bound = 0
+    pos = header_size
+    n = len(data)
+    while pos + 3 <= n:
+        header = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+        pos += 3
+        kind = (header >> 1) & 3
+        size = header >> 3
+        if kind == 0:  # raw
+            bound += size
+            pos += size
+        elif kind == 1:  # RLE: one byte, repeated size times
+            bound += size
+            pos += 1
+        elif kind == 2:  # compressed
+            bound += _ZSTD_BLOCK_MAX
+            pos += size
+        else:
+            return None
+        if bound > limit or header & 1:  # over, or the last block
+            return bound
+    return None
 
 
 class ZstdCodec(Codec):
@@ -160,15 +191,34 @@ class ZstdCodec(Codec):
                 raise CompressionError(f"bad zstd frame: {e}") from None
         # No size in the header (a streaming compressor's frame). The
         # zstandard module has no output limit here (decompress's
-        # max_output_size also skips the trailing-bytes check), so the
-        # input goes in slices small enough that one slice cannot take the
-        # output far past the limit (at most 32 KiB out per byte in).
+        # max_output_size also skips the trailing-bytes check).
         try:
             # One frame only (the default may change to reading on; the
             # argument exists from zstandard 0.22).
             obj = dctx.decompressobj(read_across_frames=False)
         except TypeError:
             obj = dctx.decompressobj()
+        try:
+            bound = _zstd_output_bound(data, zstd.frame_header_size(data), limit)
+        except zstd.ZstdError:
+            bound = None
+        if bound is not None and bound <= limit:
+            # The block headers show the output cannot pass the limit: one call.
+            try:
+                out = obj.decompress(data)
+            except zstd.ZstdError as e:
+                raise CompressionError(f"bad zstd frame: {e}") from None
+            if len(out) > limit:  # cannot happen with a frame as walked
+                raise FrameTooLarge(f"zstd frame inflates past the {limit}-byte limit")
+            if not obj.eof:
+                raise CompressionError("truncated zstd frame")
+            if obj.unused_data:
+                raise CompressionError("bytes after the end of the zstd frame")
+            return out  # type: ignore[no-any-return]
+        # Otherwise (a frame near or over the limit, or one the walk could
+        # not read) the input goes in slices small enough that one slice
+        # cannot take the output far past the limit (at most 32 KiB out per
+        # byte in).
         parts = []
         total = 0
         pos = 0
