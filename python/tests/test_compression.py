@@ -621,6 +621,50 @@ def test_server_refuses_compression(make: str) -> None:
         fake.close()
 
 
+def _real_server_with(ringcast_bin: Any, tmp_path: Any, *args: str) -> RingcastServer:
+    """A real server started with ``args``; skipped when the binary does not
+    know them (a binary from before compression)."""
+    from helpers import free_port
+
+    usage = subprocess.run(
+        [str(ringcast_bin), "server", "--help"], capture_output=True, text=True, timeout=30
+    ).stdout
+    for flag in args:
+        if flag.startswith("--") and flag not in usage:
+            pytest.skip(f"this ringcast binary has no {flag}")
+    srv = RingcastServer(ringcast_bin, free_port(), tmp_path / "server.log", list(args))
+    srv.start()
+    return srv
+
+
+@pytest.mark.parametrize("make", ["client", "aio", "tcpclient"])
+def test_real_server_with_no_compression(make: str, ringcast_bin: Any, tmp_path: Any) -> None:
+    srv = _real_server_with(ringcast_bin, tmp_path, "--no-compression")
+    try:
+        codec, info, answer, stats = _use(make, srv.port)
+        assert codec is None and answer == BIG
+        assert info is not None and info["compression"] is None
+        assert str(info["server"]).startswith("ringcast/")
+        assert stats["frames_in"] == stats["frames_out"] == 0
+        assert stats["bytes_received"] > BIG_LEN  # the echo came plain
+    finally:
+        srv.stop()
+
+
+def test_client_follows_the_servers_threshold(ringcast_bin: Any, tmp_path: Any) -> None:
+    srv = _real_server_with(ringcast_bin, tmp_path, "--compression-threshold-bytes", "200")
+    try:
+        with ringcast.Client(srv.host, srv.port, compression="deflate") as c:
+            assert c.server_info is not None
+            assert c.server_info["compression_threshold"] == 200
+            content = "abc " * 100  # 400 bytes: over 200, under the default 1024
+            assert c.echo(content) == content
+            s = _stats(c)
+            assert s["frames_out"] == 1 and s["frames_in"] == 1
+    finally:
+        srv.stop()
+
+
 def _use(make: str, port: int, **kw: Any) -> Tuple[Any, Any, Any, Any]:
     """Connects with compression=deflate, echoes BIG; returns (compression,
     server_info, echoed content, compression_stats)."""
