@@ -226,9 +226,12 @@ class FrameEncoder:
 
     def _compressing(self, codec: Codec, threshold: int) -> Callable[[Mapping[str, Any]], bytes]:
         dumps = _encoder.encode
+        pack = HEADER.pack
 
         def encode_compressing(message: Mapping[str, Any]) -> bytes:
             payload = dumps(message).encode("utf-8")
+            if len(payload) <= threshold:  # small frames: what encode() does, no more
+                return pack(len(payload)) + payload
             frame = compress_frame(payload, codec, threshold)
             if frame[0] & 0x80:
                 self.frames_compressed += 1
