@@ -891,3 +891,29 @@ def test_threads_share_a_compressing_client(cserver: Any, codec: str) -> None:
         assert not errors, errors
         s = _stats(c)
         assert s["frames_out"] == 40 and s["frames_in"] == 40
+
+
+def test_channel_message_to_mixed_subscribers(hserver: RingcastServer) -> None:
+    """A channel message is compressed once per codec too."""
+    host, port = hserver.host, hserver.port
+    codecs = ["deflate"] + (["zstd", "zstd"] if zstd is not None else [])
+    subs = [ringcast.Client(host, port)] + [
+        ringcast.Client(host, port, compression=c) for c in codecs
+    ]
+    pub = ringcast.Client(host, port)
+    try:
+        for s in subs:
+            assert s.request("subscribe", {"channel": "telemetry"})["type"] == "subscribed"
+        before = pub.get_stats()["compression"]
+        reply = pub.request("publish", {"channel": "telemetry", "content": BIG})
+        assert reply["recipients"] == len(subs)
+        for s in subs:
+            m = s.next_message(timeout=DEADLINE)
+            assert m["type"] == "channel_message" and m["content"] == BIG
+        assert [_stats(s)["frames_in"] for s in subs] == [0] + [1] * len(codecs)
+        after = pub.get_stats()["compression"]
+        assert after["compressions"] - before["compressions"] == len(set(codecs))
+        assert after["frames_out"] - before["frames_out"] == len(codecs)
+    finally:
+        for c in (pub, *subs):
+            c.close()
