@@ -2,6 +2,7 @@
 """Throughput of the Python clients against a ringcast server on this machine.
 
     python python/bench.py [--runs 3] [--count N] [--size 64] [--window 64]
+                           [--content text|telemetry] [--compress none,deflate,zstd]
                            [--host H --port P] [--profile]
 
 Without ``--port`` it starts ``ringcast server`` itself with default
@@ -15,6 +16,15 @@ end. Each measurement runs ``--runs`` times; the median is reported:
   round trips/s;
 - TCPClient streamed echo: the seed API, echos sent back to back, timed until
   the callback has every answer.
+
+``--compress`` takes codecs separated by commas (``none`` for no
+compression): each run of each measurement then goes once per codec, one
+after the other, so the codecs see the same machine state; medians are
+per codec, with ratios against the first. Each line also gives the frame
+bytes on the wire per echo (request and answer, headers included) and the
+client's CPU time per echo (all its threads). ``--content telemetry`` echoes
+telemetry-like JSON records (what compression is for) instead of repeated
+text.
 
 ``--profile`` then runs one more aio and one more blocking measurement
 under cProfile (the blocking client's receiving thread profiled too) and
@@ -91,10 +101,19 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
     sys.exit("the server did not start")
 
 
-def median_of(runs: int, measure: Callable[[], perf.Result]) -> List[perf.Result]:
-    results = [measure() for _ in range(runs)]
-    for r in results:
-        print(f"    run: {perf.describe(r)}", flush=True)
+def runs_per_codec(
+    runs: int, codecs: List[Optional[str]], measure: Callable[[Optional[str]], perf.Result]
+) -> Dict[Optional[str], List[perf.Result]]:
+    """``runs`` rounds; each round measures every codec once, in turn."""
+    results: Dict[Optional[str], List[perf.Result]] = {c: [] for c in codecs}
+    for i in range(runs):
+        for codec in codecs:
+            r = measure(codec)
+            results[codec].append(r)
+            note = ""
+            if r.compression != codec:
+                note = f" (asked for {codec}, got {r.compression or 'none'}: refused or old server)"
+            print(f"    run {i + 1} [{codec or 'none'}]: {perf.describe(r)}{note}", flush=True)
     return results
 
 
@@ -193,13 +212,36 @@ def main() -> int:
     p.add_argument("--blocking-count", type=int, default=5_000, help="round trips per run")
     p.add_argument("--size", type=int, default=64, help="bytes of echo content")
     p.add_argument("--window", type=int, default=64, help="asyncio echos in flight")
+    p.add_argument(
+        "--content", default="text", choices=perf.CONTENT_KINDS, help="echo content kind"
+    )
+    p.add_argument(
+        "--compress",
+        default="none",
+        help="codecs to measure, separated by commas: none, deflate, zstd (default: none)",
+    )
     p.add_argument("--profile", action="store_true")
     p.add_argument("--profile-dir", default=None, help="also save .prof files here")
     p.add_argument("--top", type=int, default=18, help="functions shown per profile")
     args = p.parse_args()
 
+    codecs: List[Optional[str]] = []
+    for name in args.compress.split(","):
+        name = name.strip()
+        if name not in ("none", "deflate", "zstd"):
+            p.error(f"--compress: unknown codec {name!r}")
+        codecs.append(None if name == "none" else name)
+    if "zstd" in codecs:
+        from ringcast.compression import ZSTD_HINT, zstd_available
+
+        if not zstd_available():
+            p.error(f"--compress zstd needs the zstandard module: {ZSTD_HINT}")
+
     print(f"machine: {machine()}")
-    print(f"ringcast python client {ringcast.__version__}, {args.size}-byte echo content")
+    print(
+        f"ringcast python client {ringcast.__version__}, {args.size}-byte {args.content} "
+        f"echo content, compression: {', '.join(c or 'none' for c in codecs)}"
+    )
     proc: Optional[subprocess.Popen[bytes]] = None
     port = args.port
     if port is None:
@@ -207,36 +249,63 @@ def main() -> int:
         proc = start_server(port)
         print(f"server: ringcast server --addr 127.0.0.1:{port} (default settings otherwise)")
     host = args.host
-    summary: Dict[str, float] = {}
+    kind = args.content
+    measurements: List[Tuple[str, Callable[[Optional[str]], perf.Result]]] = [
+        (
+            "asyncio pipelined echo",
+            lambda c: perf.pipelined_echo(
+                host, port, args.count, args.size, args.window, content_kind=kind, compression=c
+            ),
+        ),
+        (
+            "blocking round trips",
+            lambda c: perf.blocking_round_trips(
+                host, port, args.blocking_count, args.size, content_kind=kind, compression=c
+            ),
+        ),
+        (
+            "TCPClient streamed echo",
+            lambda c: perf.seed_client_stream(
+                host, port, args.count, args.size, compression=c, content_kind=kind
+            ),
+        ),
+    ]
+    # (measurement, codec) -> (median msgs/s, median wire bytes/msg, median CPU µs/msg)
+    summary: Dict[Tuple[str, Optional[str]], Tuple[float, float, float]] = {}
     try:
-        for title, measure in (
-            (
-                "asyncio pipelined echo",
-                lambda: perf.pipelined_echo(host, port, args.count, args.size, args.window),
-            ),
-            (
-                "blocking round trips",
-                lambda: perf.blocking_round_trips(host, port, args.blocking_count, args.size),
-            ),
-            (
-                "TCPClient streamed echo",
-                lambda: perf.seed_client_stream(host, port, args.count, args.size),
-            ),
-        ):
+        for title, measure in measurements:
             print(f"== {title} ({args.runs} runs)", flush=True)
-            results = median_of(args.runs, measure)
-            rate = statistics.median(r.rate for r in results)
-            summary[title] = rate
-            print(f"  median: {rate:,.0f} msgs/s", flush=True)
+            results = runs_per_codec(args.runs, codecs, measure)
+            for codec, rs in results.items():
+                med = (
+                    statistics.median(r.rate for r in rs),
+                    statistics.median(r.wire_bytes_per_msg for r in rs),
+                    statistics.median(r.cpu_us_per_msg for r in rs),
+                )
+                summary[(title, codec)] = med
+                print(
+                    f"  median [{codec or 'none'}]: {med[0]:,.0f} msgs/s, "
+                    f"{med[1]:,.0f} wire bytes/msg, {med[2]:,.0f} µs client CPU/msg",
+                    flush=True,
+                )
         if args.profile:
             profile(host, port, args)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)
-    print("\nsummary (median msgs/s):")
-    for title, rate in summary.items():
-        print(f"  {title:<26}{rate:>10,.0f}")
+    base = codecs[0]
+    print(f"\nsummary (medians of {args.runs}; ratios against {base or 'none'}, same run):")
+    print(
+        f"  {'measurement':<26}{'codec':<9}{'msgs/s':>10}{'x':>7}"
+        f"{'wire B/msg':>12}{'x':>7}{'CPU µs/msg':>12}"
+    )
+    for (title, codec), (rate, wire, cpu) in summary.items():
+        b_rate, b_wire, _ = summary[(title, base)]
+        print(
+            f"  {title:<26}{codec or 'none':<9}{rate:>10,.0f}{rate / b_rate:>7.2f}"
+            f"{wire:>12,.0f}{wire / b_wire if b_wire else 0:>7.2f}{cpu:>12,.0f}"
+        )
     return 0
 
 

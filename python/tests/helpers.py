@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -323,3 +326,301 @@ class Collector:
                 timeout,
             )
         )
+
+
+# --------------------------------------------------------------- compression
+
+
+def zstandard_module() -> Any:
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    return zstandard
+
+
+class CompressingFakeServer:
+    """A fake ringcast server that speaks hello and compressed frames as
+    the wire spec (issue #16) says, written apart from the client's code:
+    its own framing, zlib and zstandard calls, limits and error codes.
+
+    It answers hello (choosing the first of the client's codecs that is in
+    ``codecs``; ``codecs=()`` refuses compression), echo, ping, broadcast
+    (to every other connection, compressed once per codec), auth, and
+    get_stats (with a ``compression`` object); other types get
+    ``unknown_type``. zstd frames are made with a streaming compressor, so
+    they carry no content size, like the Rust server's. Every frame it
+    sends is kept in ``sent`` as ``(connection number, header, payload)``.
+    """
+
+    def __init__(
+        self,
+        codecs: Sequence[str] = ("zstd", "deflate"),
+        threshold: int = 1024,
+        max_frame_bytes: int = 1 << 20,
+        push_after_hello: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        #: Sent right after hello_ok, in the same send (compressed when large).
+        self.push_after_hello = push_after_hello
+        self.codecs = tuple(codecs)
+        self.threshold = threshold
+        self.max_frame_bytes = max_frame_bytes
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+        self.host = "127.0.0.1"
+        self.lock = threading.Lock()
+        self.send_locks: Dict[int, threading.Lock] = {}
+        self.conns: Dict[int, "tuple[socket.socket, Optional[str]]"] = {}
+        self.sent: List["tuple[int, int, bytes]"] = []
+        self.received: List["tuple[int, bool, Dict[str, Any]]"] = []
+        self.stats: Dict[str, int] = {
+            "frames_in": 0,
+            "bytes_in_wire": 0,
+            "bytes_in_plain": 0,
+            "frames_out": 0,
+            "bytes_out_plain": 0,
+            "bytes_out_wire": 0,
+            "compressions": 0,
+        }
+        self._next = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    # codecs, written without ringcast.compression
+    def compress(self, codec: str, data: bytes) -> bytes:
+        if codec == "deflate":
+            return zlib.compress(data)
+        zstd = zstandard_module()
+        cobj = zstd.ZstdCompressor(level=3).compressobj()
+        return bytes(cobj.compress(data) + cobj.flush())
+
+    def decompress(self, codec: str, data: bytes) -> bytes:
+        """Inflates at most max_frame_bytes; raises OverflowError past it,
+        ValueError for a bad stream."""
+        limit = self.max_frame_bytes
+        if codec == "deflate":
+            d = zlib.decompressobj()
+            try:
+                out = d.decompress(data, limit + 1)
+            except zlib.error as e:
+                raise ValueError(str(e)) from None
+            if len(out) > limit:
+                raise OverflowError
+            if not d.eof or d.unused_data:
+                raise ValueError("truncated or trailing bytes")
+            return out
+        zstd = zstandard_module()
+        obj = zstd.ZstdDecompressor().decompressobj()
+        out_parts: List[bytes] = []
+        total = 0
+        try:
+            for i in range(0, len(data), 16):  # 16 bytes in: at most 512 KiB out
+                part = obj.decompress(data[i : i + 16])
+                total += len(part)
+                if total > limit:
+                    raise OverflowError
+                out_parts.append(part)
+                if obj.eof:
+                    if i + 16 < len(data) or obj.unused_data:
+                        raise ValueError("trailing bytes")
+                    break
+        except zstd.ZstdError as e:
+            raise ValueError(str(e)) from None
+        if not obj.eof:
+            raise ValueError("truncated")
+        return b"".join(out_parts)
+
+    def frame_for(self, codec: Optional[str], payload: bytes) -> bytes:
+        """The frame for ``payload`` toward a connection using ``codec``;
+        counts a compression when it compresses."""
+        if codec is not None and len(payload) > self.threshold:
+            packed = self.compress(codec, payload)
+            with self.lock:
+                self.stats["compressions"] += 1
+            if len(packed) < len(payload):
+                return struct.pack(">I", 0x80000000 | len(packed)) + packed
+        return struct.pack(">I", len(payload)) + payload
+
+    def _send(self, n: int, conn: socket.socket, *frames: bytes) -> None:
+        """Sends ``frames`` in one piece; counts each compressed one."""
+        with self.lock:
+            for frame in frames:
+                (header,) = struct.unpack(">I", frame[:4])
+                self.sent.append((n, header, frame[4:]))
+                if header & 0x80000000:
+                    self.stats["frames_out"] += 1
+                    self.stats["bytes_out_wire"] += len(frame) - 4
+            send_lock = self.send_locks.setdefault(n, threading.Lock())
+        with send_lock:  # broadcasts come from other connections' threads
+            conn.sendall(b"".join(frames))
+
+    def _reply(
+        self, n: int, conn: socket.socket, codec: Optional[str], msg: Dict[str, Any]
+    ) -> None:
+        self._send(n, conn, self.frame_for(codec, json.dumps(msg, separators=(",", ":")).encode()))
+
+    def _error(self, n: int, conn: socket.socket, code: str, close: bool) -> None:
+        self._send(n, conn, encode({"type": "error", "code": code, "message": "fake"}))
+        if close:
+            conn.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                n = self._next
+                self._next += 1
+                self.conns[n] = (conn, None)
+            threading.Thread(target=self._serve, args=(n, conn), daemon=True).start()
+
+    def _read_exact(self, conn: socket.socket, n: int) -> Optional[bytes]:
+        buf = b""
+        while len(buf) < n:
+            try:
+                data = conn.recv(n - len(buf))
+            except OSError:
+                return None
+            if not data:
+                return None
+            buf += data
+        return buf
+
+    def _serve(self, n: int, conn: socket.socket) -> None:
+        codec: Optional[str] = None
+        helloed = False
+        try:
+            while True:
+                head = self._read_exact(conn, 4)
+                if head is None:
+                    return
+                (length,) = struct.unpack(">I", head)
+                compressed = bool(codec is not None and length & 0x80000000)
+                if compressed:
+                    length &= 0x7FFFFFFF
+                    if length == 0:
+                        return self._error(n, conn, "empty_frame", True)
+                if length > self.max_frame_bytes:
+                    return self._error(n, conn, "frame_too_large", True)
+                if length == 0:
+                    return self._error(n, conn, "empty_frame", True)
+                body = self._read_exact(conn, length)
+                if body is None:
+                    return
+                if compressed:
+                    assert codec is not None
+                    try:
+                        plain = self.decompress(codec, body)
+                    except OverflowError:
+                        return self._error(n, conn, "frame_too_large", True)
+                    except ValueError:
+                        return self._error(n, conn, "compression_error", True)
+                    with self.lock:
+                        self.stats["frames_in"] += 1
+                        self.stats["bytes_in_wire"] += length
+                        self.stats["bytes_in_plain"] += len(plain)
+                    body = plain
+                msg = json.loads(body)
+                with self.lock:
+                    self.received.append((n, compressed, msg))
+                kind = msg.get("type")
+                rid = {"id": msg["id"]} if "id" in msg else {}
+                if kind == "hello":
+                    if helloed:
+                        self._reply(
+                            n, conn, codec, {"type": "error", "code": "hello_repeated", **rid}
+                        )
+                        continue
+                    helloed = True
+                    offered = msg.get("compression") or []
+                    chosen = next((c for c in offered if c in self.codecs), None)
+                    hello_ok = {
+                        "type": "hello_ok",
+                        "compression": chosen,
+                        "server": "fake/0",
+                        "protocol": 1,
+                        "max_frame_bytes": self.max_frame_bytes,
+                        "compression_threshold": self.threshold,
+                        "features": ["broadcast", "channels", "compression"],
+                        **rid,
+                    }
+                    codec = chosen
+                    with self.lock:
+                        self.conns[n] = (conn, codec)
+                    frames = [encode(hello_ok)]
+                    if self.push_after_hello is not None:
+                        push = json.dumps(self.push_after_hello, separators=(",", ":"))
+                        frames.append(self.frame_for(codec, push.encode()))
+                    self._send(n, conn, *frames)
+                elif kind == "echo":
+                    self._reply(
+                        n,
+                        conn,
+                        codec,
+                        {"type": "echo_response", "content": msg.get("content"), **rid},
+                    )
+                elif kind == "ping":
+                    self._reply(n, conn, codec, {"type": "pong", **rid})
+                elif kind == "auth":
+                    self._reply(n, conn, codec, {"type": "auth_ok", **rid})
+                elif kind == "get_stats":
+                    with self.lock:
+                        comp = dict(self.stats)
+                    self._reply(
+                        n, conn, codec, {"type": "server_stats", "compression": comp, **rid}
+                    )
+                elif kind == "broadcast":
+                    recipients = self._broadcast(n, msg)
+                    self._reply(
+                        n, conn, codec, {"type": "broadcast_sent", "recipients": recipients, **rid}
+                    )
+                else:
+                    self._reply(
+                        n,
+                        conn,
+                        codec,
+                        {"type": "error", "code": "unknown_type", "request_type": kind, **rid},
+                    )
+        finally:
+            with self.lock:
+                self.conns.pop(n, None)
+            conn.close()
+
+    def _broadcast(self, sender: int, msg: Dict[str, Any]) -> int:
+        payload = json.dumps(
+            {"type": "broadcast_message", "content": msg.get("content"), "from": str(sender)},
+            separators=(",", ":"),
+        ).encode()
+        frames: Dict[Optional[str], bytes] = {}
+        with self.lock:
+            targets = [(n, c, codec) for n, (c, codec) in self.conns.items() if n != sender]
+        for n, conn, codec in targets:
+            frame = frames.get(codec)
+            if frame is None:
+                frame = frames[codec] = self.frame_for(codec, payload)
+            try:
+                self._send(n, conn, frame)
+            except OSError:
+                pass
+        return len(targets)
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        with self.lock:
+            conns = [c for c, _ in self.conns.values()]
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(timeout=DEADLINE)

@@ -8,7 +8,8 @@
 - :class:`ringcast.aio.Client`: the same methods as coroutines, pipelined on
   one connection.
 
-Standard library only; see ``python/README.md``.
+Standard library only (the optional ``zstandard`` module adds the zstd
+compression codec); see ``python/README.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from .backoff import ReconnectPolicy
 from .client import Client
 from .compat import TCPClient
 from .errors import (
+    CodecUnavailable,
+    CompressionError,
     ConnectionClosed,
+    FrameTooLarge,
     ProtocolError,
     RingcastError,
     ServerError,
@@ -27,7 +31,10 @@ from .errors import (
 
 __all__ = [
     "Client",
+    "CodecUnavailable",
+    "CompressionError",
     "ConnectionClosed",
+    "FrameTooLarge",
     "ProtocolError",
     "ReconnectPolicy",
     "RingcastError",

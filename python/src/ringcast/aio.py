@@ -23,7 +23,9 @@ from types import TracebackType
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Type, Union
 
 from . import protocol
+from ._net import HELLO_CLIENT, hello_codecs, read_hello_ok, wire_stats
 from .client import DEFAULT_CLIENT_INFO
+from .compression import CompressionArg, resolve_offer
 from .errors import (
     CLOSING_CODES,
     ConnectionClosed,
@@ -31,7 +33,7 @@ from .errors import (
     ServerError,
     Timeout,
 )
-from .protocol import ANSWER_TYPES, FrameDecoder, Message, encode
+from .protocol import ANSWER_TYPES, FrameDecoder, FrameEncoder, Message
 
 log = logging.getLogger("ringcast")
 
@@ -100,6 +102,9 @@ class Client:
     automatic reconnection. ``message_callback`` may be a plain function or
     a coroutine function (run as a task); without one, unsolicited frames
     queue for :meth:`next_message`.
+
+    ``compression`` (``"zstd"``, ``"deflate"``, or a list in order of
+    preference) sends ``hello`` first; see :class:`ringcast.Client`.
     """
 
     def __init__(
@@ -116,7 +121,10 @@ class Client:
         client_info: str = DEFAULT_CLIENT_INFO,
         max_queued_messages: int = 10_000,
         max_frame_bytes: int = protocol.CLIENT_MAX_FRAME_BYTES,
+        compression: CompressionArg = None,
     ) -> None:
+        #: The codecs offered in hello (None: no hello).
+        self.compression_offer = resolve_offer(compression)
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -131,6 +139,8 @@ class Client:
         self.dropped_messages = 0
         self._transport: Optional[asyncio.Transport] = None
         self._protocol: Optional[_Protocol] = None
+        self._encoder = FrameEncoder()
+        self._hello: Optional[Message] = None
         self._pending: Dict[int, asyncio.Future[Message]] = {}
         self._next_id = 1
         self._closed = False
@@ -147,11 +157,70 @@ class Client:
     # ------------------------------------------------------------ lifecycle
 
     async def connect(self) -> Client:
-        """Opens the connection (and authenticates when ``auth_token`` is set).
-        Raises ``OSError``, :class:`Timeout`, or :class:`ServerError`
-        (``unauthorized``)."""
+        """Opens the connection: hello when compression is asked for, then
+        auth when ``auth_token`` is set. Raises ``OSError``,
+        :class:`Timeout`, or :class:`ServerError` (``unauthorized``)."""
         if self._transport is not None and self._lost is None:
             return self
+        await self._open()
+        if self.compression_offer is not None:
+            try:
+                await self._hello_handshake()
+            except ServerError as e:
+                await self.close()
+                if e.code != "unauthorized" or self.auth_token is None:
+                    raise
+                # A server from before hello that requires a token closes the
+                # connection at hello: connect again without it.
+                await self._open()
+            except BaseException:
+                await self.close()
+                raise
+        if self.auth_token is not None:
+            try:
+                await self.request(
+                    "auth", protocol.auth_message(self.auth_token), timeout=self.connect_timeout
+                )
+            except ConnectionClosed as e:
+                await self.close()
+                if e.code is not None:  # the server's unauthorized, without an id
+                    raise ServerError(e.code, e.message or "") from None
+                raise
+            except BaseException:
+                await self.close()
+                raise
+        return self
+
+    async def _hello_handshake(self) -> None:
+        """Sends hello; takes the codec from hello_ok (the decoder switches
+        at that very frame, the encoder after it). An old server's
+        ``unknown_type`` leaves the connection uncompressed."""
+        offer = self.compression_offer
+        proto = self._protocol
+        assert offer is not None and proto is not None
+        codecs = hello_codecs(offer)
+        proto.decoder.expect_hello(codecs)
+        try:
+            reply = await self.request(
+                "hello",
+                {"compression": list(offer), "client": HELLO_CLIENT},
+                timeout=self.connect_timeout,
+                check=False,
+            )
+        except ConnectionClosed as e:
+            if e.code is not None:  # a closing error without an id (unauthorized)
+                raise ServerError(e.code, e.message or "") from None
+            raise
+        finally:
+            proto.decoder.expect_hello(None)
+        hello, codec, threshold = read_hello_ok(reply, codecs)
+        self._hello = hello
+        sent = self._encoder.bytes_sent
+        self._encoder = FrameEncoder(codec, threshold)
+        self._encoder.bytes_sent = sent
+
+    async def _open(self) -> None:
+        """Opens the transport, with a fresh encoder (no codec)."""
         loop = asyncio.get_running_loop()
         self._closing_frame = None
         ssl_args: Dict[str, Any] = {}
@@ -171,22 +240,10 @@ class Client:
             raise Timeout(f"could not connect within {self.connect_timeout} s") from None
         assert isinstance(transport, asyncio.Transport)
         self._transport, self._protocol = transport, proto
+        self._encoder = FrameEncoder()
+        self._hello = None
         self._closed = False
         self._lost = None
-        if self.auth_token is not None:
-            try:
-                await self.request(
-                    "auth", protocol.auth_message(self.auth_token), timeout=self.connect_timeout
-                )
-            except ConnectionClosed as e:
-                await self.close()
-                if e.code is not None:  # the server's unauthorized, without an id
-                    raise ServerError(e.code, e.message or "") from None
-                raise
-            except BaseException:
-                await self.close()
-                raise
-        return self
 
     async def close(self) -> None:
         """Closes the connection; requests in flight fail with
@@ -221,6 +278,28 @@ class Client:
     def connected(self) -> bool:
         """Whether the client holds a live connection now."""
         return self._transport is not None and self._lost is None
+
+    @property
+    def compression(self) -> Optional[str]:
+        """The codec negotiated on the current (or last) connection:
+        ``"zstd"``, ``"deflate"``, or None when not asked for or refused."""
+        codec = self._encoder.codec
+        return codec.name if codec is not None else None
+
+    @property
+    def server_info(self) -> Optional[Dict[str, Any]]:
+        """The current (or last) connection's ``hello_ok`` fields
+        (``server``, ``protocol``, ``features``, ...), or None without
+        hello or from a server that predates it."""
+        return dict(self._hello) if self._hello else None
+
+    def compression_stats(self) -> Dict[str, Any]:
+        """Compressed frames and bytes in and out on the current (or last)
+        connection, and all frame bytes (see :meth:`ringcast.Client.compression_stats`)."""
+        proto = self._protocol
+        return wire_stats(
+            self._encoder.codec, proto.decoder if proto is not None else None, self._encoder
+        )
 
     def set_message_callback(self, callback: Optional[AsyncMessageCallback]) -> None:
         """Sets (or removes) the function or coroutine function for unsolicited frames."""
@@ -329,7 +408,7 @@ class Client:
         try:
             # Frames written in one event-loop turn leave in one send: a
             # send syscall per request was the biggest cost when pipelining.
-            self._wbuf.append(encode(msg))
+            self._wbuf.append(self._encoder.encode(msg))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 loop.call_soon(self._flush)
@@ -352,7 +431,9 @@ class Client:
         frames, self._wbuf = self._wbuf, []
         transport = self._transport
         if frames and transport is not None and not transport.is_closing():
-            transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            transport.write(data)
+            self._encoder.bytes_sent += len(data)
         if self._unarmed:
             unarmed, self._unarmed = self._unarmed, {}
             loop = asyncio.get_running_loop()

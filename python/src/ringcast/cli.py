@@ -9,6 +9,10 @@
   from other clients are printed as they arrive. It reconnects by itself.
 - ``performance`` measures blocking round trips and pipelined asyncio echos.
 
+``--compress zstd|deflate`` (every mode) asks the server for per-frame
+compression with ``hello``; the connection stays uncompressed when the
+server refuses.
+
 The exit status is 1 when the connection or a request fails.
 """
 
@@ -25,7 +29,7 @@ from . import perf, protocol
 from ._version import __version__
 from .backoff import ReconnectPolicy
 from .client import Client
-from .errors import ConnectionClosed, RingcastError, ServerError
+from .errors import CodecUnavailable, ConnectionClosed, RingcastError, ServerError
 from .protocol import Message
 
 LABEL_W = 14
@@ -147,6 +151,22 @@ def _connect(args: argparse.Namespace, out: _Printer, reconnect: bool) -> Client
         auth_token=args.token,
         message_callback=out.pushed,
         reconnect=ReconnectPolicy() if reconnect else None,
+        compression=args.compress,
+    )
+
+
+def _describe_hello(client: Client) -> Optional[str]:
+    """One line on the negotiation, when compression was asked for."""
+    if client.compression_offer is None:
+        return None
+    info = client.server_info
+    if info is None:
+        return "compression: none (the server does not know hello)"
+    chosen = client.compression or "none (refused by the server)"
+    return (
+        f"compression: {chosen}; server {info.get('server', '?')}, "
+        f"threshold {info.get('compression_threshold', '?')} bytes, "
+        f"features {','.join(map(str, info.get('features') or []))}"
     )
 
 
@@ -160,6 +180,9 @@ def demo(args: argparse.Namespace) -> int:
             out.line(
                 f"ringcast python client demo: connected to {args.host}:{args.port} from {where}"
             )
+            hello = _describe_hello(client)
+            if hello is not None:
+                out.line(hello)
             out.line("")
         steps: List[Tuple[str, str, Message]] = [
             ("ping", f"ping ({client.client_info})", protocol.ping_message(client.client_info)),
@@ -281,6 +304,9 @@ def interactive(args: argparse.Namespace) -> int:
             out.line(
                 f"connected to {args.host}:{args.port}; /help lists the commands, /exit leaves"
             )
+            hello = _describe_hello(client)
+            if hello is not None:
+                out.line(hello)
             prompt = "ringcast> "
             while True:
                 out.prompt = prompt
@@ -305,13 +331,28 @@ def interactive(args: argparse.Namespace) -> int:
 def performance(args: argparse.Namespace) -> int:
     """Blocking round trips, pipelined asyncio echos, then the seed API's
     streamed echos."""
-    kwargs: Dict[str, Any] = {"timeout": args.timeout, "auth_token": args.token}
+    kwargs: Dict[str, Any] = {
+        "timeout": args.timeout,
+        "auth_token": args.token,
+        "compression": args.compress,
+    }
+    kind = args.content
     results = [
         perf.blocking_round_trips(
-            args.host, args.port, max(1, args.count // 5), args.size, **kwargs
+            args.host, args.port, max(1, args.count // 5), args.size, content_kind=kind, **kwargs
         ),
-        perf.pipelined_echo(args.host, args.port, args.count, args.size, args.window, **kwargs),
-        perf.seed_client_stream(args.host, args.port, args.count, args.size, auth_token=args.token),
+        perf.pipelined_echo(
+            args.host, args.port, args.count, args.size, args.window, content_kind=kind, **kwargs
+        ),
+        perf.seed_client_stream(
+            args.host,
+            args.port,
+            args.count,
+            args.size,
+            auth_token=args.token,
+            compression=args.compress,
+            content_kind=kind,
+        ),
     ]
     if args.json:
         for r in results:
@@ -322,11 +363,16 @@ def performance(args: argparse.Namespace) -> int:
                 "msgs_per_sec": r.rate,
                 "p50_ms": r.percentile(50) * 1e3 if r.latencies else None,
                 "p99_ms": r.percentile(99) * 1e3 if r.latencies else None,
+                "compression": r.compression,
+                "wire_bytes_per_msg": r.wire_bytes_per_msg,
             }
             print(json.dumps(row))
     else:
         print(f"ringcast python client performance against {args.host}:{args.port}")
-        print(f"({args.size}-byte echo content; seed's claim for small messages: 95,000+ msg/s)")
+        print(
+            f"({args.size}-byte {kind} echo content, compression {args.compress or 'off'}; "
+            "seed's claim for small messages: 95,000+ msg/s)"
+        )
         for r in results:
             print(perf.describe(r))
     return 0
@@ -354,6 +400,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=10_000, help="performance: pipelined echos")
     p.add_argument("--size", type=int, default=64, help="performance: bytes of echo content")
     p.add_argument("--window", type=int, default=64, help="performance: echos in flight")
+    p.add_argument(
+        "--content",
+        default="text",
+        choices=perf.CONTENT_KINDS,
+        help="performance: echo content, repeated text or telemetry-like JSON (default: text)",
+    )
+    p.add_argument(
+        "--compress",
+        default=None,
+        choices=("zstd", "deflate"),
+        help="ask the server for per-frame compression with this codec (zstd needs zstandard)",
+    )
     p.add_argument("--version", action="version", version=f"ringcast {__version__}")
     return p
 
@@ -363,6 +421,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     modes = {"demo": demo, "interactive": interactive, "performance": performance}
     try:
         return modes[args.mode](args)
+    except CodecUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except ServerError as e:
         print(f"error: server answered {e}", file=sys.stderr)
     except ConnectionClosed as e:

@@ -10,12 +10,13 @@ import ssl
 import threading
 import time
 from types import TracebackType
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Type
+from typing import Any, Callable, Deque, Dict, Mapping, Optional, Type
 
 from . import protocol
-from ._net import close_quietly, handshake, open_socket
+from ._net import Session, close_quietly, open_session, wire_stats
 from ._version import __version__
 from .backoff import ReconnectPolicy
+from .compression import CompressionArg, resolve_offer
 from .errors import (
     CLOSING_CODES,
     ConnectionClosed,
@@ -24,7 +25,7 @@ from .errors import (
     ServerError,
     Timeout,
 )
-from .protocol import ANSWER_TYPES, RECV_CHUNK, FrameDecoder, Message, encode
+from .protocol import ANSWER_TYPES, RECV_CHUNK, FrameDecoder, Message
 
 log = logging.getLogger("ringcast")
 
@@ -77,6 +78,13 @@ class Client:
     ``ssl_context`` / ``server_hostname`` wrap the socket in TLS, for a
     ringcast behind a TLS terminator or a future server with TLS (the
     ringcast server itself speaks plain TCP today).
+
+    ``compression`` (``"zstd"``, ``"deflate"``, or a list in order of
+    preference) sends ``hello`` first on every connection and, when the
+    server agrees on a codec, compresses large frames both ways
+    (:attr:`compression` tells which codec; :attr:`server_info` holds the
+    ``hello_ok`` fields). A server that refuses, or predates hello, is used
+    uncompressed. ``"zstd"`` needs the ``zstandard`` module.
     """
 
     def __init__(
@@ -94,7 +102,10 @@ class Client:
         client_info: str = DEFAULT_CLIENT_INFO,
         max_queued_messages: int = 10_000,
         max_frame_bytes: int = protocol.CLIENT_MAX_FRAME_BYTES,
+        compression: CompressionArg = None,
     ) -> None:
+        #: The codecs offered in hello (None: no hello).
+        self.compression_offer = resolve_offer(compression)
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -117,6 +128,7 @@ class Client:
         self._pending: Dict[int, _Waiter] = {}
         self._ids = itertools.count(1)
         self._sock: Optional[socket.socket] = None
+        self._session: Optional[Session] = None
         self._closing = False
         self._stop = threading.Event()
         self._last_reason: Optional[ConnectionClosed] = None
@@ -124,13 +136,13 @@ class Client:
         self._queue: Deque[Message] = collections.deque(maxlen=max(1, max_queued_messages))
         self._queue_cond = threading.Condition()
 
-        sock, decoder, early = self._open()
-        self._sock = sock
+        session = self._open(verify=False)
+        self._set_session(session)
         self._receiver = threading.Thread(
-            target=self._run, args=(sock, decoder), name=f"ringcast-recv-{host}:{port}", daemon=True
+            target=self._run, args=(session,), name=f"ringcast-recv-{host}:{port}", daemon=True
         )
         self._receiver.start()
-        for msg in early:
+        for msg in session.early:
             self._dispatch(msg)
 
     # ----------------------------------------------------------- public API
@@ -148,6 +160,35 @@ class Client:
             return tuple(sock.getsockname()) if sock is not None else None
         except OSError:
             return None
+
+    @property
+    def compression(self) -> Optional[str]:
+        """The codec negotiated on the current (or, once closed, the last)
+        connection: ``"zstd"``, ``"deflate"``, or None when not asked for or
+        refused by the server."""
+        session = self._session
+        return session.compression if session is not None else None
+
+    @property
+    def server_info(self) -> Optional[Dict[str, Any]]:
+        """The current (or last) connection's ``hello_ok`` fields (``server``,
+        ``protocol``, ``features``, ``max_frame_bytes``,
+        ``compression_threshold``, ``compression``), or None without hello
+        or from a server that predates it."""
+        session = self._session
+        return dict(session.hello) if session is not None and session.hello else None
+
+    def compression_stats(self) -> Dict[str, Any]:
+        """This client's count of what it sent and received on the current
+        (or last) connection: compressed frames in and out with their bytes on the
+        wire and inflated (``frames_in``, ``bytes_in_wire``,
+        ``bytes_in_plain``, ``frames_out``, ``bytes_out_plain``,
+        ``bytes_out_wire``), and all frame bytes (``bytes_received``,
+        ``bytes_sent``)."""
+        session = self._session
+        if session is None:
+            return wire_stats(None, None, None)
+        return wire_stats(session.encoder.codec, session.decoder, session.encoder)
 
     def set_message_callback(self, callback: Optional[MessageCallback]) -> None:
         """Sets (or, with ``None``, removes) the function that receives
@@ -267,23 +308,28 @@ class Client:
 
     # ------------------------------------------------------------- internals
 
-    def _open(self) -> tuple[socket.socket, FrameDecoder, List[Message]]:
-        """A new connection, authenticated when a token is set; with
-        ``verify`` (reconnections) a ping proves the server answers."""
-        sock = open_socket(
-            self.host, self.port, self.connect_timeout, self.ssl_context, self.server_hostname
+    def _open(self, verify: bool) -> Session:
+        """A new connection: hello when compression is asked for,
+        authenticated when a token is set; with ``verify`` (reconnections) a
+        ping proves the server answers, unless hello or auth did."""
+        return open_session(
+            self.host,
+            self.port,
+            timeout=self.connect_timeout,
+            ssl_context=self.ssl_context,
+            server_hostname=self.server_hostname,
+            max_frame_bytes=self.max_frame_bytes,
+            offer=self.compression_offer,
+            auth_token=self.auth_token,
+            next_id=self._ids.__next__,
+            verify_message=(lambda: protocol.ping_message(self.client_info)) if verify else None,
         )
-        decoder = FrameDecoder(self.max_frame_bytes)
-        early: List[Message] = []
-        try:
-            if self.auth_token is not None:
-                msg = protocol.auth_message(self.auth_token)
-                msg["id"] = next(self._ids)
-                _, early = handshake(sock, decoder, msg, self.connect_timeout)
-        except BaseException:
-            close_quietly(sock)
-            raise
-        return sock, decoder, early
+
+    def _set_session(self, session: Session) -> None:
+        """Makes ``session`` the current connection (under ``_lock`` by the caller
+        once the receiver runs): its socket and encoder change together."""
+        self._sock = session.sock
+        self._session = session
 
     def _call(
         self,
@@ -300,16 +346,27 @@ class Client:
             )
         rid = next(self._ids)
         msg["id"] = rid
-        frame = encode(msg)
         waiter = _Waiter()
         with self._lock:
             sock = self._sock
             if sock is None:
                 raise self._not_connected()
+            # The encoder goes with the socket: a reconnection may have
+            # negotiated another codec, or none.
+            session = self._session
+            assert session is not None and session.sock is sock
+            encoder = session.encoder
             self._pending[rid] = waiter
+        try:
+            frame = encoder.encode(msg)
+        except BaseException:
+            with self._lock:
+                self._pending.pop(rid, None)
+            raise
         try:
             with self._send_lock:
                 sock.sendall(frame)
+                encoder.bytes_sent += len(frame)
         except OSError as e:
             with self._lock:
                 self._pending.pop(rid, None)
@@ -342,17 +399,17 @@ class Client:
             return ConnectionClosed(f"not connected ({last.reason})", last.code, last.message)
         return ConnectionClosed("not connected")
 
-    def _run(self, sock: socket.socket, decoder: FrameDecoder) -> None:
+    def _run(self, session: Session) -> None:
         """The receiving thread: reads, dispatches, and reconnects per policy."""
         while True:
-            reason = self._receive(sock, decoder)
-            self._connection_lost(sock, reason)
+            reason = self._receive(session.sock, session.decoder)
+            self._connection_lost(session.sock, reason)
             if self._closing or self.reconnect_policy is None:
                 return
             reconnected = self._reconnect(self.reconnect_policy)
             if reconnected is None:
                 return
-            sock, decoder = reconnected
+            session = reconnected
 
     def _receive(self, sock: socket.socket, decoder: FrameDecoder) -> ConnectionClosed:
         """Reads until the connection ends; returns why it ended."""
@@ -430,37 +487,29 @@ class Client:
         if not self._closing:
             log.info("ringcast connection to %s:%s lost: %s", self.host, self.port, reason)
 
-    def _reconnect(self, policy: ReconnectPolicy) -> Optional[tuple[socket.socket, FrameDecoder]]:
+    def _reconnect(self, policy: ReconnectPolicy) -> Optional[Session]:
         attempt = 0
         for delay in policy.delays():
             attempt += 1
             if self._stop.wait(delay):
                 return None
             try:
-                sock, decoder, early = self._open()
-                if self.auth_token is None:
-                    # Proves the server answers, not just that a backlog took us.
-                    msg = protocol.ping_message(self.client_info)
-                    msg["id"] = next(self._ids)
-                    try:
-                        _, more = handshake(sock, decoder, msg, self.connect_timeout)
-                    except BaseException:
-                        close_quietly(sock)
-                        raise
-                    early += more
+                # verify: a ping proves the server answers, not just that a
+                # backlog took us (hello or auth prove it as well).
+                session = self._open(verify=True)
             except (OSError, RingcastError) as e:
                 log.info("ringcast reconnection attempt %d failed: %s", attempt, e)
                 continue
             with self._lock:
                 if self._closing:
-                    close_quietly(sock)
+                    close_quietly(session.sock)
                     return None
-                self._sock = sock
+                self._set_session(session)
                 self.reconnect_count += 1
                 self._state_changed.notify_all()
             log.info("ringcast reconnected to %s:%s on attempt %d", self.host, self.port, attempt)
-            for msg in early:
+            for msg in session.early:
                 self._dispatch(msg)
-            return sock, decoder
+            return session
         log.warning("ringcast gave up reconnecting after %d attempts", attempt)
         return None

@@ -21,11 +21,12 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from . import protocol
-from ._net import close_quietly, handshake, open_socket
+from ._net import Session, close_quietly, open_session, wire_stats
 from ._version import __version__
 from .backoff import ReconnectPolicy
+from .compression import CompressionArg, resolve_offer
 from .errors import RingcastError
-from .protocol import RECV_CHUNK, FrameDecoder, Message, encode
+from .protocol import RECV_CHUNK, Message
 
 log = logging.getLogger("ringcast")
 
@@ -62,6 +63,13 @@ class TCPClient:
     all from the server for about ``heartbeat_max_missed + 1`` intervals),
     the connection is declared dead and dropped (then reconnected). The
     pongs to these pings are not passed to the callback.
+
+    Compression: with ``compression`` (``"zstd"``, ``"deflate"``, or a list
+    in order of preference) every connection starts with ``hello``; when
+    the server agrees on a codec, large frames are compressed both ways.
+    The ``hello_ok`` answer is the client's own (not passed to the
+    callback); :attr:`compression` and :attr:`server_info` show it. A server
+    that refuses, or predates hello, is used uncompressed.
     """
 
     def __init__(
@@ -78,7 +86,10 @@ class TCPClient:
         ssl_context: Optional[ssl.SSLContext] = None,
         server_hostname: Optional[str] = None,
         client_info: str = SEED_CLIENT_INFO,
+        compression: CompressionArg = None,
     ) -> None:
+        #: The codecs offered in hello (None: no hello, the seed's behaviour).
+        self.compression_offer = resolve_offer(compression)
         if heartbeat_interval is not None and heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
         if heartbeat_max_missed < 1:
@@ -112,6 +123,9 @@ class TCPClient:
         self._ids = itertools.count(1)
         self._last_rx = time.monotonic()
         self._heartbeat_thread: Optional[threading.Thread] = None
+        # The current connection: socket, decoder and encoder together, so a
+        # send never uses one connection's codec on another.
+        self._session: Optional[Session] = None
 
     # ------------------------------------------------------- the seed's API
 
@@ -128,12 +142,14 @@ class TCPClient:
         if self.running:  # reconnecting in the background: stop that first
             self.disconnect()
         try:
-            sock, decoder, early = self._open(verify=False)
+            session = self._open(verify=False)
         except (OSError, RingcastError) as e:
             log.error("could not connect to %s:%s: %s", self.host, self.port, e)
             return False
+        sock = session.sock
         self._stop.clear()
         with self._state:
+            self._session = session
             self.socket = sock
             self.connected = True
             self.running = True
@@ -142,7 +158,7 @@ class TCPClient:
         self._last_rx = time.monotonic()
         self.receive_thread = threading.Thread(
             target=self._receive_loop,
-            args=(sock, decoder),
+            args=(session,),
             name=f"ringcast-tcpclient-{self.host}:{self.port}",
             daemon=True,
         )
@@ -152,7 +168,7 @@ class TCPClient:
                 target=self._heartbeat_loop, name="ringcast-heartbeat", daemon=True
             )
             self._heartbeat_thread.start()
-        for msg in early:
+        for msg in session.early:
             self._handle(msg)
         log.info("connected to %s:%s", self.host, self.port)
         return True
@@ -192,13 +208,15 @@ class TCPClient:
 
     def send_message(self, message: Dict[str, Any]) -> bool:
         """Sends one message (a dict with a ``type``); returns whether it was written."""
-        sock = self.socket
-        if not self.connected or sock is None:
+        session = self._session
+        if not self.connected or session is None:
             return False
-        frame = encode(message)
+        encoder = session.encoder
+        frame = encoder.encode(message)
         try:
             with self._send_lock:
-                sock.sendall(frame)
+                session.sock.sendall(frame)
+                encoder.bytes_sent += len(frame)
         except OSError as e:
             log.warning("send failed: %s", e)
             return False
@@ -237,6 +255,29 @@ class TCPClient:
 
     # ------------------------------------------------------------ additions
 
+    @property
+    def compression(self) -> Optional[str]:
+        """The codec negotiated on the current (or last) connection:
+        ``"zstd"``, ``"deflate"``, or None when not asked for or refused."""
+        session = self._session
+        return session.compression if session is not None else None
+
+    @property
+    def server_info(self) -> Optional[Dict[str, Any]]:
+        """The current (or last) connection's ``hello_ok`` fields
+        (``server``, ``protocol``, ``features``, ...), or None without
+        hello or from a server that predates it."""
+        session = self._session
+        return dict(session.hello) if session is not None and session.hello else None
+
+    def compression_stats(self) -> Dict[str, Any]:
+        """Compressed frames and bytes in and out on the current (or last)
+        connection, and all frame bytes (see :meth:`ringcast.Client.compression_stats`)."""
+        session = self._session
+        if session is None:
+            return wire_stats(None, None, None)
+        return wire_stats(session.encoder.codec, session.decoder, session.encoder)
+
     def wait_connected(self, timeout: Optional[float] = None) -> bool:
         """Waits until the client is connected (say, after a reconnection);
         returns whether it is. Returns ``False`` at once if not running."""
@@ -266,25 +307,19 @@ class TCPClient:
     def _internal_id(self) -> str:
         return f"{_INTERNAL_ID}{next(self._ids)}"
 
-    def _open(self, verify: bool) -> tuple[socket.socket, FrameDecoder, list[Message]]:
-        sock = open_socket(
-            self.host, self.port, self.connect_timeout, self.ssl_context, self.server_hostname
+    def _open(self, verify: bool) -> Session:
+        return open_session(
+            self.host,
+            self.port,
+            timeout=self.connect_timeout,
+            ssl_context=self.ssl_context,
+            server_hostname=self.server_hostname,
+            max_frame_bytes=protocol.CLIENT_MAX_FRAME_BYTES,
+            offer=self.compression_offer,
+            auth_token=self.auth_token,
+            next_id=self._internal_id,
+            verify_message=(lambda: protocol.ping_message(self.client_info)) if verify else None,
         )
-        decoder = FrameDecoder()
-        early: list[Message] = []
-        try:
-            if self.auth_token is not None:
-                msg = protocol.auth_message(self.auth_token)
-                msg["id"] = self._internal_id()
-                _, early = handshake(sock, decoder, msg, self.connect_timeout)
-            elif verify:
-                msg = protocol.ping_message(self.client_info)
-                msg["id"] = self._internal_id()
-                _, early = handshake(sock, decoder, msg, self.connect_timeout)
-        except BaseException:
-            close_quietly(sock)
-            raise
-        return sock, decoder, early
 
     def _handle(self, msg: Message) -> None:
         self.messages_received += 1
@@ -301,8 +336,9 @@ class TCPClient:
         except Exception:
             log.exception("message callback raised")
 
-    def _receive_loop(self, sock: socket.socket, decoder: FrameDecoder) -> None:
+    def _receive_loop(self, session: Session) -> None:
         while True:
+            sock, decoder = session.sock, session.decoder
             try:
                 while True:
                     data = sock.recv(RECV_CHUNK)
@@ -330,32 +366,34 @@ class TCPClient:
             reopened = self._reconnect()
             if reopened is None:
                 return
-            sock, decoder = reopened
+            session = reopened
 
-    def _reconnect(self) -> Optional[tuple[socket.socket, FrameDecoder]]:
+    def _reconnect(self) -> Optional[Session]:
         attempt = 0
         for delay in self.reconnect_policy.delays():
             attempt += 1
             if self._stop.wait(delay):
                 return None
             try:
-                sock, decoder, early = self._open(verify=True)
+                session = self._open(verify=True)
             except (OSError, RingcastError) as e:
                 log.info("reconnection attempt %d failed: %s", attempt, e)
                 continue
+            sock = session.sock
             with self._state:
                 if not self.running:
                     close_quietly(sock)
                     return None
+                self._session = session
                 self.socket = sock
                 self.connected = True
                 self.reconnect_count += 1
                 self._state.notify_all()
             self._last_rx = time.monotonic()
             log.info("reconnected to %s:%s on attempt %d", self.host, self.port, attempt)
-            for msg in early:
+            for msg in session.early:
                 self._handle(msg)
-            return sock, decoder
+            return session
         log.error("gave up reconnecting to %s:%s after %d attempts", self.host, self.port, attempt)
         with self._state:
             self.running = False

@@ -18,6 +18,7 @@ CLOSING_CODES = frozenset(
         "slow_consumer",
         "unauthorized",
         "shutting_down",
+        "compression_error",
     }
 )
 
@@ -88,3 +89,18 @@ class Timeout(RingcastError, TimeoutError):
 class ProtocolError(RingcastError):
     """The server sent bytes that are not a valid ringcast frame, or an answer
     of the wrong type."""
+
+
+class CompressionError(ProtocolError):
+    """A compressed frame from the server is not one complete, valid stream
+    of the negotiated codec (garbage, truncated, bytes after its end)."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame from the server is larger than ``max_frame_bytes``: its
+    header says so, or its compressed payload inflates past it."""
+
+
+class CodecUnavailable(RingcastError, ImportError):
+    """A compression codec was asked for that cannot be used here: ``zstd``
+    without the ``zstandard`` module (``pip install zstandard``)."""

@@ -3,6 +3,8 @@
 A frame is a 4-byte big-endian unsigned payload length, then that many bytes
 of one UTF-8 JSON object (docs/PROTOCOL.md in the repository). Every client
 in this package builds its requests and reads its frames through this module.
+After a ``hello`` that negotiated a codec, a header with the top bit set
+announces a compressed payload (:mod:`ringcast.compression`).
 """
 
 from __future__ import annotations
@@ -10,9 +12,16 @@ from __future__ import annotations
 import json
 import struct
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from .errors import ProtocolError
+from .compression import (
+    COMPRESSED_FLAG,
+    DEFAULT_THRESHOLD,
+    LENGTH_MASK,
+    Codec,
+    compress_frame,
+)
+from .errors import FrameTooLarge, ProtocolError
 
 #: The frame header: payload length, u32 big-endian.
 HEADER = struct.Struct(">I")
@@ -38,6 +47,7 @@ RESPONSE_TYPES: Dict[str, str] = {
     "get_stats": "server_stats",
     "message": "message_ack",
     "auth": "auth_ok",
+    "hello": "hello_ok",
 }
 
 #: Answer types, for servers that do not copy ``id`` back (the seed's Python
@@ -74,37 +84,103 @@ class FrameDecoder:
 
     Call :meth:`feed` with each chunk received; it returns the messages that
     chunk completed, in order. Raises :class:`ProtocolError` for a frame
-    header above ``max_frame_bytes`` (decided from the header alone) or a
-    payload that is not a JSON object; the stream is then out of step and
-    the connection should be closed.
+    header above ``max_frame_bytes`` (decided from the header alone;
+    :class:`FrameTooLarge`) or a payload that is not a JSON object; the
+    stream is then out of step and the connection should be closed.
+
+    Compression: once ``codec`` is set, a header with the top bit set
+    announces a compressed payload, which is inflated with that codec, at
+    most to ``max_frame_bytes`` (beyond that: :class:`FrameTooLarge`; a bad
+    stream: :class:`CompressionError`). Before ``hello`` is sent, call
+    :meth:`expect_hello` with the codecs offered: the decoder then takes the
+    codec from the ``hello_ok`` frame itself, so a compressed frame that
+    follows ``hello_ok`` in the same chunk is already understood.
     """
 
-    __slots__ = ("_buf", "max_frame_bytes")
+    __slots__ = (
+        "_buf",
+        "max_frame_bytes",
+        "codec",
+        "_offer",
+        "bytes_received",
+        "frames_compressed",
+        "bytes_compressed",
+        "bytes_inflated",
+    )
 
-    def __init__(self, max_frame_bytes: int = CLIENT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self, max_frame_bytes: int = CLIENT_MAX_FRAME_BYTES, codec: Optional[Codec] = None
+    ) -> None:
         self._buf = bytearray()
         self.max_frame_bytes = max_frame_bytes
+        #: The negotiated codec, or None (a header's top bit is then just a
+        #: length over the limit).
+        self.codec = codec
+        self._offer: Optional[Mapping[str, Codec]] = None
+        #: Bytes fed so far: frames on the wire, headers included.
+        self.bytes_received = 0
+        #: Compressed frames decoded, their compressed payload bytes, and
+        #: those payloads' bytes once inflated.
+        self.frames_compressed = 0
+        self.bytes_compressed = 0
+        self.bytes_inflated = 0
+
+    def expect_hello(self, offer: Optional[Mapping[str, Codec]]) -> None:
+        """Takes the codec from the next ``hello_ok`` frame: the one of
+        ``offer`` (name to codec) that it names, or none. ``None`` stops
+        waiting for it (hello was answered with an error)."""
+        self._offer = offer
 
     def feed(self, data: bytes) -> List[Message]:
         """Appends ``data``; returns every message completed so far."""
         buf = self._buf
         buf += data
+        self.bytes_received += len(data)
         out: List[Message] = []
         pos = 0
         end_of_data = len(buf)
         unpack_from = HEADER.unpack_from
         max_frame = self.max_frame_bytes
+        codec = self.codec
+        offer = self._offer
+        # Plain frames up to this length: one comparison per frame.
+        max_plain = max_frame if codec is None else min(max_frame, LENGTH_MASK)
         while end_of_data - pos >= HEADER_LEN:
             (length,) = unpack_from(buf, pos)
-            if length > max_frame:
-                raise ProtocolError(
-                    f"server announced a {length}-byte frame, over the {max_frame}-byte limit"
-                )
+            compressed = False
+            if length > max_plain:
+                if codec is not None and length & COMPRESSED_FLAG:
+                    length &= LENGTH_MASK
+                    if length == 0:
+                        raise ProtocolError("server sent an empty compressed frame")
+                    if length > max_frame:
+                        raise FrameTooLarge(
+                            f"server announced a {length}-byte compressed frame, "
+                            f"over the {max_frame}-byte limit"
+                        )
+                    compressed = True
+                else:
+                    raise FrameTooLarge(
+                        f"server announced a {length}-byte frame, over the {max_frame}-byte limit"
+                    )
             end = pos + HEADER_LEN + length
             if end > end_of_data:
                 break
-            out.append(decode_payload(bytes(buf[pos + HEADER_LEN : end])))
+            payload = bytes(buf[pos + HEADER_LEN : end])
             pos = end
+            if compressed:
+                assert codec is not None
+                payload = codec.decompress(payload, max_frame)
+                self.frames_compressed += 1
+                self.bytes_compressed += length
+                self.bytes_inflated += len(payload)
+            msg = decode_payload(payload)
+            out.append(msg)
+            if offer is not None and msg.get("type") == "hello_ok":
+                name = msg.get("compression")
+                codec = self.codec = offer.get(name) if isinstance(name, str) else None
+                offer = self._offer = None
+                max_plain = max_frame if codec is None else min(max_frame, LENGTH_MASK)
         if pos:
             del buf[:pos]
         return out
@@ -113,6 +189,60 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes held of an incomplete frame."""
         return len(self._buf)
+
+
+class FrameEncoder:
+    """Encodes messages into frames for one connection, compressing per the
+    negotiated codec: a payload larger than ``threshold`` bytes is sent
+    compressed when that makes it smaller (:func:`compress_frame`).
+
+    ``encoder.encode(message)`` returns the frame. Without a codec it *is*
+    :func:`encode`, so a connection without compression pays nothing. It
+    counts the frames it compressed; ``bytes_sent`` is counted by the
+    client as it sends."""
+
+    __slots__ = (
+        "codec",
+        "threshold",
+        "encode",
+        "bytes_sent",
+        "frames_compressed",
+        "bytes_compressed_plain",
+        "bytes_compressed_wire",
+    )
+
+    def __init__(self, codec: Optional[Codec] = None, threshold: int = DEFAULT_THRESHOLD) -> None:
+        self.codec = codec
+        self.threshold = threshold
+        #: Frame bytes written to the connection (headers included).
+        self.bytes_sent = 0
+        #: Frames sent compressed, their payload bytes before and after.
+        self.frames_compressed = 0
+        self.bytes_compressed_plain = 0
+        self.bytes_compressed_wire = 0
+        self.encode: Callable[[Mapping[str, Any]], bytes] = (
+            encode if codec is None else self._compressing(codec, threshold)
+        )
+
+    def _compressing(self, codec: Codec, threshold: int) -> Callable[[Mapping[str, Any]], bytes]:
+        dumps = _encoder.encode
+        pack = HEADER.pack
+
+        def encode_compressing(message: Mapping[str, Any]) -> bytes:
+            payload = dumps(message).encode("utf-8")
+            if len(payload) <= threshold:  # small frames: what encode() does, no more
+                return pack(len(payload)) + payload
+            frame = compress_frame(payload, codec, threshold)
+            if frame[0] & 0x80:
+                self.frames_compressed += 1
+                self.bytes_compressed_plain += len(payload)
+                self.bytes_compressed_wire += len(frame) - HEADER_LEN
+            return frame
+
+        return encode_compressing
+
+    def __call__(self, message: Mapping[str, Any]) -> bytes:
+        return self.encode(message)
 
 
 _ts_second = -1
@@ -162,6 +292,13 @@ def stats_message() -> Message:
 def text_message(text: str) -> Message:
     """Plain text, as the interactive client sends it: ``{"type": "message", "content": ...}``."""
     return {"type": "message", "content": text, "timestamp": timestamp()}
+
+
+def hello_message(compression: Sequence[str], client: str) -> Message:
+    """``{"type": "hello", "compression": [...], "client": ...}``: asks for
+    compression (codec names in order of preference) and the server's
+    version and features. The first frame on a connection, before ``auth``."""
+    return {"type": "hello", "compression": list(compression), "client": client}
 
 
 def auth_message(token: str) -> Message:
