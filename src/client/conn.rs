@@ -149,11 +149,8 @@ impl FrameReader {
                 max_frame_bytes,
                 ..
             } = self;
-            let fed = decoder.feed_flagged(
-                &mut buf[..n],
-                &mut NoPool,
-                usize::MAX,
-                |payload, packed| {
+            let fed =
+                decoder.feed_flagged(&mut buf[..n], &mut NoPool, usize::MAX, |payload, packed| {
                     let m = match (packed, *codec) {
                         (false, _) => parse_message(payload).map(Incoming::Parsed),
                         (true, Some(_)) => {
@@ -170,8 +167,7 @@ impl FrameReader {
                     } else {
                         ControlFlow::Continue(())
                     }
-                },
-            );
+                });
             if let Err(e) = fed {
                 self.ready.push_back(Err(match e {
                     FrameError::TooLarge { len, max } => ClientError::FrameTooLarge { len, max },

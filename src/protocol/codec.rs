@@ -393,7 +393,10 @@ mod tests {
             let corrupt = Err(DecompressError::Corrupt {
                 codec: codec.as_str(),
             });
-            assert_eq!(d.decompress(codec, b"not a stream", &mut out, 1 << 20), corrupt);
+            assert_eq!(
+                d.decompress(codec, b"not a stream", &mut out, 1 << 20),
+                corrupt
+            );
             assert_eq!(
                 d.decompress(codec, &body[..body.len() / 2], &mut out, 1 << 20),
                 corrupt

@@ -480,7 +480,9 @@ mod tests {
 
     #[test]
     fn the_top_bit_marks_compression_only_once_accepted() {
-        let mut bytes = (5u32 | super::super::codec::COMPRESSED_FLAG).to_be_bytes().to_vec();
+        let mut bytes = (5u32 | super::super::codec::COMPRESSED_FLAG)
+            .to_be_bytes()
+            .to_vec();
         bytes.extend_from_slice(b"abcde");
         let mut d = FrameDecoder::new(1 << 20);
         let r = d.feed(&mut bytes.clone(), |_| ControlFlow::Continue(()));

@@ -46,15 +46,21 @@ impl Delivery {
     /// codec saves bytes. Every recipient of that codec then shares the
     /// one compressed frame; a connection negotiating meanwhile simply gets
     /// this one plain. Counts each compression in `counters`.
-    pub(crate) fn pack(&mut self, shared: &Shared, compressor: &mut Compressor, counters: &ShardCounters) {
+    pub(crate) fn pack(
+        &mut self,
+        shared: &Shared,
+        compressor: &mut Compressor,
+        counters: &ShardCounters,
+    ) {
         let payload = &self.frame[crate::protocol::HEADER_LEN..];
         if payload.len() <= shared.config.compression_threshold_bytes {
             return;
         }
         for codec in Codec::ALL {
-            let wanted = shared.counters.iter().any(|c| {
-                c.compression.connections[codec.index()].load(Ordering::Relaxed) > 0
-            });
+            let wanted = shared
+                .counters
+                .iter()
+                .any(|c| c.compression.connections[codec.index()].load(Ordering::Relaxed) > 0);
             if !wanted {
                 continue;
             }

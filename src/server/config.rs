@@ -367,11 +367,14 @@ impl ServerConfig {
                 self.max_frame_bytes + crate::protocol::HEADER_LEN
             ));
         }
-        if self.compression && self.max_frame_bytes >= crate::protocol::codec::COMPRESSED_FLAG as usize
+        if self.compression
+            && self.max_frame_bytes >= crate::protocol::codec::COMPRESSED_FLAG as usize
         {
-            return Err("with compression on, max frame bytes must be below 2147483648: \
+            return Err(
+                "with compression on, max frame bytes must be below 2147483648: \
                  the top bit of a frame's length marks a compressed frame"
-                .into());
+                    .into(),
+            );
         }
         if self.max_connections == 0 {
             return Err("max connections must be at least 1".into());

@@ -715,7 +715,13 @@ impl Collector for ShardCollector {
              decompression (in); divided by ringcast_compressed_payload_bytes, the ratio.",
             "direction",
             &directions,
-            |c, i| [&c.compression.bytes_in_plain, &c.compression.bytes_out_plain][i].load(Relaxed),
+            |c, i| {
+                [
+                    &c.compression.bytes_in_plain,
+                    &c.compression.bytes_out_plain,
+                ][i]
+                    .load(Relaxed)
+            },
         )?;
         self.per_shard(
             &mut enc,

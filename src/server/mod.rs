@@ -236,15 +236,11 @@ impl ServerBuilder {
         let fds: Vec<_> = wake_fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let cluster = match &self.config.backplane {
             Some(url) => {
-                let id = self
-                    .config
-                    .node_id
-                    .clone()
-                    .unwrap_or_else(|| {
-                        // Either listener names the node; plain first, as before TLS.
-                        let addr = plain_addr.or(tls_addr).expect("validate: a listener is on");
-                        crate::cluster::Cluster::default_node_id(addr)
-                    });
+                let id = self.config.node_id.clone().unwrap_or_else(|| {
+                    // Either listener names the node; plain first, as before TLS.
+                    let addr = plain_addr.or(tls_addr).expect("validate: a listener is on");
+                    crate::cluster::Cluster::default_node_id(addr)
+                });
                 let limit = self.config.backplane_buffer_bytes;
                 Some(crate::cluster::Cluster::new(url, id, limit).map_err(ServerError::Config)?)
             }

@@ -6,9 +6,9 @@
 //! Only a connection that negotiated a codec with `hello` gets here; the
 //! others never pay more than one `Option` check per frame.
 
+use super::dispatch::Closing;
 use super::env::Env;
 use super::output::Output;
-use super::dispatch::Closing;
 use crate::protocol::codec::{Codec, DecompressError};
 use crate::protocol::{ErrorCode, HEADER_LEN};
 use crate::server::config::SMALL_PARTIAL_BYTES;
@@ -92,7 +92,8 @@ pub(super) fn pack_replies(env: &mut Env<'_>, codec: Codec, out: &mut Output, st
     let c = &env.counters.compression;
     let mut pos = start;
     while pos + HEADER_LEN <= b.len() {
-        let len = u32::from_be_bytes(b[pos..pos + HEADER_LEN].try_into().expect("4 bytes")) as usize;
+        let len =
+            u32::from_be_bytes(b[pos..pos + HEADER_LEN].try_into().expect("4 bytes")) as usize;
         let end = pos + HEADER_LEN + len;
         let payload = &b[pos + HEADER_LEN..end];
         let at = packed.len();

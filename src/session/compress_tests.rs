@@ -99,7 +99,11 @@ fn session(env: &mut Env<'_>, id: usize) -> Session {
 }
 
 fn hello(env: &mut Env<'_>, s: &mut Session, offer: Value) -> Value {
-    let r = exchange(env, s, frame(&json!({"type": "hello", "compression": offer, "id": 7})));
+    let r = exchange(
+        env,
+        s,
+        frame(&json!({"type": "hello", "compression": offer, "id": 7})),
+    );
     assert_eq!(r.len(), 1);
     assert!(!r[0].packed, "hello_ok is never compressed");
     r[0].json(None)
@@ -118,14 +122,20 @@ fn hello_picks_the_clients_first_codec_that_the_server_has() {
     assert_eq!(ok["max_frame_bytes"], 1 << 20);
     assert_eq!(ok["compression_threshold"], 1024);
     assert!(ok["server"].as_str().unwrap().starts_with("ringcast/"));
-    assert_eq!(ok["features"], json!(["broadcast", "channels", "compression"]));
+    assert_eq!(
+        ok["features"],
+        json!(["broadcast", "channels", "compression"])
+    );
     assert_eq!(s.codec(), Some(Codec::Deflate));
     let gauge = &sh.counters[0].compression.connections;
     assert_eq!(gauge[Codec::Deflate.index()].load(Relaxed), 1);
     // Nothing we have, or nothing offered: no codec.
     for offer in [json!(["lz4"]), json!([]), Value::Null] {
         let mut t = session(&mut env, 1);
-        assert_eq!(hello(&mut env, &mut t, offer.clone())["compression"], Value::Null);
+        assert_eq!(
+            hello(&mut env, &mut t, offer.clone())["compression"],
+            Value::Null
+        );
         assert_eq!(t.codec(), None, "{offer}");
     }
     // Closing gives the gauge back.
@@ -155,13 +165,20 @@ fn replies_over_the_threshold_are_compressed_and_requests_may_be() {
         hello(&mut env, &mut s, json!([codec.as_str()]));
         // A large echo, sent plain: the reply comes back compressed.
         let big = telemetry(400);
-        let r = exchange(&mut env, &mut s, frame(&json!({"type": "echo", "content": big, "id": 1})));
+        let r = exchange(
+            &mut env,
+            &mut s,
+            frame(&json!({"type": "echo", "content": big, "id": 1})),
+        );
         assert_eq!(r.len(), 1);
         assert!(r[0].packed, "{codec:?}: a 15 KiB reply is compressed");
         let v = r[0].json(Some(codec));
         assert_eq!(v["type"], "echo_response");
         assert_eq!(v["content"], big);
-        assert!(r[0].payload.len() * 3 < v.to_string().len(), "it compresses");
+        assert!(
+            r[0].payload.len() * 3 < v.to_string().len(),
+            "it compresses"
+        );
         // The same, sent compressed.
         let req = json!({"type": "echo", "content": big, "id": 2});
         let r = exchange(&mut env, &mut s, packed_frame(codec, &req));
@@ -224,12 +241,18 @@ fn without_a_codec_the_top_bit_is_a_length_over_the_limit() {
         if said_hello {
             hello(&mut env, &mut s, json!(["brotli"]));
         }
-        let mut bytes = packed_frame(Codec::Zstd, &json!({"type": "echo", "content": "x".repeat(3000)}));
+        let mut bytes = packed_frame(
+            Codec::Zstd,
+            &json!({"type": "echo", "content": "x".repeat(3000)}),
+        );
         let r = exchange(&mut env, &mut s, std::mem::take(&mut bytes));
         assert_eq!(r.len(), 1);
         assert!(!r[0].packed);
         assert_eq!(r[0].json(None)["code"], "frame_too_large");
-        assert!(matches!(s.phase(), Phase::Draining { .. } | Phase::Lingering { .. }));
+        assert!(matches!(
+            s.phase(),
+            Phase::Draining { .. } | Phase::Lingering { .. }
+        ));
     }
 }
 
@@ -249,8 +272,14 @@ fn a_bomb_stops_at_max_frame_bytes_and_frees_its_buffer() {
         let e = r[0].json(None);
         assert_eq!(e["type"], "error");
         assert_eq!(e["code"], "frame_too_large");
-        assert!(matches!(s.phase(), Phase::Draining { .. } | Phase::Lingering { .. }));
-        assert_eq!(env.partial_bytes, 0, "the decompression buffer is given back");
+        assert!(matches!(
+            s.phase(),
+            Phase::Draining { .. } | Phase::Lingering { .. }
+        ));
+        assert_eq!(
+            env.partial_bytes, 0,
+            "the decompression buffer is given back"
+        );
         assert!(env.inflate.capacity() <= 256 << 10);
     }
 }
@@ -259,7 +288,10 @@ fn a_bomb_stops_at_max_frame_bytes_and_frees_its_buffer() {
 fn bad_streams_and_empty_compressed_frames_close_after_an_error() {
     let sh = shared(ServerConfig::default());
     let mut env = Env::new(&sh, 0);
-    let good = packed_frame(Codec::Deflate, &json!({"type": "echo", "content": "y".repeat(4000)}));
+    let good = packed_frame(
+        Codec::Deflate,
+        &json!({"type": "echo", "content": "y".repeat(4000)}),
+    );
     let mut truncated = good[..good.len() - 10].to_vec();
     let n = (truncated.len() - 4) as u32 | COMPRESSED_FLAG;
     truncated[..4].copy_from_slice(&n.to_be_bytes());
@@ -276,7 +308,10 @@ fn bad_streams_and_empty_compressed_frames_close_after_an_error() {
         let r = exchange(&mut env, &mut s, bytes);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].json(None)["code"], code);
-        assert!(matches!(s.phase(), Phase::Draining { .. } | Phase::Lingering { .. }));
+        assert!(matches!(
+            s.phase(),
+            Phase::Draining { .. } | Phase::Lingering { .. }
+        ));
     }
     let t = sh.totals(&mut Vec::new());
     assert_eq!(t.errors[ErrorCode::CompressionError.index()], 2);
@@ -291,11 +326,22 @@ fn hello_may_precede_auth_and_only_once() {
     let mut env = Env::new(&sh, 0);
     let mut s = session(&mut env, 0);
     let ok = hello(&mut env, &mut s, json!(["zstd"]));
-    assert_eq!(ok["features"], json!(["broadcast", "channels", "compression", "auth"]));
+    assert_eq!(
+        ok["features"],
+        json!(["broadcast", "channels", "compression", "auth"])
+    );
     assert!(!s.is_established(), "hello does not authenticate");
-    let r = exchange(&mut env, &mut s, frame(&json!({"type": "auth", "token": "s3cret"})));
+    let r = exchange(
+        &mut env,
+        &mut s,
+        frame(&json!({"type": "auth", "token": "s3cret"})),
+    );
     assert_eq!(r[0].json(None)["type"], "auth_ok");
-    let r = exchange(&mut env, &mut s, frame(&json!({"type": "hello", "compression": ["deflate"], "id": 9})));
+    let r = exchange(
+        &mut env,
+        &mut s,
+        frame(&json!({"type": "hello", "compression": ["deflate"], "id": 9})),
+    );
     let e = r[0].json(None);
     assert_eq!(e["code"], "hello_repeated");
     assert_eq!(e["id"], 9);
@@ -306,9 +352,17 @@ fn hello_may_precede_auth_and_only_once() {
     let sh = shared(ServerConfig::default());
     let mut env = Env::new(&sh, 0);
     let mut t = session(&mut env, 1);
-    let r = exchange(&mut env, &mut t, frame(&json!({"type": "hello", "compression": "zstd"})));
+    let r = exchange(
+        &mut env,
+        &mut t,
+        frame(&json!({"type": "hello", "compression": "zstd"})),
+    );
     assert_eq!(r[0].json(None)["code"], "invalid_field");
-    let r = exchange(&mut env, &mut t, frame(&json!({"type": "hello", "compression": ["zstd", 3]})));
+    let r = exchange(
+        &mut env,
+        &mut t,
+        frame(&json!({"type": "hello", "compression": ["zstd", 3]})),
+    );
     assert_eq!(r[0].json(None)["code"], "invalid_field");
     assert_eq!(t.phase(), Phase::Open);
 }
@@ -345,7 +399,12 @@ fn a_broadcast_to_mixed_recipients_is_compressed_once_per_codec() {
     for (s, codec) in recipients.iter_mut().zip(codecs) {
         assert!(s.push_broadcast(&mut env, &d));
         let batch = s.poll_transmit(&mut env).expect("the broadcast");
-        let seg = batch.segments.front().expect("one segment").as_slice().as_ptr();
+        let seg = batch
+            .segments
+            .front()
+            .expect("one segment")
+            .as_slice()
+            .as_ptr();
         // Every recipient shares its codec's one buffer (or the plain one).
         assert_eq!(seg, d.frame_for(codec).as_ptr());
         let bytes: Vec<u8> = batch.slices().flatten().copied().collect();
@@ -361,7 +420,11 @@ fn a_broadcast_to_mixed_recipients_is_compressed_once_per_codec() {
     let sh = shared(ServerConfig::default());
     let mut env = Env::new(&sh, 0);
     let mut p = session(&mut env, 0);
-    exchange(&mut env, &mut p, frame(&json!({"type": "broadcast", "content": content})));
+    exchange(
+        &mut env,
+        &mut p,
+        frame(&json!({"type": "broadcast", "content": content})),
+    );
     let (d, _) = env.outgoing.pop().expect("the broadcast");
     assert!(d.packed.iter().all(Option::is_none));
     assert_eq!(sh.counters[0].compression.compressions.load(Relaxed), 0);

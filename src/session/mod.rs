@@ -351,52 +351,53 @@ impl Session {
             &mut env.straddle_pool,
             crate::protocol::frame::BoundedPool::new(0, 0),
         );
-        let result = decoder.feed_flagged(data, &mut straddle_pool, max_capacity, |payload, packed| {
-            // Activity is a complete frame, not a byte: a client that
-            // trickles a frame (slowloris) is idle until it completes one.
-            *last_active = env.now_mono_ms;
-            // Replies are compressed with the codec in force before this
-            // request: `hello_ok` itself always goes plain.
-            let reply_codec = *codec;
-            let me = Caller {
-                id: *id,
-                client_id,
-                authed,
-                bucket,
-                codec,
-                hello_seen,
-                tls,
-            };
-            frames += 1;
-            let start = out.building.len();
-            let flow = match (packed, reply_codec) {
-                // The decoder flags frames only once a codec is in force.
-                (true, Some(c)) => match compress::inflate(env, c, payload) {
-                    Ok(mut plain) => {
-                        let flow = handle_frame(env, me, &mut plain, out);
-                        compress::give_inflate(env, plain);
-                        flow
-                    }
-                    Err((buf, reason)) => {
-                        compress::give_inflate(env, buf);
-                        ControlFlow::Break(reason)
-                    }
-                },
-                _ => handle_frame(env, me, payload, out),
-            };
-            if let ControlFlow::Break(reason) = flow {
-                close = Some(reason);
-                return ControlFlow::Break(());
-            }
-            if let Some(c) = reply_codec {
-                compress::pack_replies(env, c, out, start);
-            }
-            if *authed && !*established {
-                *established = true;
-                bump(&env.counters.connected, 1);
-            }
-            ControlFlow::Continue(())
-        });
+        let result =
+            decoder.feed_flagged(data, &mut straddle_pool, max_capacity, |payload, packed| {
+                // Activity is a complete frame, not a byte: a client that
+                // trickles a frame (slowloris) is idle until it completes one.
+                *last_active = env.now_mono_ms;
+                // Replies are compressed with the codec in force before this
+                // request: `hello_ok` itself always goes plain.
+                let reply_codec = *codec;
+                let me = Caller {
+                    id: *id,
+                    client_id,
+                    authed,
+                    bucket,
+                    codec,
+                    hello_seen,
+                    tls,
+                };
+                frames += 1;
+                let start = out.building.len();
+                let flow = match (packed, reply_codec) {
+                    // The decoder flags frames only once a codec is in force.
+                    (true, Some(c)) => match compress::inflate(env, c, payload) {
+                        Ok(mut plain) => {
+                            let flow = handle_frame(env, me, &mut plain, out);
+                            compress::give_inflate(env, plain);
+                            flow
+                        }
+                        Err((buf, reason)) => {
+                            compress::give_inflate(env, buf);
+                            ControlFlow::Break(reason)
+                        }
+                    },
+                    _ => handle_frame(env, me, payload, out),
+                };
+                if let ControlFlow::Break(reason) = flow {
+                    close = Some(reason);
+                    return ControlFlow::Break(());
+                }
+                if let Some(c) = reply_codec {
+                    compress::pack_replies(env, c, out, start);
+                }
+                if *authed && !*established {
+                    *established = true;
+                    bump(&env.counters.connected, 1);
+                }
+                ControlFlow::Continue(())
+            });
         env.straddle_pool = straddle_pool;
         env.set_partial(held, self.decoder.buffered_capacity());
         if let (None, Some(c)) = (codec_before, self.codec) {
@@ -710,7 +711,10 @@ impl Session {
         self.want_fin = false;
         if let Some(c) = self.codec {
             let g = &env.counters.compression.connections[c.index()];
-            g.store(g.load(Ordering::Relaxed).saturating_sub(1), Ordering::Relaxed);
+            g.store(
+                g.load(Ordering::Relaxed).saturating_sub(1),
+                Ordering::Relaxed,
+            );
         }
         self.release_partial(env);
         self.unestablish(env);
