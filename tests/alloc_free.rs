@@ -161,6 +161,7 @@ impl Shard {
                                 publishes: 4,
                                 channel_deliveries: 5,
                                 cluster: None,
+                                compression: Default::default(),
                             };
                             write_server_stats(out, req.id.as_ref(), &report)
                         }

@@ -9,7 +9,7 @@ mod support;
 use ringcast::protocol::frame::{FrameDecoder, DEFAULT_MAX_FRAME_BYTES, HEADER_LEN};
 use ringcast::protocol::message::{
     write_auth_ok, write_broadcast_message, write_broadcast_sent, write_echo_response, write_error,
-    write_message_ack, write_pong, write_server_stats, SERVER_NAME,
+    write_message_ack, write_pong, write_server_stats, CompressionReport, SERVER_NAME,
 };
 use ringcast::protocol::{
     parse_request, ErrorCode, FrameError, JsonParser, Request, RequestKind, ServerStats,
@@ -361,7 +361,7 @@ const SEED_STATS_KEYS: [&str; 6] = [
     "current_time",
 ];
 
-const EXTRA_STATS_KEYS: [&str; 19] = [
+const EXTRA_STATS_KEYS: [&str; 20] = [
     "shards",
     "total_connections",
     "messages_by_type",
@@ -381,6 +381,7 @@ const EXTRA_STATS_KEYS: [&str; 19] = [
     "subscriptions",
     "publishes",
     "channel_deliveries",
+    "compression",
 ];
 
 #[test]
@@ -414,6 +415,16 @@ fn server_stats_matches_seed_plus_extras() {
         publishes: 30,
         channel_deliveries: 300,
         cluster: None,
+        compression: CompressionReport {
+            connections: [2, 1],
+            frames_in: 4,
+            bytes_in_wire: 1000,
+            bytes_in_plain: 8000,
+            frames_out: 30,
+            bytes_out_plain: 300_000,
+            bytes_out_wire: 70_000,
+            compressions: 3,
+        },
     };
     let mut out = Vec::new();
     with_request(SEED_GET_STATS, |r| {
@@ -423,6 +434,15 @@ fn server_stats_matches_seed_plus_extras() {
     let mut want: Vec<&str> = SEED_STATS_KEYS.to_vec();
     want.extend(EXTRA_STATS_KEYS);
     assert_eq!(keys(&v), sorted(want));
+    assert_eq!(
+        v["compression"],
+        serde_json::json!({"connections": {"zstd": 2, "deflate": 1}, "frames_in": 4,
+            "bytes_in_wire": 1000, "bytes_in_plain": 8000, "frames_out": 30,
+            "bytes_out_plain": 300_000, "bytes_out_wire": 70_000, "compressions": 3,
+            "ratio_in": 8.0, "ratio_out": 4.28})
+    );
+    let back: ringcast::protocol::ServerStats = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(back.compression.expect("read back").ratio_out, 4.28);
     // The seed's six fields, with the seed's values and JSON types.
     let seed: Value = serde_json::from_str(
         r#"{"type":"server_stats","connected_clients":3,"uptime_seconds":3600,

@@ -483,6 +483,43 @@ pub struct StatsReport<'a> {
     pub channel_deliveries: u64,
     /// The cluster, when the server runs with a backplane.
     pub cluster: Option<ClusterReport<'a>>,
+    /// Negotiated compression.
+    pub compression: CompressionReport,
+}
+
+/// `compression` in `server_stats` (see
+/// [`CompressionCounters`](crate::server::stats::CompressionCounters)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompressionReport {
+    /// Connections per codec, by [`Codec::index`](super::codec::Codec::index).
+    pub connections: [u64; super::codec::Codec::COUNT],
+    /// Compressed frames received.
+    pub frames_in: u64,
+    /// Their payload bytes as received.
+    pub bytes_in_wire: u64,
+    /// Their payload bytes decompressed.
+    pub bytes_in_plain: u64,
+    /// Compressed frames queued to clients.
+    pub frames_out: u64,
+    /// Their payload bytes before compression.
+    pub bytes_out_plain: u64,
+    /// Their payload bytes as sent.
+    pub bytes_out_wire: u64,
+    /// Compression operations run.
+    pub compressions: u64,
+}
+
+/// `plain / wire` with two decimals as a JSON number (0 before any
+/// traffic), written without allocating (get_stats allocates nothing).
+fn write_ratio(o: &mut ObjectWriter<'_>, key: &str, plain: u64, wire: u64) {
+    let hundredths = match wire {
+        0 => 0,
+        w => (plain as u128 * 100 / w as u128).min(u64::MAX as u128) as u64,
+    };
+    let out = o.key(key);
+    super::json::write_u64(out, hundredths / 100);
+    let frac = hundredths % 100;
+    out.extend_from_slice(&[b'.', b'0' + (frac / 10) as u8, b'0' + (frac % 10) as u8]);
 }
 
 /// `cluster` in `server_stats`.
@@ -545,6 +582,23 @@ pub fn write_server_stats(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, s: 
             w.u64("buffered_bytes", c.buffered_bytes);
             w.finish();
         }
+        let c = &s.compression;
+        let mut w = ObjectWriter::new(o.key("compression"));
+        let mut per = ObjectWriter::new(w.key("connections"));
+        for codec in super::codec::Codec::ALL {
+            per.u64(codec.as_str(), c.connections[codec.index()]);
+        }
+        per.finish();
+        w.u64("frames_in", c.frames_in);
+        w.u64("bytes_in_wire", c.bytes_in_wire);
+        w.u64("bytes_in_plain", c.bytes_in_plain);
+        w.u64("frames_out", c.frames_out);
+        w.u64("bytes_out_plain", c.bytes_out_plain);
+        w.u64("bytes_out_wire", c.bytes_out_wire);
+        w.u64("compressions", c.compressions);
+        write_ratio(&mut w, "ratio_in", c.bytes_in_plain, c.bytes_in_wire);
+        write_ratio(&mut w, "ratio_out", c.bytes_out_plain, c.bytes_out_wire);
+        w.finish();
     });
 }
 
@@ -631,6 +685,35 @@ pub struct ServerStats {
     /// The cluster (absent without a backplane).
     #[serde(default)]
     pub cluster: Option<ClusterStats>,
+    /// Negotiated compression (absent from servers without it).
+    #[serde(default)]
+    pub compression: Option<CompressionStats>,
+}
+
+/// `compression` in `server_stats`, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressionStats {
+    /// Connections per codec name.
+    pub connections: BTreeMap<String, u64>,
+    /// Compressed frames received.
+    pub frames_in: u64,
+    /// Their payload bytes as received.
+    pub bytes_in_wire: u64,
+    /// Their payload bytes decompressed.
+    pub bytes_in_plain: u64,
+    /// Compressed frames queued to clients.
+    pub frames_out: u64,
+    /// Their payload bytes before compression.
+    pub bytes_out_plain: u64,
+    /// Their payload bytes as sent.
+    pub bytes_out_wire: u64,
+    /// Compression operations run (one per broadcast and codec, however
+    /// many recipients share it).
+    pub compressions: u64,
+    /// `bytes_in_plain / bytes_in_wire` (0 before any).
+    pub ratio_in: f64,
+    /// `bytes_out_plain / bytes_out_wire` (0 before any).
+    pub ratio_out: f64,
 }
 
 /// `cluster` in `server_stats`, as a client reads it.

@@ -265,6 +265,15 @@ fn serve(s: Arc<Shared>, stream: TcpStream) {
                             Some(req.type_name),
                         )
                     }
+                    // Like a server from before hello: clients must carry on
+                    // uncompressed.
+                    RequestKind::Hello => write_error(
+                        &mut out,
+                        req.id.as_ref(),
+                        ErrorCode::UnknownType,
+                        "no handler for message type 'hello'",
+                        Some(req.type_name),
+                    ),
                     RequestKind::Custom => match req.type_name {
                         "slow" => {
                             let ms = req.get("ms").and_then(|v| v.as_u64()).unwrap_or(200);
