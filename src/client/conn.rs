@@ -752,3 +752,154 @@ impl Failure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::codec::COMPRESSED_FLAG;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    /// A connected pair of sockets on loopback.
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    fn big_json(kind: &str) -> Vec<u8> {
+        let items: Vec<Value> = (0..200)
+            .map(|i| serde_json::json!({"sensor": format!("s-{}", i % 7), "v": i}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({"type": kind, "content": items})).unwrap()
+    }
+
+    #[test]
+    fn a_compressed_frame_read_along_with_hello_ok_is_decoded_with_its_codec() {
+        let (client, mut server) = pair();
+        let mut bytes = Vec::new();
+        encode_frame(
+            &mut bytes,
+            br#"{"type":"hello_ok","compression":"zstd","id":1}"#,
+        );
+        let payload = big_json("broadcast_message");
+        assert!(Compressor::new().compress_frame(Codec::Zstd, &payload, &mut bytes));
+        server.write_all(&bytes).unwrap();
+        let mut r = FrameReader::new(Stream::Plain(client), 1 << 20);
+        r.expect_hello();
+        let ok = r.next_message().unwrap();
+        assert_eq!(ok.kind(), "hello_ok");
+        // Both frames came in one read: the second waits, compressed, for
+        // the codec that the first names.
+        assert!(matches!(r.ready.front(), Some(Ok(Incoming::Packed(_)))));
+        r.set_codec(ServerHello::from_message(&ok).unwrap().compression);
+        let m = r.next_message().unwrap();
+        assert_eq!(m.kind(), "broadcast_message");
+        assert_eq!(m.raw.as_bytes(), &payload[..]);
+        // Later compressed frames are decoded as they are read.
+        let mut more = Vec::new();
+        assert!(Compressor::new().compress_frame(Codec::Zstd, &payload, &mut more));
+        server.write_all(&more).unwrap();
+        assert_eq!(r.next_message().unwrap().raw.as_bytes(), &payload[..]);
+    }
+
+    #[test]
+    fn compressed_frames_are_bounded_and_checked() {
+        // Inflating past the client's limit.
+        let (client, mut server) = pair();
+        let payload = big_json("echo_response");
+        let mut bytes = Vec::new();
+        assert!(Compressor::new().compress_frame(Codec::Deflate, &payload, &mut bytes));
+        server.write_all(&bytes).unwrap();
+        let mut r = FrameReader::new(Stream::Plain(client), 1000);
+        r.expect_hello();
+        r.set_codec(Some(Codec::Deflate));
+        let e = r.next_message().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ClientError::FrameTooLarge {
+                    len: 1001,
+                    max: 1000
+                }
+            ),
+            "{e:?}"
+        );
+        // Garbage.
+        let (client, mut server) = pair();
+        let mut bytes = (5u32 | COMPRESSED_FLAG).to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"junk!");
+        server.write_all(&bytes).unwrap();
+        let mut r = FrameReader::new(Stream::Plain(client), 1 << 20);
+        r.expect_hello();
+        r.set_codec(Some(Codec::Zstd));
+        assert!(matches!(r.next_message(), Err(ClientError::Protocol(_))));
+        // The flag without a negotiated codec.
+        let (client, mut server) = pair();
+        server.write_all(&bytes).unwrap();
+        let mut r = FrameReader::new(Stream::Plain(client), 1 << 20);
+        r.expect_hello();
+        let e = r.next_message().unwrap_err();
+        assert!(e.to_string().contains("no codec was negotiated"), "{e}");
+        // Without hello the top bit is just a length over the limit.
+        let (client, mut server) = pair();
+        server.write_all(&bytes).unwrap();
+        let mut r = FrameReader::new(Stream::Plain(client), 1 << 20);
+        assert!(matches!(
+            r.next_message(),
+            Err(ClientError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn requests_are_compressed_only_over_the_threshold_and_when_smaller() {
+        let mut p = Packer {
+            codec: Codec::Zstd,
+            threshold: 1024,
+            compressor: Compressor::new(),
+        };
+        let small = request_payload("echo", &Map::new(), 7);
+        let mut out = Vec::new();
+        p.frame(&small, &mut out);
+        assert_eq!(&out[4..], &small[..]);
+        assert_eq!(
+            u32::from_be_bytes(out[..4].try_into().unwrap()) & COMPRESSED_FLAG,
+            0
+        );
+        let big = big_json("echo");
+        let mut out = Vec::new();
+        p.frame(&big, &mut out);
+        let h = u32::from_be_bytes(out[..4].try_into().unwrap());
+        assert_ne!(h & COMPRESSED_FLAG, 0);
+        assert!(out.len() < big.len() / 2);
+        let mut plain = Vec::new();
+        Decompressor::new()
+            .decompress(Codec::Zstd, &out[4..], &mut plain, 1 << 20)
+            .unwrap();
+        assert_eq!(plain, big);
+    }
+
+    #[test]
+    fn hello_ok_is_read_with_defaults_for_what_it_leaves_out() {
+        let m = parse_message(br#"{"type":"hello_ok","compression":null}"#).unwrap();
+        let h = ServerHello::from_message(&m).unwrap();
+        assert_eq!(h.compression, None);
+        assert_eq!(h.compression_threshold, 1024);
+        assert_eq!(h.max_frame_bytes, 1 << 20);
+        let m = parse_message(
+            br#"{"type":"hello_ok","compression":"deflate","server":"ringcast/9","protocol":1,
+                "max_frame_bytes":2048,"compression_threshold":10,"features":["tls","auth"]}"#,
+        )
+        .unwrap();
+        let h = ServerHello::from_message(&m).unwrap();
+        assert_eq!(h.compression, Some(Codec::Deflate));
+        assert_eq!((h.max_frame_bytes, h.compression_threshold), (2048, 10));
+        assert!(h.has_feature("auth") && !h.has_feature("cluster"));
+        let m = parse_message(br#"{"type":"hello_ok","compression":"lz4"}"#).unwrap();
+        assert!(matches!(
+            ServerHello::from_message(&m),
+            Err(ClientError::Protocol(_))
+        ));
+    }
+}
