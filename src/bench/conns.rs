@@ -6,40 +6,77 @@
 
 use super::report::{new_histogram, Latency, Machine, Report};
 use super::{source_ips, utc_now, worker, BenchConfig, BenchError};
-use crate::protocol::{encode_frame, FrameDecoder, ServerStats};
+use crate::protocol::codec::{Codec, Decompressor, COMPRESSED_FLAG};
+use crate::protocol::{encode_frame, ServerStats, HEADER_LEN};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-/// Sends one frame and reads one frame back (blocking, with a timeout).
+/// Largest frame the generator's blocking reads accept.
+const MAX_FRAME: usize = 64 << 20;
+
+/// Sends one frame and reads the answer (blocking, with a timeout).
 pub fn roundtrip(
     stream: &mut (impl Read + Write + ?Sized),
     payload: &[u8],
 ) -> std::io::Result<Vec<u8>> {
+    roundtrip_with(stream, payload, None)
+}
+
+/// Like [`roundtrip`] on a connection that negotiated `codec`: a
+/// compressed answer is decompressed. Broadcast and channel messages that
+/// arrive meanwhile are skipped (they answer nothing).
+pub fn roundtrip_with(
+    stream: &mut (impl Read + Write + ?Sized),
+    payload: &[u8],
+    codec: Option<Codec>,
+) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(payload.len() + 4);
     encode_frame(&mut out, payload);
     stream.write_all(&out)?;
-    read_frame(stream)
+    loop {
+        let f = read_frame_with(stream, codec)?;
+        if !worker::is_delivery(&f) {
+            return Ok(f);
+        }
+    }
 }
 
 /// Reads one frame (blocking; the stream's read timeout applies).
 pub fn read_frame(stream: &mut (impl Read + ?Sized)) -> std::io::Result<Vec<u8>> {
-    let mut dec = FrameDecoder::new(64 << 20);
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut got = None;
-        dec.feed(&mut buf[..n], |p| {
-            got = Some(p.to_vec());
-            ControlFlow::Break(())
-        })
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        if let Some(g) = got {
-            return Ok(g);
+    read_frame_with(stream, None)
+}
+
+/// Reads exactly one frame, never a byte past it (what follows stays in
+/// the socket for the generator's own reader). With `codec`, a frame with
+/// the top bit set is compressed and comes back decompressed.
+pub fn read_frame_with(
+    stream: &mut (impl Read + ?Sized),
+    codec: Option<Codec>,
+) -> std::io::Result<Vec<u8>> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut h = [0u8; HEADER_LEN];
+    stream.read_exact(&mut h)?;
+    let raw = u32::from_be_bytes(h);
+    let packed = codec.filter(|_| raw & COMPRESSED_FLAG != 0);
+    let len = if packed.is_some() {
+        raw & !COMPRESSED_FLAG
+    } else {
+        raw
+    } as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(bad(format!("server sent a frame header of {len} bytes")));
+    }
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload)?;
+    match packed {
+        None => Ok(payload),
+        Some(c) => {
+            let mut plain = Vec::new();
+            Decompressor::new()
+                .decompress(c, &payload, &mut plain, MAX_FRAME)
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(plain)
         }
     }
 }
@@ -168,6 +205,9 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
         errors,
         reconnects: 0,
         rss_bytes_per_connection: Some(per_conn),
+        compression: None,
+        content: cfg.content.name().into(),
+        wire: Default::default(),
         machine: Machine::current(),
         date: utc_now(),
     })
@@ -177,8 +217,9 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
 /// Runs the connect workload: each thread opens a connection (TLS with
 /// `--tls`), sends one ping, waits for the pong and closes, over and over,
 /// for the warm-up and then the measured duration (paced by
-/// `--connect-rate` when given). Latency is connect + handshake + first
-/// reply; the rate is connections per second.
+/// `--connect-rate` when given). Latency is connect + handshake (and
+/// `hello`, with `--compress`) + first reply; the rate is connections per
+/// second.
 pub fn run_connect(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let tls = match &cfg.tls {
         Some(o) => Some(super::tls::BenchTls::new(o, cfg.addr)?),
@@ -195,7 +236,7 @@ pub fn run_connect(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let until = measure_from + cfg.duration;
     let mut handles = Vec::new();
     for t in 0..threads {
-        let (tls, ips, addr) = (tls.clone(), ips.clone(), cfg.addr);
+        let (tls, ips, addr, compress) = (tls.clone(), ips.clone(), cfg.addr, cfg.compress);
         handles.push(std::thread::spawn(move || {
             let mut hist = new_histogram();
             let (mut done, mut errors, mut first_error) = (0u64, 0u64, None);
@@ -207,10 +248,15 @@ pub fn run_connect(cfg: &BenchConfig) -> Result<Report, BenchError> {
                 }
                 let src = (!ips.is_empty()).then(|| ips[i % ips.len()]);
                 i += threads;
-                let r = worker::connect_auth(addr, src, None, tls.as_ref()).and_then(
-                    |(mut sock, mut conn)| {
+                let r = worker::connect_auth(addr, src, None, tls.as_ref(), compress).and_then(
+                    |worker::Connected {
+                         mut sock,
+                         tls: mut conn,
+                         codec,
+                     }| {
                         let mut s = super::tls::stream(&mut sock, conn.as_mut());
-                        let r = roundtrip(&mut *s, br#"{"type":"ping"}"#)?;
+                        let r =
+                            roundtrip_with(&mut *s, br#"{"type":"ping"}"#, codec.map(|(c, _)| c))?;
                         drop(s);
                         if let Some(c) = conn.as_mut() {
                             // End it properly, as a real client would.
@@ -277,6 +323,9 @@ pub fn run_connect(cfg: &BenchConfig) -> Result<Report, BenchError> {
         errors,
         reconnects: 0,
         rss_bytes_per_connection: None,
+        compression: cfg.compress.map(|c| c.as_str().to_owned()),
+        content: cfg.content.name().into(),
+        wire: Default::default(),
         machine: Machine::current(),
         date: utc_now(),
     })

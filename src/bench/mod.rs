@@ -78,6 +78,76 @@ impl Workload {
 
 crate::server::config::named_choices!(Workload, name, "workload");
 
+/// What echo, broadcast and publish requests carry as `content`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Content {
+    /// A string of `size` filler bytes (`"xxx…"`): cheap to build and to
+    /// parse, and it compresses to nearly nothing.
+    #[default]
+    Filler,
+    /// An array of telemetry-like records (sensor, timestamps, readings)
+    /// of about `size` bytes in all: realistic JSON for compression, which
+    /// takes it down several-fold rather than a thousand-fold.
+    Telemetry,
+}
+
+impl Content {
+    /// Every kind, in the order `--help` lists them.
+    pub const ALL: [Content; 2] = [Content::Filler, Content::Telemetry];
+
+    /// Lower-case name (as `--content` takes it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Content::Filler => "filler",
+            Content::Telemetry => "telemetry",
+        }
+    }
+}
+
+crate::server::config::named_choices!(Content, name, "content");
+
+/// `records` telemetry-like JSON objects, comma-separated (no brackets),
+/// adding records until the text is at least `size` bytes (one at least).
+/// Deterministic: every run sends the same bytes.
+pub fn telemetry_records(size: usize) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(size + 256);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut ts: u64 = 1_718_000_000_000;
+    let mut i = 0u64;
+    while s.len() < size || i == 0 {
+        if i > 0 {
+            s.push(',');
+        }
+        ts += 250 + next() % 1000;
+        let r = next();
+        let _ = write!(
+            s,
+            r#"{{"sensor":"sensor-{:04}","site":"plant-{}","seq":{},"ts":{},"temp_c":{}.{:02},"humidity":{}.{},"pressure_hpa":{}.{},"battery":0.{:02},"status":"{}"}}"#,
+            r % 64,
+            (r >> 8) % 4,
+            i,
+            ts,
+            15 + (r >> 12) % 15,
+            (r >> 16) % 100,
+            30 + (r >> 24) % 40,
+            (r >> 30) % 10,
+            990 + (r >> 34) % 40,
+            (r >> 40) % 10,
+            50 + (r >> 44) % 50,
+            if (r >> 52) % 20 == 0 { "warn" } else { "ok" },
+        );
+        i += 1;
+    }
+    s
+}
+
 /// A run's parameters.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -125,6 +195,12 @@ pub struct BenchConfig {
     pub io_backend: IoBackend,
     /// Connect over TLS (None: plain TCP).
     pub tls: Option<crate::client::TlsOptions>,
+    /// Negotiate this codec with `hello` on every connection (None: no
+    /// hello, plain frames). Replies are decompressed; requests over the
+    /// server's threshold are sent compressed.
+    pub compress: Option<crate::protocol::codec::Codec>,
+    /// What echo, broadcast and publish carry.
+    pub content: Content,
 }
 
 impl Default for BenchConfig {
@@ -153,6 +229,8 @@ impl Default for BenchConfig {
             token: None,
             io_backend: IoBackend::Auto,
             tls: None,
+            compress: None,
+            content: Content::Filler,
         }
     }
 }
@@ -378,6 +456,9 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let responses: u64 = outcomes.iter().map(|o| o.responses).sum();
     let deliveries: u64 = outcomes.iter().map(|o| o.deliveries).sum();
     let bytes: u64 = outcomes.iter().map(|o| o.bytes).sum();
+    let wire = outcomes
+        .iter()
+        .fold(report::WireBytes::default(), |w, o| w.add(&o.wire));
     let errors: u64 = outcomes.iter().map(|o| o.errors).sum();
     let reconnects: u64 = outcomes.iter().map(|o| o.reconnects).sum();
     if let Some(e) = outcomes.iter().find_map(|o| o.first_error.clone()) {
@@ -421,6 +502,9 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
         errors,
         reconnects,
         rss_bytes_per_connection: None,
+        compression: config.compress.map(|c| c.as_str().to_owned()),
+        content: config.content.name().into(),
+        wire,
         machine: Machine::current(),
         date: utc_now(),
     };

@@ -104,6 +104,41 @@ impl Machine {
     }
 }
 
+/// Frame bytes (headers included; TLS record overhead not) in the measured
+/// window, as they went over the wire and as they would have without
+/// compression. Without `--compress` each pair is equal.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct WireBytes {
+    /// Sent, as sent (compressed frames at their compressed size).
+    pub bytes_sent: u64,
+    /// Received, as received.
+    pub bytes_received: u64,
+    /// Sent, uncompressed.
+    pub plain_bytes_sent: u64,
+    /// Received, after decompression.
+    pub plain_bytes_received: u64,
+}
+
+impl WireBytes {
+    /// The sum of two counts.
+    pub fn add(self, o: &WireBytes) -> WireBytes {
+        WireBytes {
+            bytes_sent: self.bytes_sent + o.bytes_sent,
+            bytes_received: self.bytes_received + o.bytes_received,
+            plain_bytes_sent: self.plain_bytes_sent + o.plain_bytes_sent,
+            plain_bytes_received: self.plain_bytes_received + o.plain_bytes_received,
+        }
+    }
+}
+
+fn ratio(plain: u64, wire: u64) -> f64 {
+    if wire == 0 {
+        1.0
+    } else {
+        plain as f64 / wire as f64
+    }
+}
+
 /// The result of one `ringcast bench` run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -142,6 +177,13 @@ pub struct Report {
     /// Connections workload: server RSS growth per held connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_bytes_per_connection: Option<f64>,
+    /// The codec negotiated (`--compress`), or null.
+    pub compression: Option<String>,
+    /// What echo and broadcast content was (`filler`, `telemetry`).
+    pub content: String,
+    /// Bytes on the wire, and what they would have been uncompressed.
+    #[serde(flatten)]
+    pub wire: WireBytes,
     /// Where it ran.
     pub machine: Machine,
     /// When (UTC).
@@ -189,6 +231,30 @@ impl Report {
             "  errors {}  reconnects {}",
             self.errors, self.reconnects
         );
+        let w = &self.wire;
+        if w.bytes_sent + w.bytes_received > 0 {
+            let _ = write!(
+                s,
+                "  wire bytes: sent {}  received {}",
+                w.bytes_sent, w.bytes_received
+            );
+            match &self.compression {
+                Some(c) => {
+                    let _ = writeln!(
+                        s,
+                        "  ({c}, {} content: {:.2}x and {:.2}x smaller than {} / {})",
+                        self.content,
+                        ratio(w.plain_bytes_sent, w.bytes_sent),
+                        ratio(w.plain_bytes_received, w.bytes_received),
+                        w.plain_bytes_sent,
+                        w.plain_bytes_received
+                    );
+                }
+                None => {
+                    let _ = writeln!(s, "  (uncompressed, {} content)", self.content);
+                }
+            }
+        }
         if let Some(r) = self.rss_bytes_per_connection {
             let _ = writeln!(s, "  server RSS growth per connection: {r:.0} bytes");
         }

@@ -7,11 +7,13 @@
 //! reading; requests queued in one turn leave in one `sendmsg`.
 
 use super::report::new_histogram;
-use super::{Control, Workload};
+use super::report::WireBytes;
+use super::{Content, Control, Workload};
 use crate::io::{Backend, Event, Options, Segment, SendBatch, Token};
+use crate::protocol::codec::{Codec, Compressor, Decompressor};
 use crate::protocol::frame::BoundedPool;
 use crate::protocol::json::ObjectWriter;
-use crate::protocol::{frame, FrameDecoder};
+use crate::protocol::{frame, FrameDecoder, HEADER_LEN};
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;
 use std::io;
@@ -68,6 +70,9 @@ pub struct Outcome {
     pub deliveries: u64,
     /// Bytes received during the measured window.
     pub bytes: u64,
+    /// Frame bytes sent and received in the measured window, on the wire
+    /// and uncompressed.
+    pub wire: WireBytes,
     /// Error frames and lost responses.
     pub errors: u64,
     /// Re-established connections.
@@ -98,6 +103,9 @@ struct Conn {
     counter: u64,
     /// The connection's TLS state (None: plain).
     tls: Option<Box<rustls::ClientConnection>>,
+    /// The codec negotiated, and the server's threshold: requests with a
+    /// larger payload go compressed.
+    codec: Option<(Codec, usize)>,
 }
 
 /// Connects to `addr`, from `source` when given.
@@ -112,54 +120,113 @@ pub fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream
     Ok(s.into())
 }
 
-/// Connects, runs the TLS handshake when `tls` is given and, when a token
-/// is given, authenticates (blocking, before the connection joins the
-/// ring). Returns the socket and its TLS state.
+/// A connection set up (handshakes done) before it joins the ring.
+pub struct Connected {
+    /// The socket.
+    pub sock: TcpStream,
+    /// Its TLS state (None: plain TCP).
+    pub tls: Option<rustls::ClientConnection>,
+    /// The codec `hello_ok` chose and the server's compression threshold
+    /// (None: no `--compress`).
+    pub codec: Option<(Codec, usize)>,
+}
+
+/// Connects, runs the TLS handshake when `tls` is given, says `hello`
+/// offering `compress` when given (the server must agree: a bench asked to
+/// measure compression does not quietly measure without it), and, when a
+/// token is given, authenticates (blocking, before the connection joins
+/// the ring).
 pub fn connect_auth(
     addr: SocketAddr,
     source: Option<IpAddr>,
     token: Option<&str>,
     tls: Option<&super::tls::BenchTls>,
-) -> io::Result<(TcpStream, Option<rustls::ClientConnection>)> {
+    compress: Option<Codec>,
+) -> io::Result<Connected> {
     let mut sock = connect(addr, source)?;
     sock.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut conn = match tls {
         Some(t) => Some(t.handshake(&mut sock)?),
         None => None,
     };
-    if let Some(token) = token {
+    let mut codec = None;
+    {
         let mut s = super::tls::stream(&mut sock, conn.as_mut());
-        let mut payload = Vec::new();
-        let mut o = ObjectWriter::new(&mut payload);
-        o.raw_str("type", "auth");
-        o.str("token", token);
-        o.finish();
-        let reply = super::conns::roundtrip(&mut *s, &payload)?;
-        if !reply.starts_with(br#"{"type":"auth_ok""#) {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "authentication refused: {}",
-                    String::from_utf8_lossy(&reply)
-                ),
-            ));
+        if let Some(want) = compress {
+            codec = Some(hello(&mut *s, want)?);
+        }
+        if let Some(token) = token {
+            let mut payload = Vec::new();
+            let mut o = ObjectWriter::new(&mut payload);
+            o.raw_str("type", "auth");
+            o.str("token", token);
+            o.finish();
+            let reply = super::conns::roundtrip_with(&mut *s, &payload, codec.map(|(c, _)| c))?;
+            if !reply.starts_with(br#"{"type":"auth_ok""#) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "authentication refused: {}",
+                        String::from_utf8_lossy(&reply)
+                    ),
+                ));
+            }
         }
     }
     sock.set_read_timeout(None)?;
-    Ok((sock, conn))
+    Ok(Connected {
+        sock,
+        tls: conn,
+        codec,
+    })
 }
 
-/// Pre-built request frames.
+/// Sends `hello` offering `want`; returns the codec and the server's
+/// threshold, or an error if the server does not agree to it.
+fn hello(s: &mut dyn super::tls::ReadWrite, want: Codec) -> io::Result<(Codec, usize)> {
+    let mut payload = Vec::new();
+    let mut o = ObjectWriter::new(&mut payload);
+    o.raw_str("type", "hello");
+    o.key("compression")
+        .extend_from_slice(format!("[\"{}\"]", want.as_str()).as_bytes());
+    o.raw_str("client", "ringcast-bench");
+    o.finish();
+    let reply = super::conns::roundtrip(s, &payload)?;
+    let v: serde_json::Value = serde_json::from_slice(&reply)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let chosen = v.get("compression").and_then(|c| c.as_str());
+    if v.get("type").and_then(|t| t.as_str()) != Some("hello_ok") || chosen != Some(want.as_str()) {
+        return Err(io::Error::other(format!(
+            "--compress {}: the server did not agree (it answered {})",
+            want.as_str(),
+            String::from_utf8_lossy(&reply)
+        )));
+    }
+    let threshold = v
+        .get("compression_threshold")
+        .and_then(|t| t.as_u64())
+        .map_or(crate::protocol::codec::DEFAULT_THRESHOLD, |t| {
+            usize::try_from(t).unwrap_or(usize::MAX)
+        });
+    Ok((want, threshold))
+}
+
+/// Pre-built request frames, and what broadcasts and publishes carry.
 struct Requests {
     ping: Vec<u8>,
     echo: Vec<u8>,
+    /// The echo frame compressed with `--compress`'s codec, when that
+    /// saves bytes (the content never changes, so it is compressed once:
+    /// the server still decompresses every one).
+    echo_packed: Option<(Codec, Vec<u8>)>,
     stats: Vec<u8>,
-    content: String,
+    /// What follows the publish time in broadcast and publish content.
+    pad: String,
+    content: Content,
 }
 
 impl Requests {
-    fn new(size: usize) -> Requests {
-        let content: String = "x".repeat(size);
+    fn new(size: usize, content: Content, compress: Option<Codec>) -> Requests {
         let mut ping = Vec::new();
         let st = frame::begin_frame(&mut ping);
         let mut o = ObjectWriter::new(&mut ping);
@@ -168,19 +235,44 @@ impl Requests {
         o.raw_str("client_info", "ringcast-bench");
         o.finish();
         frame::finish_frame(&mut ping, st);
+        let records = match content {
+            Content::Filler => String::new(),
+            Content::Telemetry => super::telemetry_records(size),
+        };
         let mut echo = Vec::new();
         let st = frame::begin_frame(&mut echo);
         let mut o = ObjectWriter::new(&mut echo);
         o.raw_str("type", "echo");
-        o.str("content", &content);
+        match content {
+            Content::Filler => o.str("content", &"x".repeat(size)),
+            Content::Telemetry => {
+                let v = o.key("content");
+                v.push(b'[');
+                v.extend_from_slice(records.as_bytes());
+                v.push(b']');
+            }
+        }
         o.finish();
         frame::finish_frame(&mut echo, st);
+        let echo_packed = compress.and_then(|c| {
+            let mut f = Vec::new();
+            Compressor::new()
+                .compress_frame(c, &echo[HEADER_LEN..], &mut f)
+                .then_some((c, f))
+        });
         let mut stats = Vec::new();
         frame::encode_frame(&mut stats, br#"{"type":"get_stats"}"#);
+        let pad = match content {
+            // The publish time and the JSON around it take about 24 bytes.
+            Content::Filler => "x".repeat(size.saturating_sub(24)),
+            Content::Telemetry => records,
+        };
         Requests {
             ping,
             echo,
+            echo_packed,
             stats,
+            pad,
             content,
         }
     }
@@ -191,27 +283,28 @@ fn channel_name(n: usize) -> String {
     format!("bench-{n}")
 }
 
-/// Connects (and authenticates) like [`connect_auth`]; a pubsub subscriber
-/// then joins its channel before the connection joins the ring.
+/// Connects (and says hello and authenticates) like [`connect_auth`]; a
+/// pubsub subscriber then joins its channel before the connection joins
+/// the ring.
 fn connect_slot(
     cfg: &super::BenchConfig,
     slot: &Slot,
     src: Option<IpAddr>,
     tls: Option<&super::tls::BenchTls>,
-) -> io::Result<(TcpStream, Option<rustls::ClientConnection>)> {
-    let (mut sock, mut conn) = connect_auth(slot.server, src, cfg.token.as_deref(), tls)?;
+) -> io::Result<Connected> {
+    let mut c = connect_auth(slot.server, src, cfg.token.as_deref(), tls, cfg.compress)?;
     if cfg.workload == Workload::Pubsub && slot.role == Role::Subscriber {
         let mut payload = Vec::new();
         let mut o = ObjectWriter::new(&mut payload);
         o.raw_str("type", "subscribe");
         o.str("channel", &channel_name(slot.channel));
         o.finish();
-        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.sock.set_read_timeout(Some(Duration::from_secs(5)))?;
         let reply = {
-            let mut s = super::tls::stream(&mut sock, conn.as_mut());
-            super::conns::roundtrip(&mut *s, &payload)?
+            let mut s = super::tls::stream(&mut c.sock, c.tls.as_mut());
+            super::conns::roundtrip_with(&mut *s, &payload, c.codec.map(|(k, _)| k))?
         };
-        sock.set_read_timeout(None)?;
+        c.sock.set_read_timeout(None)?;
         if !reply.starts_with(br#"{"type":"subscribed""#) {
             return Err(io::Error::other(format!(
                 "subscribe refused: {}",
@@ -219,37 +312,64 @@ fn connect_slot(
             )));
         }
     }
-    Ok((sock, conn))
+    Ok(c)
+}
+
+/// Writes the `content` of a broadcast or publish: the publish time first
+/// (`"t=<ns>;<pad>"` for filler, `["t=<ns>",<records>]` for telemetry).
+fn write_timed_content(out: &mut Vec<u8>, now_ns: u64, pad: &str, content: Content) {
+    match content {
+        Content::Filler => {
+            out.extend_from_slice(br#""content":"t="#);
+            crate::protocol::json::write_u64(out, now_ns);
+            out.push(b';');
+            out.extend_from_slice(pad.as_bytes());
+            out.push(b'"');
+        }
+        Content::Telemetry => {
+            out.extend_from_slice(br#""content":["t="#);
+            crate::protocol::json::write_u64(out, now_ns);
+            out.push(b'"');
+            if !pad.is_empty() {
+                out.push(b',');
+                out.extend_from_slice(pad.as_bytes());
+            }
+            out.push(b']');
+        }
+    }
 }
 
 /// Writes a publish to `channel` whose content starts with the publish time.
-fn write_publish(out: &mut Vec<u8>, channel: &str, now_ns: u64, pad: &str) {
+fn write_publish(out: &mut Vec<u8>, channel: &str, now_ns: u64, pad: &str, content: Content) {
     let st = frame::begin_frame(out);
     out.extend_from_slice(br#"{"type":"publish","channel":""#);
     out.extend_from_slice(channel.as_bytes());
-    out.extend_from_slice(br#"","content":"t="#);
-    crate::protocol::json::write_u64(out, now_ns);
-    out.push(b';');
-    out.extend_from_slice(pad.as_bytes());
-    out.extend_from_slice(br#""}"#);
+    out.extend_from_slice(br#"","#);
+    write_timed_content(out, now_ns, pad, content);
+    out.push(b'}');
     frame::finish_frame(out, st);
 }
 
 /// Writes a broadcast whose content starts with the publish time.
-fn write_broadcast(out: &mut Vec<u8>, now_ns: u64, pad: &str) {
+fn write_broadcast(out: &mut Vec<u8>, now_ns: u64, pad: &str, content: Content) {
     let st = frame::begin_frame(out);
-    out.extend_from_slice(br#"{"type":"broadcast","content":"t="#);
-    crate::protocol::json::write_u64(out, now_ns);
-    out.push(b';');
-    out.extend_from_slice(pad.as_bytes());
-    out.extend_from_slice(br#""}"#);
+    out.extend_from_slice(br#"{"type":"broadcast","#);
+    write_timed_content(out, now_ns, pad, content);
+    out.push(b'}');
     frame::finish_frame(out, st);
 }
 
 /// The publish time inside a broadcast_message payload, if it is one of ours.
 pub fn publish_time(payload: &[u8]) -> Option<u64> {
     const KEY: &[u8] = br#""content":"t="#;
-    let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    const KEY_ARRAY: &[u8] = br#""content":["t="#;
+    let find = |k: &[u8]| {
+        payload
+            .windows(k.len())
+            .position(|w| w == k)
+            .map(|p| p + k.len())
+    };
+    let at = find(KEY).or_else(|| find(KEY_ARRAY))?;
     let mut v: u64 = 0;
     let mut any = false;
     for &b in &payload[at..] {
@@ -261,6 +381,19 @@ pub fn publish_time(payload: &[u8]) -> Option<u64> {
         }
     }
     any.then_some(v)
+}
+
+/// Largest frame the generator accepts (compressed, or decompressed).
+const MAX_FRAME: usize = 64 << 20;
+
+/// A decoder for a connection's replies: flagged frames are compressed
+/// ones when a codec was negotiated.
+fn decoder_for(codec: Option<(Codec, usize)>) -> FrameDecoder {
+    let mut d = FrameDecoder::new(MAX_FRAME);
+    if codec.is_some() {
+        d.accept_compressed();
+    }
+    d
 }
 
 /// What kind of frame a response is, from its first bytes (servers write
@@ -291,6 +424,12 @@ fn frame_type(payload: &[u8]) -> FrameKind {
     }
 }
 
+/// Whether a payload is a broadcast or channel message (it answers no
+/// request).
+pub fn is_delivery(payload: &[u8]) -> bool {
+    frame_type(payload) == FrameKind::Broadcast
+}
+
 #[derive(PartialEq, Eq)]
 enum FrameKind {
     Response,
@@ -306,6 +445,17 @@ struct Tally<'a> {
 }
 
 impl Tally<'_> {
+    /// A frame that could not be decompressed: an error, and (if a request
+    /// is waiting) taken for its answer so the connection keeps going.
+    /// Returns whether it answered one.
+    fn bad_frame(&mut self, sent: &mut VecDeque<u64>, why: &str) -> bool {
+        self.out.errors += 1;
+        if self.out.first_error.is_none() {
+            self.out.first_error = Some(format!("bad compressed frame: {why}"));
+        }
+        sent.pop_front().is_some()
+    }
+
     /// Counts one frame received on a connection of `role`; returns whether
     /// it answered a request (so another may be issued).
     fn frame(&mut self, role: Role, sent: &mut VecDeque<u64>, payload: &[u8]) -> bool {
@@ -357,7 +507,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
     };
     let mut backend =
         Backend::new(kind, &opts, None).map_err(|e| io::Error::other(e.explanation))?;
-    let reqs = Requests::new(cfg.size);
+    let reqs = Requests::new(cfg.size, cfg.content, cfg.compress);
     let tls = match &cfg.tls {
         Some(o) => Some(super::tls::BenchTls::new(o, cfg.addr)?),
         None => None,
@@ -371,6 +521,7 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
         responses: 0,
         deliveries: 0,
         bytes: 0,
+        wire: WireBytes::default(),
         errors: 0,
         reconnects: 0,
         first_error: None,
@@ -388,14 +539,14 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
         } else {
             Some(plan.source_ips[i % plan.source_ips.len()])
         };
-        let (stream, conn_tls) = connect_slot(cfg, slot, src, tls.as_ref())
+        let set_up = connect_slot(cfg, slot, src, tls.as_ref())
             .map_err(|e| io::Error::new(e.kind(), format!("connecting to {}: {e}", slot.server)))?;
-        streams.push(stream);
+        streams.push(set_up.sock);
         conns.push(Conn {
             role: slot.role,
             server: slot.server,
             channel: slot.channel,
-            decoder: FrameDecoder::new(64 << 20),
+            decoder: decoder_for(set_up.codec),
             out: Vec::with_capacity(4096),
             leftover: None,
             send_inflight: false,
@@ -403,7 +554,8 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
             sent: VecDeque::new(),
             next_due: 0,
             counter: i as u64,
-            tls: conn_tls.map(Box::new),
+            tls: set_up.tls.map(Box::new),
+            codec: set_up.codec,
         });
         if let Some(g) = gap {
             std::thread::sleep(g);
@@ -416,15 +568,12 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
     let start = ctl.now_ns();
     let pipeline = cfg.pipeline.max(1);
     let mut budget = plan.request_budget;
-    let pad = reqs
-        .content
-        .get(..cfg.size.saturating_sub(24))
-        .unwrap_or("")
-        .to_string();
     let channel_names: Vec<String> = (0..cfg.channels.max(1)).map(channel_name).collect();
     let mut batches: Vec<SendBatch> = Vec::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut straddle_pool = BoundedPool::new(4 << 20, 64 << 20);
+    let mut inflater = Decompressor::new();
+    let mut inflated: Vec<u8> = Vec::new();
     let mut to_close: Vec<usize> = Vec::new();
     let mut to_reopen: Vec<usize> = Vec::new();
     let wait = if plan.rate_per_conn.is_some() {
@@ -432,24 +581,53 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
     } else {
         Duration::from_millis(50)
     };
+    // Compressing broadcasts and publishes (their content starts with the
+    // publish time, so each is compressed as it is sent).
+    let mut compressor = Compressor::new();
+    let mut scratch: Vec<u8> = Vec::new();
+    // Bytes of requests sent in the measured window: (wire, plain).
+    let mut sent_bytes = (0u64, 0u64);
+    let content = reqs.content;
     // Closed loop: fill the pipeline.
-    let issue = |c: &mut Conn, now: u64, budget: &mut Option<u64>| -> bool {
+    let mut issue = |c: &mut Conn, now: u64, budget: &mut Option<u64>| -> bool {
         if let Some(b) = budget {
             if *b == 0 {
                 return false;
             }
             *b -= 1;
         }
-        match c.role {
+        let before = c.out.len();
+        let plain_len = match c.role {
             Role::Subscriber => return false,
-            Role::Publisher if cfg.workload == Workload::Pubsub => {
-                // Each publisher cycles through every channel, starting at
-                // its own, so the channels share the load evenly.
-                let ch = (c.channel as u64 + c.counter) % channel_names.len() as u64;
-                c.counter += 1;
-                write_publish(&mut c.out, &channel_names[ch as usize], now, &pad);
+            Role::Publisher => {
+                // Written where it can be compressed from, when it may be.
+                let dst = if c.codec.is_some() {
+                    scratch.clear();
+                    &mut scratch
+                } else {
+                    &mut c.out
+                };
+                if cfg.workload == Workload::Pubsub {
+                    // Each publisher cycles through every channel, starting
+                    // at its own, so the channels share the load evenly.
+                    let ch = (c.channel as u64 + c.counter) % channel_names.len() as u64;
+                    c.counter += 1;
+                    write_publish(dst, &channel_names[ch as usize], now, &reqs.pad, content);
+                } else {
+                    write_broadcast(dst, now, &reqs.pad, content);
+                }
+                if let Some((codec, threshold)) = c.codec {
+                    let payload = &scratch[HEADER_LEN..];
+                    if payload.len() <= threshold
+                        || !compressor.compress_frame(codec, payload, &mut c.out)
+                    {
+                        c.out.extend_from_slice(&scratch);
+                    }
+                    scratch.len()
+                } else {
+                    c.out.len() - before
+                }
             }
-            Role::Publisher => write_broadcast(&mut c.out, now, &pad),
             Role::Requester => {
                 let f = match cfg.workload {
                     Workload::Ping => &reqs.ping,
@@ -462,8 +640,23 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
                     },
                 };
                 c.counter += 1;
-                c.out.extend_from_slice(f);
+                let packed = match (&reqs.echo_packed, c.codec) {
+                    (Some((k, packed)), Some((codec, threshold)))
+                        if std::ptr::eq(f, &reqs.echo)
+                            && *k == codec
+                            && f.len() - HEADER_LEN > threshold =>
+                    {
+                        Some(packed)
+                    }
+                    _ => None,
+                };
+                c.out.extend_from_slice(packed.unwrap_or(f));
+                f.len()
             }
+        };
+        if now >= measure_from && now < measure_until {
+            sent_bytes.0 += (c.out.len() - before) as u64;
+            sent_bytes.1 += plain_len as u64;
         }
         c.sent.push_back(now);
         true
@@ -545,9 +738,30 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
                 };
                 let decoder = &mut c.decoder;
                 let pool = &mut straddle_pool;
+                let codec = c.codec.map(|(k, _)| k);
+                let (inflater, inflated) = (&mut inflater, &mut inflated);
                 let mut feed = |data: &mut [u8]| {
-                    let r = decoder.feed_pooled(data, pool, |payload| {
-                        if tally.frame(role, sent, payload) {
+                    let r = decoder.feed_flagged(data, pool, usize::MAX, |payload, packed| {
+                        let plain: &[u8] = match (packed, codec) {
+                            (true, Some(k)) => {
+                                match inflater.decompress(k, payload, inflated, MAX_FRAME) {
+                                    Ok(()) => inflated,
+                                    Err(e) => {
+                                        if tally.bad_frame(sent, &e.to_string()) {
+                                            replies += 1;
+                                        }
+                                        return std::ops::ControlFlow::Continue(());
+                                    }
+                                }
+                            }
+                            _ => payload,
+                        };
+                        if tally.measuring {
+                            let w = &mut tally.out.wire;
+                            w.bytes_received += (HEADER_LEN + payload.len()) as u64;
+                            w.plain_bytes_received += (HEADER_LEN + plain.len()) as u64;
+                        }
+                        if tally.frame(role, sent, plain) {
                             replies += 1;
                         }
                         std::ops::ControlFlow::Continue(())
@@ -606,10 +820,12 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
                 server: conns[i].server,
                 channel: conns[i].channel,
             };
-            if let Ok((s, conn_tls)) = connect_slot(cfg, &slot, None, tls.as_ref()) {
+            if let Ok(set_up) = connect_slot(cfg, &slot, None, tls.as_ref()) {
                 let c = &mut conns[i];
-                c.tls = conn_tls.map(Box::new);
-                c.decoder = FrameDecoder::new(64 << 20);
+                let s = set_up.sock;
+                c.tls = set_up.tls.map(Box::new);
+                c.codec = set_up.codec;
+                c.decoder = decoder_for(set_up.codec);
                 c.out.clear();
                 c.leftover = None;
                 c.live = true;
@@ -657,6 +873,9 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
             }
         }
     }
+    drop(issue);
+    out.wire.bytes_sent = sent_bytes.0;
+    out.wire.plain_bytes_sent = sent_bytes.1;
     out.finished_ns = ctl.now_ns();
     Ok(out)
 }
@@ -682,7 +901,7 @@ mod tests {
     #[test]
     fn publish_time_is_read_from_content() {
         let mut f = Vec::new();
-        write_broadcast(&mut f, 123_456_789, "pad");
+        write_broadcast(&mut f, 123_456_789, "pad", Content::Filler);
         let payload = &f[4..];
         let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
         assert_eq!(v["content"], "t=123456789;pad");
@@ -692,6 +911,41 @@ mod tests {
             publish_time(br#"{"type":"broadcast_message","content":"hello"}"#),
             None
         );
+    }
+
+    #[test]
+    fn telemetry_content_is_json_with_the_publish_time_first() {
+        let pad = crate::bench::telemetry_records(2000);
+        for channel in [None, Some("bench-3")] {
+            let mut f = Vec::new();
+            match channel {
+                None => write_broadcast(&mut f, 987_654_321, &pad, Content::Telemetry),
+                Some(ch) => write_publish(&mut f, ch, 987_654_321, &pad, Content::Telemetry),
+            }
+            let v: serde_json::Value = serde_json::from_slice(&f[4..]).unwrap();
+            let content = v["content"].as_array().unwrap();
+            assert_eq!(content[0], "t=987654321");
+            assert!(content.len() > 10, "{}", content.len());
+            assert!(content[1]["sensor"].is_string() && content[1]["temp_c"].is_f64());
+            assert!(f.len() > 2000 && f.len() < 2400, "{}", f.len());
+        }
+        let delivered =
+            br#"{"type":"channel_message","channel":"c","content":["t=42",{"a":1}],"from":"x"}"#;
+        assert_eq!(publish_time(delivered), Some(42));
+        // Echo: an array of records of about the size asked for, and
+        // (telemetry compresses well) a compressed copy.
+        let r = Requests::new(16 << 10, Content::Telemetry, Some(Codec::Zstd));
+        let v: serde_json::Value = serde_json::from_slice(&r.echo[4..]).unwrap();
+        assert!(v["content"].as_array().unwrap().len() > 50);
+        let (k, packed) = r.echo_packed.as_ref().unwrap();
+        assert_eq!(*k, Codec::Zstd);
+        assert!(
+            packed.len() * 3 < r.echo.len(),
+            "{} vs {}",
+            packed.len(),
+            r.echo.len()
+        );
+        assert_eq!(Requests::new(64, Content::Filler, None).pad.len(), 40);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `ringcast bench`: its flags, turned into a [`BenchConfig`] and run.
 
-use crate::bench::{self, BenchConfig, Workload};
+use crate::bench::{self, BenchConfig, Content, Workload};
 use crate::server::IoBackend;
 use clap::Args;
 use std::net::SocketAddr;
@@ -37,6 +37,16 @@ pub struct BenchArgs {
     /// Bytes of echo or broadcast content.
     #[arg(long, default_value_t = 32)]
     pub size: usize,
+    /// What echo, broadcast and publish content is: `filler` (a string of
+    /// --size bytes) or `telemetry` (an array of telemetry-like records of
+    /// about --size bytes: realistic JSON, for --compress).
+    #[arg(long, default_value_t = Content::Filler)]
+    pub content: Content,
+    /// Negotiate per-frame compression with `hello` on every connection:
+    /// replies are decompressed, requests over the server's threshold are
+    /// sent compressed. The server must agree, or the run fails.
+    #[arg(long, value_enum, value_name = "CODEC")]
+    pub compress: Option<super::CompressFlag>,
     /// New connections per second (default: as fast as possible).
     #[arg(long)]
     pub connect_rate: Option<u64>,
@@ -114,6 +124,8 @@ impl BenchArgs {
             token: self.token.clone(),
             io_backend: self.io_backend,
             tls: self.tls.to_options(&self.addr.to_string()),
+            compress: self.compress.map(Into::into),
+            content: self.content,
         }
     }
 }

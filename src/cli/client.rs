@@ -49,6 +49,10 @@ pub struct ClientArgs {
     /// Performance mode: requests in flight at once.
     #[arg(long, default_value_t = 32)]
     pub window: usize,
+    /// Negotiate per-frame compression with `hello` (every mode): frames
+    /// over the server's threshold travel compressed both ways.
+    #[arg(long, value_enum, value_name = "CODEC")]
+    pub compress: Option<super::CompressFlag>,
     /// TLS.
     #[command(flatten)]
     pub tls: super::tls::TlsArgs,
@@ -68,6 +72,7 @@ impl ClientArgs {
             size: self.size,
             window: self.window,
             tls: self.tls.to_options(&self.addr),
+            compress: self.compress.map(Into::into),
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod client;
 pub mod server;
 pub mod tls;
 
-use crate::bench::Workload;
+use crate::bench::{Content, Workload};
 use crate::server::{IoBackend, WakeMode};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -72,4 +72,24 @@ macro_rules! choice_flags {
     )*};
 }
 
-choice_flags!(IoBackend, WakeMode, Workload);
+choice_flags!(IoBackend, WakeMode, Workload, Content);
+
+/// `--compress`: the codec `ringcast client` and `ringcast bench` offer in
+/// `hello` (the library's [`Codec`](crate::protocol::codec::Codec), whose
+/// clap side this is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressFlag {
+    /// zstd frames.
+    Zstd,
+    /// zlib streams (deflate).
+    Deflate,
+}
+
+impl From<CompressFlag> for crate::protocol::codec::Codec {
+    fn from(f: CompressFlag) -> Self {
+        match f {
+            CompressFlag::Zstd => crate::protocol::codec::Codec::Zstd,
+            CompressFlag::Deflate => crate::protocol::codec::Codec::Deflate,
+        }
+    }
+}

@@ -34,6 +34,8 @@ pub struct AppOptions {
     pub window: usize,
     /// Speak TLS (None: plain TCP).
     pub tls: Option<super::TlsOptions>,
+    /// Negotiate this codec with `hello` (None: no compression).
+    pub compress: Option<super::Codec>,
 }
 
 impl AppOptions {
@@ -43,6 +45,7 @@ impl AppOptions {
             request_timeout: self.timeout,
             auth_token: self.token.clone(),
             tls: self.tls.clone(),
+            compression: self.compress.into_iter().collect(),
             ..ClientConfig::default()
         }
     }
@@ -317,6 +320,31 @@ pub(crate) enum EventLine {
     Err(String),
 }
 
+/// What `--compress` came to on the current connection, in words (None
+/// when it was not asked for).
+pub(crate) fn describe_compression(client: &Client, args: &AppOptions) -> Option<String> {
+    let want = args.compress?;
+    Some(match client.server_hello() {
+        Some(h) => match h.compression {
+            Some(c) => format!(
+                "{} (frames over {} B; {})",
+                c.as_str(),
+                h.compression_threshold,
+                h.server
+            ),
+            None => format!(
+                "none: {} did not agree to {} (uncompressed)",
+                h.server,
+                want.as_str()
+            ),
+        },
+        None => format!(
+            "none: the server predates hello (uncompressed, {} not offered)",
+            want.as_str()
+        ),
+    })
+}
+
 /// Connects, printing nothing; errors say where.
 pub(crate) fn connect(args: &AppOptions, reconnect: bool) -> Result<Client, ClientError> {
     let mut cfg = args.config();
@@ -388,6 +416,9 @@ fn demo_steps(args: &AppOptions, style: &Style) -> Result<ExitCode, ClientError>
                 .local_addr()
                 .map_or_else(|| "?".into(), |a| a.to_string())
         );
+        if let Some(line) = describe_compression(&client, args) {
+            println!("{}{line}", style.label("compression"));
+        }
         println!();
     }
     let info = client.config().client_info.clone();

@@ -1,7 +1,9 @@
 //! `ringcast client interactive`: commands and text, with line editing on a
 //! terminal and plain line-by-line reading through a pipe.
 
-use super::app::{connect, describe_event, exchange, AppOptions, EventLine, Style, RED};
+use super::app::{
+    connect, describe_compression, describe_event, exchange, AppOptions, EventLine, Style, RED,
+};
 use super::{Client, ClientError, Event};
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, IsTerminal};
@@ -197,6 +199,11 @@ fn execute(client: &Client, style: &Style, cmd: Command) -> Flow {
 
 pub(crate) fn run(args: &AppOptions, style: &Style) -> Result<ExitCode, ClientError> {
     let client = connect(args, true)?;
+    if let Some(line) = describe_compression(&client, args) {
+        if !style.json {
+            println!("{}{line}", style.label("compression"));
+        }
+    }
     let events = client.messages();
     if std::io::stdin().is_terminal() {
         run_terminal(&client, style, events)?;

@@ -55,6 +55,22 @@
 //! their answer; they fail with [`ClientError::InCallback`] instead). Use
 //! [`Client::messages`] to handle events on a thread of your own.
 //!
+//! # Compression
+//!
+//! With [`ClientBuilder::compression`] (codecs in order of preference) every
+//! connection, and every reconnection, starts with `hello` (before `auth`):
+//! the server picks a codec and says so in `hello_ok`
+//! ([`Client::server_hello`]). From then on frames from the server may be
+//! compressed (the top bit of the length; see docs/PROTOCOL.md) and are
+//! decompressed here, never past [`ClientConfig::max_frame_bytes`]; requests
+//! whose payload is over the server's `compression_threshold` go compressed
+//! when that saves bytes. A server without the codec (`compression: null`),
+//! or one from before `hello` (it answers `unknown_type`, or, when it
+//! requires a token, closes with `unauthorized`: the client then connects
+//! again without `hello`), is used uncompressed. Do not send `hello` through
+//! [`Client::request`] yourself: the reader would not expect compressed
+//! frames.
+//!
 //! Servers that do not copy `id`s (like the Python seed server) still work
 //! for one request at a time: an answer without an `id` whose type is a
 //! known response type (`pong`, `echo_response`, …) goes to the oldest
@@ -68,6 +84,7 @@ mod pool;
 mod session;
 pub mod tls;
 
+pub use crate::protocol::codec::Codec;
 pub use pool::{Pool, PooledClient};
 pub use session::Client;
 pub use tls::TlsOptions;
@@ -157,10 +174,12 @@ pub enum ClientError {
     /// The connection is dropped when the bytes themselves were bad.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The server announced a frame over the client's `max_frame_bytes`.
+    /// The server announced a frame over the client's `max_frame_bytes`,
+    /// or sent a compressed one that inflates past it.
     #[error("server frame of {len} bytes exceeds the client limit of {max} bytes")]
     FrameTooLarge {
-        /// Announced payload length.
+        /// Announced payload length (a compressed frame's: `max + 1`, as
+        /// decompression stops there).
         len: u64,
         /// The configured limit.
         max: usize,
@@ -377,6 +396,10 @@ pub struct ClientConfig {
     pub client_info: String,
     /// Speak TLS (None: plain TCP).
     pub tls: Option<TlsOptions>,
+    /// Codecs to offer in `hello`, in order of preference. Empty (the
+    /// default): no `hello`, nothing compressed, exactly the protocol of
+    /// servers from before compression.
+    pub compression: Vec<Codec>,
 }
 
 impl Default for ClientConfig {
@@ -393,7 +416,73 @@ impl Default for ClientConfig {
             event_buffer: 1024,
             client_info: concat!("ringcast-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             tls: None,
+            compression: Vec::new(),
         }
+    }
+}
+
+/// What a server said in `hello_ok` about itself and the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHello {
+    /// The codec chosen for this connection (None: uncompressed).
+    pub compression: Option<Codec>,
+    /// `ringcast/<version>`.
+    pub server: String,
+    /// Protocol version (1).
+    pub protocol: u64,
+    /// The largest (decompressed) payload the server accepts.
+    pub max_frame_bytes: usize,
+    /// Payloads larger than this are worth compressing (bytes).
+    pub compression_threshold: usize,
+    /// Capabilities present (`broadcast`, `channels`, `compression`, `auth`,
+    /// `tls`, `cluster`).
+    pub features: Vec<String>,
+}
+
+impl ServerHello {
+    /// Reads a `hello_ok` frame. A codec name this build does not have
+    /// (the server must pick one of those offered) is a protocol error.
+    pub fn from_message(m: &Message) -> Result<ServerHello> {
+        let compression = match m.get("compression") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) => Some(Codec::from_name(name).ok_or_else(|| {
+                ClientError::Protocol(format!("hello_ok names an unknown codec {name:?}"))
+            })?),
+            Some(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "hello_ok with a compression of {other}"
+                )))
+            }
+        };
+        let size = |key: &str, default: usize| {
+            m.get_u64(key)
+                .map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        Ok(ServerHello {
+            compression,
+            server: m.get_str("server").unwrap_or("").to_owned(),
+            protocol: m.get_u64("protocol").unwrap_or(0),
+            max_frame_bytes: size("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES),
+            compression_threshold: size(
+                "compression_threshold",
+                crate::protocol::codec::DEFAULT_THRESHOLD,
+            ),
+            features: m
+                .get("features")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Whether `features` lists `name`.
+    pub fn has_feature(&self, name: &str) -> bool {
+        self.features.iter().any(|f| f == name)
     }
 }
 
@@ -477,6 +566,13 @@ impl ClientBuilder {
     /// See [`ClientConfig::tls`].
     pub fn tls(mut self, options: TlsOptions) -> Self {
         self.config.tls = Some(options);
+        self
+    }
+
+    /// See [`ClientConfig::compression`]: offer these codecs, in this
+    /// order of preference (empty: no compression).
+    pub fn compression(mut self, codecs: impl IntoIterator<Item = Codec>) -> Self {
+        self.config.compression = codecs.into_iter().collect();
         self
     }
 

@@ -38,6 +38,7 @@ pub(crate) fn run(args: &AppOptions, style: &Style) -> Result<ExitCode, ClientEr
         label: "client performance".into(),
         token: args.token.clone(),
         tls: args.tls.clone(),
+        compress: args.compress,
         ..BenchConfig::default()
     };
     let report = bench::run(config).map_err(|e| match e {
@@ -53,6 +54,10 @@ pub(crate) fn run(args: &AppOptions, style: &Style) -> Result<ExitCode, ClientEr
                 "connections": report.connections, "elapsed_s": report.seconds,
                 "msgs_per_s": report.msgs_per_sec, "errors": report.errors,
                 "p50_us": l.p50, "p90_us": l.p90, "p99_us": l.p99, "p999_us": l.p999, "max_us": l.max,
+                "compression": report.compression,
+                "bytes_sent": report.wire.bytes_sent, "bytes_received": report.wire.bytes_received,
+                "plain_bytes_sent": report.wire.plain_bytes_sent,
+                "plain_bytes_received": report.wire.plain_bytes_received,
             })
         );
     } else {
@@ -77,6 +82,17 @@ pub(crate) fn run(args: &AppOptions, style: &Style) -> Result<ExitCode, ClientEr
                 "{}{:.3} ms",
                 style.label(&format!("latency {name}")),
                 v as f64 / 1000.0
+            );
+        }
+        if let Some(c) = &report.compression {
+            let w = &report.wire;
+            println!(
+                "{}{c}: sent {} B ({} B uncompressed), received {} B ({} B uncompressed)",
+                style.label("compression"),
+                w.bytes_sent,
+                w.plain_bytes_sent,
+                w.bytes_received,
+                w.plain_bytes_received
             );
         }
         if report.errors > 0 {

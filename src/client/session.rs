@@ -1,7 +1,7 @@
 //! [`Client`]: requests, the receiver thread, heartbeat and reconnection.
 
 use super::conn::{establish, lock, Conn, Established, Failure, FrameReader};
-use super::{ClientBuilder, ClientConfig, ClientError, Event, Message, Result};
+use super::{ClientBuilder, ClientConfig, ClientError, Codec, Event, Message, Result, ServerHello};
 use crate::protocol::{time::unix_ms_now, ErrorCode, ServerStats, TimestampCache};
 use serde_json::{Map, Value};
 use std::hash::{BuildHasher, Hasher};
@@ -140,6 +140,20 @@ impl Client {
     /// The local address of the current connection.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         lock(&self.inner.state).conn.as_ref()?.local_addr()
+    }
+
+    /// The compression codec negotiated on the current connection (None:
+    /// not asked for, refused, an older server, or not connected). Each
+    /// reconnection negotiates again.
+    pub fn compression(&self) -> Option<Codec> {
+        self.server_hello().and_then(|h| h.compression)
+    }
+
+    /// What the server said in `hello_ok` on the current connection (None
+    /// without compression configured, from a server from before `hello`,
+    /// or while not connected).
+    pub fn server_hello(&self) -> Option<ServerHello> {
+        lock(&self.inner.state).conn.as_ref()?.hello().cloned()
     }
 
     /// Whether a live connection is up right now.
