@@ -18,7 +18,10 @@
 #             ratio column divides by the last. Also: ringcast-plain,
 #             tokio-plain, and alt-tls / alt-plain (ALT_BIN, a second ringcast
 #             binary, e.g. built with another crypto provider).
-#   CASES     which cases (default "echo32_p32 echo32_p1 echo64k connect")
+#   CASES     which cases (default "echo32_p32 echo32_p1 echo64k connect"; also
+#             bcast100 and bcast1000: 1 publisher (P8, 32 B) to 100 or 1,000
+#             subscribers, where msgs/s are deliveries/s and the CPU column
+#             is server CPU per delivery)
 #   RUNS      runs per case and server (default 3)
 #   RINGCAST_BIN, BASELINE_BIN  the binaries (default: $CARGO_TARGET_DIR or
 #             target, release/ringcast and release/examples/tokio_baseline);
@@ -28,6 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-3}
 WARMUP=1
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 RUNS=${RUNS:-3}
 TARGET="${CARGO_TARGET_DIR:-target}"
 BIN=${RINGCAST_BIN:-$TARGET/release/ringcast}
@@ -95,6 +99,10 @@ declare -A ARGS=(
   [echo32_p1]="--workload echo --size 32 -c 64 -P 1"
   [echo64k]="--workload echo --size 65536 -c 16 -P 4"
   [connect]="--workload connect --threads 1"
+  # Not in the default CASES: msgs = deliveries, so the CPU column is
+  # server CPU per delivery (the publish amortised over the recipients).
+  [bcast100]="--workload broadcast --publishers 1 --subscribers 100 -P 8 --size 32"
+  [bcast1000]="--workload broadcast --publishers 1 --subscribers 1000 -P 8 --size 32"
 )
 
 echo "machine: $(nproc) cores, kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load before: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -48,6 +48,9 @@
 
 mod dispatch;
 mod env;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod output;
 #[cfg(test)]
 mod tests;
