@@ -139,12 +139,12 @@ impl Rig<'_> {
             bytes.len()
         };
         self.s.handle_sent(&mut self.env, batch, Ok(n));
-        self.to_client(&bytes[..n]);
+        self.client_reads_bytes(&bytes[..n]);
     }
 
     /// Ciphertext from the server, read by the client. The server must
     /// only ever send TLS the client accepts, or an alert that ends it.
-    fn to_client(&mut self, mut bytes: &[u8]) {
+    fn client_reads_bytes(&mut self, mut bytes: &[u8]) {
         while self.client_reads && !bytes.is_empty() && !self.client_failed {
             match self.client.read_tls(&mut bytes) {
                 Ok(0) => return, // after close_notify the client reads no more
