@@ -393,6 +393,20 @@ mod tests {
         }
     }
 
+    /// The fuzz target's seed corpus runs here too (and any crash input
+    /// added to it later).
+    #[test]
+    fn the_seed_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/tls_session");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).expect("the seed corpus") {
+            let path = entry.unwrap().path();
+            drive_tls(cfg(), &std::fs::read(&path).unwrap());
+            n += 1;
+        }
+        assert!(n >= 10, "{n} seeds");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
