@@ -9,7 +9,19 @@
 //!
 //! ```text
 //! cargo run --release --example tokio_baseline -- --addr 127.0.0.1:9998 [--threads N]
+//!     [--tls-addr 127.0.0.1:9443 --tls-cert cert.pem --tls-key key.pem]
 //! ```
+//!
+//! TLS, like ringcast's `--tls-addr` (so a bench script gives both servers
+//! the same flags): with `--tls-addr`, `--tls-cert` and `--tls-key` (PEM,
+//! full chain first), a second listener serves the same protocol over TLS
+//! beside the plain one, sharing one client registry (a broadcast reaches
+//! plain and TLS clients). It is tokio-rustls, what a Rust user would
+//! write: the same rustls 0.23 and crypto provider as ringcast
+//! (`ringcast::tls::provider()`, aws-lc-rs), TLS 1.3 and 1.2, rustls's
+//! default server settings, the handshake run in the connection's task
+//! (cut after 10 s), then the very same per-connection code over the
+//! `TlsStream` (`tokio::io::split` into a read and a write half).
 //!
 //! Protocol (see docs/PROTOCOL.md and `ringcast::protocol::message`): each
 //! frame is a 4-byte big-endian length and a JSON object of at most 1 MiB.
@@ -31,12 +43,15 @@
 //!   `broadcast_message` is serialized once into `Bytes` and each other
 //!   client's task receives a clone, drains its channel and flushes once;
 //! - counters are atomics, and the message counter is bumped once per batch;
-//! - the timestamp is formatted once per batch.
+//! - the timestamp is formatted once per batch;
+//! - the connection code is generic over `AsyncRead + AsyncWrite`: plain
+//!   TCP passes the socket's borrowed halves, TLS the split `TlsStream`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -48,6 +63,7 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -61,6 +77,9 @@ const SERVER_NAME: &str = "tokio-baseline";
 /// Write buffer size past which `feed` flushes on its own.
 const WRITE_BACKPRESSURE: usize = 64 * 1024;
 
+/// A TLS handshake not done by then is cut.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tokio_baseline",
@@ -73,6 +92,15 @@ struct Args {
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Address of the TLS listener (beside the plain one).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_addr: Option<SocketAddr>,
+    /// The server's certificate chain (PEM, leaf first).
+    #[arg(long, requires = "tls_addr")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_addr")]
+    tls_key: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------- requests
@@ -228,8 +256,8 @@ fn now_timestamp() -> String {
 
 // ------------------------------------------------------------- connection
 
-type Reader<'s> = FramedRead<tokio::net::tcp::ReadHalf<'s>, LengthDelimitedCodec>;
-type Writer<'s> = FramedWrite<tokio::net::tcp::WriteHalf<'s>, LengthDelimitedCodec>;
+type Reader<R> = FramedRead<R, LengthDelimitedCodec>;
+type Writer<W> = FramedWrite<W, LengthDelimitedCodec>;
 
 /// Per-connection state used while answering requests.
 struct Conn {
@@ -246,8 +274,36 @@ enum Next {
     Close,
 }
 
-async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// A plain TCP connection.
+async fn serve_plain(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.split();
+    serve(rd, wr, peer, shared).await;
+}
+
+/// A TLS connection: the handshake, then the same code as plain TCP.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    let _ = stream.set_nodelay(true);
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        // A failed or stalled handshake: rustls has sent its alert.
+        _ => return,
+    };
+    let (rd, wr) = tokio::io::split(stream);
+    serve(rd, wr, peer, shared).await;
+}
+
+/// Serves one connection, plain or TLS, from its read and write halves.
+async fn serve<R, W>(rd: R, wr: W, peer: SocketAddr, shared: Arc<Shared>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let key = shared.next_client.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     shared
@@ -261,7 +317,6 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         key,
     };
 
-    let (rd, wr) = stream.split();
     let mut reader = FramedRead::new(
         rd,
         LengthDelimitedCodec::builder()
@@ -285,12 +340,16 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 
     // I/O errors here mean the peer went away: nothing to report to it.
     let _ = conn.run(&mut reader, &mut writer, &mut rx).await;
+    // TLS: close_notify (plain: FIN) before the socket closes; bounded,
+    // as a peer that stopped reading could hold it forever.
+    let mut wr = writer.into_inner();
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
 }
 
 /// Serializes `resp` into the reused buffer `out` and queues it as a frame.
-async fn send<T: Serialize>(
+async fn send<T: Serialize, W: AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
-    writer: &mut Writer<'_>,
+    writer: &mut Writer<W>,
     resp: &T,
 ) -> io::Result<()> {
     out.clear();
@@ -299,10 +358,10 @@ async fn send<T: Serialize>(
 }
 
 impl Conn {
-    async fn run(
+    async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
-        reader: &mut Reader<'_>,
-        writer: &mut Writer<'_>,
+        reader: &mut Reader<R>,
+        writer: &mut Writer<W>,
         rx: &mut mpsc::UnboundedReceiver<Bytes>,
     ) -> io::Result<()> {
         loop {
@@ -332,11 +391,11 @@ impl Conn {
 
     /// Answers `first` and every further frame that is ready without
     /// waiting; the caller flushes once afterwards.
-    async fn batch(
+    async fn batch<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         first: io::Result<bytes::BytesMut>,
-        reader: &mut Reader<'_>,
-        writer: &mut Writer<'_>,
+        reader: &mut Reader<R>,
+        writer: &mut Writer<W>,
     ) -> io::Result<Next> {
         let now = now_timestamp();
         let mut handled = 0u64;
@@ -378,12 +437,12 @@ impl Conn {
 
     /// Answers one frame. `handled` counts this batch's messages not yet
     /// added to the shared total (`get_stats` adds them first).
-    async fn frame(
+    async fn frame<W: AsyncWrite + Unpin>(
         &mut self,
         payload: &[u8],
         now: &str,
         handled: &mut u64,
-        writer: &mut Writer<'_>,
+        writer: &mut Writer<W>,
     ) -> io::Result<Next> {
         if payload.is_empty() {
             let resp = error::<&RawValue>("empty_frame", "frame length is zero", None, None);
@@ -498,11 +557,11 @@ impl Conn {
 
     /// Slow path for a payload that is not a well-formed request: re-parse
     /// it as a `Value` to say precisely what is wrong.
-    async fn reject(
+    async fn reject<W: AsyncWrite + Unpin>(
         &mut self,
         payload: &[u8],
         fast_err: &serde_json::Error,
-        writer: &mut Writer<'_>,
+        writer: &mut Writer<W>,
     ) -> io::Result<()> {
         let Ok(root) = serde_json::from_slice::<Value>(payload) else {
             let msg = "payload is not valid UTF-8 JSON";
@@ -544,12 +603,22 @@ impl Conn {
 
 // ------------------------------------------------------------------- main
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts plain connections, or TLS ones with an `acceptor`.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(serve(stream, peer, shared.clone()));
-            }
+            Ok((stream, peer)) => match &acceptor {
+                None => {
+                    tokio::spawn(serve_plain(stream, peer, shared.clone()));
+                }
+                Some(a) => {
+                    tokio::spawn(serve_tls(stream, peer, shared.clone(), a.clone()));
+                }
+            },
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 eprintln!("tokio-baseline: accept failed: {e}");
@@ -557,6 +626,23 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// The TLS acceptor for `--tls-cert` and `--tls-key`: ringcast's provider
+/// (aws-lc-rs), TLS 1.3 and 1.2, no client authentication, otherwise
+/// rustls's defaults (as `ringcast server` builds its config).
+fn tls_acceptor(cert: &Path, key: &Path) -> io::Result<tokio_rustls::TlsAcceptor> {
+    let bad =
+        |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+    let chain = ringcast::tls::load_certs(cert).map_err(|e| bad(&e))?;
+    let key = ringcast::tls::load_key(key).map_err(|e| bad(&e))?;
+    let config = rustls::ServerConfig::builder_with_provider(ringcast::tls::provider())
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+        .map_err(|e| bad(&e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| bad(&e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn shutdown_signal() {
@@ -584,9 +670,17 @@ fn main() -> io::Result<()> {
         .worker_threads(threads)
         .enable_all()
         .build()?;
+    let acceptor = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     runtime.block_on(async {
         let listener = TcpListener::bind(args.addr).await?;
         let addr = listener.local_addr()?;
+        let tls_listener = match args.tls_addr {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             clients: RwLock::new(HashMap::new()),
             next_client: AtomicU64::new(0),
@@ -596,8 +690,12 @@ fn main() -> io::Result<()> {
             start_time: now_timestamp(),
         });
         println!("tokio-baseline listening on {addr} ({threads} threads)");
+        if let (Some(l), Some(a)) = (tls_listener, acceptor) {
+            println!("tokio-baseline listening for TLS on {}", l.local_addr()?);
+            tokio::spawn(accept_loop(l, shared.clone(), Some(a)));
+        }
         tokio::select! {
-            _ = accept_loop(listener, shared) => {}
+            _ = accept_loop(listener, shared, None) => {}
             _ = shutdown_signal() => eprintln!("tokio-baseline: shutting down"),
         }
         Ok::<(), io::Error>(())

@@ -3,7 +3,7 @@
 # at the lowest CPU priority and with one libFuzzer job, and print a summary
 # (executions, exec/s, coverage, corpus size, crashes) per target.
 #
-#   scripts/fuzz.sh                    # 600 s per target (both targets)
+#   scripts/fuzz.sh                    # 600 s per target (every target)
 #   FUZZ_SECS=60 scripts/fuzz.sh       # 60 s per target
 #   scripts/fuzz.sh parse_message      # one target only
 #

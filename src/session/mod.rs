@@ -51,6 +51,9 @@ mod compress;
 mod compress_tests;
 mod dispatch;
 mod env;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod output;
 #[cfg(test)]
 mod tests;
