@@ -94,10 +94,12 @@ fn defaults_printed_match_the_help_text() {
             checked += 1;
         }
     }
-    // Every key but `pin` and `plain` (their flags are --no-pin and
-    // --no-plain) has a flag with a default.
-    assert!(cfg.contains_key("pin") && cfg.contains_key("plain"));
-    assert_eq!(checked, cfg.len() - 2, "defaults checked:\n{help}");
+    // Every key but `pin`, `plain` and `compression` (their flags are
+    // --no-pin, --no-plain and --no-compression) has a flag with a default.
+    assert!(
+        cfg.contains_key("pin") && cfg.contains_key("plain") && cfg.contains_key("compression")
+    );
+    assert_eq!(checked, cfg.len() - 3, "defaults checked:\n{help}");
 }
 
 #[test]
