@@ -458,7 +458,7 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let bytes: u64 = outcomes.iter().map(|o| o.bytes).sum();
     let wire = outcomes
         .iter()
-        .fold(report::WireBytes::default(), |w, o| w.add(&o.wire));
+        .fold(report::WireBytes::default(), |w, o| w + o.wire);
     let errors: u64 = outcomes.iter().map(|o| o.errors).sum();
     let reconnects: u64 = outcomes.iter().map(|o| o.reconnects).sum();
     if let Some(e) = outcomes.iter().find_map(|o| o.first_error.clone()) {

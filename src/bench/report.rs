@@ -119,9 +119,10 @@ pub struct WireBytes {
     pub plain_bytes_received: u64,
 }
 
-impl WireBytes {
-    /// The sum of two counts.
-    pub fn add(self, o: &WireBytes) -> WireBytes {
+impl std::ops::Add for WireBytes {
+    type Output = WireBytes;
+
+    fn add(self, o: WireBytes) -> WireBytes {
         WireBytes {
             bytes_sent: self.bytes_sent + o.bytes_sent,
             bytes_received: self.bytes_received + o.bytes_received,

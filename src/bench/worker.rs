@@ -873,7 +873,6 @@ pub fn run(plan: Plan, ctl: Arc<Control>) -> io::Result<Outcome> {
             }
         }
     }
-    drop(issue);
     out.wire.bytes_sent = sent_bytes.0;
     out.wire.plain_bytes_sent = sent_bytes.1;
     out.finished_ns = ctl.now_ns();

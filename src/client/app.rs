@@ -253,6 +253,17 @@ fn describe_stats(s: &ServerStats) -> Vec<String> {
         ("server_start_time", s.server_start_time.clone()),
         ("current_time", s.current_time.clone()),
     ];
+    let mut rows = rows;
+    if let Some(c) = &s.compression {
+        rows.push(("compression", counts(&c.connections)));
+        rows.push((
+            "",
+            format!(
+                "in {} frames x{:.2}, out {} frames x{:.2}, {} compressions",
+                c.frames_in, c.ratio_in, c.frames_out, c.ratio_out, c.compressions
+            ),
+        ));
+    }
     rows.into_iter()
         .map(|(k, v)| format!("{k:<21}{v}"))
         .collect()

@@ -603,7 +603,7 @@ fn io_main(inner: Arc<Inner>, first: Established) {
                 }
                 inner.changed.notify_all();
                 inner.emit(Event::Reconnected { attempt });
-                est = e;
+                est = *e;
             }
             Reconnect::Closed => break,
             Reconnect::GaveUp(attempts, last_error) => {
@@ -665,7 +665,7 @@ fn read_until_dead(inner: &Inner, conn: &Conn, reader: &mut FrameReader) -> Fail
 }
 
 enum Reconnect {
-    Up(Established, u32),
+    Up(Box<Established>, u32),
     Closed,
     GaveUp(u32, String),
 }
@@ -680,7 +680,7 @@ fn reconnect(inner: &Inner) -> Reconnect {
             return Reconnect::Closed;
         }
         match establish(&inner.addrs, &inner.cfg, &inner.next_id, true) {
-            Ok(e) => return Reconnect::Up(e, attempt),
+            Ok(e) => return Reconnect::Up(Box::new(e), attempt),
             Err(e) => {
                 tracing::debug!(attempt, error = %e, "reconnection attempt failed");
                 last_error = e.to_string();
