@@ -16,6 +16,10 @@
 //! one, a small handicap that serde_json and sonic-rs, reading the shared
 //! slice, do not pay. The pipeline benchmarks restore their chunk the same
 //! way, standing in for the kernel's copy of a socket read.
+//! - `codec_*` (issue 16): one frame's payload compressed and decompressed
+//!   with each codec, on 16 KiB and 64 KiB of telemetry-like JSON (what a
+//!   compressed reply, request or broadcast costs the shard once); the
+//!   compressed sizes are printed before the group runs.
 //!
 //! Results and the machine they came from: docs/protocol-bench.md.
 
@@ -188,6 +192,69 @@ fn parse_only(c: &mut Criterion) {
     }
 }
 
+/// A JSON echo payload of telemetry-like records, about `size` bytes: what
+/// compression is for (field names and small values repeating).
+fn telemetry_payload(size: usize) -> Vec<u8> {
+    let mut s = String::from(r#"{"type":"echo","content":["#);
+    let mut i = 0u64;
+    while s.len() + 120 < size {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            r#"{{"device":"sensor-{:04}","ts":{},"temp_c":{}.{},"humidity":{},"status":"{}"}}"#,
+            i % 500,
+            1_700_000_000_000u64 + i * 250,
+            18 + i % 9,
+            i * 7 % 10,
+            40 + i % 30,
+            if i % 11 == 0 { "warn" } else { "ok" }
+        ));
+        i += 1;
+    }
+    s.push_str("]}");
+    s.into_bytes()
+}
+
+fn codec(c: &mut Criterion) {
+    use ringcast::protocol::codec::{Codec, Compressor, Decompressor};
+    for size in [16 << 10, 64 << 10] {
+        let payload = telemetry_payload(size);
+        let mut g = c.benchmark_group(format!("codec_{}k", size >> 10));
+        g.throughput(Throughput::Bytes(payload.len() as u64));
+        for codec in Codec::ALL {
+            let mut comp = Compressor::new();
+            let mut frame = Vec::with_capacity(payload.len());
+            assert!(comp.compress_frame(codec, &payload, &mut frame));
+            eprintln!(
+                "codec_{}k/{}: {} bytes -> {} ({:.1}x)",
+                size >> 10,
+                codec.as_str(),
+                payload.len(),
+                frame.len() - 4,
+                payload.len() as f64 / (frame.len() - 4) as f64
+            );
+            g.bench_function(format!("{}_compress", codec.as_str()), |b| {
+                let mut out = Vec::with_capacity(payload.len());
+                b.iter(|| {
+                    out.clear();
+                    black_box(comp.compress_frame(codec, black_box(&payload), &mut out))
+                })
+            });
+            let mut d = Decompressor::new();
+            let mut out = Vec::with_capacity(payload.len() + 1);
+            g.bench_function(format!("{}_decompress", codec.as_str()), |b| {
+                b.iter(|| {
+                    d.decompress(codec, black_box(&frame[4..]), &mut out, 1 << 20)
+                        .unwrap();
+                    black_box(out.len())
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .measurement_time(Duration::from_secs(3))
@@ -199,6 +266,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = pipeline, parse_only
+    targets = pipeline, parse_only, codec
 }
 criterion_main!(benches);

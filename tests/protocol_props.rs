@@ -290,3 +290,57 @@ proptest! {
         prop_assert_eq!(got.to_bits(), want.to_bits(), "{} -> {}", String::from_utf8_lossy(&text), s);
     }
 }
+
+mod codec {
+    //! The frame codecs: round trips, and arbitrary bytes (as a peer could
+    //! send after negotiating) never panic and never inflate past the limit.
+    //! The `codec` fuzz target drives the same properties for longer.
+    use proptest::prelude::*;
+    use ringcast::protocol::codec::{Codec, Compressor, DecompressError, Decompressor};
+
+    fn codec() -> impl Strategy<Value = Codec> {
+        prop_oneof![Just(Codec::Zstd), Just(Codec::Deflate)]
+    }
+
+    proptest! {
+        #![proptest_config(super::config())]
+
+        #[test]
+        fn round_trips_or_declines(c in codec(), seed in proptest::collection::vec(any::<u8>(), 0..64), reps in 1usize..200) {
+            // Repetitive input (compressible) as well as raw noise.
+            let payload: Vec<u8> = seed.iter().cycle().take(seed.len() * reps).copied().collect();
+            let mut out = vec![9, 9];
+            if Compressor::new().compress_frame(c, &payload, &mut out) {
+                prop_assert!(out.len() - 6 < payload.len());
+                let mut plain = Vec::new();
+                Decompressor::new().decompress(c, &out[6..], &mut plain, payload.len()).unwrap();
+                prop_assert_eq!(plain, payload);
+            } else {
+                prop_assert_eq!(out, vec![9, 9]);
+            }
+        }
+
+        #[test]
+        fn arbitrary_streams_are_refused_cleanly(c in codec(), bytes in proptest::collection::vec(any::<u8>(), 0..512), limit in 0usize..4096) {
+            let mut out = Vec::new();
+            match Decompressor::new().decompress(c, &bytes, &mut out, limit) {
+                Ok(()) => prop_assert!(out.len() <= limit),
+                Err(DecompressError::TooLarge { .. }) => prop_assert!(out.capacity() <= limit + 1 + (64 << 10)),
+                Err(DecompressError::Corrupt { .. }) => {}
+            }
+        }
+
+        #[test]
+        fn a_valid_stream_with_damage_is_refused_or_decoded_within_the_limit(c in codec(), at in any::<usize>(), flip in 1u8..=255) {
+            let payload = br#"{"type":"echo","content":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#.repeat(20);
+            let mut f = Vec::new();
+            prop_assert!(Compressor::new().compress_frame(c, &payload, &mut f));
+            let i = 4 + at % (f.len() - 4);
+            f[i] ^= flip;
+            let mut out = Vec::new();
+            if Decompressor::new().decompress(c, &f[4..], &mut out, 1 << 20).is_ok() {
+                prop_assert!(out.len() <= 1 << 20);
+            }
+        }
+    }
+}
