@@ -913,10 +913,7 @@ fn compression_over_tls_for_the_library_and_the_load_generator() {
     )
     .unwrap();
     assert_eq!(c.compression(), Some(Codec::Zstd));
-    // TODO(server side): hello_ok on a TLS connection should list "tls"
-    // (spec); it does not yet: Session::handle_plain reads `self.tls`
-    // while handle_data has taken it out. Then assert
-    // `c.server_hello().unwrap().has_feature("tls")` here.
+    assert!(c.server_hello().unwrap().has_feature("tls"));
     let big = telemetry(500);
     let m = c
         .send_custom("echo", json!({"content": big.clone()}))

@@ -282,13 +282,13 @@ impl Session {
     pub fn handle_data(&mut self, env: &mut Env<'_>, data: &mut [u8]) {
         bump(&env.counters.bytes_received, data.len() as u64);
         let Some(mut tls) = self.tls.take() else {
-            self.handle_plaintext(env, data);
+            self.handle_plaintext(env, data, false);
             return;
         };
         // `self.tls` is out while plaintext is handled: what it holds is
         // not in `pending()` then, so the high-water check is repeated below.
         let r = tls.receive(env, data, |env, plain| {
-            self.handle_plaintext(env, plain);
+            self.handle_plaintext(env, plain, true);
             self.phase == Phase::Open
         });
         let handshaking = tls.handshaking;
@@ -315,7 +315,9 @@ impl Session {
     }
 
     /// Plaintext received (after TLS, if any): parsed in place.
-    fn handle_plaintext(&mut self, env: &mut Env<'_>, data: &mut [u8]) {
+    /// `tls`: whether the bytes came through TLS (`self.tls` is taken out
+    /// while they are handled, so it cannot say).
+    fn handle_plaintext(&mut self, env: &mut Env<'_>, data: &mut [u8], tls: bool) {
         if self.phase != Phase::Open {
             return; // closing: input is read only so the socket closes cleanly
         }
@@ -336,7 +338,6 @@ impl Session {
         let mut frames = 0u64;
         let mut close = None;
         let codec_before = self.codec;
-        let tls = self.tls.is_some();
         let Session {
             id,
             client_id,
