@@ -80,29 +80,12 @@ pub struct CompressionCounters {
     pub compressions: AtomicU64,
 }
 
-/// [`CompressionCounters`] summed over shards.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CompressionTotals {
-    /// Connections per codec.
-    pub connections: [u64; crate::protocol::codec::Codec::COUNT],
-    /// Compressed frames received.
-    pub frames_in: u64,
-    /// Their bytes as received.
-    pub bytes_in_wire: u64,
-    /// Their bytes decompressed.
-    pub bytes_in_plain: u64,
-    /// Compressed frames sent.
-    pub frames_out: u64,
-    /// Their bytes before compression.
-    pub bytes_out_plain: u64,
-    /// Their bytes as sent.
-    pub bytes_out_wire: u64,
-    /// Compression operations.
-    pub compressions: u64,
-}
+/// [`CompressionCounters`] summed over shards: the very shape `get_stats`
+/// writes, so it is passed there as it is.
+pub type CompressionTotals = crate::protocol::message::CompressionReport;
 
 impl CompressionTotals {
-    fn add(&mut self, c: &CompressionCounters) {
+    pub(crate) fn add(&mut self, c: &CompressionCounters) {
         for (a, b) in self.connections.iter_mut().zip(&c.connections) {
             *a += b.load(Relaxed);
         }

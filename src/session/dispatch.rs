@@ -282,19 +282,7 @@ pub(crate) fn handle_frame(
                     subscriptions: t.subscriptions,
                     publishes: t.messages_of(RequestKind::Publish),
                     channel_deliveries: t.channel_deliveries,
-                    compression: {
-                        let c = t.compression;
-                        message::CompressionReport {
-                            connections: c.connections,
-                            frames_in: c.frames_in,
-                            bytes_in_wire: c.bytes_in_wire,
-                            bytes_in_plain: c.bytes_in_plain,
-                            frames_out: c.frames_out,
-                            bytes_out_plain: c.bytes_out_plain,
-                            bytes_out_wire: c.bytes_out_wire,
-                            compressions: c.compressions,
-                        }
-                    },
+                    compression: t.compression,
                     cluster: shared.cluster.as_ref().map(|c| {
                         let f = c.figures();
                         message::ClusterReport {
