@@ -17,10 +17,12 @@
 //! full chain first), a second listener serves the same protocol over TLS
 //! beside the plain one, sharing one client registry (a broadcast reaches
 //! plain and TLS clients). It is tokio-rustls, what a Rust user would
-//! write: the same rustls 0.23 and crypto provider as ringcast
-//! (`ringcast::tls::provider()`, aws-lc-rs), TLS 1.3 and 1.2, rustls's
-//! default server settings, the handshake run in the connection's task
-//! (cut after 10 s), then the very same per-connection code over the
+//! write: the same rustls 0.23 and crypto settings as `ringcast server`
+//! (`ringcast::tls::server_provider()`: aws-lc-rs, AES-128-GCM preferred
+//! over the client's order, so both negotiate the same cipher suite and
+//! the comparison measures the transport, not the cipher), TLS 1.3 and
+//! 1.2, rustls's other defaults, the handshake run in the connection's
+//! task (cut after 10 s), then the very same per-connection code over the
 //! `TlsStream` (`tokio::io::split` into a read and a write half).
 //!
 //! Protocol (see docs/PROTOCOL.md and `ringcast::protocol::message`): each
@@ -628,20 +630,22 @@ async fn accept_loop(
     }
 }
 
-/// The TLS acceptor for `--tls-cert` and `--tls-key`: ringcast's provider
-/// (aws-lc-rs), TLS 1.3 and 1.2, no client authentication, otherwise
-/// rustls's defaults (as `ringcast server` builds its config).
+/// The TLS acceptor for `--tls-cert` and `--tls-key`: ringcast's server
+/// provider and suite order (aws-lc-rs, AES-128-GCM first), TLS 1.3 and
+/// 1.2, no client authentication, otherwise rustls's defaults (as
+/// `ringcast server` builds its config).
 fn tls_acceptor(cert: &Path, key: &Path) -> io::Result<tokio_rustls::TlsAcceptor> {
     let bad =
         |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
     let chain = ringcast::tls::load_certs(cert).map_err(|e| bad(&e))?;
     let key = ringcast::tls::load_key(key).map_err(|e| bad(&e))?;
-    let config = rustls::ServerConfig::builder_with_provider(ringcast::tls::provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(ringcast::tls::server_provider())
         .with_protocol_versions(rustls::ALL_VERSIONS)
         .map_err(|e| bad(&e))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| bad(&e))?;
+    config.ignore_client_order = true;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

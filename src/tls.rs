@@ -20,6 +20,29 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The provider a server uses: [`provider`] with the AES-128-GCM suites
+/// first (TLS 1.3 `TLS13_AES_128_GCM_SHA256`, TLS 1.2 ECDHE with
+/// AES-128-GCM), the others after them in rustls's order. With
+/// `ignore_client_order` set on the server config this picks AES-128-GCM
+/// with SHA-256 whenever the client offers it, where rustls's and
+/// OpenSSL's clients list AES-256-GCM with SHA-384 first: fewer AES rounds
+/// per record, and SHA-256 (which x86 CPUs with SHA extensions run in
+/// hardware, SHA-384 they do not) in every handshake and resumption.
+/// Measured in bench-results/README.md ("TLS").
+pub fn server_provider() -> Arc<CryptoProvider> {
+    use rustls::CipherSuite as C;
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites.sort_by_key(|s| {
+        !matches!(
+            s.suite(),
+            C::TLS13_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
+    Arc::new(p)
+}
+
 /// Why a TLS input could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -177,6 +177,34 @@ fn tls13_only_refuses_a_tls12_client() {
     });
 }
 
+#[test]
+fn the_server_picks_aes_128_gcm_whatever_the_clients_order() {
+    let pki = Pki::new();
+    let h = spawn(pki.server(1));
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // rustls's client lists AES-256-GCM first; the server decides.
+        let config = rustls::ClientConfig::builder_with_provider(ringcast::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(ringcast::tls::load_roots(&pki.ca).unwrap())
+            .with_no_client_auth();
+        let sock = TcpStream::connect(tls_addr(&h)).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut sock = sock;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        let suite = conn.negotiated_cipher_suite().unwrap().suite();
+        let want = if version.version == rustls::ProtocolVersion::TLSv1_3 {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        } else {
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        };
+        assert_eq!(suite, want, "{:?}", version.version);
+    }
+}
+
 /// Handshakes with `config` and returns the leaf certificate served.
 fn handshake(
     h: &ringcast::server::ServerHandle,

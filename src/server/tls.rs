@@ -9,7 +9,7 @@
 //! does not load leaves the old one in place.
 
 use super::ServerConfig;
-use crate::tls::{load_certs, load_key, load_roots, provider, TlsError};
+use crate::tls::{load_certs, load_key, load_roots, provider, server_provider, TlsError};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
@@ -51,7 +51,7 @@ fn build(cfg: &ServerConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     };
     let chain = load_certs(cert)?;
     let key_der = load_key(key)?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(server_provider())
         .with_protocol_versions(cfg.tls_min_version.versions())
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match &cfg.tls_client_ca {
@@ -65,12 +65,14 @@ fn build(cfg: &ServerConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder.with_single_cert(chain, key_der).map_err(|e| {
+    let mut config = builder.with_single_cert(chain, key_der).map_err(|e| {
         TlsError::Config(format!(
             "certificate {} with key {}: {e}",
             cert.display(),
             key.display()
         ))
     })?;
+    // Our suite order, not the client's (see `server_provider`).
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
