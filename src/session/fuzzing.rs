@@ -43,8 +43,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A server and a client configuration that trust each other: a fresh
-/// self-signed certificate for "localhost" (rcgen), ringcast's provider,
-/// TLS 1.2 and 1.3.
+/// self-signed certificate for "localhost" (rcgen), ringcast's providers
+/// and suite order, TLS 1.2 and 1.3.
 pub struct TlsFuzzConfig {
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
@@ -59,12 +59,14 @@ impl TlsFuzzConfig {
         let cert = ck.cert.der().clone();
         let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der())
             .expect("rcgen's key is PKCS#8");
-        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        // As the server builds it (src/server/tls.rs).
+        let mut server = rustls::ServerConfig::builder_with_provider(crate::tls::server_provider())
             .with_protocol_versions(rustls::ALL_VERSIONS)
             .expect("the provider supports both versions")
             .with_no_client_auth()
             .with_single_cert(vec![cert.clone()], key)
             .expect("the key matches");
+        server.ignore_client_order = true;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).expect("a usable root");
         let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
