@@ -1,19 +1,20 @@
-//! Large `echo` requests without the JSON tape: validate, then copy the
-//! content as it was sent.
+//! `echo` requests without the JSON tape: validate, then copy the content
+//! as it was sent.
 //!
 //! For a 64 KiB echo the tape path costs most of the server's own work:
 //! the lone-surrogate pre-scan, simd-json's copy into its aligned buffer and
 //! its structural scan over every byte, the in-place unescape, and the
-//! escape scan when the string is written back. Here a payload of at least
-//! [`RAW_ECHO_MIN`] bytes that is a flat object (string, number and literal
-//! members only) with `"type":"echo"` is checked in one pass, strings
+//! escape scan when the string is written back; for a 32-byte echo its
+//! fixed costs (tape, aligned copy) are most of it. Here a payload that is
+//! a flat object (string, number and literal members only) with
+//! `"type":"echo"` is checked in one pass, strings
 //! skipped 32 bytes at a time and validated (escapes, surrogate pairs, no
 //! control characters, UTF-8), and `content` (a string) and `id` are
 //! copied into the response as they were written: the same JSON values the
 //! tape path would write, not always the same bytes (an escape such as
 //! `\u0041` stays as sent instead of becoming `A`).
 //!
-//! [`large_echo`] never accepts a payload the tape path would reject: it
+//! [`echo`] never accepts a payload the tape path would reject: it
 //! is strict, and anything it does not handle (nested values, escaped
 //! keys, a float or out-of-range integer `id`, another type) returns
 //! `None` and takes the tape path, which also writes every error.
@@ -21,10 +22,6 @@
 use super::frame::{begin_frame, finish_frame};
 use super::json::{block_needs_escape, ObjectWriter};
 use super::message::SERVER_NAME;
-
-/// Payloads below this take the tape path (simd-json is quick on small
-/// ones, and most requests are small).
-pub const RAW_ECHO_MIN: usize = 4096;
 
 /// An `echo` request's raw members, borrowed from the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,35 +70,45 @@ fn scan_string(p: &[u8], i: usize) -> Option<usize> {
             }
             j += BLOCK;
         }
-        match *p.get(j)? {
-            b'"' => {
-                if high != 0 {
-                    std::str::from_utf8(&p[i + 1..j]).ok()?;
+        // Byte by byte through the block that stopped the scan (or the
+        // tail), so each byte is looked at a bounded number of times: short
+        // strings, such as keys, cost one pass.
+        let end = (j + BLOCK).min(p.len());
+        if j >= end {
+            return None; // unterminated
+        }
+        while j < end {
+            match p[j] {
+                b'"' => {
+                    if high != 0 {
+                        std::str::from_utf8(&p[i + 1..j]).ok()?;
+                    }
+                    return Some(j + 1);
                 }
-                return Some(j + 1);
-            }
-            b'\\' => {
-                j = match *p.get(j + 1)? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => j + 2,
-                    b'u' => match hex4(p, j + 2)? {
-                        0xD800..=0xDBFF => {
-                            if p.get(j + 6..j + 8)? != b"\\u"
-                                || !(0xDC00..=0xDFFF).contains(&hex4(p, j + 8)?)
-                            {
-                                return None;
+                b'\\' => {
+                    j = match *p.get(j + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => j + 2,
+                        b'u' => match hex4(p, j + 2)? {
+                            0xD800..=0xDBFF => {
+                                if p.get(j + 6..j + 8)? != b"\\u"
+                                    || !(0xDC00..=0xDFFF).contains(&hex4(p, j + 8)?)
+                                {
+                                    return None;
+                                }
+                                j + 12
                             }
-                            j + 12
-                        }
-                        0xDC00..=0xDFFF => return None,
-                        _ => j + 6,
-                    },
-                    _ => return None,
+                            0xDC00..=0xDFFF => return None,
+                            _ => j + 6,
+                        },
+                        _ => return None,
+                    };
+                    break; // back to the block scan from after the escape
                 }
-            }
-            c if c < 0x20 => return None,
-            c => {
-                high |= c & 0x80;
-                j += 1;
+                c if c < 0x20 => return None,
+                c => {
+                    high |= c & 0x80;
+                    j += 1;
+                }
             }
         }
     }
@@ -156,7 +163,7 @@ fn scan_number(p: &[u8], i: usize) -> Option<(usize, bool)> {
 
 /// The payload as an `echo` request whose members can be copied raw, or
 /// `None` (take the tape path). See the module doc.
-pub fn large_echo(p: &[u8]) -> Option<RawEcho<'_>> {
+pub fn echo(p: &[u8]) -> Option<RawEcho<'_>> {
     let mut i = skip_ws(p, 0);
     if p.get(i) != Some(&b'{') {
         return None;
@@ -188,6 +195,7 @@ pub fn large_echo(p: &[u8]) -> Option<RawEcho<'_>> {
             return None; // might spell one of ours
         }
         match key {
+            b"\"type\"" if value != b"\"echo\"" => return None, // not ours: no need to read on
             b"\"type\"" => ty = Some(value),
             b"\"id\"" => id = Some((value, simple)),
             b"\"content\"" if content.is_none() => content = Some(value),
@@ -251,12 +259,19 @@ mod tests {
         serde_json::from_slice(&frame[4..]).expect("a response is JSON")
     }
 
-    fn big(s: &str) -> String {
-        format!("{}{s}", "x".repeat(RAW_ECHO_MIN))
-    }
+    /// Content padding before the interesting part: none, around the
+    /// 32-byte scan block, and large (64 KiB echoes take this path too).
+    const PADS: [usize; 9] = [0, 1, 5, 30, 31, 32, 33, 95, 4096];
 
     #[test]
     fn same_values_as_the_tape_path() {
+        for pad in PADS {
+            same_values_with_pad(pad);
+        }
+    }
+
+    fn same_values_with_pad(pad: usize) {
+        let big = |s: &str| format!("{}{s}", "x".repeat(pad));
         let cases = [
             format!(r#"{{"type":"echo","content":"{}"}}"#, big("")),
             format!(
@@ -285,8 +300,7 @@ mod tests {
             ),
         ];
         for c in &cases {
-            let raw =
-                large_echo(c.as_bytes()).unwrap_or_else(|| panic!("raw path refused {c:.80}"));
+            let raw = echo(c.as_bytes()).unwrap_or_else(|| panic!("raw path refused {c:.80}"));
             let mut out = Vec::new();
             write_echo_response(&mut out, &raw, NOW);
             let want = tape(c.as_bytes()).expect("the tape path takes it");
@@ -300,6 +314,13 @@ mod tests {
 
     #[test]
     fn anything_else_takes_the_tape_path() {
+        for pad in PADS {
+            refused_with_pad(pad);
+        }
+    }
+
+    fn refused_with_pad(pad: usize) {
+        let big = |s: &str| format!("{}{s}", "x".repeat(pad));
         let refused = [
             // Not valid JSON: the tape path writes the error.
             format!(r#"{{"type":"echo","content":"{}"#, big("")),
@@ -333,11 +354,54 @@ mod tests {
             format!(r#"["{}"]"#, big("")),
         ];
         for c in &refused {
-            assert_eq!(large_echo(c.as_bytes()), None, "{c:.100}");
+            assert_eq!(echo(c.as_bytes()), None, "{c:.100}");
         }
         // Invalid UTF-8 inside the content.
         let mut b = format!(r#"{{"type":"echo","content":"{}"#, big("")).into_bytes();
         b.extend_from_slice(b"\xff\"}");
-        assert_eq!(large_echo(&b), None);
+        assert_eq!(echo(&b), None);
+    }
+
+    proptest::proptest! {
+        /// Any content string, escaped as serde_json writes it: the raw
+        /// path takes the echo and answers with the tape path's values.
+        #[test]
+        fn any_content_same_as_tape(content in ".*", id in proptest::option::of(any_id())) {
+            let mut req = serde_json::json!({"type": "echo", "content": content});
+            if let Some(id) = id {
+                req["id"] = id;
+            }
+            let payload = serde_json::to_vec(&req).unwrap();
+            let raw = echo(&payload).expect("the raw path takes a plain echo");
+            let mut out = Vec::new();
+            write_echo_response(&mut out, &raw, NOW);
+            let want = tape(&payload).expect("the tape path takes it");
+            proptest::prop_assert_eq!(value(&out), value(&want));
+        }
+
+        /// Arbitrary bytes after an echo's opening: whatever the raw path
+        /// accepts, the tape path accepts with the same reply.
+        #[test]
+        fn never_accepts_what_the_tape_rejects(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mut payload = br#"{"type":"echo","content":""#.to_vec();
+            payload.extend_from_slice(&tail);
+            if let Some(raw) = echo(&payload) {
+                let mut out = Vec::new();
+                write_echo_response(&mut out, &raw, NOW);
+                let want = tape(&payload).expect("the raw path took what the tape rejects");
+                proptest::prop_assert_eq!(value(&out), value(&want));
+            }
+        }
+    }
+
+    fn any_id() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            ".{0,8}".prop_map(serde_json::Value::from),
+            any::<bool>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ]
     }
 }

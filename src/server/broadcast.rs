@@ -13,7 +13,7 @@ use crate::protocol::codec::{Codec, Compressor};
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 /// A frame for a shard's clients: a `broadcast_message` for every
@@ -97,10 +97,9 @@ pub struct Mailbox {
     /// The target's eventfd (wake-ups from threads without a ring, and the
     /// eventfd wake mode).
     event_fd: RawFd,
-    /// Connections on the owner still waiting for a broadcast send: its
-    /// fan-out backlog, published each turn so publishers on any shard can
-    /// be slowed when fan-out falls behind.
-    backlog: AtomicUsize,
+    /// The owner's fan-out is behind (see the shard's `fanout` module):
+    /// published each turn so publishers on any shard can be slowed.
+    behind: AtomicBool,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -130,7 +129,7 @@ impl Mailbox {
             notified: AtomicBool::new(false),
             ring_fd: AtomicI32::new(-1),
             event_fd,
-            backlog: AtomicUsize::new(0),
+            behind: AtomicBool::new(false),
         }
     }
 
@@ -154,14 +153,14 @@ impl Mailbox {
         }
     }
 
-    /// Publishes the owner's fan-out backlog.
-    pub fn set_backlog(&self, n: usize) {
-        self.backlog.store(n, Ordering::Relaxed);
+    /// Publishes whether the owner's fan-out is behind.
+    pub fn set_fanout_behind(&self, behind: bool) {
+        self.behind.store(behind, Ordering::Relaxed);
     }
 
-    /// The owner's fan-out backlog.
-    pub fn backlog(&self) -> usize {
-        self.backlog.load(Ordering::Relaxed)
+    /// Whether the owner's fan-out is behind.
+    pub fn fanout_behind(&self) -> bool {
+        self.behind.load(Ordering::Relaxed)
     }
 
     /// The owner's eventfd.

@@ -100,6 +100,7 @@ pub(crate) fn run(
         touched: Vec::new(),
         dirty: Vec::new(),
         pushes: VecDeque::new(),
+        fanout_seq: 0,
         fanout_paused: Vec::new(),
         added: Vec::new(),
         recipients: Vec::new(),
@@ -126,8 +127,13 @@ struct Shard<'a> {
     touched: Vec<usize>,
     /// Sessions with replies to their own requests (all flushed each turn).
     dirty: Vec<usize>,
-    /// Sessions with only broadcasts to send (flushed round robin).
-    pushes: VecDeque<usize>,
+    /// Sessions with only broadcasts to send (flushed round robin), each
+    /// with the value of `fanout_seq` when it joined: the front is the
+    /// recipient waiting longest, and `fanout_seq` minus its mark is how
+    /// many deliveries it has waited through (the fan-out depth).
+    pushes: VecDeque<(usize, u64)>,
+    /// Deliveries queued to this shard's sessions so far.
+    fanout_seq: u64,
     /// Publishers paused until the fan-out backlog drains.
     fanout_paused: Vec<usize>,
     /// Connections accepted during the poll, handed to the backend after it.
@@ -295,7 +301,7 @@ impl Shard<'_> {
         self.dirty = dirty;
         let mut budget = PUSH_FLUSH_BUDGET;
         while budget > 0 {
-            let Some(key) = self.pushes.pop_front() else {
+            let Some((key, _)) = self.pushes.pop_front() else {
                 break;
             };
             if let Some(e) = self.sessions.get_mut(key) {
