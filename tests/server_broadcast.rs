@@ -217,3 +217,53 @@ fn slow_consumer_is_cut_while_others_receive_everything() {
         assert_eq!(r.request(&json!({"type": "ping"}))["type"], "pong");
     }
 }
+
+/// Many readers, 100 a shard, so each waits 25 loop turns for its
+/// round-robin send while the publisher goes on: the publisher is paused
+/// and resumed by the fan-out depth rule over and over, and is never left
+/// paused; every reader gets every broadcast, in order, and nobody is cut.
+/// (Readers stay within 32 broadcasts, 128 KiB, of the publisher: a reader
+/// thread that 200 others keep off the CPU is not a slow consumer here.)
+#[test]
+fn fanout_to_many_readers_paces_the_publisher_and_loses_nothing() {
+    const READERS: usize = 200;
+    const N: u64 = 400;
+    const BODY: usize = 4 << 10;
+    const WINDOW: u64 = 8;
+    const READ_AHEAD: u64 = 32;
+    let server = spawn(builder(2).max_pending_bytes(256 << 10));
+    let addr = server.local_addr();
+    let mut sender = Client::connect(addr);
+    let readers = Client::connect_many(addr, READERS);
+    sender.wait_connected(READERS as u64 + 1, Duration::from_secs(5));
+    let sender_id = sender.client_id();
+    let progress = pacing::ReaderProgress::new(READERS);
+    let threads =
+        pacing::spawn_ordered_readers(readers, &sender_id, BODY, READ_TIMEOUT, &progress);
+    let body = "b".repeat(BODY - 8);
+    let mut acked = 0;
+    for n in 0..N {
+        sender.send(&json!({"type": "broadcast", "content": format!("{n:08}{body}"), "id": n}));
+        while n + 1 - acked > WINDOW {
+            let v = sender.recv();
+            assert_eq!(v["type"], "broadcast_sent", "{v}");
+            acked += 1;
+        }
+        progress.wait_within(n + 1, READ_AHEAD, Duration::from_secs(20));
+    }
+    sender.send(&json!({"type": "broadcast", "content": "END", "id": "end"}));
+    while acked < N {
+        assert_eq!(sender.recv()["id"], acked);
+        acked += 1;
+    }
+    assert_eq!(sender.recv()["id"], "end");
+    let mut kept = Vec::new();
+    for t in threads {
+        let (r, got) = t.join().unwrap();
+        assert_eq!(got, N, "a reader missed broadcasts");
+        kept.push(r);
+    }
+    let stats = sender.stats();
+    assert_eq!(u64_of(&stats, "slow_consumer_disconnects"), 0, "{stats}");
+    assert_eq!(u64_of(&stats, "connected_clients"), READERS as u64 + 1);
+}
