@@ -238,8 +238,7 @@ fn fanout_to_many_readers_paces_the_publisher_and_loses_nothing() {
     sender.wait_connected(READERS as u64 + 1, Duration::from_secs(5));
     let sender_id = sender.client_id();
     let progress = pacing::ReaderProgress::new(READERS);
-    let threads =
-        pacing::spawn_ordered_readers(readers, &sender_id, BODY, READ_TIMEOUT, &progress);
+    let threads = pacing::spawn_ordered_readers(readers, &sender_id, BODY, READ_TIMEOUT, &progress);
     let body = "b".repeat(BODY - 8);
     let mut acked = 0;
     for n in 0..N {

@@ -101,6 +101,8 @@ pub(crate) fn run(
         dirty: Vec::new(),
         pushes: VecDeque::new(),
         fanout_seq: 0,
+        run: Vec::new(),
+        run_except: None,
         fanout_paused: Vec::new(),
         added: Vec::new(),
         recipients: Vec::new(),
@@ -134,6 +136,10 @@ struct Shard<'a> {
     pushes: VecDeque<(usize, u64)>,
     /// Deliveries queued to this shard's sessions so far.
     fanout_seq: u64,
+    /// Small broadcasts being gathered this turn, and the session they
+    /// skip (their sender; `None` for other shards' broadcasts).
+    run: Vec<crate::server::broadcast::Delivery>,
+    run_except: Option<usize>,
     /// Publishers paused until the fan-out backlog drains.
     fanout_paused: Vec<usize>,
     /// Connections accepted during the poll, handed to the backend after it.
