@@ -222,3 +222,48 @@ impl Mailbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &str) -> Bytes {
+        let mut v = (s.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        Bytes::from(v)
+    }
+
+    #[test]
+    fn a_gathered_run_is_the_frames_in_order() {
+        let parts = [
+            Delivery::new(frame(r#"{"a":1}"#), None),
+            Delivery::new(frame(r#"{"b":2}"#), None),
+            Delivery::gather(&[
+                Delivery::new(frame(r#"{"c":3}"#), None),
+                Delivery::new(frame(r#"{"d":4}"#), None),
+            ]),
+        ];
+        let run = Delivery::gather(&parts);
+        assert_eq!(run.frames, 4);
+        let want: Vec<u8> = [r#"{"a":1}"#, r#"{"b":2}"#, r#"{"c":3}"#, r#"{"d":4}"#]
+            .iter()
+            .flat_map(|s| frame(s).to_vec())
+            .collect();
+        assert_eq!(&run.frame[..], &want[..]);
+        assert!(run.channel.is_none() && run.packed.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn only_small_plain_broadcasts_are_gathered() {
+        assert!(Delivery::new(frame("{}"), None).gatherable());
+        // Channel messages keep their own recipients.
+        assert!(!Delivery::new(frame("{}"), Some(Arc::from("news"))).gatherable());
+        // Large frames are shared as they are, not copied.
+        let big = "x".repeat(GATHER_MAX);
+        assert!(!Delivery::new(frame(&big), None).gatherable());
+        // A compressed frame is shared by its codec's recipients.
+        let mut packed = Delivery::new(frame("{}"), None);
+        packed.packed[0] = Some(frame("z"));
+        assert!(!packed.gatherable());
+    }
+}
