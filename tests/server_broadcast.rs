@@ -218,12 +218,14 @@ fn slow_consumer_is_cut_while_others_receive_everything() {
     }
 }
 
-/// Many readers, 100 a shard, so each waits 25 loop turns for its
-/// round-robin send while the publisher goes on: the publisher is paused
-/// and resumed by the fan-out depth rule over and over, and is never left
-/// paused; every reader gets every broadcast, in order, and nobody is cut.
-/// (Readers stay within 32 broadcasts, 128 KiB, of the publisher: a reader
-/// thread that 200 others keep off the CPU is not a slow consumer here.)
+/// Many readers, 100 a shard, so each waits up to 25 loop turns for its
+/// round-robin send while the publisher goes on and broadcasts are
+/// gathered into runs: every reader gets every broadcast, in order, nobody
+/// is cut, and the publisher is never left paused (the test would hang on
+/// its acknowledgements). (Readers stay within 32 broadcasts, 128 KiB, of
+/// the publisher: a reader thread that 200 others keep off the CPU is not a
+/// slow consumer here; that bound also means the fan-out pause need not
+/// fire, so this guards delivery and resumption, not the pause threshold.)
 #[test]
 fn fanout_to_many_readers_paces_the_publisher_and_loses_nothing() {
     const READERS: usize = 200;
