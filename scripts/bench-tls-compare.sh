@@ -29,6 +29,7 @@
 # A throwaway ECDSA P-256 certificate is made in a temp directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh # wait_port (its EXIT trap is replaced below)
 SECS=${1:-3}
 WARMUP=1
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -52,15 +53,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
   -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null
 CERT=(--tls-cert "$DIR/cert.pem" --tls-key "$DIR/key.pem")
-
-wait_port() { # port
-  for _ in $(seq 1 200); do
-    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "server on port $1 did not come up" >&2
-  exit 1
-}
 
 declare -A PID
 # Each server process serves plain on 71xx and TLS on 74xx.

@@ -4,68 +4,18 @@
 mod support;
 
 use ringcast::client::{Client, ClientConfig};
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
-use support::server::{wait_exit, Backend, LogLines};
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Asserts the exit code; shows both outputs if it is another.
-    fn assert_code(&self, code: i32) {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-    }
-}
+use support::server::{run_ringcast, wait_exit, Backend, LogLines, Run};
 
 /// Runs `ringcast client <args>` with `stdin` piped in; killed after 20 s.
 fn ringcast_client(args: &[&str], stdin: &str) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .arg("client")
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env_remove("RINGCAST_TOKEN")
-        .env_remove("RINGCAST_ADDR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_owned();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(stdin.as_bytes());
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = wait_exit(&mut child, Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("ringcast client {args:?} did not finish in 20 s"));
-    writer.join().unwrap();
-    Run {
-        code: status.code(),
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-    }
+    run_ringcast(
+        &[&["client"], args].concat(),
+        stdin,
+        Duration::from_secs(20),
+    )
 }
 
 #[test]
@@ -95,28 +45,37 @@ fn interactive_through_a_pipe() {
     server.stop();
 }
 
-#[test]
-fn interactive_ends_at_eof_and_prints_broadcasts_from_others() {
-    let server = Backend::start();
-    let addr = server.addr().to_string();
-    let other = Client::connect_with(server.addr(), ClientConfig::default()).unwrap();
+/// `ringcast client interactive --addr addr` as a child, its stdin, and
+/// its output read line by line on a thread, so each step waits for what
+/// it needs to see instead of sleeping and hoping.
+fn interactive(addr: &str) -> (Child, ChildStdin, LogLines) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(["client", "interactive", "--addr", &addr])
+        .args(["client", "interactive", "--addr", addr])
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Read its output line by line on a thread, so each step waits for what
-    // it needs to see instead of sleeping and hoping.
-    let mut out = LogLines::new(child.stdout.take().unwrap());
-    let wait_for = |needle: &str, out: &mut LogLines| {
-        if out.wait_for_text(needle, Duration::from_secs(20)).is_none() {
-            panic!("never saw {needle:?} in:\n{}", out.seen.join("\n"));
-        }
-    };
-    let mut stdin = child.stdin.take().unwrap();
+    let out = LogLines::new(child.stdout.take().unwrap());
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin, out)
+}
+
+/// Waits up to 20 s for a line containing `needle`; shows what was seen if
+/// it never comes.
+fn wait_for(needle: &str, out: &mut LogLines) {
+    if out.wait_for_text(needle, Duration::from_secs(20)).is_none() {
+        panic!("never saw {needle:?} in:\n{}", out.seen.join("\n"));
+    }
+}
+
+#[test]
+fn interactive_ends_at_eof_and_prints_broadcasts_from_others() {
+    let server = Backend::start();
+    let addr = server.addr().to_string();
+    let other = Client::connect_with(server.addr(), ClientConfig::default()).unwrap();
+    let (mut child, mut stdin, mut out) = interactive(&addr);
     stdin.write_all(b"/ping\n").unwrap();
     wait_for("pong", &mut out);
     // Connected (it answered a ping): a broadcast from the other client
@@ -279,21 +238,7 @@ fn interactive_subscribes_publishes_and_prints_channel_messages() {
     let server = Backend::start();
     let addr = server.addr().to_string();
     let other = Client::connect_with(server.addr(), ClientConfig::default()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(["client", "interactive", "--addr", &addr])
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = LogLines::new(child.stdout.take().unwrap());
-    let wait_for = |needle: &str, out: &mut LogLines| {
-        if out.wait_for_text(needle, Duration::from_secs(20)).is_none() {
-            panic!("never saw {needle:?} in:\n{}", out.seen.join("\n"));
-        }
-    };
-    let mut stdin = child.stdin.take().unwrap();
+    let (mut child, mut stdin, mut out) = interactive(&addr);
     stdin.write_all(b"/sub news\n").unwrap();
     wait_for("subscribed news (1 channel now", &mut out);
     assert_eq!(other.publish("news", "extra extra").unwrap(), 1);

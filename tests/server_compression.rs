@@ -14,7 +14,6 @@ use ringcast::client::{Client, ClientConfig, ClientError, Codec, Event, Reconnec
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::fake::{client_config, FakeOptions, FakeServer, LIMIT};
 use support::server::{builder, spawn, Backend};
@@ -692,41 +691,8 @@ fn garbage_empty_and_unnegotiated_compressed_frames_close_the_connection() {
 
 /// Runs the `ringcast` binary with `args`; killed after 60 s.
 fn ringcast(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env_remove("RINGCAST_TOKEN")
-        .env_remove("RINGCAST_ADDR")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_owned();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(stdin.as_bytes());
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = support::server::wait_exit(&mut child, Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("ringcast {args:?} did not finish in 60 s"));
-    writer.join().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        out_t.join().unwrap(),
-        err_t.join().unwrap(),
-    )
+    let r = support::server::run_ringcast(args, stdin, Duration::from_secs(60));
+    (r.code.unwrap_or(-1), r.stdout, r.stderr)
 }
 
 #[test]

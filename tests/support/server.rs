@@ -417,3 +417,62 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     }
     status
 }
+
+/// What a `ringcast` child process did.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts the exit code; shows both outputs if it is another.
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+/// Runs the `ringcast` binary with `args` and `stdin` piped in (no
+/// `RINGCAST_TOKEN` / `RINGCAST_ADDR` from the environment, no colour);
+/// panics if it has not finished `within` (it is killed).
+pub fn run_ringcast(args: &[&str], stdin: &str, within: Duration) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("RINGCAST_TOKEN")
+        .env_remove("RINGCAST_ADDR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_owned();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out_t = read_all(Box::new(child.stdout.take().unwrap()));
+    let err_t = read_all(Box::new(child.stderr.take().unwrap()));
+    let status = wait_exit(&mut child, within)
+        .unwrap_or_else(|| panic!("ringcast {args:?} did not finish in {within:?}"));
+    writer.join().unwrap();
+    Run {
+        code: status.code(),
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
