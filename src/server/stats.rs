@@ -15,6 +15,13 @@ pub fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
+/// Takes one from a gauge that only the calling shard writes (never below
+/// zero), the way [`bump`] adds.
+#[inline]
+pub fn unbump(c: &AtomicU64) {
+    c.store(c.load(Relaxed).saturating_sub(1), Relaxed);
+}
+
 /// Counters of one shard.
 #[derive(Debug, Default)]
 pub struct ShardCounters {
@@ -78,6 +85,16 @@ pub struct CompressionCounters {
     /// Compression operations run (a broadcast to any number of clients of
     /// one codec is one).
     pub compressions: AtomicU64,
+}
+
+impl CompressionCounters {
+    /// A compressed frame queued to a client: `plain` payload bytes sent as
+    /// `wire` (by the shard that owns these counters).
+    pub(crate) fn frame_out(&self, plain: usize, wire: usize) {
+        bump(&self.frames_out, 1);
+        bump(&self.bytes_out_plain, plain as u64);
+        bump(&self.bytes_out_wire, wire as u64);
+    }
 }
 
 /// [`CompressionCounters`] summed over shards: the very shape `get_stats`

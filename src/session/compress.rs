@@ -99,9 +99,7 @@ pub(super) fn pack_replies(env: &mut Env<'_>, codec: Codec, out: &mut Output, st
         let at = packed.len();
         if len > threshold && env.compressor.compress_frame(codec, payload, &mut packed) {
             bump(&c.compressions, 1);
-            bump(&c.frames_out, 1);
-            bump(&c.bytes_out_plain, len as u64);
-            bump(&c.bytes_out_wire, (packed.len() - at - HEADER_LEN) as u64);
+            c.frame_out(len, packed.len() - at - HEADER_LEN);
         } else {
             if len > threshold {
                 bump(&c.compressions, 1); // tried; it did not pay

@@ -117,13 +117,12 @@ pub(crate) fn handle_frame(
             ));
         }
         if rate > 0.0 && !me.bucket.take(rate, burst, now_ms) {
-            counters.error(ErrorCode::RateLimited);
-            message::write_error(
+            refuse(
+                counters,
                 buf,
-                req.id.as_ref(),
+                &req,
                 ErrorCode::RateLimited,
                 "rate limit exceeded; slow down",
-                Some(req.type_name),
             );
             return ControlFlow::Continue(());
         }
@@ -154,13 +153,12 @@ pub(crate) fn handle_frame(
                 }
             }
             RequestKind::Hello if *me.hello_seen => {
-                counters.error(ErrorCode::HelloRepeated);
-                message::write_error(
+                refuse(
+                    counters,
                     buf,
-                    req.id.as_ref(),
+                    &req,
                     ErrorCode::HelloRepeated,
                     "hello was already answered on this connection; the codec is unchanged",
-                    Some(req.type_name),
                 );
             }
             RequestKind::Hello => {
@@ -200,13 +198,12 @@ pub(crate) fn handle_frame(
                 match channels.subscribe(interest, me.id, req.channel(), max) {
                     Ok(held) => message::write_subscribed(buf, &req, held as u64),
                     Err(SubscribeError::TooMany) => {
-                        counters.error(ErrorCode::TooManySubscriptions);
-                        message::write_error(
+                        refuse(
+                            counters,
                             buf,
-                            req.id.as_ref(),
+                            &req,
                             ErrorCode::TooManySubscriptions,
                             "this connection holds max_subscriptions channels; unsubscribe first",
-                            Some(req.type_name),
                         );
                     }
                 }
@@ -301,13 +298,12 @@ pub(crate) fn handle_frame(
             RequestKind::Custom => match shared.handlers.get(req.type_name) {
                 Some(h) => h.handle(&req, me.client_id, now, buf),
                 None => {
-                    counters.error(ErrorCode::UnknownType);
-                    message::write_error(
+                    refuse(
+                        counters,
                         buf,
-                        req.id.as_ref(),
+                        &req,
                         ErrorCode::UnknownType,
                         "no handler for this message type",
-                        Some(req.type_name),
                     );
                 }
             },
@@ -323,14 +319,13 @@ fn backplane_refused(
     buf: &mut Vec<u8>,
     req: &crate::protocol::Request<'_, '_>,
 ) {
-    counters.error(ErrorCode::BackplaneUnavailable);
-    message::write_error(
+    refuse(
+        counters,
         buf,
-        req.id.as_ref(),
+        req,
         ErrorCode::BackplaneUnavailable,
         "the cluster backplane is unreachable and its buffer is full: \
          delivered to this node's clients only",
-        Some(req.type_name),
     );
 }
 
@@ -343,4 +338,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= x ^ y;
     }
     diff == 0 && a.len() == b.len()
+}
+
+/// Counts an error and answers `req` with it.
+fn refuse(
+    counters: &crate::server::stats::ShardCounters,
+    buf: &mut Vec<u8>,
+    req: &crate::protocol::Request<'_, '_>,
+    code: ErrorCode,
+    text: &str,
+) {
+    counters.error(code);
+    message::write_error(buf, req.id.as_ref(), code, text, Some(req.type_name));
 }

@@ -66,11 +66,10 @@ use crate::protocol::codec::Codec;
 use crate::protocol::{ErrorCode, FrameDecoder, HEADER_LEN};
 use crate::server::broadcast::Delivery;
 use crate::server::config::SMALL_PARTIAL_BYTES;
-use crate::server::stats::bump;
+use crate::server::stats::{bump, unbump};
 use dispatch::{handle_frame, reply_buf, Caller};
 use output::{Bucket, Output};
 use std::ops::ControlFlow;
-use std::sync::atomic::Ordering;
 use tls::{HandshakeFailure, Tls};
 
 /// How a connection's bytes travel.
@@ -266,11 +265,7 @@ impl Session {
             self.established = false;
             // A closing connection receives nothing more: its channels go now.
             env.drop_subscriptions(self.id);
-            let c = &env.counters.connected;
-            c.store(
-                c.load(Ordering::Relaxed).saturating_sub(1),
-                Ordering::Relaxed,
-            );
+            unbump(&env.counters.connected);
         }
     }
 
@@ -552,10 +547,9 @@ impl Session {
         }
         if !std::ptr::eq(frame, &d.frame) {
             // The shared compressed frame.
-            let c = &env.counters.compression;
-            bump(&c.frames_out, 1);
-            bump(&c.bytes_out_plain, (d.frame.len() - HEADER_LEN) as u64);
-            bump(&c.bytes_out_wire, (frame.len() - HEADER_LEN) as u64);
+            env.counters
+                .compression
+                .frame_out(d.frame.len() - HEADER_LEN, frame.len() - HEADER_LEN);
         }
         self.out.push_shared(frame.clone());
         true
@@ -714,11 +708,7 @@ impl Session {
         self.phase = Phase::Closed;
         self.want_fin = false;
         if let Some(c) = self.codec {
-            let g = &env.counters.compression.connections[c.index()];
-            g.store(
-                g.load(Ordering::Relaxed).saturating_sub(1),
-                Ordering::Relaxed,
-            );
+            unbump(&env.counters.compression.connections[c.index()]);
         }
         self.release_partial(env);
         self.unestablish(env);

@@ -10,6 +10,7 @@ use crate::protocol::RequestKind;
 use crate::server::{ServerConfig, Shared};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A one-shard server state with `cfg`, as the shard would build it.
