@@ -17,7 +17,9 @@
 # Environment: RINGCAST_BIN (default $CARGO_TARGET_DIR or target, then
 # release/ringcast; also the generator, default io backend), BEFORE_BIN,
 # VARIANTS ("before uring epoll"; uring/epoll = RINGCAST_BIN --io-backend X,
-# before = BEFORE_BIN without --io-backend), ROUNDS (5), DURATION (4), PORT.
+# before = BEFORE_BIN without --io-backend; any other NAME runs the command
+# in CMD_NAME, e.g. CMD_big="target/release/ringcast server --recv-buffers 16"),
+# ROUNDS (5), DURATION (4), PORT.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
@@ -42,7 +44,9 @@ for i in $(seq 1 "$ROUNDS"); do
       before) cmd=("$BEFORE_BIN" server) ;;
       uring) cmd=("$BIN" server --io-backend io-uring) ;;
       epoll) cmd=("$BIN" server --io-backend epoll) ;;
-      *) echo "unknown variant $v" >&2; exit 1 ;;
+      *) var="CMD_$v"
+         [ -n "${!var:-}" ] || { echo "unknown variant $v (set CMD_$v to its server command)" >&2; exit 1; }
+         read -ra cmd <<<"${!var}" ;;
     esac
     "${cmd[@]}" --addr "127.0.0.1:$PORT" --idle-timeout-secs 0 --no-pin >"$TMP/server.log" 2>&1 &
     SERVER_PID=$!

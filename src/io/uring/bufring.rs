@@ -6,10 +6,42 @@
 //! the completion flags, reads it, and gives it back with [`BufRing::with_buf`]
 //! (which returns it on exit) and [`BufRing::commit`] (which publishes the
 //! returned buffers to the kernel once per batch).
+//!
+//! Where the kernel has it (6.12+), the ring is registered for incremental
+//! consumption (`IOU_PBUF_RING_INC`): a receive takes only the bytes it
+//! needs from the head buffer, and the next receive, on any connection,
+//! continues where it stopped. The completion says `IORING_CQE_F_BUF_MORE`
+//! while the kernel still has part of the buffer, so it goes back to the
+//! ring only with the completion that used it up. Without it every receive
+//! takes a whole buffer, so large buffers run out when many connections
+//! receive in one turn; with it, buffers can be large (fewer receives and
+//! fewer frames straddling two buffers) at no such cost, so the memory asked
+//! for is registered as buffers of at least 256 KiB.
 
 use io_uring::types::BufRingEntry;
 use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
+
+/// `IOU_PBUF_RING_INC` (io_uring.h, 6.12): consume buffers incrementally.
+const IOU_PBUF_RING_INC: u16 = 2;
+
+/// The smallest buffer registered for incremental consumption. Measured
+/// against 512 x 32 KiB (the same 16 MiB, bench-results/README.md, issue
+/// 15): 0.88x server CPU per 64 KiB echo and 1.16x msgs/s; 1 MiB buffers
+/// did no better. Also the most one receive takes.
+pub const INCREMENTAL_BUFFER_SIZE: usize = 256 << 10;
+
+/// `count` x `size` bytes as buffers of at least
+/// [`INCREMENTAL_BUFFER_SIZE`]: a power of two of them, at least one.
+fn incremental_layout(count: u16, size: usize) -> (u16, usize) {
+    if size >= INCREMENTAL_BUFFER_SIZE {
+        return (count, size);
+    }
+    let n = (count as usize * size / INCREMENTAL_BUFFER_SIZE).max(1);
+    // Round down to a power of two (n >= 1, and n <= count).
+    let n = 1usize << (usize::BITS - 1 - n.leading_zeros());
+    (n as u16, INCREMENTAL_BUFFER_SIZE)
+}
 
 /// Anonymous private mapping: page-aligned, lazily backed (RSS grows only as
 /// the kernel fills buffers), freed on drop.
@@ -62,6 +94,11 @@ pub struct BufRing {
     ring: Mapping,
     /// The buffers, contiguous: buffer `bid` is at `bid * size`.
     bufs: Mapping,
+    /// Registered with `IOU_PBUF_RING_INC`.
+    incremental: bool,
+    /// Per buffer, the bytes of it earlier completions took (incremental
+    /// mode: the next completion naming it starts there).
+    consumed: Vec<u32>,
     /// Our copy of the tail; published to the kernel by `commit`.
     tail: u16,
     /// Whether `tail` moved since the last commit.
@@ -78,6 +115,7 @@ impl std::fmt::Debug for BufRing {
             .field("group", &self.group)
             .field("count", &self.count)
             .field("size", &self.size)
+            .field("incremental", &self.incremental)
             .finish()
     }
 }
@@ -85,6 +123,12 @@ impl std::fmt::Debug for BufRing {
 impl BufRing {
     /// Allocates and registers a ring of `count` buffers (a power of two,
     /// at most 32768) of `size` bytes with buffer group id `group`.
+    ///
+    /// Where the kernel consumes buffers incrementally, the same memory is
+    /// registered as buffers of at least [`INCREMENTAL_BUFFER_SIZE`]: a
+    /// receive then takes only what it needs, so large buffers cost small
+    /// messages nothing and save large frames receives and straddles.
+    /// Elsewhere the layout is as asked.
     pub fn new(
         ring: &super::ring::Uring,
         group: u16,
@@ -103,6 +147,23 @@ impl BufRing {
                 "bad receive buffer size",
             ));
         }
+        let (inc_count, inc_size) = incremental_layout(count, size);
+        match BufRing::register(ring, group, inc_count, inc_size, IOU_PBUF_RING_INC) {
+            // Before 6.12 the flag is unknown: whole buffers per receive.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                BufRing::register(ring, group, count, size, 0)
+            }
+            r => r,
+        }
+    }
+
+    fn register(
+        ring: &super::ring::Uring,
+        group: u16,
+        count: u16,
+        size: usize,
+        flags: u16,
+    ) -> io::Result<BufRing> {
         let ring_map = Mapping::new(count as usize * std::mem::size_of::<BufRingEntry>())?;
         let bufs = Mapping::new(count as usize * size)?;
         let mut br = BufRing {
@@ -112,6 +173,8 @@ impl BufRing {
             mask: count - 1,
             ring: ring_map,
             bufs,
+            incremental: flags & IOU_PBUF_RING_INC != 0,
+            consumed: vec![0; count as usize],
             tail: 0,
             dirty: false,
         };
@@ -123,7 +186,7 @@ impl BufRing {
                 br.ring.ptr as u64,
                 count,
                 group,
-                0,
+                flags,
             )?;
         }
         for bid in 0..count {
@@ -158,31 +221,64 @@ impl BufRing {
         self.dirty = true;
     }
 
-    /// Lends buffer `bid` (which a completion said holds `len` bytes) to `f`,
-    /// then returns it to the ring. The buffer may be modified in place.
+    /// Whether receives consume buffers incrementally.
+    pub fn incremental(&self) -> bool {
+        self.incremental
+    }
+
+    /// How many buffers, of how many bytes, are registered.
+    pub fn layout(&self) -> (u16, usize) {
+        (self.count, self.size)
+    }
+
+    /// Lends the `len` bytes a completion put in buffer `bid` to `f`, then
+    /// gives the buffer back to the ring unless the kernel still uses the
+    /// rest of it (`more`: the completion had `IORING_CQE_F_BUF_MORE`).
+    /// The bytes may be modified in place.
     ///
-    /// `bid` and `len` must come from a completion of this ring's group: the
-    /// kernel has handed that buffer over and will not touch it again until
-    /// it is returned.
-    pub fn with_buf<R>(&mut self, bid: u16, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    /// `bid`, `len` and `more` must come from a completion of this ring's
+    /// group, taken in completion order: the kernel has handed those bytes
+    /// over and will not touch them again until the buffer is returned.
+    pub fn with_buf<R>(
+        &mut self,
+        bid: u16,
+        len: usize,
+        more: bool,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> R {
+        let start = self.consumed.get(bid as usize).copied().unwrap_or(0) as usize;
         assert!(
-            bid < self.count && len <= self.size,
-            "buffer id {bid}/{len} out of range"
+            bid < self.count && start + len <= self.size,
+            "buffer id {bid}/{start}+{len} out of range"
         );
-        // SAFETY: bounds checked above; the kernel gave up this buffer with
-        // the completion that named `bid`, and it goes back to the ring only
-        // after `f` returns, so this is the only live reference to it.
+        // SAFETY: bounds checked above; the kernel gave up these bytes with
+        // the completion that named `bid`, it writes the buffer only past
+        // them (incremental mode) or not at all until it is returned, and
+        // that happens only after `f` returns, so this is the only live
+        // reference to them.
         let buf = unsafe {
-            std::slice::from_raw_parts_mut(self.bufs.ptr.add(bid as usize * self.size), len)
+            std::slice::from_raw_parts_mut(self.bufs.ptr.add(bid as usize * self.size + start), len)
         };
         let r = f(buf);
-        self.push(bid);
+        self.consumed_up_to(bid, len, more);
         r
     }
 
-    /// Gives back buffer `bid` without reading it (a completion we discard).
-    pub fn give_back(&mut self, bid: u16) {
+    /// Gives back the bytes a completion put in buffer `bid` without
+    /// reading them (a completion we discard).
+    pub fn give_back(&mut self, bid: u16, len: usize, more: bool) {
         if bid < self.count {
+            self.consumed_up_to(bid, len, more);
+        }
+    }
+
+    /// Records that a completion used `len` bytes of `bid`; the buffer
+    /// returns to the ring once the kernel is done with it.
+    fn consumed_up_to(&mut self, bid: u16, len: usize, more: bool) {
+        if self.incremental && more {
+            self.consumed[bid as usize] += len as u32;
+        } else {
+            self.consumed[bid as usize] = 0;
             self.push(bid);
         }
     }
@@ -199,6 +295,38 @@ impl BufRing {
         unsafe {
             let tail = BufRingEntry::tail(self.entries()) as *const AtomicU16;
             (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incremental_layout_keeps_the_memory_in_larger_buffers() {
+        // The default: 512 x 32 KiB = 16 MiB as 64 x 256 KiB.
+        assert_eq!(incremental_layout(512, 32 << 10), (64, 256 << 10));
+        // Already large: as asked.
+        assert_eq!(incremental_layout(16, 1 << 20), (16, 1 << 20));
+        // Not a whole power of two of 256 KiB: rounded down.
+        assert_eq!(incremental_layout(8, 100_000), (2, 256 << 10));
+        // Less than one: one buffer.
+        assert_eq!(incremental_layout(2, 64), (1, 256 << 10));
+    }
+
+    #[test]
+    fn registers_incrementally_where_the_kernel_can() {
+        let Ok(ring) = super::super::ring::Uring::new(8) else {
+            eprintln!("io_uring unavailable here: nothing to check");
+            return;
+        };
+        let br = BufRing::new(&ring, 0, 512, 32 << 10).unwrap();
+        if br.incremental() {
+            assert_eq!(br.layout(), (64, 256 << 10));
+        } else {
+            eprintln!("no IOU_PBUF_RING_INC here (Linux < 6.12): whole buffers");
+            assert_eq!(br.layout(), (512, 32 << 10));
         }
     }
 }

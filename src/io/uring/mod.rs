@@ -454,21 +454,21 @@ impl UringDriver {
         on_event: &mut impl FnMut(Event<'_>),
     ) -> io::Result<()> {
         let token = Token(s.key as usize);
+        let len = c.result.max(0) as usize;
         let Some(conn) = self.live(s) else {
             if let Some(bid) = c.buffer_id() {
-                self.bufs.give_back(bid);
+                self.bufs.give_back(bid, len, c.buffer_more());
             }
             return Ok(());
         };
         let closing = conn.closing;
-        if c.result > 0 {
-            if let Some(bid) = c.buffer_id() {
-                if closing {
-                    self.bufs.give_back(bid);
-                } else {
-                    self.bufs
-                        .with_buf(bid, c.result as usize, |b| on_event(Event::Data(token, b)));
-                }
+        if let Some(bid) = c.buffer_id() {
+            if closing || len == 0 {
+                self.bufs.give_back(bid, len, c.buffer_more());
+            } else {
+                self.bufs.with_buf(bid, len, c.buffer_more(), |b| {
+                    on_event(Event::Data(token, b))
+                });
             }
         }
         if c.more() {

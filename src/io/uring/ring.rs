@@ -119,6 +119,14 @@ impl Completion {
     pub fn buffer_id(&self) -> Option<u16> {
         cqueue::buffer_select(self.flags)
     }
+
+    /// The kernel still uses the rest of the provided buffer
+    /// (`IORING_CQE_F_BUF_MORE`, incrementally consumed rings only).
+    #[inline]
+    pub fn buffer_more(&self) -> bool {
+        const IORING_CQE_F_BUF_MORE: u32 = 1 << 4;
+        self.flags & IORING_CQE_F_BUF_MORE != 0
+    }
 }
 
 /// One io_uring instance, used from one thread.
