@@ -28,7 +28,8 @@ const IOU_PBUF_RING_INC: u16 = 2;
 /// The smallest buffer registered for incremental consumption. Measured
 /// against 512 x 32 KiB (the same 16 MiB, bench-results/README.md, issue
 /// 15): 0.88x server CPU per 64 KiB echo and 1.16x msgs/s; 1 MiB buffers
-/// did no better. Also the most one receive takes.
+/// did no better. At the default layout it is also the most one receive
+/// takes from a connection before its session can pause it.
 pub const INCREMENTAL_BUFFER_SIZE: usize = 256 << 10;
 
 /// `count` x `size` bytes as buffers of at least
