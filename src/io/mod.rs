@@ -370,6 +370,10 @@ mod tests {
             for t in 0..3 {
                 let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
                 peer.set_nodelay(true).unwrap();
+                // The writes interleave with our polls on this thread: a
+                // backend that stopped receiving fails the test, not hangs it.
+                peer.set_write_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
                 let (ours, _) = l.accept().unwrap();
                 b.add(Token(t), ours).unwrap();
                 peers.push(peer);
