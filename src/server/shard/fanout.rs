@@ -176,7 +176,9 @@ impl Shard<'_> {
             Some(ch) => keys.extend(self.env.channels.subscribers(ch)),
         }
         let mut delivered = 0;
-        let seq = self.fanout_seq + 1;
+        // Recipients joining the round robin now have waited through
+        // nothing yet: their mark is the count before this delivery.
+        let mark = self.fanout_seq;
         self.fanout_seq += d.frames;
         for key in keys.drain(..) {
             let Some(e) = self.sessions.get_mut(key) else {
@@ -186,7 +188,7 @@ impl Shard<'_> {
                 delivered += d.frames;
                 if !e.push_dirty {
                     e.push_dirty = true;
-                    self.pushes.push_back((key, seq - 1));
+                    self.pushes.push_back((key, mark));
                 }
             } else if !e.touched {
                 // Cut as a slow consumer: its error frame goes out as a reply.
