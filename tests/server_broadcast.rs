@@ -16,8 +16,9 @@ const CLIENTS: usize = 16;
 const PER_SENDER: u64 = 200;
 
 /// 16 clients over 2 shards; clients 0 and 1 each broadcast 200 numbered
-/// messages; everyone else receives both sequences, each in order.
-fn cross_shard_broadcast(wake: WakeMode) {
+/// messages; everyone else receives both sequences, each in order. Returns
+/// the server's cross-shard wake-ups by path ([msg_ring, eventfd]).
+fn cross_shard_broadcast(wake: WakeMode) -> ([u64; 2], String) {
     let server = spawn(builder(2).wake(wake));
     let addr = server.local_addr();
     let mut clients = Client::connect_many(addr, CLIENTS);
@@ -106,16 +107,34 @@ fn cross_shard_broadcast(wake: WakeMode) {
         2 * PER_SENDER * (CLIENTS as u64 - 1),
         "{s}"
     );
+    let backend = s["io_backend"].as_str().unwrap().to_string();
+    (server.totals().wakeups, backend)
 }
 
+/// MSG_RING asked for: on io_uring the other shard is woken through its
+/// ring; on epoll (no rings) the eventfd fallback carries every wake-up.
 #[test]
 fn broadcast_reaches_all_shards_in_order_msg_ring() {
-    cross_shard_broadcast(WakeMode::MsgRing);
+    let ([ring, eventfd], backend) = cross_shard_broadcast(WakeMode::MsgRing);
+    match backend.as_str() {
+        "io-uring" => {
+            assert!(
+                ring > 0,
+                "no MSG_RING wake-up on io_uring ({eventfd} by eventfd)"
+            );
+            assert_eq!(eventfd, 0, "io_uring fell back to the eventfd");
+        }
+        _ => assert!(
+            ring == 0 && eventfd > 0,
+            "{backend}: {ring} ring, {eventfd} eventfd"
+        ),
+    }
 }
 
 #[test]
 fn broadcast_reaches_all_shards_in_order_eventfd() {
-    cross_shard_broadcast(WakeMode::Eventfd);
+    let ([ring, eventfd], _) = cross_shard_broadcast(WakeMode::Eventfd);
+    assert!(ring == 0 && eventfd > 0, "{ring} ring, {eventfd} eventfd");
 }
 
 #[test]

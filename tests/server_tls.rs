@@ -400,3 +400,47 @@ fn handshakes_in_progress_are_capped_per_shard() {
     });
     connect(&h, pki.client_options()).unwrap().ping().unwrap();
 }
+
+/// A fresh TLS 1.3 connection whose first frame is `get_stats`: rustls
+/// sends that request in the same flight as the client's Finished, so the
+/// server reads both at once. The answer must count the asking connection
+/// (it used to say 0 in about 1 run of 4). Many connections, to catch it.
+#[test]
+fn get_stats_as_the_first_tls_frame_counts_its_own_connection() {
+    const CONNECTIONS: usize = 60;
+    let pki = Pki::new();
+    let h = spawn(pki.server(2));
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(ringcast::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(ringcast::tls::load_roots(&pki.ca).unwrap())
+            .with_no_client_auth(),
+    );
+    let mut open = Vec::new();
+    for i in 0..CONNECTIONS {
+        let sock = TcpStream::connect(tls_addr(&h)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sock.set_nodelay(true).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, sock);
+        s.write_all(&support::wire::frame(
+            &serde_json::json!({"type": "get_stats", "id": i}),
+        ))
+        .unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["type"], "server_stats", "{v}");
+        // Every earlier connection is still open, and so is this one.
+        assert_eq!(
+            v["connected_clients"],
+            i as u64 + 1,
+            "connection {i} was not counted when its first request was answered: {v}"
+        );
+        open.push(s);
+    }
+}

@@ -18,18 +18,38 @@
 //! buffer past its bound is refused (`backplane_unavailable` to its sender)
 //! and delivered locally only.
 
-use crate::server::broadcast::Delivery;
-use crate::server::channels::{slot_of, Interest, INTEREST_SLOTS};
-use crate::server::Shared;
+pub mod entry;
+mod seqs;
+
+use crate::protocol::interest::{slot_of, Interest, INTEREST_SLOTS};
+use crate::protocol::JsonParser;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
+pub use entry::{BadEntry, Entry};
 use redis::streams::StreamReadReply;
 use redis::{Commands, Connection, RedisResult};
-use std::collections::{HashMap, VecDeque};
+use seqs::SeqMap;
+use std::collections::{HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
+
+/// What the backplane needs from the node it serves. The server's router
+/// implements it; tests may implement it too.
+pub trait Host: Send + Sync + 'static {
+    /// An entry from another node, checked: deliver it to this node's
+    /// clients (called on the reader thread, in stream order).
+    fn deliver(&self, entry: Entry);
+    /// This node's connected clients, and its subscribers per interest
+    /// slot (pushed to `slots` as `(slot, count)`, non-zero only), for the
+    /// heartbeat (called on the writer thread once a second).
+    fn local_figures(&self, slots: &mut Vec<(usize, u64)>) -> u64;
+    /// The writer's backlog fell back under [`PAUSE_PUBLISHERS_BYTES`]:
+    /// publishers paused for it may resume.
+    fn backlog_cleared(&self);
+}
 
 /// The stream every node writes to and reads from.
 pub const STREAM_KEY: &str = "ringcast:stream";
@@ -64,6 +84,22 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Connect and I/O timeout for Redis commands (the reader adds its block).
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// A backplane thread that died is restarted after this, doubling up to
+/// [`RESTART_MAX`]: long enough that a thread failing on every entry does
+/// not spin, short enough that a one-off fault costs a second of delay
+/// (the entries wait in Redis meanwhile, and are read after the restart).
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A thread that ran this long before it died starts its backoff afresh.
+const RESTART_RESET: Duration = Duration::from_secs(60);
+/// At most one warning about bad stream entries per this period (the rest
+/// are counted, and the count is in the next warning).
+const BAD_ENTRY_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The test-only fault hook: with this variable set to N, the reader
+/// panics on its first N batches that hold entries (before delivering
+/// them), so the tests can show a restart and the degraded health without
+/// a real bug. Documented in docs/RELIABILITY.md; never set in production.
+pub const FAULT_READER_PANICS_ENV: &str = "RINGCAST_TEST_FAULT_READER_PANICS";
 
 /// One message for the other nodes.
 #[derive(Debug)]
@@ -104,6 +140,21 @@ pub struct Cluster {
     pub refused: AtomicU64,
     /// Reconnections to Redis.
     pub reconnects: AtomicU64,
+    /// Stream entries skipped as malformed (never delivered).
+    pub bad_entries: AtomicU64,
+    /// Backplane threads restarted after they died.
+    pub restarts: AtomicU64,
+    /// The writer and the reader are running (false while one waits to be
+    /// restarted).
+    writer_alive: AtomicBool,
+    reader_alive: AtomicBool,
+    /// Entries larger than this are refused as bad (the node's own limit).
+    max_frame_bytes: usize,
+    /// Node ids whose heartbeats were alive at the last read (the reader
+    /// forgets the sequence numbers of the others).
+    alive: Mutex<Arc<HashSet<String>>>,
+    /// What is left of the test-only fault hook ([`FAULT_READER_PANICS_ENV`]).
+    fault_reader_panics: AtomicU64,
     writer_sleeping: AtomicBool,
     writer: OnceLock<Thread>,
     stop: AtomicBool,
@@ -127,17 +178,28 @@ pub struct ClusterFigures<'a> {
     pub nodes: u64,
     /// Clients on the other nodes.
     pub remote_clients: u64,
-    /// `connected` or `reconnecting`.
+    /// `connected`, `reconnecting` (Redis unreachable) or `degraded` (a
+    /// backplane thread died and waits to be restarted).
     pub backplane: &'static str,
     /// Bytes waiting to be written to Redis.
     pub buffered_bytes: u64,
+    /// Stream entries skipped as malformed.
+    pub bad_entries: u64,
+    /// Backplane threads restarted after they died.
+    pub restarts: u64,
 }
 
 impl Cluster {
     /// The backplane for `url`, named `node_id`. Fails on a URL the redis
     /// crate cannot read (the error does not repeat the URL: it may hold a
     /// password).
-    pub fn new(url: &str, node_id: String, limit: usize) -> Result<Cluster, String> {
+    /// `max_frame_bytes` bounds the entries read from other nodes.
+    pub fn new(
+        url: &str,
+        node_id: String,
+        limit: usize,
+        max_frame_bytes: usize,
+    ) -> Result<Cluster, String> {
         if !url.starts_with("redis://") {
             return Err("the backplane must be a redis://[user:pass@]host:port[/db] URL".into());
         }
@@ -156,6 +218,18 @@ impl Cluster {
             received: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            bad_entries: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            writer_alive: AtomicBool::new(true),
+            reader_alive: AtomicBool::new(true),
+            max_frame_bytes,
+            alive: Mutex::new(Arc::new(HashSet::new())),
+            fault_reader_panics: AtomicU64::new(
+                std::env::var(FAULT_READER_PANICS_ENV)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            ),
             writer_sleeping: AtomicBool::new(false),
             writer: OnceLock::new(),
             stop: AtomicBool::new(false),
@@ -206,6 +280,12 @@ impl Cluster {
         u64::from(self.remote_interest.count(slot_of(channel)))
     }
 
+    /// Whether both backplane threads are running (not waiting to be
+    /// restarted after a failure).
+    pub fn threads_alive(&self) -> bool {
+        self.writer_alive.load(Ordering::Relaxed) && self.reader_alive.load(Ordering::Relaxed)
+    }
+
     /// Clients on the other nodes (their last heartbeats).
     pub fn remote_clients(&self) -> u64 {
         self.remote_clients.load(Ordering::Relaxed)
@@ -230,32 +310,41 @@ impl Cluster {
             node_id: &self.node_id,
             nodes: self.nodes.load(Ordering::Relaxed),
             remote_clients: self.remote_clients(),
-            backplane: if self.is_up() {
+            backplane: if !self.threads_alive() {
+                "degraded"
+            } else if self.is_up() {
                 "connected"
             } else {
                 "reconnecting"
             },
             buffered_bytes: self.buffered.load(Ordering::Relaxed) as u64,
+            bad_entries: self.bad_entries.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
         }
     }
 
-    /// Starts the writer and reader threads.
-    pub(crate) fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
-        let Some(c) = shared.cluster.as_ref() else {
-            return Ok(());
-        };
-        let mut threads = lock(&c.threads);
-        let s = shared.clone();
+    /// Starts the writer and reader threads, each under its supervisor,
+    /// serving `host`.
+    pub fn start(self: &Arc<Cluster>, host: Arc<dyn Host>) -> std::io::Result<()> {
+        let mut threads = lock(&self.threads);
+        let (c, h) = (self.clone(), host.clone());
         let w = std::thread::Builder::new()
             .name("ringcast-backplane-writer".into())
-            .spawn(move || writer_main(&s))?;
-        let _ = c.writer.set(w.thread().clone());
+            .spawn(move || {
+                let mut st = Writer::new();
+                supervise(&c, "writer", &c.writer_alive, || st.run(&c, &*h));
+                st.finish(&c);
+            })?;
+        let _ = self.writer.set(w.thread().clone());
         threads.push(w);
-        let s = shared.clone();
+        let c = self.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("ringcast-backplane-reader".into())
-                .spawn(move || reader_main(&s))?,
+                .spawn(move || {
+                    let mut st = Reader::new();
+                    supervise(&c, "reader", &c.reader_alive, || st.run(&c, &*host));
+                })?,
         );
         Ok(())
     }
@@ -337,108 +426,174 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The writer: outbox → XADD pipelines, in order; heartbeats.
-fn writer_main(shared: &Shared) {
-    let Some(c) = shared.cluster.as_ref() else {
-        return;
-    };
-    // Sequence numbers start at this node's start time in µs, so that a
-    // node restarted under the same id still counts upwards.
-    let mut seq = crate::protocol::time::unix_ms_now() * 1000;
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut con: Option<Connection> = None;
-    let mut next_beat = Instant::now();
-    let mut pipe = redis::Pipeline::new();
-    while !c.stopping() || (!pending.is_empty() && con.is_some()) {
-        while let Some(out) = c.outbox.pop() {
-            seq += 1;
-            pending.push_back(Pending { seq, out });
+/// Runs `run` (a backplane thread's loop, which returns only once the
+/// server stops) until the server stops: if it ends otherwise (a panic),
+/// the thread is marked down, counted, and `run` is called again after a
+/// backoff. The loop's state lives in the caller, so it survives.
+fn supervise(c: &Cluster, who: &'static str, alive: &AtomicBool, mut run: impl FnMut()) {
+    let mut wait = RESTART_FIRST;
+    loop {
+        alive.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        let r = std::panic::catch_unwind(AssertUnwindSafe(&mut run));
+        if c.stopping() {
+            return;
         }
-        let Some(conn) = con.as_mut() else {
-            c.up.store(false, Ordering::Relaxed);
-            con = c.connect(IO_TIMEOUT, "writer");
-            if con.is_some() {
-                c.reconnects.fetch_add(1, Ordering::Relaxed);
-            }
-            continue;
+        alive.store(false, Ordering::Relaxed);
+        c.restarts.fetch_add(1, Ordering::Relaxed);
+        let why = match &r {
+            Err(p) => p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into()),
+            Ok(()) => "it returned before the server stopped".into(),
         };
-        let mut ok = true;
-        if Instant::now() >= next_beat {
-            next_beat = Instant::now() + HEARTBEAT;
-            ok = heartbeat(shared, c, conn).is_ok();
+        if started.elapsed() >= RESTART_RESET {
+            wait = RESTART_FIRST;
         }
-        if ok && !pending.is_empty() {
-            let n = pending.len().min(BATCH_ENTRIES);
-            pipe.clear();
-            for p in pending.iter().take(n) {
-                let cmd = pipe
-                    .cmd("XADD")
-                    .arg(STREAM_KEY)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(STREAM_MAXLEN)
-                    .arg("*")
-                    .arg("n")
-                    .arg(&c.node_id)
-                    .arg("s")
-                    .arg(p.seq)
-                    .arg("f")
-                    .arg(p.out.frame.as_ref());
-                if let Some(ch) = &p.out.channel {
-                    cmd.arg("c").arg(ch.as_ref());
-                }
-                cmd.ignore();
-            }
-            match pipe.query::<()>(conn) {
-                Ok(()) => {
-                    let bytes: usize = pending.drain(..n).map(|p| p.out.frame.len()).sum();
-                    let was = c.buffered.fetch_sub(bytes, Ordering::AcqRel);
-                    if was > PAUSE_PUBLISHERS_BYTES && was - bytes <= PAUSE_PUBLISHERS_BYTES {
-                        // Shards with paused publishers may be asleep.
-                        for m in shared.mailboxes.iter() {
-                            m.wake_external();
-                        }
-                    }
-                    c.written.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                // Kept, in order, for the next connection. A batch that
-                // reached Redis before the failure is written again then;
-                // readers drop it by its sequence numbers.
-                Err(_) => ok = false,
-            }
+        tracing::error!(node_id = %c.node_id, thread = who, reason = %why, restart_in = ?wait,
+            "backplane thread died; restarting it (the backplane is degraded meanwhile)");
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !c.stopping() {
+            std::thread::sleep(Duration::from_millis(10));
         }
-        if !ok {
-            con = None;
-            continue;
+        if c.stopping() {
+            return;
         }
-        c.up.store(true, Ordering::Relaxed);
-        if pending.is_empty() && c.outbox.is_empty() {
-            c.writer_sleeping.store(true, Ordering::Release);
-            if c.outbox.is_empty() && !c.stopping() {
-                std::thread::park_timeout(next_beat.saturating_duration_since(Instant::now()));
-            }
-            c.writer_sleeping.store(false, Ordering::Release);
+        wait = (wait * 2).min(RESTART_MAX);
+    }
+}
+
+/// The writer's state: outbox → XADD pipelines, in order; heartbeats.
+struct Writer {
+    /// The next sequence number to give.
+    seq: u64,
+    pending: VecDeque<Pending>,
+    con: Option<Connection>,
+    next_beat: Instant,
+    pipe: redis::Pipeline,
+    slots: Vec<(usize, u64)>,
+}
+
+impl Writer {
+    fn new() -> Writer {
+        Writer {
+            // Sequence numbers start at this node's start time in µs, so
+            // that a node restarted under the same id still counts upwards.
+            seq: crate::protocol::time::unix_ms_now() * 1000,
+            pending: VecDeque::new(),
+            con: None,
+            next_beat: Instant::now(),
+            pipe: redis::Pipeline::new(),
+            slots: Vec::new(),
         }
     }
-    if let Some(conn) = con.as_mut() {
-        let _: RedisResult<()> = conn.del(format!("{NODE_KEY_PREFIX}{}", c.node_id));
+
+    /// Writes until the server stops and nothing is left to write (or
+    /// Redis is gone by then).
+    fn run(&mut self, c: &Cluster, host: &dyn Host) {
+        while !c.stopping() || (!self.pending.is_empty() && self.con.is_some()) {
+            while let Some(out) = c.outbox.pop() {
+                self.seq += 1;
+                self.pending.push_back(Pending { seq: self.seq, out });
+            }
+            let Some(conn) = self.con.as_mut() else {
+                c.up.store(false, Ordering::Relaxed);
+                self.con = c.connect(IO_TIMEOUT, "writer");
+                if self.con.is_some() {
+                    c.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            };
+            let mut ok = true;
+            if Instant::now() >= self.next_beat {
+                self.next_beat = Instant::now() + HEARTBEAT;
+                ok = heartbeat(c, host, conn, &mut self.slots).is_ok();
+            }
+            if ok && !self.pending.is_empty() {
+                ok = self.write_batch(c, host);
+            }
+            if !ok {
+                self.con = None;
+                continue;
+            }
+            c.up.store(true, Ordering::Relaxed);
+            if self.pending.is_empty() && c.outbox.is_empty() {
+                c.writer_sleeping.store(true, Ordering::Release);
+                if c.outbox.is_empty() && !c.stopping() {
+                    std::thread::park_timeout(
+                        self.next_beat.saturating_duration_since(Instant::now()),
+                    );
+                }
+                c.writer_sleeping.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// XADDs up to [`BATCH_ENTRIES`] pending entries in one pipeline.
+    /// False when Redis failed: they stay pending, in order, for the next
+    /// connection. (A batch that reached Redis before the failure is
+    /// written again then; readers drop it by its sequence numbers.)
+    fn write_batch(&mut self, c: &Cluster, host: &dyn Host) -> bool {
+        let Some(conn) = self.con.as_mut() else {
+            return false;
+        };
+        let n = self.pending.len().min(BATCH_ENTRIES);
+        self.pipe.clear();
+        for p in self.pending.iter().take(n) {
+            let cmd = self
+                .pipe
+                .cmd("XADD")
+                .arg(STREAM_KEY)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_MAXLEN)
+                .arg("*")
+                .arg("n")
+                .arg(&c.node_id)
+                .arg("s")
+                .arg(p.seq)
+                .arg("f")
+                .arg(p.out.frame.as_ref());
+            if let Some(ch) = &p.out.channel {
+                cmd.arg("c").arg(ch.as_ref());
+            }
+            cmd.ignore();
+        }
+        if self.pipe.query::<()>(conn).is_err() {
+            return false;
+        }
+        let bytes: usize = self.pending.drain(..n).map(|p| p.out.frame.len()).sum();
+        let was = c.buffered.fetch_sub(bytes, Ordering::AcqRel);
+        if was > PAUSE_PUBLISHERS_BYTES && was - bytes <= PAUSE_PUBLISHERS_BYTES {
+            host.backlog_cleared();
+        }
+        c.written.fetch_add(n as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// At stop: this node leaves the membership at once.
+    fn finish(&mut self, c: &Cluster) {
+        if let Some(conn) = self.con.as_mut() {
+            let _: RedisResult<()> = conn.del(format!("{NODE_KEY_PREFIX}{}", c.node_id));
+        }
     }
 }
 
 /// Writes this node's heartbeat and reads the others': how many clients
 /// each has, and its subscribers per interest slot.
-fn heartbeat(shared: &Shared, c: &Cluster, con: &mut Connection) -> RedisResult<()> {
-    let t = shared.totals(&mut Vec::new());
-    let mut body = format!("clients {}\n", t.connected);
-    for slot in 0..INTEREST_SLOTS {
-        let n: u64 = shared
-            .interest
-            .iter()
-            .map(|i| u64::from(i.count(slot)))
-            .sum();
-        if n > 0 {
-            body.push_str(&format!("{slot} {n}\n"));
-        }
+fn heartbeat(
+    c: &Cluster,
+    host: &dyn Host,
+    con: &mut Connection,
+    slots: &mut Vec<(usize, u64)>,
+) -> RedisResult<()> {
+    slots.clear();
+    let clients = host.local_figures(slots);
+    let mut body = format!("clients {clients}\n");
+    for (slot, n) in slots.iter() {
+        body.push_str(&format!("{slot} {n}\n"));
     }
     let key = format!("{NODE_KEY_PREFIX}{}", c.node_id);
     redis::cmd("SET")
@@ -457,113 +612,170 @@ fn heartbeat(shared: &Shared, c: &Cluster, con: &mut Connection) -> RedisResult<
         redis::cmd("MGET").arg(&others).query(con)?
     };
     let mut clients = 0u64;
-    let mut slots = vec![0u32; INTEREST_SLOTS];
-    let mut alive = 1u64;
-    for b in bodies.into_iter().flatten() {
-        alive += 1;
+    let mut remote = vec![0u32; INTEREST_SLOTS];
+    let mut alive = HashSet::new();
+    for (k, b) in others.iter().zip(bodies) {
+        let Some(b) = b else { continue }; // expired between SCAN and MGET
+        alive.insert(k[NODE_KEY_PREFIX.len()..].to_owned());
         for line in b.lines() {
             let mut f = line.split(' ');
             match (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) {
                 (Some("clients"), Some(n)) => clients += n,
                 (Some(s), Some(n)) => {
                     if let Some(slot) = s.parse::<usize>().ok().filter(|s| *s < INTEREST_SLOTS) {
-                        slots[slot] = slots[slot].saturating_add(n.min(u64::from(u32::MAX)) as u32);
+                        remote[slot] =
+                            remote[slot].saturating_add(n.min(u64::from(u32::MAX)) as u32);
                     }
                 }
                 _ => {}
             }
         }
     }
-    for (slot, n) in slots.into_iter().enumerate() {
+    for (slot, n) in remote.into_iter().enumerate() {
         c.remote_interest.set(slot, n);
     }
     c.remote_clients.store(clients, Ordering::Relaxed);
-    c.nodes.store(alive, Ordering::Relaxed);
+    c.nodes.store(alive.len() as u64 + 1, Ordering::Relaxed);
+    *lock(&c.alive) = Arc::new(alive);
     Ok(())
 }
 
-/// The reader: XREAD from the last id; others' entries to the shards.
-fn reader_main(shared: &Shared) {
-    let Some(c) = shared.cluster.as_ref() else {
-        return;
-    };
-    let read_timeout = IO_TIMEOUT + Duration::from_millis(READ_BLOCK_MS as u64);
-    // Where to read from: the stream's end at start (a new node gets no
-    // history), then always the last id delivered, across reconnections.
-    let mut last_id: Option<String> = None;
-    let mut last_seq: HashMap<String, u64> = HashMap::new();
-    let mut con: Option<Connection> = None;
-    let mut compressor = crate::protocol::codec::Compressor::new();
-    while !c.stopping() {
-        let Some(conn) = con.as_mut() else {
-            con = c.connect(read_timeout, "reader");
-            continue;
-        };
-        if last_id.is_none() {
-            match stream_end(conn) {
-                Ok(id) => last_id = Some(id),
-                Err(_) => {
-                    con = None;
-                    continue;
-                }
-            }
+/// The reader's state: XREAD from the last id; others' entries, checked,
+/// to the host.
+struct Reader {
+    /// Where to read from: the stream's end at start (a new node gets no
+    /// history), then always the last id handled, across reconnections
+    /// and restarts.
+    last_id: Option<String>,
+    seqs: SeqMap,
+    con: Option<Connection>,
+    parser: JsonParser,
+    scratch: Vec<u8>,
+    next_prune: Instant,
+    bad_log: BadEntryLog,
+}
+
+impl Reader {
+    fn new() -> Reader {
+        Reader {
+            last_id: None,
+            seqs: SeqMap::default(),
+            con: None,
+            parser: JsonParser::new(),
+            scratch: Vec::new(),
+            next_prune: Instant::now() + HEARTBEAT_TTL,
+            bad_log: BadEntryLog::default(),
         }
-        let from = last_id.clone().unwrap_or_else(|| "0-0".into());
-        let reply: RedisResult<Option<StreamReadReply>> = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(BATCH_ENTRIES)
-            .arg("BLOCK")
-            .arg(READ_BLOCK_MS)
-            .arg("STREAMS")
-            .arg(STREAM_KEY)
-            .arg(&from)
-            .query(conn);
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "backplane read failed");
-                con = None;
+    }
+
+    fn run(&mut self, c: &Cluster, host: &dyn Host) {
+        let read_timeout = IO_TIMEOUT + Duration::from_millis(READ_BLOCK_MS as u64);
+        while !c.stopping() {
+            let Some(conn) = self.con.as_mut() else {
+                self.con = c.connect(read_timeout, "reader");
                 continue;
+            };
+            if self.last_id.is_none() {
+                match stream_end(conn) {
+                    Ok(id) => self.last_id = Some(id),
+                    Err(_) => {
+                        self.con = None;
+                        continue;
+                    }
+                }
             }
-        };
-        let Some(reply) = reply else { continue };
-        for key in reply.keys {
-            for entry in key.ids {
-                last_id = Some(entry.id.clone());
-                let get = |k: &str| -> Option<Vec<u8>> {
-                    entry
-                        .map
-                        .get(k)
-                        .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())
-                };
-                let (Some(node), Some(seq), Some(frame)) = (get("n"), get("s"), get("f")) else {
-                    continue; // not ours
-                };
-                let node = String::from_utf8_lossy(&node).into_owned();
-                if node == c.node_id {
-                    continue; // our own: delivered locally already
-                }
-                let Some(seq) = std::str::from_utf8(&seq)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                else {
+            let now = Instant::now();
+            if now >= self.next_prune {
+                self.next_prune = now + HEARTBEAT;
+                let alive = lock(&c.alive).clone();
+                self.seqs.prune(&alive, now, HEARTBEAT_TTL);
+            }
+            let from = self.last_id.clone().unwrap_or_else(|| "0-0".into());
+            let reply: RedisResult<Option<StreamReadReply>> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(BATCH_ENTRIES)
+                .arg("BLOCK")
+                .arg(READ_BLOCK_MS)
+                .arg("STREAMS")
+                .arg(STREAM_KEY)
+                .arg(&from)
+                .query(conn);
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "backplane read failed");
+                    self.con = None;
                     continue;
-                };
-                let seen = last_seq.entry(node).or_insert(0);
-                if seq <= *seen {
-                    continue; // written twice after a lost reply
                 }
-                *seen = seq;
-                let channel: Option<Arc<str>> = get("c")
-                    .and_then(|c| String::from_utf8(c).ok())
-                    .map(Arc::from);
-                let mut d = Delivery::new(Bytes::from(frame), channel);
-                // Compressed here, once, like a local publish on its shard.
-                d.pack(shared, &mut compressor, &shared.counters[0]);
-                deliver(shared, d);
-                c.received.fetch_add(1, Ordering::Relaxed);
+            };
+            let Some(reply) = reply else { continue };
+            if reply.keys.iter().any(|k| !k.ids.is_empty())
+                && c.fault_reader_panics
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                panic!("injected fault ({FAULT_READER_PANICS_ENV})");
+            }
+            for key in reply.keys {
+                for e in key.ids {
+                    self.handle(c, host, &e.map, Instant::now());
+                    self.last_id = Some(e.id);
+                }
             }
         }
+    }
+
+    /// One entry: checked, deduplicated, delivered (or skipped and counted).
+    fn handle(
+        &mut self,
+        c: &Cluster,
+        host: &dyn Host,
+        fields: &std::collections::HashMap<String, redis::Value>,
+        now: Instant,
+    ) {
+        let e = match entry::decode(
+            fields,
+            c.max_frame_bytes,
+            &mut self.parser,
+            &mut self.scratch,
+        ) {
+            Ok(e) => e,
+            Err(why) => {
+                c.bad_entries.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.bad_log.allow(now) {
+                    tracing::warn!(node_id = %c.node_id, reason = %why, suppressed,
+                        "skipped a malformed backplane entry (someone else writes to {STREAM_KEY}?)");
+                }
+                return;
+            }
+        };
+        if e.node == c.node_id {
+            return; // our own: delivered locally already
+        }
+        if !self.seqs.accept(&e.node, e.seq, now) {
+            return; // written twice after a lost reply
+        }
+        host.deliver(e);
+        c.received.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Rate limit for the bad-entry warning.
+#[derive(Debug, Default)]
+struct BadEntryLog {
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl BadEntryLog {
+    /// Whether to log now; if so, how many were suppressed since the last.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self.next.is_some_and(|t| now < t) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next = Some(now + BAD_ENTRY_LOG_EVERY);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -579,16 +791,58 @@ fn stream_end(con: &mut Connection) -> RedisResult<String> {
     Ok(r.ids.first().map_or_else(|| "0-0".into(), |e| e.id.clone()))
 }
 
-/// Hands a remote entry to every shard that has recipients for it (every
-/// shard for a broadcast), through the shards' mailboxes.
-fn deliver(shared: &Shared, d: Delivery) {
-    let slot = d.channel.as_deref().map(slot_of);
-    for (i, mb) in shared.mailboxes.iter().enumerate() {
-        if slot.is_some_and(|s| shared.interest[i].count(s) == 0) {
-            continue;
-        }
-        // This thread has no ring: the push wakes the shard by its eventfd
-        // (at most once until the shard drains its mailbox).
-        mb.push(d.clone(), false);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bad_entry_warning_is_rate_limited() {
+        let mut l = BadEntryLog::default();
+        let t = Instant::now();
+        assert_eq!(l.allow(t), Some(0));
+        assert_eq!(l.allow(t + Duration::from_secs(1)), None);
+        assert_eq!(l.allow(t + Duration::from_secs(2)), None);
+        assert_eq!(l.allow(t + BAD_ENTRY_LOG_EVERY), Some(2));
+    }
+
+    #[test]
+    fn a_dead_thread_is_restarted_counted_and_reported_degraded() {
+        let c =
+            Arc::new(Cluster::new("redis://127.0.0.1:1", "n".into(), 1 << 20, 1 << 20).unwrap());
+        let mut runs = 0;
+        let c2 = c.clone();
+        let seen_degraded = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                supervise(&c, "test", &c.reader_alive, || {
+                    runs += 1;
+                    if runs == 1 {
+                        panic!("boom");
+                    }
+                    // The second run lives until the stop.
+                    while !c.stopping() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            });
+            let mut degraded = false;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c2.restarts.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if c2.figures().backplane == "degraded" {
+                degraded = true;
+            }
+            // Back up after the backoff.
+            while !c2.threads_alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            c2.stop.store(true, Ordering::SeqCst);
+            h.join().unwrap();
+            degraded
+        });
+        assert!(seen_degraded, "down while waiting to restart");
+        assert_eq!(c.restarts.load(Ordering::Relaxed), 1);
+        assert_eq!(runs, 2);
+        assert_ne!(c.figures().backplane, "degraded");
     }
 }

@@ -9,7 +9,7 @@
 //!   ring, `MSG_RING` wake-ups and SINGLE_ISSUER/DEFER_TASKRUN. The only raw
 //!   io_uring in the crate.
 //! - [`epoll`]: one edge-triggered epoll instance, non-blocking sockets,
-//!   `writev` of queued segments, an eventfd for wake-ups. For hosts that
+//!   one gathered `sendmsg` of queued segments, an eventfd for wake-ups. For hosts that
 //!   block io_uring (Docker's default seccomp profile,
 //!   `kernel.io_uring_disabled`, gVisor).
 //!
@@ -213,8 +213,8 @@ impl Backend {
 
     /// Wakes the owner of another io_uring ring (`MSG_RING`, riding this
     /// backend's next submission); `fallback_eventfd` is written instead
-    /// where that is not possible.
-    pub fn wake_ring(&mut self, ring_fd: RawFd, fallback_eventfd: RawFd) {
+    /// where that is not possible. Returns whether it was a `MSG_RING`.
+    pub fn wake_ring(&mut self, ring_fd: RawFd, fallback_eventfd: RawFd) -> bool {
         each!(self, d => d.wake_ring(ring_fd, fallback_eventfd))
     }
 

@@ -532,10 +532,14 @@ pub struct ClusterReport<'a> {
     /// Clients connected over all nodes (the others' from their last
     /// heartbeats).
     pub connected_clients: u64,
-    /// `connected` or `reconnecting`.
+    /// `connected`, `reconnecting` or `degraded`.
     pub backplane: &'a str,
     /// Bytes held for the backplane, not yet written to Redis.
     pub buffered_bytes: u64,
+    /// Malformed stream entries skipped.
+    pub bad_entries: u64,
+    /// Backplane threads restarted after they died.
+    pub restarts: u64,
 }
 
 /// `server_stats`: the seed's five fields first, then ours.
@@ -580,6 +584,8 @@ pub fn write_server_stats(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, s: 
             w.u64("connected_clients", c.connected_clients);
             w.raw_str("backplane", c.backplane);
             w.u64("buffered_bytes", c.buffered_bytes);
+            w.u64("backplane_bad_entries", c.bad_entries);
+            w.u64("backplane_restarts", c.restarts);
             w.finish();
         }
         let c = &s.compression;
@@ -725,8 +731,15 @@ pub struct ClusterStats {
     pub nodes: u64,
     /// Clients over all nodes.
     pub connected_clients: u64,
-    /// `connected` or `reconnecting`.
+    /// `connected`, `reconnecting` (Redis unreachable) or `degraded` (a
+    /// backplane thread is being restarted).
     pub backplane: String,
     /// Bytes waiting to be written to Redis.
     pub buffered_bytes: u64,
+    /// Malformed stream entries skipped.
+    #[serde(default)]
+    pub backplane_bad_entries: u64,
+    /// Backplane threads restarted after they died.
+    #[serde(default)]
+    pub backplane_restarts: u64,
 }

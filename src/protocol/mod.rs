@@ -12,6 +12,7 @@
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod interest;
 pub mod json;
 pub mod message;
 pub mod raw;

@@ -7,13 +7,13 @@
 //! most once per batch: the `notified` flag collapses wake-ups until the
 //! target has drained its queue.
 
-use super::stats::ShardCounters;
+use super::stats::bump;
 use super::Shared;
 use crate::protocol::codec::{Codec, Compressor};
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A frame for a shard's clients: a `broadcast_message` for every
@@ -82,12 +82,14 @@ impl Delivery {
     /// shard have negotiated, if its payload is over the threshold and the
     /// codec saves bytes. Every recipient of that codec then shares the
     /// one compressed frame; a connection negotiating meanwhile simply gets
-    /// this one plain. Counts each compression in `counters`.
+    /// this one plain. Counts each compression in `compressions`, a
+    /// counter the caller alone writes (its shard's, or the backplane
+    /// reader's own).
     pub(crate) fn pack(
         &mut self,
         shared: &Shared,
         compressor: &mut Compressor,
-        counters: &ShardCounters,
+        compressions: &AtomicU64,
     ) {
         let payload = &self.frame[crate::protocol::HEADER_LEN..];
         if payload.len() <= shared.config.compression_threshold_bytes {
@@ -105,11 +107,7 @@ impl Delivery {
             if compressor.compress_frame(codec, payload, &mut out) {
                 self.packed[codec.index()] = Some(Bytes::from(out));
             }
-            // Two writers (a shard and the cluster reader): an atomic add.
-            counters
-                .compression
-                .compressions
-                .fetch_add(1, Ordering::Relaxed);
+            bump(compressions, 1);
         }
     }
 

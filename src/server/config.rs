@@ -90,7 +90,7 @@ macro_rules! server_settings {
             /// of stalled handshakes holds at most this many sockets and rustls
             /// states per shard until the handshake timeout cuts them.
             tls_max_handshakes: usize = 1024,
-            /// Shards (threads with their own ring); 0 = one per core this
+            /// Shards (threads with their own I/O backend); 0 = one per core this
             /// process may run on.
             shards: usize = 0,
             /// Pin each shard thread to a core.

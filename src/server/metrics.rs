@@ -275,8 +275,16 @@ fn respond(
                     b"a shard stopped on an I/O error (see the log)\n",
                     head_only,
                 )
-            } else if shared.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+            } else if shared.cluster.as_ref().is_some_and(|c| !c.threads_alive()) {
                 // Still serving its own clients: not a reason to restart it.
+                write_response(
+                    &mut stream,
+                    "200 OK",
+                    TEXT,
+                    b"degraded: a cluster backplane thread died and is being restarted (see the log)\n",
+                    head_only,
+                )
+            } else if shared.cluster.as_ref().is_some_and(|c| !c.is_up()) {
                 write_response(
                     &mut stream,
                     "200 OK",
@@ -630,6 +638,12 @@ impl Collector for ShardCollector {
             )?;
             Self::gauge(
                 &mut enc,
+                "ringcast_backplane_degraded",
+                "1 while a backplane thread is down, waiting to be restarted.",
+                u64::from(!c.threads_alive()),
+            )?;
+            Self::gauge(
+                &mut enc,
                 "ringcast_cluster_nodes",
                 "Nodes alive (heartbeats not expired), this one included.",
                 f.nodes,
@@ -654,6 +668,21 @@ impl Collector for ShardCollector {
                     "ringcast_backplane_reconnects",
                     "Connections (re)established to Redis by the writer.",
                     &c.reconnects,
+                ),
+                (
+                    "ringcast_backplane_bad_entries",
+                    "Malformed stream entries skipped (never delivered to a client).",
+                    &c.bad_entries,
+                ),
+                (
+                    "ringcast_backplane_restarts",
+                    "Backplane threads restarted after they died.",
+                    &c.restarts,
+                ),
+                (
+                    "ringcast_backplane_compressions",
+                    "Compressions run for other nodes' messages (also in get_stats compression.compressions).",
+                    &shared.remote_compressions,
                 ),
             ] {
                 Self::counter(&mut enc, name, help, v.load(Relaxed))?;
@@ -730,6 +759,15 @@ impl Collector for ShardCollector {
              codec is one).",
             Counter,
             |c| c.compression.compressions.load(Relaxed),
+        )?;
+        self.per_shard_by(
+            &mut enc,
+            "ringcast_wakeups",
+            "Other shards woken to drain their mailboxes, by path (msg_ring: an io_uring \
+             MSG_RING; eventfd: an eventfd write, epoll's path and io_uring's fallback).",
+            "path",
+            &["msg_ring", "eventfd"],
+            |c, i| c.wakeups[i].load(Relaxed),
         )?;
         let mut m = enc.encode_descriptor(
             "ringcast_request_duration_seconds",

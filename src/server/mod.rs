@@ -1,7 +1,9 @@
-//! The sharded io_uring server.
+//! The sharded server.
 //!
-//! One shard per core, each a pinned thread with its own ring, buffer ring
-//! and SO_REUSEPORT listener; shards share no lock on the hot path. A
+//! One shard per core, each a pinned thread with its own I/O backend (on
+//! io_uring: its own ring and buffer ring; on epoll: its own epoll
+//! instance) and its own SO_REUSEPORT listeners (plain, and TLS when on);
+//! shards share no lock on the hot path. A
 //! broadcast is serialised once into a [`bytes::Bytes`] and handed to the
 //! other shards over lock-free queues (see [`broadcast`]). See
 //! docs/ARCHITECTURE.md for the picture.
@@ -25,6 +27,7 @@ pub mod channels;
 pub mod config;
 mod listener;
 mod metrics;
+mod remote;
 mod shard;
 pub mod stats;
 mod tls;
@@ -113,7 +116,10 @@ pub(crate) struct Shared {
     /// Makes TLS connections (None without a TLS listener).
     pub tls: Option<tls::TlsAcceptor>,
     /// The cross-node backplane, with `--backplane`.
-    pub cluster: Option<crate::cluster::Cluster>,
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Compressions run by the backplane reader for other nodes' messages:
+    /// its own counter (one writer), added to the shards' in the totals.
+    pub remote_compressions: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -147,12 +153,15 @@ impl Shared {
             io_backend,
             tls: None,
             cluster: None,
+            remote_compressions: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// Sums every shard's counters.
+    /// Sums every shard's counters (and the backplane reader's).
     pub fn totals(&self, per_shard: &mut Vec<u64>) -> Totals {
-        Totals::read(&self.counters, per_shard)
+        let mut t = Totals::read(&self.counters, per_shard);
+        t.compression.compressions += self.remote_compressions.load(Ordering::Relaxed);
+        t
     }
 }
 
@@ -242,7 +251,11 @@ impl ServerBuilder {
                     crate::cluster::Cluster::default_node_id(addr)
                 });
                 let limit = self.config.backplane_buffer_bytes;
-                Some(crate::cluster::Cluster::new(url, id, limit).map_err(ServerError::Config)?)
+                let max = self.config.max_frame_bytes;
+                Some(Arc::new(
+                    crate::cluster::Cluster::new(url, id, limit, max)
+                        .map_err(ServerError::Config)?,
+                ))
             }
             None => None,
         };
@@ -370,10 +383,12 @@ impl Server {
             let _ = handle.join();
             return Err(e);
         }
-        if let Err(e) = crate::cluster::Cluster::start(&handle.shared) {
-            handle.stop();
-            let _ = handle.join();
-            return Err(ServerError::Io(e));
+        if let Some(c) = &handle.shared.cluster {
+            if let Err(e) = c.start(remote::ClusterBridge::new(&handle.shared)) {
+                handle.stop();
+                let _ = handle.join();
+                return Err(ServerError::Io(e));
+            }
         }
         if let Some(l) = self.metrics_listener {
             match MetricsEndpoint::start(l, handle.shared.clone()) {

@@ -59,11 +59,19 @@ pub struct ShardCounters {
     pub tls_handshake_failures: [AtomicU64; 7],
     /// Negotiated compression.
     pub compression: CompressionCounters,
+    /// Other shards woken to drain their mailboxes, by path
+    /// ([`WAKE_MSG_RING`], [`WAKE_EVENTFD`]).
+    pub wakeups: [AtomicU64; 2],
 }
 
-/// What negotiated compression did on one shard. Every field has the
-/// shard as its only writer except `compressions`, which the cluster's
-/// reader thread also adds to (with an atomic add).
+/// [`ShardCounters::wakeups`]: a `MSG_RING` from this shard's ring.
+pub const WAKE_MSG_RING: usize = 0;
+/// [`ShardCounters::wakeups`]: an eventfd write.
+pub const WAKE_EVENTFD: usize = 1;
+
+/// What negotiated compression did on one shard. The shard is the only
+/// writer of every field (the backplane reader counts its compressions in
+/// a counter of its own, `Shared::remote_compressions`, added on read).
 #[derive(Debug, Default)]
 pub struct CompressionCounters {
     /// Connections that negotiated each codec, by
@@ -229,6 +237,8 @@ pub struct Totals {
     pub tls_handshake_failures: [u64; 7],
     /// Negotiated compression.
     pub compression: CompressionTotals,
+    /// Cross-shard wake-ups by path ([`WAKE_MSG_RING`], [`WAKE_EVENTFD`]).
+    pub wakeups: [u64; 2],
 }
 
 impl Totals {
@@ -257,6 +267,9 @@ impl Totals {
             }
             t.messages_per_second += c.messages_last_second.load(Relaxed);
             t.partial_frame_bytes += c.partial_frame_bytes.load(Relaxed);
+            for (a, b) in t.wakeups.iter_mut().zip(&c.wakeups) {
+                *a += b.load(Relaxed);
+            }
             for (a, b) in t
                 .tls_handshake_failures
                 .iter_mut()

@@ -137,7 +137,7 @@ pub(crate) fn handle_frame(
                 let mut frame = Vec::with_capacity(128);
                 message::write_broadcast_message(&mut frame, &req, me.client_id, now);
                 let mut d = Delivery::new(Bytes::from(frame), None);
-                d.pack(shared, compressor, counters);
+                d.pack(shared, compressor, &counters.compression.compressions);
                 let remote = shared
                     .cluster
                     .as_ref()
@@ -229,7 +229,7 @@ pub(crate) fn handle_frame(
                 let mut frame = Vec::with_capacity(160);
                 message::write_channel_message(&mut frame, &req, me.client_id, now);
                 let mut d = Delivery::new(Bytes::from(frame), Some(Arc::from(channel)));
-                d.pack(shared, compressor, counters);
+                d.pack(shared, compressor, &counters.compression.compressions);
                 let remote = shared.cluster.as_ref().map(|c| {
                     (
                         c.try_send(&d.frame, d.channel.as_ref()),
@@ -290,6 +290,8 @@ pub(crate) fn handle_frame(
                             connected_clients: t.connected + f.remote_clients,
                             backplane: f.backplane,
                             buffered_bytes: f.buffered_bytes,
+                            bad_entries: f.bad_entries,
+                            restarts: f.restarts,
                         }
                     }),
                 };

@@ -56,7 +56,7 @@ pub struct Env<'a> {
     pub(crate) burst: f64,
     /// Time requests (only when the metrics endpoint is on: two clock
     /// reads per receive chunk).
-    pub(crate) time_requests: bool,
+    pub time_requests: bool,
     pub(crate) warn_budget: WarnBudget,
     /// Where TLS sessions decrypt into, to parse in place (one per shard:
     /// decrypted bytes are parsed before the next session's arrive).

@@ -70,7 +70,7 @@ use crate::server::stats::{bump, unbump};
 use dispatch::{handle_frame, reply_buf, Caller};
 use output::{Bucket, Output};
 use std::ops::ControlFlow;
-use tls::{HandshakeFailure, Tls};
+use tls::{HandshakeFailure, Tls, TlsInput};
 
 /// How a connection's bytes travel.
 #[derive(Debug)]
@@ -220,11 +220,6 @@ impl Session {
         self.codec
     }
 
-    /// Whether the connection is TLS.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// The peer's "ip:port".
     pub fn client_id(&self) -> &str {
         &self.client_id
@@ -273,26 +268,30 @@ impl Session {
 
     /// Bytes received. Frames inside `data` are parsed in place; a frame
     /// that continues past it is kept in a straddle buffer, within the
-    /// shard's partial-frame budget.
-    pub fn handle_data(&mut self, env: &mut Env<'_>, data: &mut [u8]) {
+    /// shard's partial-frame budget. Returns the requests handled (the
+    /// caller, which owns the clock, times them).
+    pub fn handle_data(&mut self, env: &mut Env<'_>, data: &mut [u8]) -> u64 {
         bump(&env.counters.bytes_received, data.len() as u64);
         let Some(mut tls) = self.tls.take() else {
-            self.handle_plaintext(env, data, false);
-            return;
+            return self.handle_plaintext(env, data, false);
         };
+        let mut frames = 0;
         // `self.tls` is out while plaintext is handled: what it holds is
         // not in `pending()` then, so the high-water check is repeated below.
-        let r = tls.receive(env, data, |env, plain| {
-            self.handle_plaintext(env, plain, true);
+        let handshaking = tls.handshaking;
+        let r = tls.receive(env, data, |env, input| {
+            match input {
+                // Established before the request that came with the
+                // client's Finished is dispatched (it may be `get_stats`,
+                // which must count its own connection).
+                TlsInput::HandshakeDone => self.handshake_finished(env),
+                TlsInput::Plain(plain) => frames += self.handle_plaintext(env, plain, true),
+            }
             self.phase == Phase::Open
         });
-        let handshaking = tls.handshaking;
         self.tls = Some(tls);
         if self.phase == Phase::Open && self.pending() > HIGH_WATER {
             self.paused = true;
-        }
-        if r.handshake_done && handshaking {
-            self.handshake_finished(env);
         }
         if let Some(e) = r.failed {
             if handshaking && !r.handshake_done {
@@ -307,14 +306,16 @@ impl Session {
         } else if r.peer_closed {
             self.handle_eof(env);
         }
+        frames
     }
 
     /// Plaintext received (after TLS, if any): parsed in place.
     /// `tls`: whether the bytes came through TLS (`self.tls` is taken out
-    /// while they are handled, so it cannot say).
-    fn handle_plaintext(&mut self, env: &mut Env<'_>, data: &mut [u8], tls: bool) {
+    /// while they are handled, so it cannot say). Returns the requests
+    /// handled.
+    fn handle_plaintext(&mut self, env: &mut Env<'_>, data: &mut [u8], tls: bool) -> u64 {
         if self.phase != Phase::Open {
-            return; // closing: input is read only so the socket closes cleanly
+            return 0; // closing: input is read only so the socket closes cleanly
         }
         // The budget for partial frames: this connection's straddle buffer
         // may grow to what the shard's other partial frames leave of
@@ -327,9 +328,6 @@ impl Session {
             .max_partial_bytes
             .saturating_sub(others)
             .max(SMALL_PARTIAL_BYTES);
-        // Request timing (metrics on): two clock reads per receive chunk,
-        // not two per request; see `DurationHistogram::record_batch`.
-        let started = env.time_requests.then(std::time::Instant::now);
         let mut frames = 0u64;
         let mut close = None;
         let codec_before = self.codec;
@@ -405,10 +403,6 @@ impl Session {
             self.decoder.accept_compressed();
             bump(&env.counters.compression.connections[c.index()], 1);
         }
-        if let (Some(t0), 1..) = (started, frames) {
-            let ns = t0.elapsed().as_nanos() as u64;
-            env.counters.request_duration.record_batch(ns, frames);
-        }
         if let Err(e) = result {
             let code = e.code();
             let msg = match code {
@@ -417,17 +411,18 @@ impl Session {
                 _ => "frame length exceeds the server's max_frame_bytes",
             };
             self.fail(env, code, msg);
-            return;
+            return frames;
         }
         if let Some((code, msg)) = close {
             self.fail(env, code, msg);
-            return;
+            return frames;
         }
         if self.pending() > HIGH_WATER {
             // Backpressure: stop taking this client's requests until its
             // replies drain. TCP flow control slows the client meanwhile.
             self.paused = true;
         }
+        frames
     }
 
     /// A send finished: `result` is the bytes sent from `batch`, or the error.
@@ -739,13 +734,10 @@ impl Session {
         }
     }
 
-    /// The TLS handshake finished: the client is established (or, with an
-    /// auth token, may now authenticate).
+    /// The TLS handshake finished (the transport no longer counts it as in
+    /// progress): the client is established (or, with an auth token, may
+    /// now authenticate).
     fn handshake_finished(&mut self, env: &mut Env<'_>) {
-        if let Some(t) = &mut self.tls {
-            t.handshaking = false;
-            env.tls_handshakes -= 1;
-        }
         if self.phase == Phase::Open && self.authed && !self.established {
             self.establish(env);
         }

@@ -531,6 +531,36 @@ fn tls_handshake_then_requests_then_close_notify_before_the_fin() {
     assert_eq!(p.h.actions(), [Action::Close]);
 }
 
+/// TLS 1.3: the client's Finished and its first request arrive in one
+/// read. The session must be established (counted, able to receive
+/// broadcasts) before that request is answered: a `get_stats` sent first
+/// used to see `connected_clients: 0` while its own connection was open.
+#[test]
+fn a_request_that_comes_with_the_clients_finished_finds_its_connection_established() {
+    let sh = shared(ServerConfig::default());
+    let mut p = TlsPair::new(&sh);
+    p.deliver_to_server(); // ClientHello
+    p.deliver_to_client(); // ServerHello … server Finished
+    assert!(!p.h.s.is_established());
+    // rustls holds the request until its Finished is written, then both
+    // leave in one flight, which the server gets in one handle_data.
+    std::io::Write::write_all(
+        &mut p.client.writer(),
+        &frame(&json!({"type": "get_stats", "id": 1})),
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    while p.client.wants_write() {
+        p.client.write_tls(&mut bytes).unwrap();
+    }
+    p.h.s.handle_data(&mut p.h.env, &mut bytes);
+    let f = p.deliver_to_client();
+    assert_eq!(types(&f), ["server_stats"], "{f:?}");
+    assert_eq!(f[0]["connected_clients"], 1, "{}", f[0]);
+    assert!(p.h.s.is_established());
+    assert_eq!(p.h.env.tls_handshakes, 0);
+}
+
 #[test]
 fn a_stalled_tls_handshake_is_cut_at_its_deadline() {
     let cfg = ServerConfig {

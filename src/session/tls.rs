@@ -98,6 +98,18 @@ impl HandshakeFailure {
     }
 }
 
+/// What [`Tls::receive`] hands its callback, in the order it happens.
+#[derive(Debug)]
+pub(crate) enum TlsInput<'a> {
+    /// The handshake just finished (already no longer counted as in
+    /// progress). Comes before any plaintext of the same input: with TLS
+    /// 1.3 the client's Finished and its first request often arrive in one
+    /// read, and the request must find its connection established.
+    HandshakeDone,
+    /// Decrypted application data, in the shard's buffer.
+    Plain(&'a mut [u8]),
+}
+
 /// What feeding ciphertext produced, besides plaintext.
 #[derive(Debug, Default)]
 pub(crate) struct Received {
@@ -147,15 +159,16 @@ impl Tls {
         self.plain.remaining() + self.cipher.len()
     }
 
-    /// Feeds ciphertext from the peer. Each run of plaintext it yields is
-    /// handed to `on_plain` (in the shard's buffer, to parse in place);
-    /// `on_plain` returns false to stop reading (the session is closing:
-    /// the rest is decrypted and dropped, so close_notify is still seen).
+    /// Feeds ciphertext from the peer. The end of the handshake, then each
+    /// run of plaintext it yields (in the shard's buffer, to parse in
+    /// place), is handed to `on_input`, which returns false to stop
+    /// reading (the session is closing: the rest is decrypted and dropped,
+    /// so close_notify is still seen).
     pub fn receive(
         &mut self,
         env: &mut Env<'_>,
         mut data: &[u8],
-        mut on_plain: impl FnMut(&mut Env<'_>, &mut [u8]) -> bool,
+        mut on_input: impl FnMut(&mut Env<'_>, TlsInput<'_>) -> bool,
     ) -> Received {
         let mut r = Received::default();
         let mut buf = std::mem::take(&mut env.tls_plain);
@@ -178,6 +191,9 @@ impl Tls {
             r.peer_closed = state.peer_has_closed();
             if self.handshaking && !self.conn.is_handshaking() {
                 r.handshake_done = true;
+                self.handshaking = false;
+                env.tls_handshakes -= 1;
+                reading = on_input(env, TlsInput::HandshakeDone);
             }
             while left > 0 {
                 let n = match self.conn.reader().read(&mut buf) {
@@ -186,7 +202,7 @@ impl Tls {
                 };
                 left -= n.min(left);
                 if reading {
-                    reading = on_plain(env, &mut buf[..n]);
+                    reading = on_input(env, TlsInput::Plain(&mut buf[..n]));
                 }
             }
         }

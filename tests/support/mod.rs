@@ -14,7 +14,9 @@
 //!   hostile and resource tests;
 //! - [`pacing`]: a broadcast sender paced on its readers' progress;
 //! - [`tls`]: certificates made at test time (rcgen), TLS servers and clients;
-//! - [`redis`]: a real redis-server on a free port, for the cluster tests.
+//! - [`redis`]: a real redis-server on a free port, for the cluster tests,
+//!   and a raw RESP command writer (to write what no node would);
+//! - [`skip`]: how a test that cannot run says so (never as a pass).
 //!
 //! Run the whole suite on one I/O backend with `RINGCAST_IO_BACKEND=auto`,
 //! `io-uring` or `epoll` (unset: the builder's default).
@@ -27,6 +29,7 @@ pub mod hostile;
 pub mod pacing;
 pub mod redis;
 pub mod server;
+pub mod skip;
 pub mod tls;
 pub mod wait;
 pub mod wire;

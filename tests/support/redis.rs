@@ -7,8 +7,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether `redis-server` can be run here; a test that needs it prints its
-/// name and why it is skipped when it cannot.
+/// Whether `redis-server` can be run here; when it cannot, the test is
+/// recorded as skipped ([`super::skip`]: listed at the end of
+/// scripts/test.sh, or a failure under `RINGCAST_REQUIRE_ALL=1`).
 pub fn available(test: &str) -> bool {
     let ok = Command::new("redis-server")
         .arg("--version")
@@ -17,7 +18,10 @@ pub fn available(test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("{test}: skipped: redis-server is not installed (apt-get install redis-server)");
+        super::skip::skip(
+            test,
+            "redis-server is not installed (apt-get install redis-server)",
+        );
     }
     ok
 }
@@ -87,6 +91,30 @@ fn ping(addr: SocketAddr) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     let mut buf = [0u8; 7];
     s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+impl Redis {
+    /// Sends one command as raw RESP (each argument a bulk string, bytes
+    /// as they are) and returns the first line of the reply: for writing
+    /// what no well-behaved node or client library would.
+    pub fn raw(&self, args: &[&[u8]]) -> String {
+        let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            cmd.extend_from_slice(a);
+            cmd.extend_from_slice(b"\r\n");
+        }
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("redis");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(&cmd).unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        String::from_utf8_lossy(&line).trim_end().to_string()
+    }
 }
 
 impl Drop for Redis {

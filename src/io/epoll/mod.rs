@@ -218,7 +218,7 @@ impl EpollDriver {
     pub(super) fn send(&mut self, token: Token, batch: SendBatch) -> io::Result<()> {
         let c = self.conns[token.0].as_mut().expect("send on a live token");
         debug_assert!(c.blocked.is_none(), "one send in flight per connection");
-        match writev(&c.stream, &batch) {
+        match send_gathered(&c.stream, &batch) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 c.blocked = Some(batch);
                 let (epfd, fd) = (self.epfd.as_raw_fd(), c.stream.as_raw_fd());
@@ -249,8 +249,9 @@ impl EpollDriver {
         Ok(())
     }
 
-    pub(super) fn wake_ring(&mut self, _ring_fd: RawFd, fallback_eventfd: RawFd) {
+    pub(super) fn wake_ring(&mut self, _ring_fd: RawFd, fallback_eventfd: RawFd) -> bool {
         super::sys::eventfd_signal(fallback_eventfd);
+        false
     }
 
     pub(super) fn tick(&mut self) -> io::Result<()> {
@@ -348,7 +349,7 @@ impl EpollDriver {
         let output = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         if flags & output != 0 {
             if let Some(b) = c.blocked.take() {
-                match writev(&c.stream, &b) {
+                match send_gathered(&c.stream, &b) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.blocked = Some(b),
                     r => {
                         on_event(Event::Sent(Token(key), b, r));
@@ -455,7 +456,7 @@ impl EpollDriver {
 
 /// One gathered `sendmsg` of the batch's unsent bytes; MSG_NOSIGNAL, so a
 /// peer that has gone away is an EPIPE error, not a signal.
-fn writev(stream: &TcpStream, batch: &SendBatch) -> io::Result<usize> {
+fn send_gathered(stream: &TcpStream, batch: &SendBatch) -> io::Result<usize> {
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,

@@ -318,11 +318,13 @@ impl UringDriver {
         self.ring.shutdown(fd, u)
     }
 
-    pub(super) fn wake_ring(&mut self, ring_fd: RawFd, fallback_eventfd: RawFd) {
+    pub(super) fn wake_ring(&mut self, ring_fd: RawFd, fallback_eventfd: RawFd) -> bool {
         let u = Op::MsgRing(fallback_eventfd).user_data();
         if self.ring.msg_ring(ring_fd, 0, u).is_err() {
             super::sys::eventfd_signal(fallback_eventfd);
+            return false;
         }
+        true
     }
 
     pub(super) fn tick(&mut self) -> io::Result<()> {

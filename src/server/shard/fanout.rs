@@ -6,6 +6,7 @@
 use super::{touch, Shard};
 use crate::server::broadcast::{Delivery, Wake};
 use crate::server::channels::slot_of;
+use crate::server::stats::{bump, WAKE_EVENTFD, WAKE_MSG_RING};
 use crate::server::WakeMode;
 
 /// Deliveries the longest-waiting recipient on a shard may wait through
@@ -99,8 +100,10 @@ impl Shard<'_> {
                 if i == self.id || slot.is_some_and(|s| shared.interest[i].count(s) == 0) {
                     continue;
                 }
-                if let Wake::Ring(fd) = mb.push(d.clone(), use_ring) {
-                    self.wake_targets[i] = Some(fd);
+                match mb.push(d.clone(), use_ring) {
+                    Wake::Ring(fd) => self.wake_targets[i] = Some(fd),
+                    Wake::Done => bump(&self.env.counters.wakeups[WAKE_EVENTFD], 1),
+                    Wake::No => {}
                 }
             }
             if busy {
@@ -128,7 +131,11 @@ impl Shard<'_> {
         self.deliver_run();
         for i in 0..self.wake_targets.len() {
             if let Some(fd) = self.wake_targets[i].take() {
-                self.backend.wake_ring(fd, shared.mailboxes[i].event_fd());
+                let path = match self.backend.wake_ring(fd, shared.mailboxes[i].event_fd()) {
+                    true => WAKE_MSG_RING,
+                    false => WAKE_EVENTFD,
+                };
+                bump(&self.env.counters.wakeups[path], 1);
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The shard event loop: one thread, one backend, one listener.
+//! The shard event loop: one thread, one backend, its listeners (plain,
+//! and TLS when on).
 //!
 //! Each turn: start sends for sessions with output, publish the fan-out
 //! backlog, then one [`Backend::poll`] that submits everything and waits;
@@ -232,7 +233,16 @@ impl Shard<'_> {
                     return;
                 }
                 Event::Data(Token(key), data) => {
-                    sessions[key].session.handle_data(env, data);
+                    // Request timing (metrics on): two clock reads per
+                    // receive chunk, not two per request; see
+                    // `DurationHistogram::record_batch`. The shard reads
+                    // the clock; the session never does.
+                    let started = env.time_requests.then(std::time::Instant::now);
+                    let frames = sessions[key].session.handle_data(env, data);
+                    if let (Some(t0), 1..) = (started, frames) {
+                        let ns = t0.elapsed().as_nanos() as u64;
+                        env.counters.request_duration.record_batch(ns, frames);
+                    }
                     key
                 }
                 Event::Eof(Token(key)) => {
