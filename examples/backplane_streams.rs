@@ -44,7 +44,7 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use redis::streams::StreamReadReply;
 use redis::{Connection, RedisResult};
-use ringcast::server::channels::{slot_of, INTEREST_SLOTS};
+use ringcast::protocol::interest::{slot_of, INTEREST_SLOTS};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};

@@ -20,6 +20,7 @@ pub mod client;
 pub mod cluster;
 pub mod io;
 pub mod protocol;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -527,7 +527,7 @@ fn compressions_by_the_shards_and_the_backplane_reader_are_all_counted() {
     // reach exactly one compression per broadcast that reached B.
     // (Every client on B receives the broadcasts: read past them.)
     let mut watcher = Client::connect(b.addr);
-    let mut stats = |c: &mut Client| {
+    let stats = |c: &mut Client| {
         c.send(&json!({"type": "get_stats"}));
         loop {
             let v = c.recv();

@@ -21,7 +21,7 @@
 pub mod entry;
 mod seqs;
 
-use crate::protocol::interest::{slot_of, Interest, INTEREST_SLOTS};
+use crate::protocol::interest::{Interest, INTEREST_SLOTS};
 use crate::protocol::JsonParser;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
@@ -274,10 +274,10 @@ impl Cluster {
         }
     }
 
-    /// Subscribers of `channel` on the other nodes (their last heartbeats;
-    /// approximate, see docs/PROTOCOL.md).
-    pub fn remote_subscribers(&self, channel: &str) -> u64 {
-        u64::from(self.remote_interest.count(slot_of(channel)))
+    /// Subscribers in interest slot `slot` on the other nodes (their last
+    /// heartbeats; approximate, see docs/PROTOCOL.md).
+    pub fn remote_subscribers(&self, slot: usize) -> u64 {
+        u64::from(self.remote_interest.count(slot))
     }
 
     /// Whether both backplane threads are running (not waiting to be

@@ -31,12 +31,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
 /// Default for [`ServerConfig::max_partial_bytes`]: 256 MiB per shard.
 pub const DEFAULT_MAX_PARTIAL_BYTES: usize = 256 << 20;
 
-/// A partial frame may always hold this much buffer, budget or not, so
-/// that small frames split across receive buffers (pipelined requests)
-/// are still served while large partial frames have used up the budget.
-/// It bounds the overshoot: a shard's partial frames hold at most
-/// `max_partial_bytes` + 4 KiB × its connections.
-pub const SMALL_PARTIAL_BYTES: usize = 4 << 10;
+pub use crate::session::config::SMALL_PARTIAL_BYTES;
 
 /// The table of server settings (see the module documentation). It hands
 /// its rows to the macro `$then`, after the tokens given with it:
@@ -336,6 +331,30 @@ impl WakeMode {
 named_choices!(WakeMode, as_str, "wake mode");
 
 impl ServerConfig {
+    /// What a session reads of these settings; `cluster`: the node runs
+    /// with a backplane.
+    pub fn session_config(&self, cluster: bool) -> crate::session::SessionConfig {
+        let rate = self.rate_limit as f64;
+        crate::session::SessionConfig {
+            max_frame_bytes: self.max_frame_bytes,
+            max_partial_bytes: self.max_partial_bytes,
+            max_pending_bytes: self.max_pending_bytes,
+            idle_timeout_secs: self.idle_timeout_secs,
+            auth_token: self.auth_token.clone(),
+            rate_limit: rate,
+            rate_burst: if self.rate_burst > 0 {
+                self.rate_burst as f64
+            } else {
+                rate
+            },
+            compression: self.compression,
+            compression_threshold_bytes: self.compression_threshold_bytes,
+            tls_max_handshakes: self.tls_max_handshakes,
+            tls_handshake_timeout_secs: self.tls_handshake_timeout_secs,
+            cluster,
+        }
+    }
+
     /// The number of shards to run: the configured count, or one per core
     /// this process may run on.
     pub fn effective_shards(&self) -> usize {

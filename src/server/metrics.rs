@@ -275,7 +275,7 @@ fn respond(
                     b"a shard stopped on an I/O error (see the log)\n",
                     head_only,
                 )
-            } else if shared.cluster.as_ref().is_some_and(|c| !c.threads_alive()) {
+            } else if shared.cluster().is_some_and(|c| !c.threads_alive()) {
                 // Still serving its own clients: not a reason to restart it.
                 write_response(
                     &mut stream,
@@ -284,7 +284,7 @@ fn respond(
                     b"degraded: a cluster backplane thread died and is being restarted (see the log)\n",
                     head_only,
                 )
-            } else if shared.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+            } else if shared.cluster().is_some_and(|c| !c.is_up()) {
                 write_response(
                     &mut stream,
                     "200 OK",
@@ -434,7 +434,7 @@ impl ShardCollector {
         value: impl Fn(&ShardCounters) -> u64,
     ) -> std::fmt::Result {
         let mut m = enc.encode_descriptor(name, help, None, ty)?;
-        for (c, shard) in self.shared.counters.iter().zip(&self.shard_names) {
+        for (c, shard) in self.shared.router.counters.iter().zip(&self.shard_names) {
             let labels = [("shard", shard.as_str())];
             let fam = m.encode_family(&labels)?;
             let v = value(c);
@@ -473,7 +473,7 @@ impl ShardCollector {
         read: impl Fn(&ShardCounters, usize) -> u64,
     ) -> std::fmt::Result {
         let mut m = enc.encode_descriptor(name, help, None, kind)?;
-        for (c, shard) in self.shared.counters.iter().zip(&self.shard_names) {
+        for (c, shard) in self.shared.router.counters.iter().zip(&self.shard_names) {
             for (i, v) in values.iter().enumerate() {
                 let labels = [("shard", shard.as_str()), (label, *v)];
                 let fam = m.encode_family(&labels)?;
@@ -510,13 +510,13 @@ impl Collector for ShardCollector {
             &mut enc,
             "ringcast_start_time_seconds",
             "When the server started, in seconds since the Unix epoch.",
-            shared.start_unix_ms as f64 / 1000.0,
+            shared.router.node.start_unix_ms as f64 / 1000.0,
         )?;
         Self::gauge(
             &mut enc,
             "ringcast_uptime_seconds",
             "Seconds since the server started.",
-            now_ms.saturating_sub(shared.start_unix_ms) as f64 / 1000.0,
+            now_ms.saturating_sub(shared.router.node.start_unix_ms) as f64 / 1000.0,
         )?;
         Self::gauge(
             &mut enc,
@@ -622,7 +622,7 @@ impl Collector for ShardCollector {
             Gauge,
             |c| c.partial_frame_bytes.load(Relaxed),
         )?;
-        if let Some(c) = &shared.cluster {
+        if let Some(c) = shared.cluster() {
             let f = c.figures();
             Self::gauge(
                 &mut enc,
@@ -682,7 +682,7 @@ impl Collector for ShardCollector {
                 (
                     "ringcast_backplane_compressions",
                     "Compressions run for other nodes' messages (also in get_stats compression.compressions).",
-                    &shared.remote_compressions,
+                    &shared.router.remote_compressions,
                 ),
             ] {
                 Self::counter(&mut enc, name, help, v.load(Relaxed))?;
@@ -781,7 +781,7 @@ impl Collector for ShardCollector {
             MetricType::Histogram,
         )?;
         let mut buckets = [(0.0, 0); DURATION_BOUNDS + 1];
-        for (c, shard) in shared.counters.iter().zip(&self.shard_names) {
+        for (c, shard) in shared.router.counters.iter().zip(&self.shard_names) {
             let (counts, sum_ns) = c.request_duration.read();
             for (i, (b, n)) in buckets.iter_mut().zip(counts).enumerate() {
                 let bound = if i < DURATION_BOUNDS {

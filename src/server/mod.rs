@@ -22,24 +22,22 @@
 //! ```
 
 mod admission;
-pub mod broadcast;
-pub mod channels;
 pub mod config;
 mod listener;
 mod metrics;
-mod remote;
 mod shard;
 pub mod stats;
 mod tls;
 
 pub use config::{IoBackend, ServerConfig, WakeMode};
 
+pub use crate::session::Handler;
+
 use crate::io::ListenerId;
-use crate::protocol::{Request, TimestampCache};
-use broadcast::Mailbox;
-use crossbeam_utils::CachePadded;
+use crate::protocol::TimestampCache;
+use crate::route::{NodeInfo, RouteSettings, Router};
 use metrics::MetricsEndpoint;
-use stats::{Counters, ShardCounters, Totals};
+use stats::Totals;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -70,35 +68,13 @@ pub enum ServerError {
     Io(#[from] io::Error),
 }
 
-/// A handler for a custom message type, registered by an embedding
-/// application (the seed promises an extensible format).
-///
-/// It runs on the shard thread, inline: keep it short and non-blocking.
-/// It writes its response frame(s) into `out`, usually with
-/// [`crate::protocol::message::write_response`], copying `req.id`.
-pub trait Handler: Send + Sync + 'static {
-    /// Answers `req`, sent by `client_id`, at time `now` (timestamp format).
-    fn handle(&self, req: &Request<'_, '_>, client_id: &str, now: &str, out: &mut Vec<u8>);
-}
-
-impl<F> Handler for F
-where
-    F: Fn(&Request<'_, '_>, &str, &str, &mut Vec<u8>) + Send + Sync + 'static,
-{
-    fn handle(&self, req: &Request<'_, '_>, client_id: &str, now: &str, out: &mut Vec<u8>) {
-        self(req, client_id, now, out)
-    }
-}
-
 /// State shared by all shards: read-mostly, plus per-shard padded slots.
 pub(crate) struct Shared {
     pub config: ServerConfig,
     pub shards: usize,
-    pub counters: Counters,
-    pub mailboxes: Box<[CachePadded<Mailbox>]>,
-    /// Each shard's channel interest (subscriber counts per hash slot),
-    /// written by its shard, read by publishers on any shard.
-    pub interest: Box<[channels::Interest]>,
+    /// Where every message goes: mailboxes, interest, the cluster, the
+    /// counters (see `route`).
+    pub router: Arc<Router>,
     /// Connections over all shards (for `max_connections`); touched on
     /// accept and close only.
     pub connections: AtomicUsize,
@@ -108,18 +84,10 @@ pub(crate) struct Shared {
     /// Shards that stopped on an I/O error (the others keep serving;
     /// `/healthz` then answers 503 so a supervisor can replace the process).
     pub failed_shards: AtomicUsize,
-    pub start_unix_ms: u64,
-    pub start_time: String,
-    pub handlers: HashMap<String, Arc<dyn Handler>>,
     /// The backend every shard runs on (`auto` resolved at build).
     pub io_backend: crate::io::Kind,
     /// Makes TLS connections (None without a TLS listener).
     pub tls: Option<tls::TlsAcceptor>,
-    /// The cross-node backplane, with `--backplane`.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
-    /// Compressions run by the backplane reader for other nodes' messages:
-    /// its own counter (one writer), added to the shards' in the totals.
-    pub remote_compressions: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -129,39 +97,41 @@ impl Shared {
         handlers: HashMap<String, Arc<dyn Handler>>,
         io_backend: crate::io::Kind,
         event_fds: &[std::os::fd::RawFd],
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Shared {
         let start_unix_ms = crate::protocol::time::unix_ms_now();
-        let n = event_fds.len();
+        let node = NodeInfo {
+            start_unix_ms,
+            start_time: TimestampCache::new().format(start_unix_ms).to_string(),
+            io_backend: io_backend.as_str(),
+            handlers,
+        };
+        let settings = RouteSettings {
+            compression_threshold_bytes: config.compression_threshold_bytes,
+            max_subscriptions: config.max_subscriptions,
+            msg_ring: config.wake == WakeMode::MsgRing,
+        };
         Shared {
+            shards: event_fds.len(),
+            router: Arc::new(Router::new(event_fds, settings, node, cluster)),
             config,
-            shards: n,
-            counters: (0..n)
-                .map(|_| CachePadded::new(ShardCounters::default()))
-                .collect(),
-            mailboxes: event_fds
-                .iter()
-                .map(|fd| CachePadded::new(Mailbox::new(*fd)))
-                .collect(),
-            interest: (0..n).map(|_| channels::Interest::default()).collect(),
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             failed_shards: AtomicUsize::new(0),
-            start_unix_ms,
-            start_time: TimestampCache::new().format(start_unix_ms).to_string(),
-            handlers,
             io_backend,
             tls: None,
-            cluster: None,
-            remote_compressions: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Sums every shard's counters (and the backplane reader's).
     pub fn totals(&self, per_shard: &mut Vec<u64>) -> Totals {
-        let mut t = Totals::read(&self.counters, per_shard);
-        t.compression.compressions += self.remote_compressions.load(Ordering::Relaxed);
-        t
+        self.router.totals(per_shard)
+    }
+
+    /// The backplane, with `--backplane`.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.router.cluster.as_deref()
     }
 }
 
@@ -259,9 +229,8 @@ impl ServerBuilder {
             }
             None => None,
         };
-        let mut shared = Shared::new(self.config, self.handlers, io_backend, &fds);
+        let mut shared = Shared::new(self.config, self.handlers, io_backend, &fds, cluster);
         shared.tls = tls;
-        shared.cluster = cluster;
         Ok(Server {
             shared: Arc::new(shared),
             listeners,
@@ -383,8 +352,8 @@ impl Server {
             let _ = handle.join();
             return Err(e);
         }
-        if let Some(c) = &handle.shared.cluster {
-            if let Err(e) = c.start(remote::ClusterBridge::new(&handle.shared)) {
+        if let Some(c) = &handle.shared.router.cluster {
+            if let Err(e) = c.start(handle.shared.router.clone()) {
                 handle.stop();
                 let _ = handle.join();
                 return Err(ServerError::Io(e));
@@ -412,7 +381,7 @@ impl Server {
             tls_addr = %handle.addrs.tls.map_or("off".into(), |a| a.to_string()),
             shards = handle.shared.shards,
             pinned_cores = %pinned.join(","),
-            node_id = handle.shared.cluster.as_ref().map_or("", |c| c.node_id.as_str()),
+            node_id = handle.shared.cluster().map_or("", |c| c.node_id.as_str()),
             io_backend = handle.shared.io_backend.as_str(),
             features = %features.unwrap_or_default(),
             "ringcast listening"
@@ -512,7 +481,7 @@ impl ServerHandle {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        if let Some(c) = &self.shared.cluster {
+        if let Some(c) = self.shared.cluster() {
             c.stop_and_join();
         }
         if let Some(mut m) = self.metrics.take() {
@@ -537,7 +506,7 @@ impl Drop for ServerHandle {
                 let _ = t.join();
             }
         }
-        if let Some(c) = &self.shared.cluster {
+        if let Some(c) = self.shared.cluster() {
             c.stop_and_join();
         }
         if let Some(mut m) = self.metrics.take() {
@@ -637,7 +606,7 @@ pub fn resolve_backend(want: IoBackend) -> Result<crate::io::Kind, ServerError> 
 /// Sets the stop flag and wakes every shard so it notices at once.
 fn request_stop(shared: &Shared) {
     shared.stop.store(true, Ordering::SeqCst);
-    for m in shared.mailboxes.iter() {
+    for m in shared.router.mailboxes.iter() {
         m.wake_external();
     }
 }

@@ -1,18 +1,19 @@
 //! The frame codec between a session's frames and its transport: requests
 //! that arrive compressed are decompressed before parsing, and replies
 //! over the threshold are compressed before they are queued. Broadcasts
-//! arrive compressed already ([`Delivery::pack`](crate::server::broadcast::Delivery::pack)).
+//! arrive compressed already (the router packs them once per codec).
 //!
 //! Only a connection that negotiated a codec with `hello` gets here; the
 //! others never pay more than one `Option` check per frame.
 
+use super::config::SMALL_PARTIAL_BYTES;
+use super::counters::bump;
 use super::dispatch::Closing;
 use super::env::Env;
+use super::host::Host;
 use super::output::Output;
 use crate::protocol::codec::{Codec, DecompressError};
 use crate::protocol::{ErrorCode, HEADER_LEN};
-use crate::server::config::SMALL_PARTIAL_BYTES;
-use crate::server::stats::bump;
 
 /// A decompression buffer larger than this is freed after its frame (and
 /// leaves the partial-frame budget); smaller ones are kept for the next.
@@ -22,19 +23,20 @@ const KEEP_INFLATE_CAPACITY: usize = 256 << 10;
 /// returned (taken out of `env`; give it back with [`give_inflate`]).
 /// Output stops at `max_frame_bytes`, and at what the shard's partial-frame
 /// budget leaves, so a bomb costs at most that.
-pub(super) fn inflate(
-    env: &mut Env<'_>,
+pub(super) fn inflate<H: Host>(
+    env: &mut Env<'_, H>,
     codec: Codec,
     payload: &[u8],
 ) -> Result<Vec<u8>, (Vec<u8>, Closing)> {
     let mut buf = std::mem::take(&mut env.inflate);
     let held = buf.capacity();
-    let cfg = &env.shared.config;
-    let room = cfg
+    let max_frame = env.config.max_frame_bytes;
+    let room = env
+        .config
         .max_partial_bytes
         .saturating_sub(env.partial_bytes - held)
         .max(SMALL_PARTIAL_BYTES);
-    let limit = cfg.max_frame_bytes.min(room);
+    let limit = max_frame.min(room);
     let r = env.decompressor.decompress(codec, payload, &mut buf, limit);
     env.set_partial(held, buf.capacity());
     match r {
@@ -45,7 +47,7 @@ pub(super) fn inflate(
             bump(&c.bytes_in_plain, buf.len() as u64);
             Ok(buf)
         }
-        Err(DecompressError::TooLarge { .. }) if limit < cfg.max_frame_bytes => Err((
+        Err(DecompressError::TooLarge { .. }) if limit < max_frame => Err((
             buf,
             (
                 ErrorCode::ServerFull,
@@ -70,7 +72,7 @@ pub(super) fn inflate(
 }
 
 /// Returns the inflate buffer to the shard, freeing it if it grew large.
-pub(super) fn give_inflate(env: &mut Env<'_>, mut buf: Vec<u8>) {
+pub(super) fn give_inflate<H: Host>(env: &mut Env<'_, H>, mut buf: Vec<u8>) {
     if buf.capacity() > KEEP_INFLATE_CAPACITY {
         env.set_partial(buf.capacity(), 0);
         buf = Vec::new();
@@ -81,8 +83,13 @@ pub(super) fn give_inflate(env: &mut Env<'_>, mut buf: Vec<u8>) {
 
 /// Compresses, in place, the reply frames written to `out` from byte
 /// `start` on whose payload is over the threshold (when that saves bytes).
-pub(super) fn pack_replies(env: &mut Env<'_>, codec: Codec, out: &mut Output, start: usize) {
-    let threshold = env.shared.config.compression_threshold_bytes;
+pub(super) fn pack_replies<H: Host>(
+    env: &mut Env<'_, H>,
+    codec: Codec,
+    out: &mut Output,
+    start: usize,
+) {
+    let threshold = env.config.compression_threshold_bytes;
     let b = &mut out.building;
     if b.len() - start <= HEADER_LEN + threshold {
         return; // the common case: small replies, nothing to do

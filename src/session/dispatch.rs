@@ -1,18 +1,16 @@
 //! One request frame in, its response written: auth first, the rate limit,
 //! then the message types of the seed protocol.
 
+use super::counters::ShardCounters;
 use super::env::Env;
+use super::host::{Host, Routed, SubscribeError};
 use super::output::{Bucket, Output};
-use super::tls::HandshakeFailure;
 use crate::protocol::codec::Codec;
 use crate::protocol::frame::{BoundedPool, BufferPool};
-use crate::protocol::message::{self, StatsReport};
+use crate::protocol::message;
 use crate::protocol::{parse_request, raw, ErrorCode, RequestKind};
-use crate::server::broadcast::Delivery;
-use crate::server::channels::{slot_of, SubscribeError};
 use bytes::Bytes;
 use std::ops::ControlFlow;
-use std::sync::Arc;
 
 /// Why a session is closing after an error frame.
 pub(crate) type Closing = (ErrorCode, &'static str);
@@ -42,31 +40,25 @@ pub(crate) struct Caller<'s> {
 
 /// Handles one request frame; writes the response into `out`. Returns
 /// `Break` with the error to send when the connection must close.
-pub(crate) fn handle_frame(
-    env: &mut Env<'_>,
+pub(crate) fn handle_frame<H: Host>(
+    env: &mut Env<'_, H>,
     me: Caller<'_>,
     payload: &mut [u8],
     out: &mut Output,
 ) -> ControlFlow<Closing> {
-    let shared = env.shared;
     let now_ms = env.now_ms;
-    let shard = env.shard;
     let Env {
+        config,
         parser,
         ts,
         counters,
-        outgoing,
-        rss,
-        per_shard,
+        host,
         pool,
-        rate,
-        burst,
-        channels,
-        compressor,
         ..
     } = env;
+    let counters: &ShardCounters = counters;
     let now = ts.format(now_ms);
-    let (rate, burst) = (*rate, *burst);
+    let (rate, burst) = (config.rate_limit, config.rate_burst);
     // Echoes: validated and copied raw, without the tape (issue 15); a
     // request for another type is told apart by its "type" member, which
     // clients write first, so it costs one short scan.
@@ -102,7 +94,7 @@ pub(crate) fn handle_frame(
         // `hello` may come before `auth`; it does not authenticate.
         if !*me.authed && req.kind != RequestKind::Hello {
             let token = req.get("token").and_then(|t| t.as_str());
-            let expected = shared.config.auth_token.as_deref().unwrap_or("");
+            let expected = config.auth_token.as_deref().unwrap_or("");
             if req.kind == RequestKind::Auth
                 && token.is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
             {
@@ -136,20 +128,9 @@ pub(crate) fn handle_frame(
                 // Serialised once here; every recipient shares these bytes.
                 let mut frame = Vec::with_capacity(128);
                 message::write_broadcast_message(&mut frame, &req, me.client_id, now);
-                let mut d = Delivery::new(Bytes::from(frame), None);
-                d.pack(shared, compressor, &counters.compression.compressions);
-                let remote = shared
-                    .cluster
-                    .as_ref()
-                    .map(|c| (c.try_send(&d.frame, None), c.remote_clients()));
-                outgoing.push((d, me.id));
-                if let Some((false, _)) = remote {
-                    backplane_refused(counters, buf, &req);
-                } else {
-                    let t = crate::server::stats::Totals::read(&shared.counters, per_shard);
-                    let others = remote.map_or(0, |(_, n)| n);
-                    let n = t.connected.saturating_sub(1) + others;
-                    message::write_broadcast_sent(buf, &req, n, now);
+                match host.broadcast(me.id, Bytes::from(frame)) {
+                    Routed::Recipients(n) => message::write_broadcast_sent(buf, &req, n, now),
+                    Routed::LocalOnly => backplane_refused(counters, buf, &req),
                 }
             }
             RequestKind::Hello if *me.hello_seen => {
@@ -164,7 +145,7 @@ pub(crate) fn handle_frame(
             RequestKind::Hello => {
                 *me.hello_seen = true;
                 // The first codec in the client's order that we have.
-                *me.codec = match shared.config.compression {
+                *me.codec = match config.compression {
                     true => req
                         .get("compression")
                         .and_then(|c| c.elements())
@@ -174,10 +155,10 @@ pub(crate) fn handle_frame(
                 let mut features = ["broadcast", "channels", "", "", "", ""];
                 let mut n = 2;
                 for (on, name) in [
-                    (shared.config.compression, "compression"),
-                    (shared.config.auth_token.is_some(), "auth"),
+                    (config.compression, "compression"),
+                    (config.auth_token.is_some(), "auth"),
                     (me.tls, "tls"),
-                    (shared.cluster.is_some(), "cluster"),
+                    (config.cluster, "cluster"),
                 ] {
                     if on {
                         features[n] = name;
@@ -186,118 +167,39 @@ pub(crate) fn handle_frame(
                 }
                 let hello = message::HelloOk {
                     compression: *me.codec,
-                    max_frame_bytes: shared.config.max_frame_bytes,
-                    compression_threshold: shared.config.compression_threshold_bytes,
+                    max_frame_bytes: config.max_frame_bytes,
+                    compression_threshold: config.compression_threshold_bytes,
                     features: &features[..n],
                 };
                 message::write_hello_ok(buf, req.id.as_ref(), &hello);
             }
-            RequestKind::Subscribe => {
-                let interest = &shared.interest[shard];
-                let max = shared.config.max_subscriptions;
-                match channels.subscribe(interest, me.id, req.channel(), max) {
-                    Ok(held) => message::write_subscribed(buf, &req, held as u64),
-                    Err(SubscribeError::TooMany) => {
-                        refuse(
-                            counters,
-                            buf,
-                            &req,
-                            ErrorCode::TooManySubscriptions,
-                            "this connection holds max_subscriptions channels; unsubscribe first",
-                        );
-                    }
+            RequestKind::Subscribe => match host.subscribe(me.id, req.channel()) {
+                Ok(held) => message::write_subscribed(buf, &req, held as u64),
+                Err(SubscribeError::TooMany) => {
+                    refuse(
+                        counters,
+                        buf,
+                        &req,
+                        ErrorCode::TooManySubscriptions,
+                        "this connection holds max_subscriptions channels; unsubscribe first",
+                    );
                 }
-                channels.store_gauges(counters);
-            }
+            },
             RequestKind::Unsubscribe => {
-                let interest = &shared.interest[shard];
-                let held = channels.unsubscribe(interest, me.id, req.channel());
+                let held = host.unsubscribe(me.id, req.channel());
                 message::write_unsubscribed(buf, &req, held as u64);
-                channels.store_gauges(counters);
             }
             RequestKind::Publish => {
-                let channel = req.channel();
-                // Exact here; elsewhere the other shards' interest counts,
-                // read without a lock (see server::channels).
-                let slot = slot_of(channel);
-                let remote: u64 = (0..shared.shards)
-                    .filter(|i| *i != shard)
-                    .map(|i| u64::from(shared.interest[i].count(slot)))
-                    .sum();
-                let recipients = channels.subscriber_count(channel) as u64 + remote;
                 // Serialised once here; every subscriber shares these bytes.
                 let mut frame = Vec::with_capacity(160);
                 message::write_channel_message(&mut frame, &req, me.client_id, now);
-                let mut d = Delivery::new(Bytes::from(frame), Some(Arc::from(channel)));
-                d.pack(shared, compressor, &counters.compression.compressions);
-                let remote = shared.cluster.as_ref().map(|c| {
-                    (
-                        c.try_send(&d.frame, d.channel.as_ref()),
-                        c.remote_subscribers(channel),
-                    )
-                });
-                outgoing.push((d, me.id));
-                if let Some((false, _)) = remote {
-                    backplane_refused(counters, buf, &req);
-                } else {
-                    let others = remote.map_or(0, |(_, n)| n);
-                    message::write_published(buf, &req, recipients + others, now);
+                match host.publish(me.id, req.channel(), Bytes::from(frame)) {
+                    Routed::Recipients(n) => message::write_published(buf, &req, n, now),
+                    Routed::LocalOnly => backplane_refused(counters, buf, &req),
                 }
             }
-            RequestKind::GetStats => {
-                let t = shared.totals(per_shard);
-                let by_type: [(&str, u64); RequestKind::COUNT] =
-                    std::array::from_fn(|i| (RequestKind::ALL[i].label(), t.messages[i]));
-                let by_code: [(&str, u64); ErrorCode::COUNT] =
-                    std::array::from_fn(|i| (ErrorCode::ALL[i].as_str(), t.errors[i]));
-                let tls_failures: [(&str, u64); 7] = std::array::from_fn(|i| {
-                    (
-                        HandshakeFailure::ALL[i].as_str(),
-                        t.tls_handshake_failures[i],
-                    )
-                });
-                let report = StatsReport {
-                    connected_clients: t.connected,
-                    uptime_seconds: now_ms.saturating_sub(shared.start_unix_ms) / 1000,
-                    total_messages: t.total_messages(),
-                    server_start_time: &shared.start_time,
-                    current_time: now,
-                    shards: shared.shards as u64,
-                    total_connections: t.total_connections,
-                    messages_by_type: &by_type,
-                    bytes_received: t.bytes_received,
-                    bytes_sent: t.bytes_sent,
-                    broadcasts_delivered: t.broadcasts_delivered,
-                    slow_consumer_disconnects: t.slow_consumer_disconnects,
-                    protocol_errors: t.protocol_errors(),
-                    errors_by_code: &by_code,
-                    rss_bytes: rss.rss_bytes(),
-                    messages_per_second: t.messages_per_second,
-                    connections_per_shard: per_shard,
-                    partial_frame_bytes: t.partial_frame_bytes,
-                    io_backend: shared.io_backend.as_str(),
-                    tls_handshake_failures: &tls_failures,
-                    channels: t.channels,
-                    subscriptions: t.subscriptions,
-                    publishes: t.messages_of(RequestKind::Publish),
-                    channel_deliveries: t.channel_deliveries,
-                    compression: t.compression,
-                    cluster: shared.cluster.as_ref().map(|c| {
-                        let f = c.figures();
-                        message::ClusterReport {
-                            node_id: f.node_id,
-                            nodes: f.nodes,
-                            connected_clients: t.connected + f.remote_clients,
-                            backplane: f.backplane,
-                            buffered_bytes: f.buffered_bytes,
-                            bad_entries: f.bad_entries,
-                            restarts: f.restarts,
-                        }
-                    }),
-                };
-                message::write_server_stats(buf, req.id.as_ref(), &report);
-            }
-            RequestKind::Custom => match shared.handlers.get(req.type_name) {
+            RequestKind::GetStats => host.write_stats(buf, req.id.as_ref(), now, now_ms),
+            RequestKind::Custom => match host.handler(req.type_name) {
                 Some(h) => h.handle(&req, me.client_id, now, buf),
                 None => {
                     refuse(
@@ -317,7 +219,7 @@ pub(crate) fn handle_frame(
 /// Answers a broadcast or publish that reached this node's clients only:
 /// the backplane is down and its buffer full.
 fn backplane_refused(
-    counters: &crate::server::stats::ShardCounters,
+    counters: &ShardCounters,
     buf: &mut Vec<u8>,
     req: &crate::protocol::Request<'_, '_>,
 ) {
@@ -344,7 +246,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Counts an error and answers `req` with it.
 fn refuse(
-    counters: &crate::server::stats::ShardCounters,
+    counters: &ShardCounters,
     buf: &mut Vec<u8>,
     req: &crate::protocol::Request<'_, '_>,
     code: ErrorCode,

@@ -1,14 +1,15 @@
-//! What every session on a shard shares: the clock the shard read, the
-//! parser and buffer pools, counters, the broadcasts published this turn.
+//! What every session on a shard shares: the session's scratch (parser,
+//! buffer pools, codec contexts, the TLS plaintext buffer), the clock the
+//! caller read, the settings, the shard's counters, and the [`Host`] the
+//! sessions ask for everything beyond their connection.
 
+use super::config::SessionConfig;
+use super::counters::ShardCounters;
+use super::host::Host;
 use crate::io::SendBatch;
 use crate::protocol::codec::{Compressor, Decompressor};
 use crate::protocol::frame::BoundedPool;
 use crate::protocol::{JsonParser, TimestampCache};
-use crate::server::broadcast::Delivery;
-use crate::server::channels::ChannelIndex;
-use crate::server::stats::{RssReader, ShardCounters};
-use crate::server::Shared;
 use std::sync::atomic::Ordering;
 
 /// Largest spare buffer a shard keeps: a maximum-size frame (1 MiB)
@@ -25,20 +26,25 @@ const TLS_PLAIN_BUF: usize = 32 << 10;
 /// Spare send batches kept (each keeps its segment array).
 const SPARE_BATCHES: usize = 1024;
 
-/// A shard's shared session environment. The shard sets `now_ms` and
-/// `now_mono_ms` once per loop turn; tests set them to simulate time.
-pub struct Env<'a> {
-    pub(crate) shared: &'a Shared,
-    pub(crate) shard: usize,
-    pub(crate) counters: &'a ShardCounters,
+/// A shard's shared session environment: what every input of every
+/// session on the shard takes. The caller sets `now_ms` and `now_mono_ms`
+/// before each input (the shard: once per loop turn, from the clock it
+/// reads; tests: to simulate time); the session reads no clock.
+pub struct Env<'a, H> {
+    /// The settings.
+    pub config: SessionConfig,
+    /// Which shard (for logs).
+    pub shard: usize,
+    /// The shard's counters (this shard is their only writer).
+    pub counters: &'a ShardCounters,
+    /// What the sessions ask of the server.
+    pub host: H,
     pub(crate) parser: JsonParser,
     pub(crate) ts: TimestampCache,
     /// Wall-clock milliseconds since the Unix epoch (timestamps, rate limit).
     pub now_ms: u64,
     /// Monotonic milliseconds since the shard started (idle and deadlines).
     pub now_mono_ms: u64,
-    pub(crate) rss: RssReader,
-    pub(crate) per_shard: Vec<u64>,
     /// Spare reply buffers.
     pub(crate) pool: BoundedPool,
     /// Spare straddle buffers for frames that cross receive chunks.
@@ -46,17 +52,7 @@ pub struct Env<'a> {
     /// Capacity the shard's partial frames hold (the budget
     /// `max_partial_bytes` bounds), mirrored in the counters' gauge.
     pub(crate) partial_bytes: usize,
-    /// Broadcasts and channel messages published this turn, with the
-    /// publishing session.
-    pub(crate) outgoing: Vec<(Delivery, usize)>,
-    /// Which of this shard's sessions are subscribed to which channels.
-    pub(crate) channels: ChannelIndex,
     pub(crate) batches: Vec<SendBatch>,
-    pub(crate) rate: f64,
-    pub(crate) burst: f64,
-    /// Time requests (only when the metrics endpoint is on: two clock
-    /// reads per receive chunk).
-    pub time_requests: bool,
     pub(crate) warn_budget: WarnBudget,
     /// Where TLS sessions decrypt into, to parse in place (one per shard:
     /// decrypted bytes are parsed before the next session's arrive).
@@ -64,7 +60,7 @@ pub struct Env<'a> {
     /// TLS handshakes in progress on this shard (capped by
     /// `tls_max_handshakes`).
     pub(crate) tls_handshakes: usize,
-    /// Compresses replies, broadcasts and channel messages published here.
+    /// Compresses replies.
     pub(crate) compressor: Compressor,
     /// Decompresses compressed requests.
     pub(crate) decompressor: Decompressor,
@@ -76,37 +72,32 @@ pub struct Env<'a> {
     pub(crate) deflate: Vec<u8>,
 }
 
-impl<'a> Env<'a> {
-    /// An environment for shard `shard` of `shared`.
-    pub(crate) fn new(shared: &'a Shared, shard: usize) -> Env<'a> {
-        let cfg = &shared.config;
-        let rate = cfg.rate_limit as f64;
-        let burst = if cfg.rate_burst > 0 {
-            cfg.rate_burst as f64
-        } else {
-            rate
-        };
+impl<'a, H: Host> Env<'a, H> {
+    /// An environment for the sessions of shard `shard`, with `config`,
+    /// writing `counters`, asking `host`; `tls` sizes the TLS plaintext
+    /// buffer (only a shard with a TLS listener needs one).
+    pub fn new(
+        config: SessionConfig,
+        shard: usize,
+        counters: &'a ShardCounters,
+        host: H,
+        tls: bool,
+    ) -> Env<'a, H> {
         Env {
-            shared,
+            config,
             shard,
-            counters: &shared.counters[shard],
+            counters,
+            host,
             parser: JsonParser::new(),
             ts: TimestampCache::new(),
-            now_ms: crate::protocol::time::unix_ms_now(),
+            now_ms: 0,
             now_mono_ms: 0,
-            rss: RssReader::new(),
-            per_shard: Vec::with_capacity(shared.shards),
             pool: BoundedPool::new(POOL_MAX_CAPACITY, POOL_MAX_BYTES),
             straddle_pool: BoundedPool::new(POOL_MAX_CAPACITY, POOL_MAX_BYTES),
             partial_bytes: 0,
-            outgoing: Vec::new(),
-            channels: ChannelIndex::default(),
             batches: Vec::new(),
-            rate,
-            burst,
-            time_requests: cfg.metrics_addr.is_some(),
             warn_budget: WarnBudget::default(),
-            tls_plain: if cfg.tls_addr.is_some() {
+            tls_plain: if tls {
                 vec![0; TLS_PLAIN_BUF]
             } else {
                 Vec::new()
@@ -119,6 +110,23 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// Bytes of buffer the shard's partial frames hold now.
+    pub fn partial_bytes(&self) -> usize {
+        self.partial_bytes
+    }
+
+    /// TLS handshakes in progress.
+    pub fn tls_handshakes(&self) -> usize {
+        self.tls_handshakes
+    }
+
+    /// Warnings held back by the per-second budget in a second that has
+    /// ended (the caller's 1 s tick logs them).
+    pub fn stale_warnings(&mut self) -> Option<u64> {
+        let now = self.now_mono_ms;
+        self.warn_budget.take_stale(now)
+    }
+
     /// Records that a connection's straddle buffer went from `before` to
     /// `after` bytes of capacity.
     pub(crate) fn set_partial(&mut self, before: usize, after: usize) {
@@ -127,14 +135,6 @@ impl<'a> Env<'a> {
             self.counters
                 .partial_frame_bytes
                 .store(self.partial_bytes as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// Drops every subscription of session `id` (it stopped receiving).
-    pub(crate) fn drop_subscriptions(&mut self, id: usize) {
-        let interest = &self.shared.interest[self.shard];
-        if self.channels.drop_session(interest, id) > 0 {
-            self.channels.store_gauges(self.counters);
         }
     }
 

@@ -34,10 +34,10 @@
 //!   progress, and a failed handshake was counted exactly once (never for
 //!   a connection whose handshake finished).
 
-use super::{Action, Env, Phase, Session, Transport, CLOSE_GRACE_MS};
-use crate::io::{Kind, SendBatch};
-use crate::server::{ServerConfig, Shared};
-use std::collections::HashMap;
+use super::counters::ShardCounters;
+use super::fake::FakeHost;
+use super::{Action, Env, Phase, Session, SessionConfig, Transport, CLOSE_GRACE_MS};
+use crate::io::SendBatch;
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -92,7 +92,7 @@ const PIECES: [usize; 8] = [1, 5, 64, 517, 4096, 16 * 1024 + 5, 100_000, usize::
 
 /// The session, its shard environment and a real client, in memory.
 struct Rig<'a> {
-    env: Env<'a>,
+    env: Env<'a, FakeHost>,
     s: Session,
     client: rustls::ClientConnection,
     /// The client has seen an error (the server's alert): it reads no more.
@@ -243,12 +243,9 @@ pub fn drive_tls(cfg: &TlsFuzzConfig, input: &[u8]) {
     let short_sends = knobs & 8 != 0;
     let tick = knobs & 16 != 0;
 
-    let config = ServerConfig {
-        tls_addr: Some(([127, 0, 0, 1], 0).into()),
-        ..ServerConfig::default()
-    };
-    let shared = Shared::new(config, HashMap::new(), Kind::Epoll, &[-1]);
-    let mut env = Env::new(&shared, 0);
+    let config = SessionConfig::default();
+    let counters = ShardCounters::default();
+    let mut env = Env::new(config.clone(), 0, &counters, FakeHost::default(), true);
     env.now_ms = 1_700_000_000_000;
     env.now_mono_ms = 0;
     let conn = rustls::ServerConnection::new(cfg.server.clone()).expect("a server connection");
@@ -322,14 +319,14 @@ pub fn drive_tls(cfg: &TlsFuzzConfig, input: &[u8]) {
         if rig.closed {
             break;
         }
-        let grace = CLOSE_GRACE_MS.max(shared.config.tls_handshake_timeout_secs * 1000);
+        let grace = CLOSE_GRACE_MS.max(config.tls_handshake_timeout_secs * 1000);
         rig.advance(grace);
     }
     assert!(rig.closed, "closed after EOF and the deadlines");
     assert_eq!(rig.s.phase(), Phase::Closed);
     assert_eq!(rig.s.pending(), 0, "nothing held after the close");
     assert_eq!(rig.env.tls_handshakes, 0, "no handshake left in progress");
-    let counters = &shared.counters[0];
+    let counters = &counters;
     assert_eq!(counters.connected.load(Ordering::Relaxed), 0);
     let failures: u64 = counters
         .tls_handshake_failures

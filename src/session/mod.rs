@@ -47,26 +47,30 @@
 //! its EOF.
 
 mod compress;
-#[cfg(test)]
-mod compress_tests;
+pub mod config;
+pub mod counters;
 mod dispatch;
 mod env;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
+pub mod fake;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
 pub mod fuzzing;
+pub mod host;
 mod output;
-#[cfg(test)]
-mod tests;
 pub mod tls;
 
+pub use config::SessionConfig;
 pub use env::Env;
+pub use host::{ConnId, Handler, Host, Routed, SubscribeError};
 
 use crate::io::SendBatch;
 use crate::protocol::codec::Codec;
 use crate::protocol::{ErrorCode, FrameDecoder, HEADER_LEN};
-use crate::server::broadcast::Delivery;
-use crate::server::config::SMALL_PARTIAL_BYTES;
-use crate::server::stats::{bump, unbump};
+use bytes::Bytes;
+use config::SMALL_PARTIAL_BYTES;
+use counters::{bump, unbump};
 use dispatch::{handle_frame, reply_buf, Caller};
 use output::{Bucket, Output};
 use std::ops::ControlFlow;
@@ -166,18 +170,18 @@ impl Session {
     /// sends `server_full` with it as the message, and closes. A TLS
     /// connection beyond the shard's `tls_max_handshakes` in progress is
     /// closed at once (counted as a `busy` handshake failure).
-    pub fn new(
-        env: &mut Env<'_>,
+    pub fn new<H: Host>(
+        env: &mut Env<'_, H>,
         id: usize,
         client_id: Box<str>,
         refusal: Option<&'static str>,
         transport: Transport,
     ) -> Session {
-        let authed = env.shared.config.auth_token.is_none();
+        let authed = env.config.auth_token.is_none();
         let mut s = Session {
             id,
             client_id,
-            decoder: FrameDecoder::new(env.shared.config.max_frame_bytes),
+            decoder: FrameDecoder::new(env.config.max_frame_bytes),
             out: Output::default(),
             leftover: None,
             inflight: 0,
@@ -187,7 +191,7 @@ impl Session {
             last_active: env.now_mono_ms,
             authed,
             established: false,
-            bucket: Bucket::full(env.burst, env.now_ms),
+            bucket: Bucket::full(env.config.rate_burst, env.now_ms),
             paused: false,
             fanout_paused: false,
             want_fin: false,
@@ -197,13 +201,13 @@ impl Session {
             hello_seen: false,
         };
         if let Transport::Tls(conn) = transport {
-            if env.tls_handshakes >= env.shared.config.tls_max_handshakes {
+            if env.tls_handshakes >= env.config.tls_max_handshakes {
                 s.handshake_failed(env, HandshakeFailure::Busy);
                 s.close_now(env);
                 return s;
             }
             env.tls_handshakes += 1;
-            let deadline = env.now_mono_ms + env.shared.config.tls_handshake_timeout_secs * 1000;
+            let deadline = env.now_mono_ms + env.config.tls_handshake_timeout_secs * 1000;
             s.tls = Some(Box::new(Tls::new(*conn, deadline)));
         }
         match refusal {
@@ -250,16 +254,16 @@ impl Session {
         self.established
     }
 
-    fn establish(&mut self, env: &mut Env<'_>) {
+    fn establish<H: Host>(&mut self, env: &mut Env<'_, H>) {
         self.established = true;
         bump(&env.counters.connected, 1);
     }
 
-    fn unestablish(&mut self, env: &mut Env<'_>) {
+    fn unestablish<H: Host>(&mut self, env: &mut Env<'_, H>) {
         if self.established {
             self.established = false;
             // A closing connection receives nothing more: its channels go now.
-            env.drop_subscriptions(self.id);
+            env.host.drop_subscriptions(self.id);
             unbump(&env.counters.connected);
         }
     }
@@ -270,7 +274,7 @@ impl Session {
     /// that continues past it is kept in a straddle buffer, within the
     /// shard's partial-frame budget. Returns the requests handled (the
     /// caller, which owns the clock, times them).
-    pub fn handle_data(&mut self, env: &mut Env<'_>, data: &mut [u8]) -> u64 {
+    pub fn handle_data<H: Host>(&mut self, env: &mut Env<'_, H>, data: &mut [u8]) -> u64 {
         bump(&env.counters.bytes_received, data.len() as u64);
         let Some(mut tls) = self.tls.take() else {
             return self.handle_plaintext(env, data, false);
@@ -313,7 +317,12 @@ impl Session {
     /// `tls`: whether the bytes came through TLS (`self.tls` is taken out
     /// while they are handled, so it cannot say). Returns the requests
     /// handled.
-    fn handle_plaintext(&mut self, env: &mut Env<'_>, data: &mut [u8], tls: bool) -> u64 {
+    fn handle_plaintext<H: Host>(
+        &mut self,
+        env: &mut Env<'_, H>,
+        data: &mut [u8],
+        tls: bool,
+    ) -> u64 {
         if self.phase != Phase::Open {
             return 0; // closing: input is read only so the socket closes cleanly
         }
@@ -323,7 +332,6 @@ impl Session {
         let held = self.decoder.buffered_capacity();
         let others = env.partial_bytes - held;
         let max_capacity = env
-            .shared
             .config
             .max_partial_bytes
             .saturating_sub(others)
@@ -426,9 +434,9 @@ impl Session {
     }
 
     /// A send finished: `result` is the bytes sent from `batch`, or the error.
-    pub fn handle_sent(
+    pub fn handle_sent<H: Host>(
         &mut self,
-        env: &mut Env<'_>,
+        env: &mut Env<'_, H>,
         mut batch: SendBatch,
         result: std::io::Result<usize>,
     ) {
@@ -463,7 +471,7 @@ impl Session {
     }
 
     /// The peer closed its side: answer what was asked, then close.
-    pub fn handle_eof(&mut self, env: &mut Env<'_>) {
+    pub fn handle_eof<H: Host>(&mut self, env: &mut Env<'_, H>) {
         if self.eof {
             return; // close_notify came first, then the FIN
         }
@@ -485,7 +493,7 @@ impl Session {
     }
 
     /// The connection broke: close at once.
-    pub fn handle_failed(&mut self, env: &mut Env<'_>) {
+    pub fn handle_failed<H: Host>(&mut self, env: &mut Env<'_, H>) {
         self.eof = true;
         if self.tls.as_ref().is_some_and(|t| t.handshaking) {
             self.handshake_failed(env, HandshakeFailure::Eof);
@@ -495,9 +503,9 @@ impl Session {
 
     /// Time passed (the shard calls this once a second): the idle timeout
     /// and the drain and linger deadlines. Returns true if it closed.
-    pub fn handle_tick(&mut self, env: &mut Env<'_>) -> bool {
+    pub fn handle_tick<H: Host>(&mut self, env: &mut Env<'_, H>) -> bool {
         let now = env.now_mono_ms;
-        let idle = env.shared.config.idle_timeout_secs;
+        let idle = env.config.idle_timeout_secs;
         if let (Phase::Open, Some(t)) = (self.phase, &self.tls) {
             if t.handshaking && now >= t.deadline {
                 // A slow-loris on the handshake: no alert, nothing to flush.
@@ -523,15 +531,25 @@ impl Session {
         expired
     }
 
-    /// A broadcast frame for this client. A client that has fallen more
-    /// than `max_pending_bytes` behind is cut with `slow_consumer` instead.
-    /// Returns whether the frame was queued.
-    pub fn push_broadcast(&mut self, env: &mut Env<'_>, d: &Delivery) -> bool {
+    /// A broadcast or channel frame for this client: `plain`, serialised
+    /// once for every recipient, and `packed`, the same compressed once per
+    /// codec where that paid (by [`Codec::index`]). A client that has
+    /// fallen more than `max_pending_bytes` behind is cut with
+    /// `slow_consumer` instead. Returns whether the frame was queued.
+    pub fn push_broadcast<H: Host>(
+        &mut self,
+        env: &mut Env<'_, H>,
+        plain: &Bytes,
+        packed: &[Option<Bytes>; Codec::COUNT],
+    ) -> bool {
         if !self.established {
             return false;
         }
-        let frame = d.frame_for(self.codec);
-        if self.pending() + frame.len() > env.shared.config.max_pending_bytes {
+        let frame = self
+            .codec
+            .and_then(|c| packed[c.index()].as_ref())
+            .unwrap_or(plain);
+        if self.pending() + frame.len() > env.config.max_pending_bytes {
             self.drop_output(env);
             self.fail(
                 env,
@@ -540,11 +558,11 @@ impl Session {
             );
             return false;
         }
-        if !std::ptr::eq(frame, &d.frame) {
+        if !std::ptr::eq(frame, plain) {
             // The shared compressed frame.
             env.counters
                 .compression
-                .frame_out(d.frame.len() - HEADER_LEN, frame.len() - HEADER_LEN);
+                .frame_out(plain.len() - HEADER_LEN, frame.len() - HEADER_LEN);
         }
         self.out.push_shared(frame.clone());
         true
@@ -552,7 +570,7 @@ impl Session {
 
     /// The server is stopping: `shutting_down` is sent and flushed by
     /// `deadline` (monotonic ms).
-    pub fn begin_shutdown(&mut self, env: &mut Env<'_>, deadline: u64) {
+    pub fn begin_shutdown<H: Host>(&mut self, env: &mut Env<'_, H>, deadline: u64) {
         if self.phase == Phase::Open {
             self.fail(env, ErrorCode::ShuttingDown, "the server is shutting down");
             if let Phase::Draining { .. } = self.phase {
@@ -567,7 +585,7 @@ impl Session {
     }
 
     /// Closes at once (the server's final cut).
-    pub fn abort(&mut self, env: &mut Env<'_>) {
+    pub fn abort<H: Host>(&mut self, env: &mut Env<'_, H>) {
         self.close_now(env);
     }
 
@@ -611,7 +629,7 @@ impl Session {
 
     /// A batch to send, if there is output and no send in flight: what a
     /// short send left first, then queued replies and broadcasts in order.
-    pub fn poll_transmit(&mut self, env: &mut Env<'_>) -> Option<SendBatch> {
+    pub fn poll_transmit<H: Host>(&mut self, env: &mut Env<'_, H>) -> Option<SendBatch> {
         if !self.wants_send() {
             return None;
         }
@@ -638,7 +656,7 @@ impl Session {
     // ---- transitions ----
 
     /// Sends an error that ends the connection: flush it, then close.
-    fn fail(&mut self, env: &mut Env<'_>, code: ErrorCode, msg: &str) {
+    fn fail<H: Host>(&mut self, env: &mut Env<'_, H>, code: ErrorCode, msg: &str) {
         let buf = reply_buf(&mut env.pool, &mut self.out);
         crate::protocol::message::write_error(buf, None, code, msg, None);
         env.counters.error(code);
@@ -662,7 +680,7 @@ impl Session {
     }
 
     /// Stops serving; closes once the output is flushed (bounded by a deadline).
-    fn close_after_flush(&mut self, env: &mut Env<'_>) {
+    fn close_after_flush<H: Host>(&mut self, env: &mut Env<'_, H>) {
         if self.phase != Phase::Open {
             return;
         }
@@ -675,7 +693,7 @@ impl Session {
     }
 
     /// Moves a draining session on once its output has gone.
-    fn after_flush(&mut self, env: &mut Env<'_>) {
+    fn after_flush<H: Host>(&mut self, env: &mut Env<'_, H>) {
         if let Phase::Draining { .. } = self.phase {
             if self.pending() == 0 {
                 // TLS: close_notify before the FIN, so the peer can tell
@@ -696,7 +714,7 @@ impl Session {
         }
     }
 
-    fn close_now(&mut self, env: &mut Env<'_>) {
+    fn close_now<H: Host>(&mut self, env: &mut Env<'_, H>) {
         if self.phase == Phase::Closed {
             return;
         }
@@ -725,7 +743,7 @@ impl Session {
 
     /// Drops the output not yet handed to the backend (TLS: encrypted or
     /// not), recycling its buffers.
-    fn drop_output(&mut self, env: &mut Env<'_>) {
+    fn drop_output<H: Host>(&mut self, env: &mut Env<'_, H>) {
         let pool = &mut env.pool;
         let mut recycle = |b| drop(crate::protocol::frame::BufferPool::give(pool, b));
         self.out.discard(&mut recycle);
@@ -737,7 +755,7 @@ impl Session {
     /// The TLS handshake finished (the transport no longer counts it as in
     /// progress): the client is established (or, with an auth token, may
     /// now authenticate).
-    fn handshake_finished(&mut self, env: &mut Env<'_>) {
+    fn handshake_finished<H: Host>(&mut self, env: &mut Env<'_, H>) {
         if self.phase == Phase::Open && self.authed && !self.established {
             self.establish(env);
         }
@@ -745,7 +763,7 @@ impl Session {
 
     /// Counts a failed handshake, once (and logs it, within the warning
     /// budget); it no longer counts as in progress.
-    fn handshake_failed(&mut self, env: &mut Env<'_>, why: HandshakeFailure) {
+    fn handshake_failed<H: Host>(&mut self, env: &mut Env<'_, H>, why: HandshakeFailure) {
         if let Some(t) = &mut self.tls {
             t.handshaking = false;
             env.tls_handshakes -= 1;
@@ -764,7 +782,7 @@ impl Session {
 
     /// Drops the partial frame of a session that stops reading requests
     /// and releases its share of the budget at once.
-    fn release_partial(&mut self, env: &mut Env<'_>) {
+    fn release_partial<H: Host>(&mut self, env: &mut Env<'_, H>) {
         let held = self.decoder.buffered_capacity();
         if held > 0 {
             self.decoder.reset(&mut env.straddle_pool);

@@ -25,7 +25,7 @@
 //! [`TLS_SEND_BYTES`] is encrypted ahead of the socket.
 
 use super::output::Output;
-use super::Env;
+use super::{Env, Host};
 use crate::io::{Segment, SendBatch, MAX_SEND_SEGMENTS};
 use crate::protocol::frame::BufferPool;
 use rustls::ServerConnection;
@@ -164,11 +164,11 @@ impl Tls {
     /// place), is handed to `on_input`, which returns false to stop
     /// reading (the session is closing: the rest is decrypted and dropped,
     /// so close_notify is still seen).
-    pub fn receive(
+    pub fn receive<H: Host>(
         &mut self,
-        env: &mut Env<'_>,
+        env: &mut Env<'_, H>,
         mut data: &[u8],
-        mut on_input: impl FnMut(&mut Env<'_>, TlsInput<'_>) -> bool,
+        mut on_input: impl FnMut(&mut Env<'_, H>, TlsInput<'_>) -> bool,
     ) -> Received {
         let mut r = Received::default();
         let mut buf = std::mem::take(&mut env.tls_plain);
@@ -238,7 +238,7 @@ impl Tls {
 
     /// Fills `batch` with ciphertext: what is already waiting, then the
     /// session's queued plaintext, encrypted up to [`TLS_SEND_BYTES`].
-    pub fn fill(&mut self, env: &mut Env<'_>, out: &mut Output, batch: &mut SendBatch) {
+    pub fn fill<H: Host>(&mut self, env: &mut Env<'_, H>, out: &mut Output, batch: &mut SendBatch) {
         if self.can_write() {
             let pool = &mut env.pool;
             let mut encrypted = 0;

@@ -4,10 +4,9 @@
 //! behind anywhere.
 
 use super::{touch, Shard};
-use crate::server::broadcast::{Delivery, Wake};
-use crate::server::channels::slot_of;
+use crate::route::Delivery;
 use crate::server::stats::{bump, WAKE_EVENTFD, WAKE_MSG_RING};
-use crate::server::WakeMode;
+use crate::server::Shared;
 
 /// Deliveries the longest-waiting recipient on a shard may wait through
 /// before connections that publish (on every shard) are paused like any
@@ -31,9 +30,9 @@ impl Shard<'_> {
     /// Whether broadcast fan-out is behind on any shard, or the cluster
     /// backplane behind writing to Redis.
     pub(super) fn fanout_busy(&self) -> bool {
-        let shared = self.env.shared;
-        shared.mailboxes.iter().any(|m| m.fanout_behind())
-            || shared.cluster.as_ref().is_some_and(|c| c.backlogged())
+        let router = &self.shared.router;
+        router.mailboxes.iter().any(|m| m.fanout_behind())
+            || router.cluster.as_ref().is_some_and(|c| c.backlogged())
     }
 
     /// Whether this shard's fan-out is behind: its longest-waiting
@@ -43,7 +42,7 @@ impl Shard<'_> {
     /// is cut as a slow consumer). Entries of closed sessions at the front
     /// are dropped on the way.
     fn fanout_behind_here(&mut self) -> bool {
-        let max_pending = self.env.shared.config.max_pending_bytes;
+        let max_pending = self.shared.config.max_pending_bytes;
         while let Some(&(key, mark)) = self.pushes.front() {
             match self.sessions.get(key) {
                 Some(e) if e.push_dirty => {
@@ -61,13 +60,13 @@ impl Shard<'_> {
     /// Publishes whether this shard's fan-out is behind, and resumes
     /// publishers paused for fan-out once every shard has caught up.
     pub(super) fn update_fanout(&mut self) {
-        let shared = self.env.shared;
+        let mailboxes = &self.shared.router.mailboxes;
         let behind = self.fanout_behind_here();
-        let was = shared.mailboxes[self.id].fanout_behind();
-        shared.mailboxes[self.id].set_fanout_behind(behind);
+        let was = mailboxes[self.id].fanout_behind();
+        mailboxes[self.id].set_fanout_behind(behind);
         if was && !behind {
             // Caught up: shards with paused publishers may be asleep.
-            for (i, m) in shared.mailboxes.iter().enumerate() {
+            for (i, m) in mailboxes.iter().enumerate() {
                 if i != self.id {
                     m.wake_external();
                 }
@@ -89,23 +88,15 @@ impl Shard<'_> {
     /// to shards with interest in its channel), waking each at most once. A
     /// publisher is paused while fan-out is behind anywhere.
     pub(super) fn deliver_broadcasts(&mut self) {
-        let shared = self.env.shared;
-        let mut outgoing = std::mem::take(&mut self.env.outgoing);
+        let shared: &Shared = self.shared;
+        let router = &*shared.router;
+        let mut outgoing = std::mem::take(&mut self.env.host.outgoing);
         let sent_any = !outgoing.is_empty();
         let busy = sent_any && self.fanout_busy();
-        let use_ring = shared.config.wake == WakeMode::MsgRing;
+        let msg_ring = router.settings.msg_ring;
         for (d, sender) in outgoing.drain(..) {
-            let slot = d.channel.as_deref().map(slot_of);
-            for (i, mb) in shared.mailboxes.iter().enumerate() {
-                if i == self.id || slot.is_some_and(|s| shared.interest[i].count(s) == 0) {
-                    continue;
-                }
-                match mb.push(d.clone(), use_ring) {
-                    Wake::Ring(fd) => self.wake_targets[i] = Some(fd),
-                    Wake::Done => bump(&self.env.counters.wakeups[WAKE_EVENTFD], 1),
-                    Wake::No => {}
-                }
-            }
+            let by_eventfd = router.to_shards(Some(self.id), &d, msg_ring, &mut self.wake_targets);
+            bump(&self.env.counters.wakeups[WAKE_EVENTFD], by_eventfd);
             if busy {
                 if let Some(e) = self.sessions.get_mut(sender) {
                     if e.session.wants_read() {
@@ -117,21 +108,21 @@ impl Shard<'_> {
             }
             self.queue_local(d, Some(sender));
         }
-        self.env.outgoing = outgoing;
+        self.env.host.outgoing = outgoing;
         if sent_any {
-            if let Some(c) = &shared.cluster {
+            if let Some(c) = &router.cluster {
                 c.wake_writer();
             }
         }
         let mut inbound = Vec::new();
-        shared.mailboxes[self.id].drain(|d| inbound.push(d));
+        router.mailboxes[self.id].drain(|d| inbound.push(d));
         for d in inbound {
             self.queue_local(d, None);
         }
         self.deliver_run();
         for i in 0..self.wake_targets.len() {
             if let Some(fd) = self.wake_targets[i].take() {
-                let path = match self.backend.wake_ring(fd, shared.mailboxes[i].event_fd()) {
+                let path = match self.backend.wake_ring(fd, router.mailboxes[i].event_fd()) {
                     true => WAKE_MSG_RING,
                     false => WAKE_EVENTFD,
                 };
@@ -180,7 +171,7 @@ impl Shard<'_> {
                     .filter(|(k, e)| Some(*k) != except && e.session.is_established())
                     .map(|(k, _)| k),
             ),
-            Some(ch) => keys.extend(self.env.channels.subscribers(ch)),
+            Some(ch) => keys.extend(self.env.host.channels.subscribers(ch)),
         }
         let mut delivered = 0;
         // Recipients joining the round robin now have waited through
@@ -191,7 +182,7 @@ impl Shard<'_> {
             let Some(e) = self.sessions.get_mut(key) else {
                 continue;
             };
-            if e.session.push_broadcast(&mut self.env, d) {
+            if e.session.push_broadcast(&mut self.env, &d.frame, &d.packed) {
                 delivered += d.frames;
                 if !e.push_dirty {
                     e.push_dirty = true;

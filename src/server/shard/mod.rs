@@ -13,6 +13,7 @@ mod fanout;
 use super::admission::Admission;
 use super::{ServerError, Shared, WakeMode};
 use crate::io::{Backend, Event, ListenerId, Options, Token};
+use crate::route::{Delivery, ShardRoute};
 use crate::session::{Action, Env, Session, Transport};
 use slab::Slab;
 use std::collections::VecDeque;
@@ -81,7 +82,7 @@ pub(crate) fn run(
     };
     if cfg.wake == WakeMode::MsgRing {
         if let Some(fd) = backend.ring_fd() {
-            shared.mailboxes[id].set_ring_fd(fd);
+            shared.router.mailboxes[id].set_ring_fd(fd);
         }
     }
     for (listener, lid) in listeners {
@@ -92,12 +93,22 @@ pub(crate) fn run(
     }
     let _ = ready.send(Ok(backend.features()));
     drop(ready);
+    let mut env = Env::new(
+        cfg.session_config(shared.cluster().is_some()),
+        id,
+        &shared.router.counters[id],
+        ShardRoute::new(&shared.router, id),
+        cfg.tls_addr.is_some(),
+    );
+    env.now_ms = crate::protocol::time::unix_ms_now();
     let mut shard = Shard {
         id,
+        shared: &shared,
+        time_requests: cfg.metrics_addr.is_some(),
         backend,
         _wake_fd: wake_fd,
         sessions: Slab::new(),
-        env: Env::new(&shared, id),
+        env,
         touched: Vec::new(),
         dirty: Vec::new(),
         pushes: VecDeque::new(),
@@ -119,13 +130,20 @@ pub(crate) fn run(
     }
 }
 
+/// The session environment of a shard: its sessions talk to its router.
+type ShardEnv<'a> = Env<'a, ShardRoute<'a>>;
+
 struct Shard<'a> {
     id: usize,
+    shared: &'a Shared,
+    /// Time requests (only when the metrics endpoint is on: two clock
+    /// reads per receive chunk).
+    time_requests: bool,
     backend: Backend,
     /// Kept open for as long as the backend may read it.
     _wake_fd: OwnedFd,
     sessions: Slab<Entry>,
-    env: Env<'a>,
+    env: ShardEnv<'a>,
     /// Sessions that had an input this turn, to ask what they want.
     touched: Vec<usize>,
     /// Sessions with replies to their own requests (all flushed each turn).
@@ -139,7 +157,7 @@ struct Shard<'a> {
     fanout_seq: u64,
     /// Small broadcasts being gathered this turn, and the session they
     /// skip (their sender; `None` for other shards' broadcasts).
-    run: Vec<crate::server::broadcast::Delivery>,
+    run: Vec<Delivery>,
     run_except: Option<usize>,
     /// Publishers paused until the fan-out backlog drains.
     fanout_paused: Vec<usize>,
@@ -184,7 +202,7 @@ impl Shard<'_> {
                 self.next_tick = self.env.now_mono_ms + tick_ms;
                 self.on_tick()?;
             }
-            if self.env.shared.stop.load(Ordering::Relaxed) && !self.stopping {
+            if self.shared.stop.load(Ordering::Relaxed) && !self.stopping {
                 self.begin_stop();
             }
             self.settle()?;
@@ -208,15 +226,19 @@ impl Shard<'_> {
             added,
             stopping,
             id,
+            shared,
+            time_requests,
             ..
         } = self;
+        let shared: &Shared = shared;
+        let time_requests = *time_requests;
         backend.poll(timeout, |ev| {
             let key = match ev {
                 Event::Accepted(stream, lid) => {
                     if *stopping {
                         return; // dropped: closed at once
                     }
-                    if let Some(key) = accept(*id, sessions, env, &stream, lid) {
+                    if let Some(key) = accept(*id, shared, sessions, env, &stream, lid) {
                         added.push((key, stream));
                         touch(sessions, touched, key);
                     }
@@ -228,7 +250,7 @@ impl Shard<'_> {
                 }
                 Event::Closed(Token(key)) => {
                     let e = sessions.remove(key);
-                    e.admitted.release(env.shared);
+                    e.admitted.release(shared);
                     tracing::debug!(shard = *id, client_id = %e.session.client_id(), "connection closed");
                     return;
                 }
@@ -237,7 +259,7 @@ impl Shard<'_> {
                     // receive chunk, not two per request; see
                     // `DurationHistogram::record_batch`. The shard reads
                     // the clock; the session never does.
-                    let started = env.time_requests.then(std::time::Instant::now);
+                    let started = time_requests.then(std::time::Instant::now);
                     let frames = sessions[key].session.handle_data(env, data);
                     if let (Some(t0), 1..) = (started, frames) {
                         let ns = t0.elapsed().as_nanos() as u64;
@@ -338,7 +360,7 @@ impl Shard<'_> {
             .messages_last_second
             .store(total - self.last_tick_messages, Ordering::Relaxed);
         self.last_tick_messages = total;
-        if let Some(n) = self.env.warn_budget.take_stale(self.env.now_mono_ms) {
+        if let Some(n) = self.env.stale_warnings() {
             tracing::warn!(
                 shard = self.id,
                 suppressed = n,
@@ -350,7 +372,7 @@ impl Shard<'_> {
                 .iter()
                 .map(|(_, e)| e.session.partial_capacity())
                 .sum::<usize>(),
-            self.env.partial_bytes,
+            self.env.partial_bytes(),
             "partial frame accounting out of step"
         );
         for (key, e) in self.sessions.iter_mut() {
@@ -366,7 +388,7 @@ impl Shard<'_> {
     /// and its pending output is flushed within `drain_secs`.
     fn begin_stop(&mut self) {
         self.stopping = true;
-        self.stop_deadline = self.env.now_mono_ms + self.env.shared.config.drain_secs * 1000;
+        self.stop_deadline = self.env.now_mono_ms + self.shared.config.drain_secs * 1000;
         self.backend.stop_listening();
         for (key, e) in self.sessions.iter_mut() {
             e.session.begin_shutdown(&mut self.env, self.stop_deadline);
@@ -391,8 +413,8 @@ impl Shard<'_> {
             self.poll(Some(Duration::from_millis(100)))?;
             self.settle()?;
         }
-        debug_assert!(!self.sessions.is_empty() || self.env.partial_bytes == 0);
-        let t = self.env.shared.totals(&mut Vec::new());
+        debug_assert!(!self.sessions.is_empty() || self.env.partial_bytes() == 0);
+        let t = self.shared.totals(&mut Vec::new());
         tracing::info!(
             shard = self.id,
             total_messages = t.total_messages(),
@@ -416,13 +438,14 @@ fn touch(sessions: &mut Slab<Entry>, touched: &mut Vec<usize>, key: usize) {
 /// A new connection: admission, then its session. Returns its key.
 fn accept(
     shard: usize,
+    shared: &Shared,
     sessions: &mut Slab<Entry>,
-    env: &mut Env<'_>,
+    env: &mut ShardEnv<'_>,
     stream: &std::net::TcpStream,
     lid: ListenerId,
 ) -> Option<usize> {
     let peer = stream.peer_addr().ok()?; // already gone: dropped
-    let transport = match (&env.shared.tls, lid) {
+    let transport = match (&shared.tls, lid) {
         (Some(acceptor), super::TLS_LISTENER) => match acceptor.accept() {
             Ok(conn) => Transport::Tls(Box::new(conn)),
             Err(e) => {
@@ -435,7 +458,7 @@ fn accept(
         _ => Transport::Plain,
     };
     let _ = stream.set_nodelay(true);
-    let (admitted, refusal) = Admission::admit(env.shared, env.counters, peer.ip());
+    let (admitted, refusal) = Admission::admit(shared, env.counters, peer.ip());
     if let Some(msg) = refusal {
         tracing::debug!(shard, peer = %peer, "{msg}");
     }

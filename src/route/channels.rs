@@ -16,15 +16,9 @@ use std::sync::atomic::Ordering;
 pub use crate::protocol::interest::{slot_of, Interest, INTEREST_SLOTS};
 use std::sync::Arc;
 
-use super::stats::ShardCounters;
+use crate::session::counters::ShardCounters;
 
-/// Why a subscribe was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SubscribeError {
-    /// The connection already holds `max_subscriptions` channels.
-    #[error("this connection already holds the server's max_subscriptions channels")]
-    TooMany,
-}
+pub use crate::session::SubscribeError;
 
 /// One shard's subscriber index. Sessions are named by their shard key.
 #[derive(Debug, Default)]

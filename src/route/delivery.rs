@@ -1,19 +1,12 @@
-//! Cross-shard mailboxes for broadcasts.
-//!
-//! Each shard has one inbound lock-free queue (crossbeam's SegQueue: MPSC
-//! use of an MPMC queue; FIFO per producer, so one sender's broadcasts
-//! reach every recipient in the order sent). A producer pushes the frame,
-//! already serialised once into a shared `Bytes`, then wakes the target at
-//! most once per batch: the `notified` flag collapses wake-ups until the
-//! target has drained its queue.
+//! A routed message: the frame serialised once, where it goes, and the
+//! same frame compressed once per codec in use.
 
-use super::stats::bump;
-use super::Shared;
 use crate::protocol::codec::{Codec, Compressor};
+use crate::protocol::interest::slot_of;
+use crate::session::counters::{bump, ShardCounters};
 use bytes::Bytes;
-use crossbeam_queue::SegQueue;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A frame for a shard's clients: a `broadcast_message` for every
@@ -25,6 +18,9 @@ pub struct Delivery {
     pub frame: Bytes,
     /// `None` for a broadcast; the channel for a publish.
     pub channel: Option<Arc<str>>,
+    /// The channel's interest slot, computed once where the delivery is
+    /// made (every hop reads it from here).
+    pub slot: Option<usize>,
     /// The frame compressed, by [`Codec::index`]: made once, where the
     /// delivery is published, for each codec some connection negotiated
     /// (see [`Delivery::pack`]). `None`: that codec's clients get `frame`.
@@ -43,9 +39,10 @@ impl Delivery {
     /// A delivery of `frame`, not compressed yet.
     pub fn new(frame: Bytes, channel: Option<Arc<str>>) -> Delivery {
         Delivery {
+            slot: channel.as_deref().map(slot_of),
             frame,
             channel,
-            packed: [None, None],
+            packed: Default::default(),
             frames: 1,
         }
     }
@@ -73,7 +70,8 @@ impl Delivery {
         Delivery {
             frame: Bytes::from(frame),
             channel: None,
-            packed: [None, None],
+            slot: None,
+            packed: Default::default(),
             frames: parts.iter().map(|d| d.frames).sum(),
         }
     }
@@ -85,19 +83,19 @@ impl Delivery {
     /// this one plain. Counts each compression in `compressions`, a
     /// counter the caller alone writes (its shard's, or the backplane
     /// reader's own).
-    pub(crate) fn pack(
+    pub fn pack(
         &mut self,
-        shared: &Shared,
+        threshold: usize,
+        counters: &[CachePadded<ShardCounters>],
         compressor: &mut Compressor,
         compressions: &AtomicU64,
     ) {
         let payload = &self.frame[crate::protocol::HEADER_LEN..];
-        if payload.len() <= shared.config.compression_threshold_bytes {
+        if payload.len() <= threshold {
             return;
         }
         for codec in Codec::ALL {
-            let wanted = shared
-                .counters
+            let wanted = counters
                 .iter()
                 .any(|c| c.compression.connections[codec.index()].load(Ordering::Relaxed) > 0);
             if !wanted {
@@ -118,106 +116,6 @@ impl Delivery {
         codec
             .and_then(|c| self.packed[c.index()].as_ref())
             .unwrap_or(&self.frame)
-    }
-}
-
-/// One shard's inbound mailbox.
-pub struct Mailbox {
-    queue: SegQueue<Delivery>,
-    /// Set by a producer that has woken (or will wake) the target; cleared
-    /// by the target before it drains.
-    notified: AtomicBool,
-    /// The target's ring fd (for MSG_RING); -1 until its ring exists.
-    ring_fd: AtomicI32,
-    /// The target's eventfd (wake-ups from threads without a ring, and the
-    /// eventfd wake mode).
-    event_fd: RawFd,
-    /// The owner's fan-out is behind (see the shard's `fanout` module):
-    /// published each turn so publishers on any shard can be slowed.
-    behind: AtomicBool,
-}
-
-impl std::fmt::Debug for Mailbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mailbox")
-            .field("len", &self.queue.len())
-            .finish()
-    }
-}
-
-/// How a producer should wake the target, decided by [`Mailbox::push`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wake {
-    /// Someone already did.
-    No,
-    /// Post a MSG_RING to this ring fd.
-    Ring(RawFd),
-    /// The eventfd was written.
-    Done,
-}
-
-impl Mailbox {
-    /// A mailbox whose owner reads `event_fd`.
-    pub fn new(event_fd: RawFd) -> Mailbox {
-        Mailbox {
-            queue: SegQueue::new(),
-            notified: AtomicBool::new(false),
-            ring_fd: AtomicI32::new(-1),
-            event_fd,
-            behind: AtomicBool::new(false),
-        }
-    }
-
-    /// Records the owner's ring fd once its ring exists.
-    pub fn set_ring_fd(&self, fd: RawFd) {
-        self.ring_fd.store(fd, Ordering::Release);
-    }
-
-    /// Queues a delivery; says whether and how the caller must wake the owner.
-    pub fn push(&self, d: Delivery, use_msg_ring: bool) -> Wake {
-        self.queue.push(d);
-        if self.notified.swap(true, Ordering::SeqCst) {
-            return Wake::No;
-        }
-        let ring = self.ring_fd.load(Ordering::Acquire);
-        if use_msg_ring && ring >= 0 {
-            Wake::Ring(ring)
-        } else {
-            crate::io::sys::eventfd_signal(self.event_fd);
-            Wake::Done
-        }
-    }
-
-    /// Publishes whether the owner's fan-out is behind.
-    pub fn set_fanout_behind(&self, behind: bool) {
-        self.behind.store(behind, Ordering::Relaxed);
-    }
-
-    /// Whether the owner's fan-out is behind.
-    pub fn fanout_behind(&self) -> bool {
-        self.behind.load(Ordering::Relaxed)
-    }
-
-    /// The owner's eventfd.
-    pub fn event_fd(&self) -> RawFd {
-        self.event_fd
-    }
-
-    /// Wakes the owner through its eventfd (stop requests, other threads).
-    pub fn wake_external(&self) {
-        crate::io::sys::eventfd_signal(self.event_fd);
-    }
-
-    /// Takes every queued delivery, in order. The owner calls this each turn.
-    pub fn drain(&self, mut f: impl FnMut(Delivery)) {
-        if self.queue.is_empty() && !self.notified.load(Ordering::Relaxed) {
-            return;
-        }
-        // Clear first: a push after this sees `false` and wakes us again.
-        self.notified.store(false, Ordering::SeqCst);
-        while let Some(b) = self.queue.pop() {
-            f(b);
-        }
     }
 }
 

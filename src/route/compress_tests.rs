@@ -2,18 +2,14 @@
 //! and replies, the threshold, bombs and bad streams, and broadcasts to
 //! mixed recipients compressed once per codec.
 
-use super::*;
-use crate::io::Kind;
+use crate::protocol::codec::Codec;
 use crate::protocol::codec::{Compressor, Decompressor, COMPRESSED_FLAG};
 use crate::protocol::frame::encode_frame;
-use crate::server::{ServerConfig, Shared};
+use crate::protocol::ErrorCode;
+use crate::route::testing::{shared, ServerConfig, TestEnv};
+use crate::session::*;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-
-fn shared(cfg: ServerConfig) -> Shared {
-    Shared::new(cfg, HashMap::new(), Kind::Epoll, &[-1])
-}
 
 /// One frame off the wire: compressed or not, and the payload as sent.
 #[derive(Debug)]
@@ -78,12 +74,12 @@ fn telemetry(records: usize) -> Value {
 }
 
 /// Feeds `bytes`, then sends everything and returns the frames.
-fn exchange(env: &mut Env<'_>, s: &mut Session, mut bytes: Vec<u8>) -> Vec<Wire> {
+fn exchange(env: &mut TestEnv<'_>, s: &mut Session, mut bytes: Vec<u8>) -> Vec<Wire> {
     s.handle_data(env, &mut bytes);
     drain(env, s)
 }
 
-fn drain(env: &mut Env<'_>, s: &mut Session) -> Vec<Wire> {
+fn drain(env: &mut TestEnv<'_>, s: &mut Session) -> Vec<Wire> {
     let mut all = Vec::new();
     while let Some(batch) = s.poll_transmit(env) {
         let bytes: Vec<u8> = batch.slices().flatten().copied().collect();
@@ -94,11 +90,11 @@ fn drain(env: &mut Env<'_>, s: &mut Session) -> Vec<Wire> {
     split(&all)
 }
 
-fn session(env: &mut Env<'_>, id: usize) -> Session {
+fn session(env: &mut TestEnv<'_>, id: usize) -> Session {
     Session::new(env, id, format!("c{id}").into(), None, Transport::Plain)
 }
 
-fn hello(env: &mut Env<'_>, s: &mut Session, offer: Value) -> Value {
+fn hello(env: &mut TestEnv<'_>, s: &mut Session, offer: Value) -> Value {
     let r = exchange(
         env,
         s,
@@ -112,7 +108,7 @@ fn hello(env: &mut Env<'_>, s: &mut Session, offer: Value) -> Value {
 #[test]
 fn hello_picks_the_clients_first_codec_that_the_server_has() {
     let sh = shared(ServerConfig::default());
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut s = session(&mut env, 0);
     let ok = hello(&mut env, &mut s, json!(["lz4", "deflate", "zstd"]));
     assert_eq!(ok["type"], "hello_ok");
@@ -149,7 +145,7 @@ fn a_server_with_compression_off_answers_null() {
         compression: false,
         ..ServerConfig::default()
     });
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut s = session(&mut env, 0);
     let ok = hello(&mut env, &mut s, json!(["zstd"]));
     assert_eq!(ok["compression"], Value::Null);
@@ -160,7 +156,7 @@ fn a_server_with_compression_off_answers_null() {
 fn replies_over_the_threshold_are_compressed_and_requests_may_be() {
     for codec in Codec::ALL {
         let sh = shared(ServerConfig::default());
-        let mut env = Env::new(&sh, 0);
+        let mut env = sh.env(0);
         let mut s = session(&mut env, 0);
         hello(&mut env, &mut s, json!([codec.as_str()]));
         // A large echo, sent plain: the reply comes back compressed.
@@ -203,7 +199,7 @@ fn the_threshold_is_exclusive() {
         compression_threshold_bytes: 2000,
         ..ServerConfig::default()
     });
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut s = session(&mut env, 0);
     hello(&mut env, &mut s, json!(["zstd"]));
     // An echo_response of exactly 2000 bytes of payload stays plain; one
@@ -234,7 +230,7 @@ fn the_threshold_is_exclusive() {
 #[test]
 fn without_a_codec_the_top_bit_is_a_length_over_the_limit() {
     let sh = shared(ServerConfig::default());
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     // No hello, and a hello that got no codec.
     for said_hello in [false, true] {
         let mut s = session(&mut env, 0);
@@ -260,7 +256,7 @@ fn without_a_codec_the_top_bit_is_a_length_over_the_limit() {
 fn a_bomb_stops_at_max_frame_bytes_and_frees_its_buffer() {
     for codec in Codec::ALL {
         let sh = shared(ServerConfig::default());
-        let mut env = Env::new(&sh, 0);
+        let mut env = sh.env(0);
         let mut s = session(&mut env, 0);
         hello(&mut env, &mut s, json!([codec.as_str()]));
         // 16 MiB of JSON that compresses to a few KiB.
@@ -287,7 +283,7 @@ fn a_bomb_stops_at_max_frame_bytes_and_frees_its_buffer() {
 #[test]
 fn bad_streams_and_empty_compressed_frames_close_after_an_error() {
     let sh = shared(ServerConfig::default());
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let good = packed_frame(
         Codec::Deflate,
         &json!({"type": "echo", "content": "y".repeat(4000)}),
@@ -323,7 +319,7 @@ fn hello_may_precede_auth_and_only_once() {
         auth_token: Some("s3cret".into()),
         ..ServerConfig::default()
     });
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut s = session(&mut env, 0);
     let ok = hello(&mut env, &mut s, json!(["zstd"]));
     assert_eq!(
@@ -350,7 +346,7 @@ fn hello_may_precede_auth_and_only_once() {
     // A bad offer is a field error, connection kept (once authenticated:
     // before, any bad request closes, as for every type).
     let sh = shared(ServerConfig::default());
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut t = session(&mut env, 1);
     let r = exchange(
         &mut env,
@@ -370,7 +366,7 @@ fn hello_may_precede_auth_and_only_once() {
 #[test]
 fn a_broadcast_to_mixed_recipients_is_compressed_once_per_codec() {
     let sh = shared(ServerConfig::default());
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut publisher = session(&mut env, 0);
     let codecs = [
         None,
@@ -393,11 +389,11 @@ fn a_broadcast_to_mixed_recipients_is_compressed_once_per_codec() {
         &mut publisher,
         frame(&json!({"type": "broadcast", "content": content})),
     );
-    let (d, _) = env.outgoing.pop().expect("the broadcast");
+    let (d, _) = env.host.outgoing.pop().expect("the broadcast");
     let c = &sh.counters[0].compression;
     assert_eq!(c.compressions.load(Relaxed), 2, "one per codec in use");
     for (s, codec) in recipients.iter_mut().zip(codecs) {
-        assert!(s.push_broadcast(&mut env, &d));
+        assert!(s.push_broadcast(&mut env, &d.frame, &d.packed));
         let batch = s.poll_transmit(&mut env).expect("the broadcast");
         let seg = batch
             .segments
@@ -418,14 +414,14 @@ fn a_broadcast_to_mixed_recipients_is_compressed_once_per_codec() {
     assert_eq!(c.frames_out.load(Relaxed), 5);
     // Nobody compressed: a broadcast is not compressed at all.
     let sh = shared(ServerConfig::default());
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut p = session(&mut env, 0);
     exchange(
         &mut env,
         &mut p,
         frame(&json!({"type": "broadcast", "content": content})),
     );
-    let (d, _) = env.outgoing.pop().expect("the broadcast");
+    let (d, _) = env.host.outgoing.pop().expect("the broadcast");
     assert!(d.packed.iter().all(Option::is_none));
     assert_eq!(sh.counters[0].compression.compressions.load(Relaxed), 0);
 }

@@ -3,20 +3,19 @@
 //! (`handle_*`, `env.now_*`) and checks the outputs (frames, pause/resume,
 //! FIN, close).
 
-use super::*;
-use crate::io::Kind;
 use crate::protocol::frame::encode_frame;
 use crate::protocol::RequestKind;
-use crate::server::{ServerConfig, Shared};
+use crate::protocol::{ErrorCode, FrameDecoder};
+use crate::route::testing::{shards, shared, ServerConfig, Shared, TestEnv};
+use crate::route::Delivery;
+use crate::session::tls::HandshakeFailure;
+use crate::session::*;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A one-shard server state with `cfg`, as the shard would build it.
-fn shared(cfg: ServerConfig) -> Shared {
-    Shared::new(cfg, HashMap::new(), Kind::Epoll, &[-1])
-}
 
 fn frame(v: &Value) -> Vec<u8> {
     let mut out = Vec::new();
@@ -26,13 +25,13 @@ fn frame(v: &Value) -> Vec<u8> {
 
 /// One session on a simulated shard.
 struct Harness<'a> {
-    env: Env<'a>,
+    env: TestEnv<'a>,
     s: Session,
 }
 
 impl<'a> Harness<'a> {
     fn new(shared: &'a Shared) -> Harness<'a> {
-        let mut env = Env::new(shared, 0);
+        let mut env = shared.env(0);
         env.now_ms = 1_700_000_000_000;
         env.now_mono_ms = 0;
         let s = Session::new(&mut env, 0, "127.0.0.1:5000".into(), None, Transport::Plain);
@@ -152,10 +151,10 @@ fn cuts_a_slow_consumer_and_keeps_only_the_error() {
     let mut h = Harness::new(&sh);
     let b = Delivery::new(bytes::Bytes::from(vec![b'x'; 3_000]), None);
     for _ in 0..3 {
-        assert!(h.s.push_broadcast(&mut h.env, &b));
+        assert!(h.s.push_broadcast(&mut h.env, &b.frame, &b.packed));
     }
     // The fourth would pass 10,000 unread bytes.
-    assert!(!h.s.push_broadcast(&mut h.env, &b));
+    assert!(!h.s.push_broadcast(&mut h.env, &b.frame, &b.packed));
     assert!(matches!(h.s.phase(), Phase::Draining { .. }));
     assert!(
         !h.s.is_established(),
@@ -348,7 +347,7 @@ fn partial_frames_share_the_shard_budget() {
         ..ServerConfig::default()
     };
     let sh = shared(cfg);
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut a = Session::new(&mut env, 0, "a".into(), None, Transport::Plain);
     let mut b = Session::new(&mut env, 1, "b".into(), None, Transport::Plain);
     let mut c = Session::new(&mut env, 2, "c".into(), None, Transport::Plain);
@@ -396,16 +395,16 @@ fn eof_answers_what_was_asked_then_closes_without_lingering() {
 #[test]
 fn broadcasts_are_shared_not_copied_and_published_once() {
     let sh = shared(ServerConfig::default());
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut a = Session::new(&mut env, 0, "a".into(), None, Transport::Plain);
     let mut b = Session::new(&mut env, 1, "b".into(), None, Transport::Plain);
     let mut req = frame(&json!({"type": "broadcast", "content": "hello"}));
     a.handle_data(&mut env, &mut req);
-    assert_eq!(env.outgoing.len(), 1);
-    let (d, sender) = env.outgoing.pop().expect("one frame");
+    assert_eq!(env.host.outgoing.len(), 1);
+    let (d, sender) = env.host.outgoing.pop().expect("one frame");
     assert_eq!(sender, 0);
     assert!(d.channel.is_none(), "a broadcast names no channel");
-    assert!(b.push_broadcast(&mut env, &d));
+    assert!(b.push_broadcast(&mut env, &d.frame, &d.packed));
     let f = d.frame;
     let batch = b.poll_transmit(&mut env).expect("the broadcast");
     // The recipient's segment is the very buffer published.
@@ -446,7 +445,7 @@ fn tls_config() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
 impl<'a> TlsPair<'a> {
     fn new(shared: &'a Shared) -> TlsPair<'a> {
         let (server, client) = tls_config();
-        let mut env = Env::new(shared, 0);
+        let mut env = shared.env(0);
         env.tls_plain = vec![0; 32 << 10];
         let conn = rustls::ServerConnection::new(server).unwrap();
         let s = Session::new(
@@ -601,14 +600,14 @@ fn garbage_gets_an_alert_and_a_close_and_counts_once() {
 
 /// `n` sessions on shard `shard` of `sh`, named "c0", "c1", … (session
 /// ids are their index).
-fn sessions(env: &mut Env<'_>, n: usize) -> Vec<Session> {
+fn sessions(env: &mut TestEnv<'_>, n: usize) -> Vec<Session> {
     (0..n)
         .map(|i| Session::new(env, i, format!("c{i}").into(), None, Transport::Plain))
         .collect()
 }
 
 /// Sends `v` from `s` and returns the frames it gets back.
-fn ask(env: &mut Env<'_>, s: &mut Session, v: &Value) -> Vec<Value> {
+fn ask(env: &mut TestEnv<'_>, s: &mut Session, v: &Value) -> Vec<Value> {
     let mut b = frame(v);
     s.handle_data(env, &mut b);
     let mut frames = Vec::new();
@@ -624,7 +623,7 @@ fn ask(env: &mut Env<'_>, s: &mut Session, v: &Value) -> Vec<Value> {
 #[test]
 fn subscribe_and_unsubscribe_are_answered_with_the_id_and_the_count_held() {
     let sh = shared(ServerConfig::default());
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut c = sessions(&mut env, 1);
     let r = ask(
         &mut env,
@@ -667,7 +666,7 @@ fn subscribe_and_unsubscribe_are_answered_with_the_id_and_the_count_held() {
         &json!({"type": "unsubscribe", "channel": "news"}),
     );
     assert_eq!(r[0]["subscriptions"], 1);
-    assert_eq!(env.channels.subscriber_count("news"), 0);
+    assert_eq!(env.host.channels.subscriber_count("news"), 0);
     assert_eq!(sh.totals(&mut Vec::new()).subscriptions, 1);
     let t = sh.totals(&mut Vec::new());
     assert_eq!(t.messages_of(RequestKind::Subscribe), 3);
@@ -678,7 +677,7 @@ fn subscribe_and_unsubscribe_are_answered_with_the_id_and_the_count_held() {
 #[test]
 fn channel_names_are_checked_with_clear_errors() {
     let sh = shared(ServerConfig::default());
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut c = sessions(&mut env, 1);
     let longest = "é".repeat(128); // 256 bytes of UTF-8
     assert_eq!(longest.len(), crate::protocol::message::MAX_CHANNEL_BYTES);
@@ -743,7 +742,7 @@ fn subscriptions_per_connection_are_capped() {
         max_subscriptions: 2,
         ..ServerConfig::default()
     });
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut c = sessions(&mut env, 2);
     for ch in ["a", "b"] {
         let r = ask(
@@ -794,7 +793,7 @@ fn subscriptions_per_connection_are_capped() {
 #[test]
 fn publish_counts_subscribers_and_queues_one_shared_frame() {
     let sh = shared(ServerConfig::default());
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut c = sessions(&mut env, 3);
     for i in [1, 2] {
         ask(
@@ -813,7 +812,7 @@ fn publish_counts_subscribers_and_queues_one_shared_frame() {
     assert_eq!(r[0]["channel"], "news");
     assert_eq!(r[0]["recipients"], 2, "the publisher is not subscribed");
     assert_eq!(r[0]["id"], "p");
-    let (d, sender) = env.outgoing.pop().expect("one delivery");
+    let (d, sender) = env.host.outgoing.pop().expect("one delivery");
     assert_eq!(sender, 0);
     assert_eq!(d.channel.as_deref(), Some("news"));
     let v = decode(d.frame.to_vec());
@@ -850,7 +849,7 @@ fn publish_counts_subscribers_and_queues_one_shared_frame() {
 #[test]
 fn closing_drops_every_subscription() {
     let sh = shared(ServerConfig::default());
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut c = sessions(&mut env, 2);
     for ch in ["a", "b", "c"] {
         ask(
@@ -866,27 +865,22 @@ fn closing_drops_every_subscription() {
     );
     assert_eq!(sh.totals(&mut Vec::new()).subscriptions, 4);
     c[0].handle_eof(&mut env);
-    assert_eq!(env.channels.subscriber_count("a"), 1);
-    assert_eq!(env.channels.subscriber_count("b"), 0);
+    assert_eq!(env.host.channels.subscriber_count("a"), 1);
+    assert_eq!(env.host.channels.subscriber_count("b"), 0);
     let t = sh.totals(&mut Vec::new());
     assert_eq!((t.subscriptions, t.channels), (1, 1));
     c[1].handle_failed(&mut env);
     let t = sh.totals(&mut Vec::new());
     assert_eq!((t.subscriptions, t.channels), (0, 0));
-    let slot = crate::server::channels::slot_of("a");
+    let slot = crate::protocol::interest::slot_of("a");
     assert_eq!(sh.interest[0].count(slot), 0, "interest withdrawn");
 }
 
 #[test]
 fn publish_counts_subscribers_on_other_shards_from_their_interest() {
-    let sh = Shared::new(
-        ServerConfig::default(),
-        HashMap::new(),
-        Kind::Epoll,
-        &[-1, -1],
-    );
-    let mut env0 = Env::new(&sh, 0);
-    let mut env1 = Env::new(&sh, 1);
+    let sh = shards(ServerConfig::default(), 2);
+    let mut env0 = sh.env(0);
+    let mut env1 = sh.env(1);
     let mut a = sessions(&mut env0, 1);
     let mut b = sessions(&mut env1, 2);
     for s in b.iter_mut() {
@@ -897,7 +891,7 @@ fn publish_counts_subscribers_on_other_shards_from_their_interest() {
         );
         assert_eq!(r[0]["type"], "subscribed");
     }
-    let slot = crate::server::channels::slot_of("room");
+    let slot = crate::protocol::interest::slot_of("room");
     assert_eq!(
         (sh.interest[0].count(slot), sh.interest[1].count(slot)),
         (0, 2)
@@ -927,7 +921,7 @@ fn an_unauthenticated_client_cannot_subscribe() {
         auth_token: Some("t".into()),
         ..ServerConfig::default()
     });
-    let mut env = Env::new(&sh, 0);
+    let mut env = sh.env(0);
     let mut c = sessions(&mut env, 1);
     let r = ask(
         &mut env,
@@ -935,5 +929,5 @@ fn an_unauthenticated_client_cannot_subscribe() {
         &json!({"type": "subscribe", "channel": "a"}),
     );
     assert_eq!(r[0]["code"], "unauthorized");
-    assert_eq!(env.channels.subscription_count(), 0);
+    assert_eq!(env.host.channels.subscription_count(), 0);
 }

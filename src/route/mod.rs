@@ -1,0 +1,212 @@
+//! Where every message goes, and what is remembered of it.
+//!
+//! The [`Router`] is the one place that decides delivery. It owns:
+//! - the shards' mailboxes and their wake-ups ([`mailbox`]);
+//! - the interest table: which shards (and, from heartbeats, which other
+//!   nodes) have subscribers in a channel's slot ([`channels`]);
+//! - the outbox to the cluster, and the delivery of what the cluster reads
+//!   (it is the [`crate::cluster::Host`]);
+//! - compression, once per codec in use, as a property of a routed message
+//!   ([`Delivery::pack`]);
+//! - the recipient count a sender is told.
+//!
+//! Each shard has a [`ShardRoute`]: its channel index, the deliveries its
+//! sessions published this turn, and the session's [`crate::session::Host`]
+//! implementation. A local broadcast and a local publish enter through
+//! [`ShardRoute`]'s `broadcast` and `publish` (the `Host` methods), a
+//! remote entry through [`Router::deliver_remote`]; all three become a
+//! [`Delivery`] and reach other shards through [`Router::to_shards`]. The
+//! shard loop (`server::shard::fanout`) hands each delivery to its own
+//! sessions: the subscribers [`ShardRoute::channels`] names, or every
+//! established session for a broadcast.
+//!
+//! History and patterns plug in here: a history channel's publication
+//! would get its offset in `ShardRoute::publish` (or from the engine, with
+//! a cluster) before it becomes a `Delivery`, and a pattern subscription
+//! would be one more index beside `ChannelIndex`, consulted where the
+//! shard asks for a delivery's local recipients, with the interest table
+//! counting patterns by the slots they may match.
+
+pub mod channels;
+#[cfg(test)]
+mod compress_tests;
+pub mod delivery;
+pub mod mailbox;
+mod remote;
+pub(crate) mod report;
+#[cfg(test)]
+mod session_tests;
+mod shard;
+#[cfg(test)]
+mod testing;
+
+pub use channels::{ChannelIndex, Interest};
+pub use delivery::Delivery;
+pub use mailbox::{Mailbox, Wake};
+pub use shard::ShardRoute;
+
+use crate::cluster::Cluster;
+use crate::protocol::codec::Compressor;
+use crate::session::counters::{ShardCounters, Totals};
+use crate::session::Handler;
+use crossbeam_utils::CachePadded;
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Every shard's counters.
+pub type Counters = Box<[CachePadded<ShardCounters>]>;
+
+/// What a node reports of itself in `get_stats`, and its custom handlers.
+pub struct NodeInfo {
+    /// When it started, in Unix ms and as a timestamp.
+    pub start_unix_ms: u64,
+    /// `start_unix_ms` formatted.
+    pub start_time: String,
+    /// The I/O backend's name.
+    pub io_backend: &'static str,
+    /// Custom message handlers by type.
+    pub handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+/// The settings routing reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSettings {
+    /// Payloads up to this size are never compressed.
+    pub compression_threshold_bytes: usize,
+    /// Channels one connection may hold.
+    pub max_subscriptions: usize,
+    /// Wake other shards with `MSG_RING` (else by eventfd).
+    pub msg_ring: bool,
+}
+
+/// Routing state shared by all shards (see the module doc).
+pub struct Router {
+    /// Every shard's counters (each written by its shard only).
+    pub counters: Counters,
+    /// Each shard's inbound mailbox.
+    pub mailboxes: Box<[CachePadded<Mailbox>]>,
+    /// Each shard's channel interest (subscriber counts per hash slot),
+    /// written by its shard, read by publishers on any shard.
+    pub interest: Box<[Interest]>,
+    /// The cross-node backplane, with `--backplane`.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Compressions run for other nodes' messages (the backplane reader's
+    /// own counter: one writer), added to the shards' in the totals.
+    pub remote_compressions: AtomicU64,
+    /// What `get_stats` says of this node, and its handlers.
+    pub node: NodeInfo,
+    pub(crate) settings: RouteSettings,
+    /// Only the backplane reader compresses remote entries: never contended.
+    remote_compressor: Mutex<Compressor>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("shards", &self.mailboxes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// A router for one shard per entry of `event_fds` (each shard's
+    /// wake-up eventfd).
+    pub fn new(
+        event_fds: &[RawFd],
+        settings: RouteSettings,
+        node: NodeInfo,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Router {
+        let n = event_fds.len();
+        Router {
+            counters: (0..n)
+                .map(|_| CachePadded::new(ShardCounters::default()))
+                .collect(),
+            mailboxes: event_fds
+                .iter()
+                .map(|fd| CachePadded::new(Mailbox::new(*fd)))
+                .collect(),
+            interest: (0..n).map(|_| Interest::default()).collect(),
+            cluster,
+            remote_compressions: AtomicU64::new(0),
+            node,
+            settings,
+            remote_compressor: Mutex::new(Compressor::new()),
+        }
+    }
+
+    /// Shards routed between.
+    pub fn shards(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Sums every shard's counters (and the backplane reader's);
+    /// `per_shard` receives each shard's connected count.
+    pub fn totals(&self, per_shard: &mut Vec<u64>) -> Totals {
+        let mut t = Totals::read(&self.counters, per_shard);
+        t.compression.compressions += self.remote_compressions.load(Ordering::Relaxed);
+        t
+    }
+
+    /// Compresses `d` once per codec in use, counting in `compressions`
+    /// (a counter only the caller writes).
+    pub fn pack(&self, d: &mut Delivery, compressor: &mut Compressor, compressions: &AtomicU64) {
+        d.pack(
+            self.settings.compression_threshold_bytes,
+            &self.counters,
+            compressor,
+            compressions,
+        );
+    }
+
+    /// Hands `d` to every shard but `from` (`None`: every shard) that has
+    /// recipients for it (every one for a broadcast). A target to wake by
+    /// `MSG_RING` is recorded in `ring_wakes` (by shard) for the caller's
+    /// ring to post; the others are woken by eventfd here. Returns how many
+    /// eventfd wake-ups it made.
+    pub fn to_shards(
+        &self,
+        from: Option<usize>,
+        d: &Delivery,
+        msg_ring: bool,
+        ring_wakes: &mut [Option<RawFd>],
+    ) -> u64 {
+        let mut eventfd = 0;
+        for (i, mb) in self.mailboxes.iter().enumerate() {
+            if Some(i) == from || d.slot.is_some_and(|s| self.interest[i].count(s) == 0) {
+                continue;
+            }
+            match mb.push(d.clone(), msg_ring) {
+                Wake::Ring(fd) => ring_wakes[i] = Some(fd),
+                Wake::Done => eventfd += 1,
+                Wake::No => {}
+            }
+        }
+        eventfd
+    }
+
+    /// Subscribers of `slot` on the shards other than `shard` (exact on
+    /// `shard` is the caller's part).
+    fn other_shards_in(&self, shard: usize, slot: usize) -> u64 {
+        (0..self.shards())
+            .filter(|i| *i != shard)
+            .map(|i| u64::from(self.interest[i].count(slot)))
+            .sum()
+    }
+
+    /// An entry from another node, checked: compressed here once, then to
+    /// every shard with recipients (this thread has no ring: eventfds).
+    pub fn deliver_remote(&self, frame: bytes::Bytes, channel: Option<Arc<str>>) {
+        let mut d = Delivery::new(frame, channel);
+        {
+            let mut c = self
+                .remote_compressor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.pack(&mut d, &mut c, &self.remote_compressions);
+        }
+        self.to_shards(None, &d, false, &mut []);
+    }
+}

@@ -1,0 +1,121 @@
+//! A simulated node for the rule tests: a [`Router`] over in-memory
+//! shards (no eventfds, no threads) and the session environment of each,
+//! set up from one bag of the settings the tests vary.
+
+use super::{NodeInfo, RouteSettings, Router, ShardRoute};
+use crate::session::{Env, SessionConfig};
+use std::collections::HashMap;
+
+/// A shard's session environment, its sessions asking its router.
+pub type TestEnv<'a> = Env<'a, ShardRoute<'a>>;
+
+/// The settings the tests vary (named as the server's).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub auth_token: Option<String>,
+    pub compression: bool,
+    pub compression_threshold_bytes: usize,
+    pub idle_timeout_secs: u64,
+    pub max_frame_bytes: usize,
+    pub max_partial_bytes: usize,
+    pub max_pending_bytes: usize,
+    pub max_subscriptions: usize,
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    pub tls_addr: Option<std::net::SocketAddr>,
+    pub tls_handshake_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let s = SessionConfig::default();
+        ServerConfig {
+            auth_token: None,
+            compression: s.compression,
+            compression_threshold_bytes: s.compression_threshold_bytes,
+            idle_timeout_secs: s.idle_timeout_secs,
+            max_frame_bytes: s.max_frame_bytes,
+            max_partial_bytes: s.max_partial_bytes,
+            max_pending_bytes: s.max_pending_bytes,
+            max_subscriptions: 1000,
+            rate_limit: 0,
+            rate_burst: 0,
+            tls_addr: None,
+            tls_handshake_timeout_secs: s.tls_handshake_timeout_secs,
+        }
+    }
+}
+
+/// A simulated node: the router and the settings.
+pub struct Shared {
+    pub router: Router,
+    pub config: ServerConfig,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Router;
+    fn deref(&self) -> &Router {
+        &self.router
+    }
+}
+
+/// One shard with `cfg`.
+pub fn shared(cfg: ServerConfig) -> Shared {
+    shards(cfg, 1)
+}
+
+/// `n` shards with `cfg`.
+pub fn shards(cfg: ServerConfig, n: usize) -> Shared {
+    let settings = RouteSettings {
+        compression_threshold_bytes: cfg.compression_threshold_bytes,
+        max_subscriptions: cfg.max_subscriptions,
+        msg_ring: false,
+    };
+    let node = NodeInfo {
+        start_unix_ms: 1_700_000_000_000,
+        start_time: "2023-11-14T22:13:20.000Z".into(),
+        io_backend: "epoll",
+        handlers: HashMap::new(),
+    };
+    Shared {
+        router: Router::new(&vec![-1; n], settings, node, None),
+        config: cfg,
+    }
+}
+
+impl Shared {
+    /// The session settings of `config`.
+    pub fn session_config(&self) -> SessionConfig {
+        let c = &self.config;
+        let rate = f64::from(c.rate_limit);
+        SessionConfig {
+            max_frame_bytes: c.max_frame_bytes,
+            max_partial_bytes: c.max_partial_bytes,
+            max_pending_bytes: c.max_pending_bytes,
+            idle_timeout_secs: c.idle_timeout_secs,
+            auth_token: c.auth_token.clone(),
+            rate_limit: rate,
+            rate_burst: if c.rate_burst > 0 {
+                f64::from(c.rate_burst)
+            } else {
+                rate
+            },
+            compression: c.compression,
+            compression_threshold_bytes: c.compression_threshold_bytes,
+            tls_max_handshakes: SessionConfig::default().tls_max_handshakes,
+            tls_handshake_timeout_secs: c.tls_handshake_timeout_secs,
+            cluster: false,
+        }
+    }
+
+    /// Shard `shard`'s session environment.
+    pub fn env(&self, shard: usize) -> TestEnv<'_> {
+        Env::new(
+            self.session_config(),
+            shard,
+            &self.router.counters[shard],
+            ShardRoute::new(&self.router, shard),
+            self.config.tls_addr.is_some(),
+        )
+    }
+}
