@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub(crate) mod choices;
 pub mod cli;
 pub mod client;
 pub mod cluster;

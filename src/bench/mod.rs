@@ -76,7 +76,7 @@ impl Workload {
     }
 }
 
-crate::server::config::named_choices!(Workload, name, "workload");
+crate::choices::named_choices!(Workload, name, "workload");
 
 /// What echo, broadcast and publish requests carry as `content`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,7 +104,7 @@ impl Content {
     }
 }
 
-crate::server::config::named_choices!(Content, name, "content");
+crate::choices::named_choices!(Content, name, "content");
 
 /// `records` telemetry-like JSON objects, comma-separated (no brackets),
 /// adding records until the text is at least `size` bytes (one at least).
