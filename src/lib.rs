@@ -12,8 +12,13 @@
 //! - [`bench`]: the load generator.
 //! - [`tls`]: what TLS endpoints share (crypto provider, PEM files).
 //! - [`cli`]: the `ringcast` command line (the only module that uses clap).
+//!
+//! Small helpers every room shares, each defined once: `backoff`
+//! (exponential backoff with jitter), `random` (the one random source),
+//! `sync` (poison-tolerant locks), `choices` (enums of named choices).
 #![warn(missing_docs)]
 
+pub(crate) mod backoff;
 pub mod bench;
 pub(crate) mod choices;
 pub mod cli;
@@ -21,8 +26,10 @@ pub mod client;
 pub mod cluster;
 pub mod io;
 pub mod protocol;
+pub(crate) mod random;
 pub mod server;
 pub mod session;
+pub(crate) mod sync;
 pub mod tls;
 
 /// The README's Rust examples, compiled as doc tests so they stay true.
