@@ -11,7 +11,8 @@
 //! - [`client`]: a blocking client library with reconnection and a pool.
 //! - [`bench`]: the load generator.
 //! - [`tls`]: what TLS endpoints share (crypto provider, PEM files).
-//! - [`cli`]: the `ringcast` command line (the only module that uses clap).
+//! - [`cli`]: the `ringcast` command line (the only module that uses clap),
+//!   and the `ringcast client` program.
 //!
 //! Small helpers every room shares, each defined once: `backoff`
 //! (exponential backoff with jitter), `random` (the one random source),

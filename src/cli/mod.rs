@@ -7,7 +7,8 @@
 //!
 //! - [`server`]: the server's flags, `RINGCAST_*` variables and config
 //!   file, generated from the settings table in src/server/config.rs.
-//! - [`client`]: `ringcast client [demo|interactive|performance]`.
+//! - [`client`]: `ringcast client [demo|interactive|performance]`: its
+//!   flags and the program itself (src/cli/client/).
 //! - [`bench`](mod@bench): the load generator's flags.
 
 pub mod bench;

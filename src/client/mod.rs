@@ -76,13 +76,10 @@
 //! known response type (`pong`, `echo_response`, …) goes to the oldest
 //! waiting request.
 
-pub mod app;
 mod blocking;
 mod connection;
 pub(crate) mod frames;
 pub(crate) mod handshake;
-mod interactive;
-mod perf;
 mod pool;
 pub mod tls;
 
