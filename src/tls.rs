@@ -147,4 +147,4 @@ impl TlsVersion {
     }
 }
 
-crate::server::config::named_choices!(TlsVersion, as_str, "TLS version");
+crate::choices::named_choices!(TlsVersion, as_str, "TLS version");

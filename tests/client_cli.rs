@@ -139,6 +139,23 @@ fn demo_walks_through_every_exchange() {
     ] {
         assert!(o.contains(want), "missing {want:?} in:\n{o}");
     }
+    // The custom type's unknown_type error is what the stock server
+    // answers: the demo says so under it, and how to add a handler, so a
+    // new user does not take it for a failure.
+    let lines: Vec<&str> = o.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("← error unknown_type"))
+        .expect("the custom type's answer");
+    let note = lines[at + 1..].join("\n");
+    assert!(
+        lines[at + 1].contains("expected: the stock server has no handler for custom_type"),
+        "no explanation under the error:\n{o}"
+    );
+    assert!(
+        note.contains("Server::builder().handler(\"custom_type\""),
+        "how to register a handler:\n{o}"
+    );
     // Default mode is demo.
     let r2 = ringcast_client(&["--addr", &addr], "");
     r2.assert_code(0);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import selectors
 import shutil
 import signal
 import socket
@@ -162,6 +163,162 @@ class SilentServer:
         for c in self.conns:
             c.close()
         self._thread.join(timeout=DEADLINE)
+
+
+class CutProxy:
+    """A loopback TCP proxy to ``127.0.0.1:target_port`` that the test can
+    cut: :meth:`cut` resets every connection through it at once (RST, with
+    whatever is in flight lost), as a network failure would; it keeps
+    accepting, so clients can reconnect through it.
+
+    One thread runs everything with a selector (non-blocking sockets), so
+    the cut happens on the thread that owns the sockets: no other thread
+    is inside a ``recv`` on a socket being closed.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.host = "127.0.0.1"
+        self.lsock = socket.socket()
+        self.lsock.bind((self.host, 0))
+        self.lsock.listen(16)
+        self.lsock.setblocking(False)
+        self.port = int(self.lsock.getsockname()[1])
+        #: Connections accepted so far, and cuts made.
+        self.accepted = 0
+        self.cuts = 0
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._sel.register(self.lsock, selectors.EVENT_READ, "accept")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._peer: Dict[socket.socket, socket.socket] = {}
+        self._out: Dict[socket.socket, bytearray] = {}
+        self._lock = threading.Lock()
+        self._cut_requests: List[threading.Event] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="cut-proxy", daemon=True)
+        self._thread.start()
+
+    @property
+    def connections(self) -> int:
+        """Client connections open through the proxy now."""
+        with self._lock:
+            return len(self._peer) // 2
+
+    def cut(self) -> None:
+        """Resets every connection now (returns once done)."""
+        done = threading.Event()
+        with self._lock:
+            self._cut_requests.append(done)
+        self._wake_w.send(b"x")
+        if not done.wait(DEADLINE):
+            raise AssertionError("the proxy did not cut its connections in time")
+
+    def close(self) -> None:
+        self.cut()
+        self._closed = True
+        self._wake_w.send(b"x")
+        self._thread.join(timeout=DEADLINE)
+        self._sel.close()
+        for s in (self.lsock, self._wake_r, self._wake_w):
+            s.close()
+
+    def _run(self) -> None:
+        while not self._closed:
+            for key, mask in self._sel.select(timeout=0.2):
+                if key.data == "accept":
+                    self._accept()
+                elif key.data == "wake":
+                    self._do_cuts()
+                else:
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    if sock not in self._peer:
+                        continue  # closed earlier in this round
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush(sock)
+                    if mask & selectors.EVENT_READ and sock in self._peer:
+                        self._read(sock)
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.lsock.accept()
+        except OSError:
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=DEADLINE)
+        except OSError:
+            conn.close()
+            return
+        self.accepted += 1
+        with self._lock:
+            for a, b in ((conn, upstream), (upstream, conn)):
+                a.setblocking(False)
+                self._peer[a] = b
+                self._out[a] = bytearray()
+                self._sel.register(a, selectors.EVENT_READ, "pipe")
+
+    def _read(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_pair(sock, reset=False)  # one side closed: close both
+            return
+        peer = self._peer[sock]
+        self._out[peer] += data
+        self._flush(peer)
+
+    def _flush(self, sock: socket.socket) -> None:
+        out = self._out[sock]
+        try:
+            n = sock.send(out) if out else 0
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self._close_pair(sock, reset=False)
+            return
+        del out[:n]
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+        self._sel.modify(sock, want, "pipe")
+
+    def _close_pair(self, sock: socket.socket, reset: bool) -> None:
+        with self._lock:
+            peer = self._peer.pop(sock, None)
+            pair = [sock] if peer is None else [sock, peer]
+            if peer is not None:
+                self._peer.pop(peer, None)
+            for s in pair:
+                self._out.pop(s, None)
+        for s in pair:
+            try:
+                self._sel.unregister(s)
+            except (KeyError, ValueError):
+                pass
+            if reset:
+                # SO_LINGER with a zero timeout: close() sends RST, not FIN.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+
+    def _do_cuts(self) -> None:
+        try:
+            self._wake_r.recv(4096)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            requests, self._cut_requests = self._cut_requests, []
+            socks = list(self._peer)
+        for s in socks:
+            if s in self._peer:
+                self._close_pair(s, reset=True)
+        if requests:
+            self.cuts += 1
+        for done in requests:
+            done.set()
 
 
 #: In a ScriptedServer answer: close the connection after the frames before it.

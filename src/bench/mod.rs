@@ -8,19 +8,24 @@
 //! from each message's intended send time, so a stalled server cannot hide
 //! its stall (coordinated omission).
 
-pub mod conns;
+mod conn;
+mod conn_workloads;
+pub mod plan;
 pub mod plot;
+mod replies;
 pub mod report;
+mod requests;
+mod setup;
 pub mod tls;
 pub mod worker;
 
 use crate::server::IoBackend;
+use plan::{Plan, Role, Slot};
 use report::{Latency, Machine, Report};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use worker::{Plan, Role};
 
 /// What the generator sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -76,7 +81,7 @@ impl Workload {
     }
 }
 
-crate::server::config::named_choices!(Workload, name, "workload");
+crate::choices::named_choices!(Workload, name, "workload");
 
 /// What echo, broadcast and publish requests carry as `content`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,7 +109,7 @@ impl Content {
     }
 }
 
-crate::server::config::named_choices!(Content, name, "content");
+crate::choices::named_choices!(Content, name, "content");
 
 /// `records` telemetry-like JSON objects, comma-separated (no brackets),
 /// adding records until the text is at least `size` bytes (one at least).
@@ -112,13 +117,9 @@ crate::server::config::named_choices!(Content, name, "content");
 pub fn telemetry_records(size: usize) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(size + 256);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    // A fixed seed: the same bytes every run, so runs compare.
+    let mut rng = crate::random::Rng::with_seed(0x9e37_79b9_7f4a_7c15);
+    let mut next = move || rng.next_u64();
     let mut ts: u64 = 1_718_000_000_000;
     let mut i = 0u64;
     while s.len() < size || i == 0 {
@@ -304,10 +305,10 @@ pub enum BenchError {
 /// Runs a load test and returns its report.
 pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     if config.workload == Workload::Connections {
-        return conns::run(&config);
+        return conn_workloads::run(&config);
     }
     if config.workload == Workload::Connect {
-        return conns::run_connect(&config);
+        return conn_workloads::run_connect(&config);
     }
     let threads = config.threads.max(1);
     let (roles, conns_total) = match config.workload {
@@ -354,7 +355,7 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let servers: Vec<SocketAddr> = std::iter::once(config.addr)
         .chain(config.more_addrs.iter().copied())
         .collect();
-    let mut per_thread: Vec<Vec<worker::Slot>> = vec![Vec::new(); threads];
+    let mut per_thread: Vec<Vec<Slot>> = vec![Vec::new(); threads];
     let (mut publisher, mut subscriber) = (0usize, 0usize);
     for (i, r) in roles.iter().enumerate() {
         let channel = match r {
@@ -368,7 +369,7 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
             }
             Role::Requester => 0,
         };
-        per_thread[i % threads].push(worker::Slot {
+        per_thread[i % threads].push(Slot {
             role: *r,
             server: servers[i % servers.len()],
             channel,

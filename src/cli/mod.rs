@@ -7,11 +7,15 @@
 //!
 //! - [`server`]: the server's flags, `RINGCAST_*` variables and config
 //!   file, generated from the settings table in src/server/config.rs.
-//! - [`client`]: `ringcast client [demo|interactive|performance]`.
+//! - [`lifecycle`]: running the server process (logging, signals, reload,
+//!   the periodic stats line).
+//! - [`client`]: `ringcast client [demo|interactive|performance]`: its
+//!   flags and the program itself (src/cli/client/).
 //! - [`bench`](mod@bench): the load generator's flags.
 
 pub mod bench;
 pub mod client;
+pub mod lifecycle;
 pub mod server;
 pub mod tls;
 
@@ -47,7 +51,7 @@ pub enum Cmd {
 /// Parses the process's arguments and runs the subcommand.
 pub fn main() -> ExitCode {
     match Cli::parse().cmd {
-        Cmd::Server(a) => server::run(a),
+        Cmd::Server(a) => lifecycle::run(a),
         Cmd::Client(a) => client::run(a),
         Cmd::Bench(a) => bench::run(a),
     }

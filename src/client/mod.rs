@@ -76,18 +76,20 @@
 //! known response type (`pong`, `echo_response`, …) goes to the oldest
 //! waiting request.
 
-pub mod app;
-mod conn;
-mod interactive;
-mod perf;
+mod blocking;
+mod connection;
+pub(crate) mod frames;
+pub(crate) mod handshake;
 mod pool;
-mod session;
 pub mod tls;
 
 pub use crate::protocol::codec::Codec;
+pub use blocking::Client;
+pub use handshake::ServerHello;
 pub use pool::{Pool, PooledClient};
-pub use session::Client;
 pub use tls::TlsOptions;
+
+use crate::backoff::Backoff;
 
 use crate::protocol::{ErrorCode, DEFAULT_MAX_FRAME_BYTES};
 use serde_json::Value;
@@ -334,21 +336,24 @@ impl ReconnectPolicy {
         }
     }
 
+    /// The schedule these settings describe (the crate's one backoff).
+    fn schedule(&self) -> Backoff {
+        Backoff {
+            initial: self.initial_backoff,
+            max: self.max_backoff,
+            multiplier: self.multiplier,
+            jitter: self.jitter,
+        }
+    }
+
     /// The wait before attempt `attempt` (from 1), before jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .multiplier
-            .max(1.0)
-            .powi(attempt.saturating_sub(1).min(64) as i32);
-        let secs = self.initial_backoff.as_secs_f64() * exp;
-        let max = self.max_backoff.as_secs_f64();
-        Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
+        self.schedule().wait(attempt)
     }
 
     /// The wait before attempt `attempt`, with jitter from `unit` (in `[0, 1)`).
     pub fn backoff_with_jitter(&self, attempt: u32, unit: f64) -> Duration {
-        let j = self.jitter.clamp(0.0, 1.0) * unit.clamp(0.0, 1.0);
-        self.backoff(attempt).mul_f64(1.0 - j)
+        self.schedule().wait_with_jitter(attempt, unit)
     }
 }
 
@@ -418,71 +423,6 @@ impl Default for ClientConfig {
             tls: None,
             compression: Vec::new(),
         }
-    }
-}
-
-/// What a server said in `hello_ok` about itself and the connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerHello {
-    /// The codec chosen for this connection (None: uncompressed).
-    pub compression: Option<Codec>,
-    /// `ringcast/<version>`.
-    pub server: String,
-    /// Protocol version (1).
-    pub protocol: u64,
-    /// The largest (decompressed) payload the server accepts.
-    pub max_frame_bytes: usize,
-    /// Payloads larger than this are worth compressing (bytes).
-    pub compression_threshold: usize,
-    /// Capabilities present (`broadcast`, `channels`, `compression`, `auth`,
-    /// `tls`, `cluster`).
-    pub features: Vec<String>,
-}
-
-impl ServerHello {
-    /// Reads a `hello_ok` frame. A codec name this build does not have
-    /// (the server must pick one of those offered) is a protocol error.
-    pub fn from_message(m: &Message) -> Result<ServerHello> {
-        let compression = match m.get("compression") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(name)) => Some(Codec::from_name(name).ok_or_else(|| {
-                ClientError::Protocol(format!("hello_ok names an unknown codec {name:?}"))
-            })?),
-            Some(other) => {
-                return Err(ClientError::Protocol(format!(
-                    "hello_ok with a compression of {other}"
-                )))
-            }
-        };
-        let size = |key: &str, default: usize| {
-            m.get_u64(key)
-                .map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))
-        };
-        Ok(ServerHello {
-            compression,
-            server: m.get_str("server").unwrap_or("").to_owned(),
-            protocol: m.get_u64("protocol").unwrap_or(0),
-            max_frame_bytes: size("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES),
-            compression_threshold: size(
-                "compression_threshold",
-                crate::protocol::codec::DEFAULT_THRESHOLD,
-            ),
-            features: m
-                .get("features")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-    }
-
-    /// Whether `features` lists `name`.
-    pub fn has_feature(&self, name: &str) -> bool {
-        self.features.iter().any(|f| f == name)
     }
 }
 

@@ -1,7 +1,7 @@
 //! A fixed-size pool of [`Client`]s (the seed's "connection pooling").
 
-use super::conn::lock;
 use super::{Client, ClientConfig, ClientError, Result};
+use crate::sync::{lock, wait_timeout};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Deref;
 use std::sync::{Condvar, Mutex};
@@ -114,11 +114,7 @@ impl Pool {
             if now >= deadline {
                 return Err(ClientError::PoolExhausted(self.get_timeout));
             }
-            s = self
-                .returned
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            s = wait_timeout(&self.returned, s, deadline - now);
         }
     }
 

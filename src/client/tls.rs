@@ -11,6 +11,7 @@
 //! reader from draining the server.
 
 use super::{ClientError, Result};
+use crate::sync::lock;
 use crate::tls::{load_certs, load_key, load_roots, provider, TlsVersion};
 use rustls::pki_types::ServerName;
 use std::io::{self, Read, Write};
@@ -163,7 +164,7 @@ impl Stream {
         };
         loop {
             {
-                let mut c = super::conn::lock(tls);
+                let mut c = lock(tls);
                 match c.reader().read(buf) {
                     Ok(n) => return Ok(n), // 0: the server's close_notify
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -174,7 +175,7 @@ impl Stream {
             if n == 0 {
                 return Ok(0); // closed without close_notify
             }
-            let mut c = super::conn::lock(tls);
+            let mut c = lock(tls);
             let mut data = &scratch[..n];
             while !data.is_empty() {
                 c.read_tls(&mut data)?;
@@ -192,7 +193,7 @@ impl Stream {
         };
         out.clear();
         {
-            let mut c = super::conn::lock(tls);
+            let mut c = lock(tls);
             // rustls takes a bounded amount of plaintext per call: move
             // the ciphertext out between calls.
             let mut rest = data;
@@ -215,7 +216,7 @@ impl Stream {
         if let Stream::Tls { sock, tls } = self {
             let mut out = Vec::new();
             {
-                let mut c = super::conn::lock(tls);
+                let mut c = lock(tls);
                 c.send_close_notify();
                 while c.wants_write() {
                     if c.write_tls(&mut out).is_err() {

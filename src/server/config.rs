@@ -244,36 +244,8 @@ macro_rules! config_struct {
 }
 server_settings!(config_struct! {});
 
-/// `Display` and `FromStr` for an enum of named choices, from its `ALL`
-/// list and its `$name` method (the names flags, variables and the config
-/// file use).
-macro_rules! named_choices {
-    ($t:ty, $name:ident, $what:literal) => {
-        impl std::fmt::Display for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.$name())
-            }
-        }
-
-        impl std::str::FromStr for $t {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                <$t>::ALL
-                    .into_iter()
-                    .find(|v| v.$name() == s)
-                    .ok_or_else(|| {
-                        let names: Vec<&str> = <$t>::ALL.iter().map(|v| v.$name()).collect();
-                        format!(
-                            "unknown {} `{s}`; expected one of: {}",
-                            $what,
-                            names.join(", ")
-                        )
-                    })
-            }
-        }
-    };
-}
-pub(crate) use named_choices;
+// `Display` and `FromStr` for the enums of named choices below.
+use crate::choices::named_choices;
 
 /// The kernel interface for socket I/O (see `src/io/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -8,6 +8,10 @@
 - :class:`ringcast.aio.Client`: the same methods as coroutines, pipelined on
   one connection.
 
+All three subscribe to channels (``subscribe``, ``publish``, ``history``),
+and after a reconnection subscribe again, recovering what was missed on a
+history channel (:mod:`ringcast.channels`).
+
 Standard library only (the optional ``zstandard`` module adds the zstd
 compression codec); see ``python/README.md``.
 """
@@ -16,8 +20,9 @@ from __future__ import annotations
 
 from ._version import __version__
 from .backoff import ReconnectPolicy
-from .client import Client
-from .compat import TCPClient
+from .channels import History, Position, Published
+from .client import Client, Subscription
+from .compat import TCPClient, TCPSubscription
 from .errors import (
     CodecUnavailable,
     CompressionError,
@@ -35,11 +40,16 @@ __all__ = [
     "CompressionError",
     "ConnectionClosed",
     "FrameTooLarge",
+    "History",
+    "Position",
     "ProtocolError",
+    "Published",
     "ReconnectPolicy",
     "RingcastError",
     "ServerError",
+    "Subscription",
     "TCPClient",
+    "TCPSubscription",
     "Timeout",
     "__version__",
 ]

@@ -9,12 +9,20 @@ requests in flight at once; each answer is matched to its request by ``id``.
     async with ringcast.aio.Client("127.0.0.1", 9999) as client:
         rtt = await client.ping()
         answers = await asyncio.gather(*(client.echo(i) for i in range(1000)))
+
+Channels, as in nats.py::
+
+    sub = await client.subscribe("news")
+    async for message in sub:       # channel_message frames, in order
+        ...
+    await sub.unsubscribe()         # ends the loop
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import inspect
 import logging
 import ssl
@@ -24,12 +32,26 @@ from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, T
 
 from . import protocol
 from ._net import HELLO_CLIENT, hello_codecs, read_hello_ok, wire_stats
+from .backoff import ReconnectPolicy
+from .channels import (
+    LOST_RECONNECT,
+    LOST_REFUSED,
+    RECOVERED,
+    ChannelState,
+    History,
+    Position,
+    Published,
+    Report,
+    history_from_frame,
+    published_from_frame,
+)
 from .client import DEFAULT_CLIENT_INFO
 from .compression import CompressionArg, resolve_offer
 from .errors import (
     CLOSING_CODES,
     ConnectionClosed,
     ProtocolError,
+    RingcastError,
     ServerError,
     Timeout,
 )
@@ -39,7 +61,258 @@ log = logging.getLogger("ringcast")
 
 AsyncMessageCallback = Callable[[Message], Union[None, Awaitable[None]]]
 
-__all__ = ["Client", "connect"]
+__all__ = ["Client", "Subscription", "connect"]
+
+
+def _call_or_task(tasks: Set[asyncio.Task[Any]], fn: Callable[..., Any], *args: Any) -> None:
+    """Calls ``fn(*args)``; a coroutine it returns runs as a task kept in
+    ``tasks``. An exception is logged."""
+    try:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            tasks.add(task)
+            task.add_done_callback(functools.partial(_task_done, tasks))
+    except Exception:
+        log.exception("ringcast callback raised")
+
+
+def _task_done(tasks: Set[asyncio.Task[Any]], task: asyncio.Task[Any]) -> None:
+    tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("ringcast callback raised", exc_info=task.exception())
+
+
+class Subscription:
+    """A channel subscription of :class:`Client`, from :meth:`Client.subscribe`.
+
+    ``async for message in sub`` yields the channel's ``channel_message``
+    frames in order (duplicates dropped). The loop ends after
+    :meth:`unsubscribe` or :meth:`Client.close`, once the queued messages
+    are read; it raises :class:`ConnectionClosed` when the connection is
+    lost for good (no reconnection, or it gave up) and
+    :class:`ServerError` when the server refused a resubscription. With a
+    ``callback``, messages go to it instead (a function or a coroutine
+    function, run as a task).
+
+    What a reconnection cost: ``on_recovered(sub)`` and ``on_lost(sub,
+    reason)`` (functions or coroutine functions) are called in the
+    stream's order: when iterating, by the iteration itself, just before it
+    yields the first message after the event (a coroutine is awaited
+    there, so the application can catch up, say with :meth:`Client.history`,
+    before it reads on); with a ``callback``, as the client learns it,
+    before the next message's callback. ``reason`` is ``"reconnect"``
+    (resubscribed without recovery: the server could not replay, or the
+    channel has no history), ``"gap"`` (live offsets skipped), ``"epoch"``
+    (the server lost the channel's history) or ``"refused"`` (the server
+    refused the resubscription). :meth:`resubscribed` awaits the next
+    resubscription and returns whether it recovered everything missed;
+    :attr:`recovered` and :attr:`lost_count` hold the outcome as soon as
+    the client knows it.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        channel: str,
+        callback: Optional[AsyncMessageCallback],
+        on_recovered: Optional[Callable[[Subscription], Any]],
+        on_lost: Optional[Callable[[Subscription, str], Any]],
+        max_queued: int,
+    ) -> None:
+        self.client = client
+        self.channel = channel
+        self.callback = callback
+        self.on_recovered = on_recovered
+        self.on_lost = on_lost
+        #: The channel's position and recovery rules.
+        self.state = ChannelState(channel)
+        #: The server's refusal of a resubscription, if that closed it.
+        self.error: Optional[ServerError] = None
+        #: Messages dropped because the queue was full (oldest first).
+        self.dropped_messages = 0
+        # Messages, and the events to report between them (iteration only).
+        self._queue: Deque[Union[Message, Report]] = collections.deque(maxlen=max(1, max_queued))
+        self._waiter: Optional[asyncio.Future[None]] = None
+        self._resub_waiters: List[asyncio.Future[bool]] = []
+        self._closed = False
+        # Raised by the iteration once the queue is drained (None: it stops).
+        self._end: Optional[BaseException] = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the subscription has ended: nothing more is delivered."""
+        return self._closed
+
+    @property
+    def position(self) -> Optional[Position]:
+        """``(offset, epoch)`` of the last publication received on a history
+        channel (from ``subscribed`` at first), or None without history."""
+        return self.state.position
+
+    @property
+    def recovered(self) -> Optional[bool]:
+        """Whether the last resubscription recovered what was missed; None
+        before any."""
+        return self.state.recovered
+
+    @property
+    def lost_count(self) -> int:
+        """How many times messages may have been lost (``on_lost`` calls)."""
+        return self.state.lost
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self._next(None)
+        except _Ended:
+            raise StopAsyncIteration from None
+
+    async def next_message(self, timeout: Optional[float] = None) -> Message:
+        """The next message; raises :class:`Timeout` after ``timeout``
+        seconds, :class:`ConnectionClosed` once the subscription has ended
+        and its queue is empty (or what ended it, as the iteration does)."""
+        try:
+            return await self._next(timeout)
+        except _Ended:
+            raise ConnectionClosed(f"subscription to {self.channel!r} is closed") from None
+
+    async def _next(self, timeout: Optional[float]) -> Message:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            while self._queue:
+                item = self._queue.popleft()
+                if not isinstance(item, Report):
+                    return item
+                await self._call_event(item.event)
+            if self._closed:
+                if self._end is not None:
+                    raise self._end
+                raise _Ended
+            if self._waiter is None or self._waiter.done():
+                self._waiter = loop.create_future()
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise Timeout(f"no message on {self.channel!r} within {timeout} s")
+            try:
+                await asyncio.wait_for(asyncio.shield(self._waiter), left)
+            except asyncio.TimeoutError:
+                raise Timeout(f"no message on {self.channel!r} within {timeout} s") from None
+
+    async def _call_event(self, event: str) -> None:
+        """Calls ``on_recovered`` or ``on_lost`` from the iteration,
+        awaiting a coroutine; an exception is logged."""
+        try:
+            if event == RECOVERED:
+                result = self.on_recovered(self) if self.on_recovered is not None else None
+            else:
+                result = self.on_lost(self, event) if self.on_lost is not None else None
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("ringcast subscription callback raised (%s)", self.channel)
+
+    async def resubscribed(self, timeout: Optional[float] = None) -> bool:
+        """Waits for the next resubscription of the channel (after a
+        reconnection): True when the server recovered what was missed,
+        False when messages were lost. Raises :class:`Timeout`, or
+        :class:`ConnectionClosed` when the subscription ends first."""
+        if self._closed:
+            raise ConnectionClosed(f"subscription to {self.channel!r} is closed")
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._resub_waiters.append(fut)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            raise Timeout(f"{self.channel!r} was not resubscribed within {timeout} s") from None
+        finally:
+            if fut in self._resub_waiters:
+                self._resub_waiters.remove(fut)
+
+    async def unsubscribe(self, *, timeout: Optional[float] = None) -> None:
+        """Leaves the channel; the iteration ends (after the queued
+        messages). Safe to call twice; without a connection it only
+        forgets the channel."""
+        if self._closed:
+            return
+        self._finish(None)
+        await self.client._unsubscribe(self, timeout)
+
+    # Called by the client, on the event loop, in the connection's order.
+
+    def _handle_subscribed(self, frame: Message) -> None:
+        if not self._closed:
+            self._report(self.state.handle_subscribed(frame))
+
+    def _handle_message(self, frame: Message) -> None:
+        if self._closed:
+            return
+        deliver, lost = self.state.handle_message(frame)
+        self._report(lost)
+        if not deliver:
+            return
+        if self.callback is not None:
+            _call_or_task(self.client._tasks, self.callback, frame)
+            return
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped_messages += 1
+        self._queue.append(frame)
+        self._wake()
+
+    def _refused(self, error: ServerError) -> None:
+        self.error = error
+        self._report(LOST_REFUSED)
+        self._finish(error)
+
+    def _report(self, event: Optional[str]) -> None:
+        if event is None:
+            return
+        if self.callback is None:
+            # The iteration calls it, in its place among the messages.
+            if self.on_recovered is not None or self.on_lost is not None:
+                self._queue.append(Report(event))
+                self._wake()
+        elif event == RECOVERED:
+            if self.on_recovered is not None:
+                _call_or_task(self.client._tasks, self.on_recovered, self)
+        elif self.on_lost is not None:
+            _call_or_task(self.client._tasks, self.on_lost, self, event)
+        if event in (RECOVERED, LOST_RECONNECT, LOST_REFUSED):
+            waiters, self._resub_waiters = self._resub_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(event == RECOVERED)
+
+    def _finish(self, end: Optional[BaseException]) -> None:
+        """Ends the subscription; the iteration raises ``end`` (or stops)
+        once the queue is drained."""
+        if self._closed:
+            return
+        self._closed = True
+        self._end = end
+        self._wake()
+        waiters, self._resub_waiters = self._resub_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(
+                    end if end is not None else ConnectionClosed(f"{self.channel!r} unsubscribed")
+                )
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<ringcast.aio.Subscription {self.channel!r} {state} position={self.position}>"
+
+
+class _Ended(Exception):
+    """The subscription ended normally (unsubscribed, client closed)."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -98,13 +371,20 @@ class Client:
 
     Create it, then ``await client.connect()`` -- or use ``async with
     Client(...) as client`` -- and ``await client.close()`` at the end.
-    Arguments are those of :class:`ringcast.Client`, except that there is no
-    automatic reconnection. ``message_callback`` may be a plain function or
-    a coroutine function (run as a task); without one, unsolicited frames
-    queue for :meth:`next_message`.
+    Arguments are those of :class:`ringcast.Client`. ``message_callback``
+    may be a plain function or a coroutine function (run as a task);
+    without one, unsolicited frames queue for :meth:`next_message`.
 
     ``compression`` (``"zstd"``, ``"deflate"``, or a list in order of
     preference) sends ``hello`` first; see :class:`ringcast.Client`.
+
+    ``reconnect`` (a :class:`ReconnectPolicy`; default None: a lost
+    connection stays lost) reconnects in a background task, with hello,
+    auth and a ping as on the first connection, then subscribes again to
+    every channel held (with ``recover`` on a history channel; see
+    :class:`Subscription`). Requests made meanwhile fail at once with
+    :class:`ConnectionClosed`; :meth:`wait_connected` waits for the
+    connection.
     """
 
     def __init__(
@@ -122,6 +402,7 @@ class Client:
         max_queued_messages: int = 10_000,
         max_frame_bytes: int = protocol.CLIENT_MAX_FRAME_BYTES,
         compression: CompressionArg = None,
+        reconnect: Optional[ReconnectPolicy] = None,
     ) -> None:
         #: The codecs offered in hello (None: no hello).
         self.compression_offer = resolve_offer(compression)
@@ -153,6 +434,15 @@ class Client:
         self._flush_scheduled = False
         # Timeouts of this turn's requests, armed at the flush: {timeout: [(id, type)]}.
         self._unarmed: Dict[float, List[Tuple[int, str]]] = {}
+        self.reconnect_policy = reconnect
+        #: Successful reconnections so far.
+        self.reconnect_count = 0
+        self._max_queued = max_queued_messages
+        # The current connection has finished its handshake: requests may go.
+        self._ready = False
+        self._reconnect_task: Optional[asyncio.Task[None]] = None
+        self._connected_waiter: Optional[asyncio.Future[None]] = None
+        self._subs: Dict[str, Subscription] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -162,34 +452,54 @@ class Client:
         :class:`Timeout`, or :class:`ServerError` (``unauthorized``)."""
         if self._transport is not None and self._lost is None:
             return self
+        self._closed = False
         await self._open()
+        try:
+            await self._handshake(verify=False)
+        except BaseException:
+            await self.close()
+            raise
+        self._ready = True
+        return self
+
+    async def _handshake(self, verify: bool) -> None:
+        """On a connection just opened: hello when compression is asked for,
+        then auth when ``auth_token`` is set; otherwise, with ``verify``
+        (reconnections), a ping proves the server answers unless hello did.
+        A server from before hello that requires a token closes the
+        connection at hello: the client then opens another, without hello.
+        Raises; the caller drops the connection."""
+        helloed = False
         if self.compression_offer is not None:
             try:
                 await self._hello_handshake()
+                helloed = True
             except ServerError as e:
-                await self.close()
                 if e.code != "unauthorized" or self.auth_token is None:
                     raise
-                # A server from before hello that requires a token closes the
-                # connection at hello: connect again without it.
+                self._drop_transport()
                 await self._open()
-            except BaseException:
-                await self.close()
-                raise
         if self.auth_token is not None:
             try:
-                await self.request(
-                    "auth", protocol.auth_message(self.auth_token), timeout=self.connect_timeout
+                await self._call(
+                    protocol.auth_message(self.auth_token),
+                    None,
+                    self.connect_timeout,
+                    internal=True,
                 )
             except ConnectionClosed as e:
-                await self.close()
                 if e.code is not None:  # the server's unauthorized, without an id
                     raise ServerError(e.code, e.message or "") from None
                 raise
-            except BaseException:
-                await self.close()
-                raise
-        return self
+        elif verify and not helloed:
+            msg = protocol.ping_message(self.client_info)
+            await self._call(msg, "pong", self.connect_timeout, internal=True)
+
+    def _drop_transport(self) -> None:
+        """Aborts the current connection (a failed handshake)."""
+        transport = self._transport
+        if transport is not None:
+            transport.abort()
 
     async def _hello_handshake(self) -> None:
         """Sends hello; takes the codec from hello_ok (the decoder switches
@@ -201,11 +511,12 @@ class Client:
         codecs = hello_codecs(offer)
         proto.decoder.expect_hello(codecs)
         try:
-            reply = await self.request(
-                "hello",
-                {"compression": list(offer), "client": HELLO_CLIENT},
-                timeout=self.connect_timeout,
+            reply = await self._call(
+                protocol.hello_message(offer, HELLO_CLIENT),
+                None,
+                self.connect_timeout,
                 check=False,
+                internal=True,
             )
         except ConnectionClosed as e:
             if e.code is not None:  # a closing error without an id (unauthorized)
@@ -242,13 +553,19 @@ class Client:
         self._transport, self._protocol = transport, proto
         self._encoder = FrameEncoder()
         self._hello = None
-        self._closed = False
         self._lost = None
 
     async def close(self) -> None:
-        """Closes the connection; requests in flight fail with
-        :class:`ConnectionClosed`. Safe to call twice."""
+        """Closes the connection (and stops reconnecting); requests in
+        flight fail with :class:`ConnectionClosed`, and every subscription
+        ends. Safe to call twice."""
         self._closed = True
+        self._ready = False
+        task = self._reconnect_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self._end_subscriptions(None)
+        self._wake_connected()
         transport, proto = self._transport, self._protocol
         if transport is not None:
             transport.close()
@@ -276,8 +593,33 @@ class Client:
 
     @property
     def connected(self) -> bool:
-        """Whether the client holds a live connection now."""
-        return self._transport is not None and self._lost is None
+        """Whether the client holds a live connection now, its handshake done."""
+        return self._ready and self._transport is not None and self._lost is None
+
+    async def wait_connected(self, timeout: Optional[float] = None) -> bool:
+        """Waits while the client reconnects; returns whether it is
+        connected. False at once when it is neither connected nor
+        reconnecting (closed, no policy, or it gave up)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self.connected:
+            if self._closed or self._reconnect_task is None:
+                return False
+            if self._connected_waiter is None or self._connected_waiter.done():
+                self._connected_waiter = loop.create_future()
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(asyncio.shield(self._connected_waiter), left)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    def _wake_connected(self) -> None:
+        waiter = self._connected_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     @property
     def compression(self) -> Optional[str]:
@@ -360,6 +702,78 @@ class Client:
         msg["type"] = message_type
         return await self._call(msg, None, timeout, check=check)
 
+    # -------------------------------------------------------------- channels
+
+    async def subscribe(
+        self,
+        channel: str,
+        callback: Optional[AsyncMessageCallback] = None,
+        *,
+        on_recovered: Optional[Callable[[Subscription], Any]] = None,
+        on_lost: Optional[Callable[[Subscription, str], Any]] = None,
+        timeout: Optional[float] = None,
+    ) -> Subscription:
+        """Subscribes to ``channel``; returns the :class:`Subscription` once
+        the server has answered ``subscribed``. Iterate it (``async for``)
+        or give ``callback``. Raises ``TypeError``/``ValueError`` for a
+        channel that is not a non-empty str, ``ValueError`` when already
+        subscribed to it, :class:`ServerError` when the server refuses
+        (``invalid_channel``, ``too_many_subscriptions``,
+        ``permission_denied``)."""
+        protocol.check_channel(channel)
+        held = self._subs.get(channel)
+        if held is not None and not held.closed:
+            raise ValueError(f"this client is already subscribed to {channel!r}")
+        sub = Subscription(self, channel, callback, on_recovered, on_lost, self._max_queued)
+        self._subs[channel] = sub
+        try:
+            await self._call(sub.state.subscribe_request(), "subscribed", timeout)
+        except BaseException:
+            self._forget(sub)
+            sub._finish(None)
+            raise
+        return sub
+
+    async def unsubscribe(self, channel: str, *, timeout: Optional[float] = None) -> None:
+        """Leaves ``channel``: :meth:`Subscription.unsubscribe` for the
+        client's subscription to it, else a plain ``unsubscribe`` request."""
+        protocol.check_channel(channel)
+        sub = self._subs.get(channel)
+        if sub is not None:
+            await sub.unsubscribe(timeout=timeout)
+        else:
+            await self._call(protocol.unsubscribe_message(channel), "unsubscribed", timeout)
+
+    async def publish(
+        self, channel: str, content: Any, *, timeout: Optional[float] = None
+    ) -> Published:
+        """Publishes ``content`` to ``channel``; returns the
+        :class:`~ringcast.channels.Published` answer (``recipients``, and
+        ``offset``/``epoch`` on a history channel)."""
+        protocol.check_channel(channel)
+        reply = await self._call(protocol.publish_message(channel, content), "published", timeout)
+        return published_from_frame(reply)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: Optional[int] = None,
+        limit: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> History:
+        """A history channel's publications after offset ``since`` (at most
+        ``limit``); a channel without history raises :class:`ServerError`
+        with code ``no_history``."""
+        protocol.check_channel(channel)
+        msg = protocol.history_message(channel, since, limit)
+        return history_from_frame(await self._call(msg, "history", timeout))
+
+    @property
+    def subscriptions(self) -> Dict[str, Subscription]:
+        """The open subscriptions, by channel (a copy)."""
+        return {c: s for c, s in self._subs.items() if not s.closed}
+
     async def next_message(self, timeout: Optional[float] = None) -> Message:
         """The oldest queued unsolicited frame; waits up to ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
@@ -385,9 +799,12 @@ class Client:
         timeout: Optional[float],
         *,
         check: bool = True,
+        internal: bool = False,
     ) -> Message:
         transport, proto = self._transport, self._protocol
         if transport is None or proto is None or self._lost is not None:
+            raise self._not_connected()
+        if not (self._ready or internal):  # a handshake is under way
             raise self._not_connected()
         rid = self._next_id
         self._next_id = rid + 1
@@ -451,6 +868,8 @@ class Client:
     def _not_connected(self) -> ConnectionClosed:
         if self._closed:
             return ConnectionClosed("client is closed")
+        if self._reconnect_task is not None:
+            return ConnectionClosed("not connected (reconnecting)")
         if self._lost is not None:
             last = self._lost
             return ConnectionClosed(f"not connected ({last.reason})", last.code, last.message)
@@ -465,9 +884,19 @@ class Client:
             if fut is None:
                 log.debug("dropping answer with unknown id: %.200s", msg)
                 return
+        elif msg.get("type") == "channel_message":
+            sub = self._subs.get(msg.get("channel"))  # type: ignore[arg-type]
+            if sub is not None:
+                sub._handle_message(msg)
+                return
         elif msg.get("type") in ANSWER_TYPES and self._pending:
             fut = self._pending.pop(next(iter(self._pending)))
         if fut is not None:
+            if self._subs and msg.get("type") == "subscribed":
+                sub = self._subs.get(msg.get("channel"))  # type: ignore[arg-type]
+                if sub is not None:
+                    # Before the replayed messages that follow it are read.
+                    sub._handle_subscribed(msg)
             if not fut.done():
                 fut.set_result(msg)
             return
@@ -478,14 +907,7 @@ class Client:
     def _deliver(self, msg: Message) -> None:
         callback = self._callback
         if callback is not None:
-            try:
-                result = callback(msg)
-                if inspect.isawaitable(result):
-                    task = asyncio.ensure_future(result)
-                    self._tasks.add(task)
-                    task.add_done_callback(self._task_done)
-            except Exception:
-                log.exception("ringcast message callback raised")
+            _call_or_task(self._tasks, callback, msg)
             return
         if len(self._queue) == self._queue.maxlen:
             self.dropped_messages += 1
@@ -493,11 +915,6 @@ class Client:
         waiter = self._queue_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("ringcast message callback raised", exc_info=task.exception())
 
     def _closed_reason(self, what: str) -> ConnectionClosed:
         if self._closed:
@@ -510,15 +927,110 @@ class Client:
         return ConnectionClosed(f"{what} ({code}: {message})", code, message)
 
     def _lose(self, reason: ConnectionClosed) -> None:
-        """Marks the connection lost; fails every request in flight."""
+        """Marks the connection lost; fails every request in flight. A
+        connection that was ready is reconnected per the policy; without
+        one, the subscriptions end."""
         if self._lost is None:
             self._lost = reason
+        was_ready, self._ready = self._ready, False
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionClosed(reason.reason, reason.code, reason.message))
+        if not was_ready or self._closed:
+            return
+        policy = self.reconnect_policy
+        if policy is None:
+            self._end_subscriptions(ConnectionClosed(reason.reason, reason.code, reason.message))
+            return
+        log.info("ringcast connection to %s:%s lost: %s", self.host, self.port, reason)
+        self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect(policy))
+
+    async def _reconnect(self, policy: ReconnectPolicy) -> None:
+        """The reconnection task: attempts per ``policy`` until one completes
+        its handshake, then resubscribes."""
+        attempt = 0
+        try:
+            for delay in policy.delays():
+                attempt += 1
+                await asyncio.sleep(delay)
+                if self._closed:
+                    return
+                try:
+                    await self._open()
+                    await self._handshake(verify=True)
+                except (OSError, RingcastError) as e:
+                    self._drop_transport()
+                    log.info("ringcast reconnection attempt %d failed: %s", attempt, e)
+                    continue
+                self._ready = True
+                self.reconnect_count += 1
+                self._reconnect_task = None
+                log.info(
+                    "ringcast reconnected to %s:%s on attempt %d", self.host, self.port, attempt
+                )
+                self._resubscribe()
+                return
+            log.warning("ringcast gave up reconnecting after %d attempts", attempt)
+            self._reconnect_task = None
+            last = self._lost or ConnectionClosed("connection lost")
+            self._end_subscriptions(
+                ConnectionClosed(f"gave up reconnecting ({last.reason})", last.code, last.message)
+            )
+        finally:
+            if self._reconnect_task is asyncio.current_task():
+                self._reconnect_task = None
+            self._wake_connected()
+
+    def _resubscribe(self) -> None:
+        """Subscribes the new connection to every channel held, with
+        ``recover`` where there is a position; the answers are taken by
+        :meth:`_dispatch` in the connection's order."""
+        loop = asyncio.get_running_loop()
+        for sub in list(self._subs.values()):
+            # Not yet answered on any connection: its subscribe() call fails
+            # with the old connection, and forgets it.
+            if sub.closed or not sub.state.subscribed_once:
+                continue
+            msg = sub.state.subscribe_request()
+            rid = self._next_id
+            self._next_id = rid + 1
+            msg["id"] = rid
+            fut: asyncio.Future[Message] = loop.create_future()
+            fut.add_done_callback(functools.partial(self._resubscribe_done, sub))
+            self._pending[rid] = fut
+            self._wbuf.append(self._encoder.encode(msg))
+        if self._wbuf and not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+
+    def _resubscribe_done(self, sub: Subscription, fut: asyncio.Future[Message]) -> None:
+        # An exception: the connection went, and the next one resubscribes.
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        reply = fut.result()
+        if reply.get("type") == "error":
+            self._forget(sub)
+            sub._refused(ServerError.from_frame(reply))
+
+    def _forget(self, sub: Subscription) -> None:
+        if self._subs.get(sub.channel) is sub:
+            del self._subs[sub.channel]
+
+    async def _unsubscribe(self, sub: Subscription, timeout: Optional[float]) -> None:
+        try:
+            await self._call(protocol.unsubscribe_message(sub.channel), "unsubscribed", timeout)
+        except ConnectionClosed:
+            pass  # no connection, no subscription: the server drops them together
+        finally:
+            self._forget(sub)
+
+    def _end_subscriptions(self, end: Optional[BaseException]) -> None:
+        subs, self._subs = list(self._subs.values()), {}
+        for sub in subs:
+            sub._finish(end)
 
 
 async def connect(host: str = "localhost", port: int = 9999, **kwargs: Any) -> Client:

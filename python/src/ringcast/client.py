@@ -10,12 +10,23 @@ import ssl
 import threading
 import time
 from types import TracebackType
-from typing import Any, Callable, Deque, Dict, Mapping, Optional, Type
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Type, Union
 
 from . import protocol
 from ._net import Session, close_quietly, open_session, wire_stats
 from ._version import __version__
 from .backoff import ReconnectPolicy
+from .channels import (
+    LOST_REFUSED,
+    RECOVERED,
+    ChannelState,
+    History,
+    Position,
+    Published,
+    Report,
+    history_from_frame,
+    published_from_frame,
+)
 from .compression import CompressionArg, resolve_offer
 from .errors import (
     CLOSING_CODES,
@@ -35,6 +46,201 @@ DEFAULT_CLIENT_INFO = f"ringcast-python/{__version__}"
 MessageCallback = Callable[[Message], Any]
 
 
+class BaseSubscription:
+    """What the two threaded clients' subscriptions share: the channel, its
+    position (:class:`ringcast.channels.ChannelState`), and the calls to the
+    application's functions, made on the client's receiving thread.
+
+    - ``callback(message)``: each ``channel_message`` frame of the channel,
+      in order, duplicates dropped;
+    - ``on_recovered(subscription)``: after a reconnection, the channel was
+      subscribed again and the server replays what was missed; called
+      before the replayed messages;
+    - ``on_lost(subscription, reason)``: messages may have been missed,
+      called before the next message is delivered. ``reason`` is
+      ``"reconnect"`` (subscribed again without recovery: the server could
+      not replay, or the channel has no history), ``"gap"`` (live offsets
+      skipped), ``"epoch"`` (the server lost the channel's history) or
+      ``"refused"`` (the server answered the resubscription with an error,
+      kept in :attr:`error`; the subscription is closed).
+
+    An exception raised by one of them is logged and otherwise ignored.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        callback: Optional[MessageCallback],
+        on_recovered: Optional[Callable[[Any], Any]],
+        on_lost: Optional[Callable[[Any, str], Any]],
+    ) -> None:
+        self.channel = channel
+        self.callback = callback
+        self.on_recovered = on_recovered
+        self.on_lost = on_lost
+        #: The channel's position and recovery rules.
+        self.state = ChannelState(channel)
+        #: The server's refusal of a resubscription, if that is why it closed.
+        self.error: Optional[ServerError] = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the subscription has ended (unsubscribed, refused, or the
+        client closed); a closed subscription delivers nothing more."""
+        return self._closed
+
+    @property
+    def position(self) -> Optional[Position]:
+        """``(offset, epoch)`` of the last publication received on a history
+        channel (from ``subscribed`` at first), or None without history."""
+        return self.state.position
+
+    @property
+    def recovered(self) -> Optional[bool]:
+        """Whether the last resubscription (after a reconnection) recovered
+        what was missed; None before any."""
+        return self.state.recovered
+
+    @property
+    def lost_count(self) -> int:
+        """How many times ``on_lost`` was (or would have been) called."""
+        return self.state.lost
+
+    def _handle_subscribed(self, frame: Message) -> None:
+        if not self._closed:
+            self._report(self.state.handle_subscribed(frame))
+
+    def _handle_message(self, frame: Message) -> None:
+        if self._closed:
+            return
+        deliver, lost = self.state.handle_message(frame)
+        self._report(lost)
+        if deliver:
+            self._deliver(frame)
+
+    def _refused(self, error: ServerError) -> None:
+        self.error = error
+        self._report(LOST_REFUSED)
+        self._close()
+
+    def _report(self, event: Optional[str]) -> None:
+        if event is None:
+            return
+        try:
+            if event == RECOVERED:
+                if self.on_recovered is not None:
+                    self.on_recovered(self)
+            elif self.on_lost is not None:
+                self.on_lost(self, event)
+        except Exception:
+            log.exception("ringcast subscription callback raised (%s)", self.channel)
+
+    def _deliver(self, frame: Message) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        self._closed = True
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self.channel!r} {state} position={self.position}>"
+
+
+class Subscription(BaseSubscription):
+    """A channel subscription of :class:`Client`, from :meth:`Client.subscribe`.
+
+    Messages go to ``callback`` when it is set (on the receiving thread:
+    keep it short, and make no requests from it), otherwise to a bounded
+    queue read with :meth:`next_message`. See :class:`BaseSubscription` for
+    ``on_recovered`` and ``on_lost``; without a callback they are called
+    by :meth:`next_message`, on its caller's thread (which may make
+    requests, say :meth:`Client.history`), just before it returns the
+    first message after the event.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        channel: str,
+        callback: Optional[MessageCallback],
+        on_recovered: Optional[Callable[[Subscription], Any]],
+        on_lost: Optional[Callable[[Subscription, str], Any]],
+        max_queued: int,
+    ) -> None:
+        super().__init__(channel, callback, on_recovered, on_lost)
+        self.client = client
+        #: Messages dropped because the queue was full (oldest first).
+        self.dropped_messages = 0
+        # Messages, and the events to report between them.
+        self._queue: Deque[Union[Message, Report]] = collections.deque(maxlen=max(1, max_queued))
+        self._cond = threading.Condition()
+
+    def next_message(self, timeout: Optional[float] = None) -> Message:
+        """The oldest queued ``channel_message`` (when there is no
+        callback); waits up to ``timeout`` seconds (``None``: for ever),
+        then raises :class:`Timeout`. Once the subscription is closed and
+        its queue empty, raises :class:`ConnectionClosed`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                while not self._queue:
+                    if self._closed:
+                        raise ConnectionClosed(f"subscription to {self.channel!r} is closed")
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise Timeout(f"no message on {self.channel!r} within {timeout} s")
+                    self._cond.wait(left)
+                item = self._queue.popleft()
+            if not isinstance(item, Report):
+                return item
+            super()._report(item.event)
+
+    def unsubscribe(self, *, timeout: Optional[float] = None) -> None:
+        """Leaves the channel: nothing more is delivered once it returns.
+        Safe to call twice. Without a connection it only forgets the
+        channel (the server dropped it with the connection)."""
+        if self._closed:
+            return
+        if threading.current_thread() is self.client._receiver:
+            raise RingcastError(
+                "unsubscribe() cannot be called from a callback: it waits for an answer "
+                "that the callback's thread reads"
+            )
+        self._close()
+        self.client._unsubscribe(self, timeout)
+
+    def _report(self, event: Optional[str]) -> None:
+        if event is None:
+            return
+        if self.callback is not None:
+            super()._report(event)
+        elif self.on_recovered is not None or self.on_lost is not None:
+            # next_message() calls it, in its place among the messages.
+            with self._cond:
+                self._queue.append(Report(event))
+                self._cond.notify()
+
+    def _deliver(self, frame: Message) -> None:
+        callback = self.callback
+        if callback is not None:
+            try:
+                callback(frame)
+            except Exception:
+                log.exception("ringcast subscription callback raised (%s)", self.channel)
+            return
+        with self._cond:
+            if len(self._queue) == self._queue.maxlen:
+                self.dropped_messages += 1
+            self._queue.append(frame)
+            self._cond.notify()
+
+    def _close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
 class _Waiter:
     """One request waiting for its answer: a lock held until the answer comes."""
 
@@ -50,6 +256,24 @@ class _Waiter:
         self.reply = reply
         self.error = error
         self.lock.release()
+
+
+class _Resubscribe:
+    """A resubscription in flight, in ``_pending`` beside the waiters: its
+    ``subscribed`` answer is taken by :meth:`Client._dispatch` like any
+    other; an ``error`` answer closes the subscription."""
+
+    __slots__ = ("client", "sub")
+
+    def __init__(self, client: Client, sub: Subscription) -> None:
+        self.client = client
+        self.sub = sub
+
+    def resolve(self, reply: Optional[Message], error: Optional[BaseException]) -> None:
+        # error: the connection went; the next one subscribes again.
+        if reply is not None and reply.get("type") == "error":
+            self.client._forget(self.sub)
+            self.sub._refused(ServerError.from_frame(reply))
 
 
 class Client:
@@ -85,6 +309,12 @@ class Client:
     (:attr:`compression` tells which codec; :attr:`server_info` holds the
     ``hello_ok`` fields). A server that refuses, or predates hello, is used
     uncompressed. ``"zstd"`` needs the ``zstandard`` module.
+
+    Channels: :meth:`subscribe` returns a :class:`Subscription`;
+    :meth:`publish`, :meth:`unsubscribe` and :meth:`history` are requests.
+    After a reconnection every subscription is made again, with
+    ``recover`` from its position on a history channel, and its
+    ``on_recovered`` or ``on_lost`` is called.
     """
 
     def __init__(
@@ -125,7 +355,10 @@ class Client:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._state_changed = threading.Condition(self._lock)
-        self._pending: Dict[int, _Waiter] = {}
+        self._pending: Dict[int, Union[_Waiter, _Resubscribe]] = {}
+        self._max_queued = max_queued_messages
+        # Subscriptions by channel, under _lock.
+        self._subs: Dict[str, Subscription] = {}
         self._ids = itertools.count(1)
         self._sock: Optional[socket.socket] = None
         self._session: Optional[Session] = None
@@ -250,6 +483,86 @@ class Client:
         msg["type"] = message_type
         return self._call(msg, None, timeout, check=check)
 
+    # -------------------------------------------------------------- channels
+
+    def subscribe(
+        self,
+        channel: str,
+        callback: Optional[MessageCallback] = None,
+        *,
+        on_recovered: Optional[Callable[[Subscription], Any]] = None,
+        on_lost: Optional[Callable[[Subscription, str], Any]] = None,
+        timeout: Optional[float] = None,
+    ) -> Subscription:
+        """Subscribes to ``channel``; returns once the server has answered
+        ``subscribed``. Its messages go to ``callback`` (on the receiving
+        thread), or without one to :meth:`Subscription.next_message`.
+        ``on_recovered(sub)`` and ``on_lost(sub, reason)`` tell what a
+        reconnection (or a gap in a history channel) cost; see
+        :class:`BaseSubscription`.
+
+        Raises ``TypeError``/``ValueError`` for a channel that is not a
+        non-empty str, ``ValueError`` when this client already holds a
+        subscription to it, and :class:`ServerError` when the server
+        refuses (``invalid_channel``, ``too_many_subscriptions``,
+        ``permission_denied``)."""
+        protocol.check_channel(channel)
+        sub = Subscription(self, channel, callback, on_recovered, on_lost, self._max_queued)
+        with self._lock:
+            if channel in self._subs:
+                raise ValueError(f"this client is already subscribed to {channel!r}")
+            self._subs[channel] = sub
+        try:
+            self._call(sub.state.subscribe_request(), "subscribed", timeout)
+        except BaseException:
+            self._forget(sub)
+            sub._close()
+            raise
+        return sub
+
+    def unsubscribe(self, channel: str, *, timeout: Optional[float] = None) -> None:
+        """Leaves ``channel``: :meth:`Subscription.unsubscribe` for the
+        client's subscription to it, else a plain ``unsubscribe`` request
+        (the server answers it even for a channel it does not hold)."""
+        protocol.check_channel(channel)
+        with self._lock:
+            sub = self._subs.get(channel)
+        if sub is not None:
+            sub.unsubscribe(timeout=timeout)
+        else:
+            self._call(protocol.unsubscribe_message(channel), "unsubscribed", timeout)
+
+    def publish(self, channel: str, content: Any, *, timeout: Optional[float] = None) -> Published:
+        """Publishes ``content`` (any JSON value) to ``channel``'s
+        subscribers; returns the :class:`~ringcast.channels.Published`
+        answer (``recipients``; ``offset`` and ``epoch`` on a history
+        channel). The publisher gets its own message only if subscribed."""
+        protocol.check_channel(channel)
+        reply = self._call(protocol.publish_message(channel, content), "published", timeout)
+        return published_from_frame(reply)
+
+    def history(
+        self,
+        channel: str,
+        *,
+        since: Optional[int] = None,
+        limit: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> History:
+        """The publications of a history channel after offset ``since``, at
+        most ``limit`` (server default 100, maximum 1000), as a
+        :class:`~ringcast.channels.History`. A channel without history is
+        answered :class:`ServerError` with code ``no_history``."""
+        protocol.check_channel(channel)
+        msg = protocol.history_message(channel, since, limit)
+        return history_from_frame(self._call(msg, "history", timeout))
+
+    @property
+    def subscriptions(self) -> Dict[str, Subscription]:
+        """The client's open subscriptions, by channel (a copy)."""
+        with self._lock:
+            return dict(self._subs)
+
     def next_message(self, timeout: Optional[float] = None) -> Message:
         """The oldest queued unsolicited frame (used when no callback is set);
         waits up to ``timeout`` seconds (``None``: for ever), then raises
@@ -288,6 +601,7 @@ class Client:
             close_quietly(sock)
         if threading.current_thread() is not self._receiver:
             self._receiver.join(timeout=5.0)
+        self._end_subscriptions()
 
     disconnect = close
 
@@ -405,11 +719,62 @@ class Client:
             reason = self._receive(session.sock, session.decoder)
             self._connection_lost(session.sock, reason)
             if self._closing or self.reconnect_policy is None:
-                return
+                break
             reconnected = self._reconnect(self.reconnect_policy)
             if reconnected is None:
-                return
+                break
             session = reconnected
+        self._end_subscriptions()
+
+    def _forget(self, sub: Subscription) -> None:
+        """Removes ``sub`` from the channels the client holds."""
+        with self._lock:
+            if self._subs.get(sub.channel) is sub:
+                del self._subs[sub.channel]
+
+    def _unsubscribe(self, sub: Subscription, timeout: Optional[float]) -> None:
+        try:
+            self._call(protocol.unsubscribe_message(sub.channel), "unsubscribed", timeout)
+        except ConnectionClosed:
+            pass  # no connection, no subscription: the server drops them together
+        finally:
+            self._forget(sub)
+
+    def _end_subscriptions(self) -> None:
+        """Closes every subscription: the client will not connect again."""
+        with self._lock:
+            subs, self._subs = list(self._subs.values()), {}
+        for sub in subs:
+            sub._close()
+
+    def _resubscribe(self, session: Session) -> None:
+        """Subscribes the new connection to every channel held (with
+        ``recover`` where there is a position); the answers are read by
+        the receiving thread like any other. Called on that thread, so no
+        frame of the new connection is read before these are sent."""
+        frames: List[bytes] = []
+        with self._lock:
+            for sub in self._subs.values():
+                # Not yet answered on any connection: its subscribe() call
+                # fails with the old connection, and forgets it.
+                if sub.closed or not sub.state.subscribed_once:
+                    continue
+                msg = sub.state.subscribe_request()
+                rid = next(self._ids)
+                msg["id"] = rid
+                self._pending[rid] = _Resubscribe(self, sub)
+                frames.append(session.encoder.encode(msg))
+        if not frames:
+            return
+        data = b"".join(frames)
+        try:
+            with self._send_lock:
+                session.sock.sendall(data)
+                session.encoder.bytes_sent += len(data)
+        except OSError as e:
+            # The receiving loop sees the connection fail, and the next
+            # one subscribes again.
+            log.info("ringcast resubscription failed: %s", e)
 
     def _receive(self, sock: socket.socket, decoder: FrameDecoder) -> ConnectionClosed:
         """Reads until the connection ends; returns why it ended."""
@@ -437,7 +802,7 @@ class Client:
 
     def _dispatch(self, msg: Message) -> None:
         rid = msg.get("id")
-        waiter: Optional[_Waiter] = None
+        waiter: Optional[Union[_Waiter, _Resubscribe]] = None
         if rid is not None:
             if isinstance(rid, int):
                 with self._lock:
@@ -451,7 +816,20 @@ class Client:
             with self._lock:
                 if self._pending:
                     waiter = self._pending.pop(next(iter(self._pending)))
+        elif msg.get("type") == "channel_message":
+            with self._lock:
+                sub = self._subs.get(msg.get("channel"))  # type: ignore[arg-type]
+            if sub is not None:
+                sub._handle_message(msg)
+                return
         if waiter is not None:
+            if msg.get("type") == "subscribed":
+                with self._lock:
+                    sub = self._subs.get(msg.get("channel"))  # type: ignore[arg-type]
+                if sub is not None:
+                    # Before the answer is handed over, and before the
+                    # replayed messages that follow it are read.
+                    sub._handle_subscribed(msg)
             waiter.resolve(msg, None)
             return
         if msg.get("type") == "error" and msg.get("code") in CLOSING_CODES:
@@ -508,6 +886,7 @@ class Client:
                 self.reconnect_count += 1
                 self._state_changed.notify_all()
             log.info("ringcast reconnected to %s:%s on attempt %d", self.host, self.port, attempt)
+            self._resubscribe(session)
             for msg in session.early:
                 self._dispatch(msg)
             return session

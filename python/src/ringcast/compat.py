@@ -18,14 +18,15 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import protocol
 from ._net import Session, close_quietly, open_session, wire_stats
 from ._version import __version__
 from .backoff import ReconnectPolicy
+from .client import BaseSubscription, MessageCallback
 from .compression import CompressionArg, resolve_offer
-from .errors import RingcastError
+from .errors import RingcastError, ServerError
 from .protocol import RECV_CHUNK, Message
 
 log = logging.getLogger("ringcast")
@@ -33,9 +34,94 @@ log = logging.getLogger("ringcast")
 #: Sent as ``client_info`` in pings, like the seed's ``"TCP Client info"``.
 SEED_CLIENT_INFO = f"ringcast Python TCPClient {__version__}"
 
-#: ``id`` prefix of the client's own pings (heartbeats, reconnection checks):
-#: their pongs are not passed to the callback.
+#: ``id`` prefix of the client's own pings (heartbeats, reconnection checks)
+#: and resubscriptions: their answers are not passed to the callback.
 _INTERNAL_ID = "__ringcast_tcpclient_"
+
+#: ``id`` prefix of the subscribe frames of :meth:`TCPClient.subscribe`
+#: (their answers do reach the callback): it ties a refusal to its
+#: subscription.
+_SUBSCRIBE_ID = "__ringcast_subscribe_"
+
+
+class TCPSubscription(BaseSubscription):
+    """A channel subscription of :class:`TCPClient`, from
+    :meth:`TCPClient.subscribe`.
+
+    Its ``channel_message`` frames go to ``callback`` when it is set, else
+    to the client's message callback, on the receiving thread. See
+    :class:`ringcast.client.BaseSubscription` for ``on_recovered`` and
+    ``on_lost``; :meth:`wait_subscribed` waits for the server's answer.
+    """
+
+    def __init__(
+        self,
+        client: TCPClient,
+        channel: str,
+        callback: Optional[MessageCallback],
+        on_recovered: Optional[Callable[[TCPSubscription], Any]],
+        on_lost: Optional[Callable[[TCPSubscription, str], Any]],
+    ) -> None:
+        super().__init__(channel, callback, on_recovered, on_lost)
+        self.client = client
+        self._cond = threading.Condition()
+        # The connection this subscription was last sent on (under the
+        # client's _state), so each connection sends it exactly once.
+        self._sent_on: Optional[Session] = None
+
+    def unsubscribe(self) -> bool:
+        """Leaves the channel (fire-and-forget, like the seed's sends): sends
+        ``unsubscribe`` when connected and returns whether it was written;
+        nothing more is delivered either way, and the ``unsubscribed``
+        answer reaches the client's callback."""
+        return self.client._unsubscribe(self)
+
+    def wait_subscribed(self, timeout: Optional[float] = None) -> bool:
+        """Waits until the server has answered ``subscribed`` (on any
+        connection); returns whether it has. Raises :class:`ServerError`
+        when the server refused (``invalid_channel``,
+        ``too_many_subscriptions``, ...)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self.state.subscribed_once:
+                if self.error is not None:
+                    raise self.error
+                if self._closed:
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def _handle_subscribed(self, frame: Dict[str, Any]) -> None:
+        super()._handle_subscribed(frame)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _rejected(self, error: ServerError) -> None:
+        """The server answered a subscribe with an error."""
+        self.client._forget(self)
+        if self.state.subscribed_once:
+            self._refused(error)  # a resubscription: reported lost
+        else:
+            self.error = error
+            self._close()
+
+    def _deliver(self, frame: Dict[str, Any]) -> None:
+        callback = self.callback
+        if callback is None:
+            self.client._to_callback(frame)
+            return
+        try:
+            callback(frame)
+        except Exception:
+            log.exception("subscription callback raised (%s)", self.channel)
+
+    def _close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
 
 class TCPClient:
@@ -70,6 +156,14 @@ class TCPClient:
     The ``hello_ok`` answer is the client's own (not passed to the
     callback); :attr:`compression` and :attr:`server_info` show it. A server
     that refuses, or predates hello, is used uncompressed.
+
+    Channels, beside the seed's API: :meth:`subscribe` returns a
+    :class:`TCPSubscription` and works connected or not (a subscription is
+    kept until unsubscribed, and every connection, the first and each
+    reconnection, subscribes to it, with ``recover`` from its position on
+    a history channel); :meth:`publish`, :meth:`unsubscribe` and
+    :meth:`history` are fire-and-forget sends whose answers reach the
+    callback.
     """
 
     def __init__(
@@ -126,6 +220,10 @@ class TCPClient:
         # The current connection: socket, decoder and encoder together, so a
         # send never uses one connection's codec on another.
         self._session: Optional[Session] = None
+        # Subscriptions by channel, and subscribe frames awaiting their
+        # answer by id; both under _state.
+        self._subs: Dict[str, TCPSubscription] = {}
+        self._sub_ids: Dict[str, TCPSubscription] = {}
 
     # ------------------------------------------------------- the seed's API
 
@@ -154,8 +252,10 @@ class TCPClient:
             self.connected = True
             self.running = True
             self.reconnect_count = 0
+            subs = self._claim_subscriptions(session)
             self._state.notify_all()
         self._last_rx = time.monotonic()
+        self._send_subscribes(session, subs)
         self.receive_thread = threading.Thread(
             target=self._receive_loop,
             args=(session,),
@@ -255,6 +355,72 @@ class TCPClient:
 
     # ------------------------------------------------------------ additions
 
+    def subscribe(
+        self,
+        channel: str,
+        callback: Optional[MessageCallback] = None,
+        *,
+        on_recovered: Optional[Callable[[TCPSubscription], Any]] = None,
+        on_lost: Optional[Callable[[TCPSubscription, str], Any]] = None,
+    ) -> TCPSubscription:
+        """Subscribes to ``channel``: sends ``subscribe`` now when connected,
+        else at the next :meth:`connect` or reconnection; returns the
+        :class:`TCPSubscription` at once. Its messages go to ``callback``,
+        or without one to the message callback. ``on_recovered(sub)`` and
+        ``on_lost(sub, reason)``: see
+        :class:`ringcast.client.BaseSubscription`.
+
+        The ``subscribed`` answer (or the ``error`` refusing it) reaches the
+        message callback like any answer; :meth:`TCPSubscription.wait_subscribed`
+        waits for it, raising :class:`ServerError` on a refusal. Raises
+        ``TypeError``/``ValueError`` for a channel that is not a non-empty
+        str, ``ValueError`` when already subscribed to it."""
+        protocol.check_channel(channel)
+        sub = TCPSubscription(self, channel, callback, on_recovered, on_lost)
+        with self._state:
+            held = self._subs.get(channel)
+            if held is not None and not held.closed:
+                raise ValueError(f"this client is already subscribed to {channel!r}")
+            self._subs[channel] = sub
+            session = self._session if self.connected else None
+            if session is not None:
+                sub._sent_on = session
+        if session is not None:
+            self._send_subscribes(session, [sub])
+        return sub
+
+    def unsubscribe(self, channel: str) -> bool:
+        """Sends ``{"type": "unsubscribe", "channel"}`` and ends this
+        client's subscription to ``channel`` (nothing more is delivered);
+        returns whether the frame was written (False while disconnected:
+        the server dropped the subscription with the connection)."""
+        protocol.check_channel(channel)
+        with self._state:
+            sub = self._subs.get(channel)
+        if sub is not None:
+            return self._unsubscribe(sub)
+        return self.send_message(protocol.unsubscribe_message(channel))
+
+    def publish(self, channel: str, content: Any) -> bool:
+        """Sends ``{"type": "publish", "channel", "content"}``; the
+        ``published`` answer (or an ``error``) reaches the callback."""
+        protocol.check_channel(channel)
+        return self.send_message(protocol.publish_message(channel, content))
+
+    def history(
+        self, channel: str, since: Optional[int] = None, limit: Optional[int] = None
+    ) -> bool:
+        """Sends ``{"type": "history", "channel", "since"?, "limit"?}``; the
+        ``history`` answer (or ``error`` ``no_history``) reaches the callback."""
+        protocol.check_channel(channel)
+        return self.send_message(protocol.history_message(channel, since, limit))
+
+    @property
+    def subscriptions(self) -> Dict[str, TCPSubscription]:
+        """The open subscriptions, by channel (a copy)."""
+        with self._state:
+            return {c: s for c, s in self._subs.items() if not s.closed}
+
     @property
     def compression(self) -> Optional[str]:
         """The codec negotiated on the current (or last) connection:
@@ -324,9 +490,33 @@ class TCPClient:
     def _handle(self, msg: Message) -> None:
         self.messages_received += 1
         self._last_rx = time.monotonic()
+        kind = msg.get("type")
         rid = msg.get("id")
+        if kind == "channel_message":
+            with self._state:
+                sub = self._subs.get(msg.get("channel"))  # type: ignore[arg-type]
+            if sub is not None:
+                sub._handle_message(msg)
+                return
+        elif isinstance(rid, str) and (kind == "subscribed" or kind == "error"):
+            with self._state:
+                sub = self._sub_ids.pop(rid, None)
+            if sub is not None:
+                if kind == "subscribed":
+                    # Before the replayed messages that follow it are read.
+                    sub._handle_subscribed(msg)
+                else:
+                    sub._rejected(ServerError.from_frame(msg))
+        elif kind == "unsubscribed":
+            with self._state:
+                sub = self._subs.get(msg.get("channel"))  # type: ignore[arg-type]
+                if sub is not None and sub.closed:
+                    del self._subs[sub.channel]
         if isinstance(rid, str) and rid.startswith(_INTERNAL_ID):
             return
+        self._to_callback(msg)
+
+    def _to_callback(self, msg: Message) -> None:
         callback = self.message_callback
         if callback is None:
             log.info("received: %s", msg)
@@ -388,9 +578,11 @@ class TCPClient:
                 self.socket = sock
                 self.connected = True
                 self.reconnect_count += 1
+                subs = self._claim_subscriptions(session)
                 self._state.notify_all()
             self._last_rx = time.monotonic()
             log.info("reconnected to %s:%s on attempt %d", self.host, self.port, attempt)
+            self._send_subscribes(session, subs)
             for msg in session.early:
                 self._handle(msg)
             return session
@@ -399,6 +591,59 @@ class TCPClient:
             self.running = False
             self._state.notify_all()
         return None
+
+    def _claim_subscriptions(self, session: Session) -> List[TCPSubscription]:
+        """Under ``_state``, for a new connection: forgets the ids of the old
+        one and the closed subscriptions, and returns those that this
+        connection must subscribe to (each claimed once per connection)."""
+        self._sub_ids.clear()
+        for channel in [c for c, s in self._subs.items() if s.closed]:
+            del self._subs[channel]
+        subs = [s for s in self._subs.values() if s._sent_on is not session]
+        for sub in subs:
+            sub._sent_on = session
+        return subs
+
+    def _send_subscribes(self, session: Session, subs: List[TCPSubscription]) -> None:
+        """Sends a subscribe per subscription, in one write: a first one with
+        an id the callback sees, a resubscription (with ``recover`` when the
+        channel has a position) with an internal id."""
+        if not subs:
+            return
+        frames: List[bytes] = []
+        with self._state:
+            for sub in subs:
+                first = not sub.state.subscribed_once
+                msg = sub.state.subscribe_request()
+                rid = f"{_SUBSCRIBE_ID if first else _INTERNAL_ID}{next(self._ids)}"
+                msg["id"] = rid
+                self._sub_ids[rid] = sub
+                frames.append(session.encoder.encode(msg))
+        data = b"".join(frames)
+        try:
+            with self._send_lock:
+                session.sock.sendall(data)
+                session.encoder.bytes_sent += len(data)
+        except OSError as e:
+            # The receiving thread sees the connection fail; the next one
+            # subscribes again.
+            log.warning("subscribe failed: %s", e)
+            return
+        self.messages_sent += len(frames)
+
+    def _forget(self, sub: TCPSubscription) -> None:
+        with self._state:
+            if self._subs.get(sub.channel) is sub:
+                del self._subs[sub.channel]
+
+    def _unsubscribe(self, sub: TCPSubscription) -> bool:
+        if sub.closed:
+            return False
+        sub._close()  # stays in _subs, dropping messages, until unsubscribed
+        sent = self.send_message(protocol.unsubscribe_message(sub.channel))
+        if not sent:
+            self._forget(sub)
+        return sent
 
     def _heartbeat_loop(self) -> None:
         interval = self.heartbeat_interval

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import struct
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .compression import (
     COMPRESSED_FLAG,
@@ -48,6 +48,10 @@ RESPONSE_TYPES: Dict[str, str] = {
     "message": "message_ack",
     "auth": "auth_ok",
     "hello": "hello_ok",
+    "subscribe": "subscribed",
+    "unsubscribe": "unsubscribed",
+    "publish": "published",
+    "history": "history",
 }
 
 #: Answer types, for servers that do not copy ``id`` back (the seed's Python
@@ -323,4 +327,58 @@ def custom_message(message_type: str, data: Optional[Mapping[str, Any]] = None) 
                 raise ValueError(f"custom message data must not contain {reserved!r}")
         msg.update(data)
     msg.setdefault("timestamp", timestamp())
+    return msg
+
+
+# Channels (docs/PROTOCOL.md, "Channels"). ``channel`` is checked by the
+# caller with :func:`check_channel`; the server checks the rest of the name.
+
+
+def check_channel(channel: Any) -> str:
+    """Returns ``channel`` if it is a non-empty ``str``; raises ``TypeError``
+    (not a string) or ``ValueError`` (empty). What else the server refuses
+    (over 256 bytes, control characters) it answers ``invalid_channel``."""
+    if not isinstance(channel, str):
+        raise TypeError(f"channel must be a str, not {type(channel).__name__}")
+    if not channel:
+        raise ValueError("channel must not be empty")
+    return channel
+
+
+def subscribe_message(channel: str, recover: Optional[Tuple[int, str]] = None) -> Message:
+    """``{"type": "subscribe", "channel": ...}``, with ``"recover": {"offset",
+    "epoch"}`` when ``recover`` is given: the server then replays what the
+    channel's history holds after that offset, if it still can."""
+    msg: Message = {"type": "subscribe", "channel": channel}
+    if recover is not None:
+        msg["recover"] = {"offset": recover[0], "epoch": recover[1]}
+    return msg
+
+
+def unsubscribe_message(channel: str) -> Message:
+    """``{"type": "unsubscribe", "channel": ...}``."""
+    return {"type": "unsubscribe", "channel": channel}
+
+
+def publish_message(channel: str, content: Any) -> Message:
+    """``{"type": "publish", "channel": ..., "content": ...}``."""
+    return {"type": "publish", "channel": channel, "content": content}
+
+
+def history_message(
+    channel: str, since: Optional[int] = None, limit: Optional[int] = None
+) -> Message:
+    """``{"type": "history", "channel": ..., "since"?: N, "limit"?: n}``:
+    the publications after offset ``since`` (the server's default limit is
+    100, its maximum 1000). ``since`` must be an int >= 0 and ``limit`` an
+    int >= 1 (``TypeError`` / ``ValueError`` otherwise)."""
+    msg: Message = {"type": "history", "channel": channel}
+    for name, value, least in (("since", since, 0), ("limit", limit, 1)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value}")
+        msg[name] = value
     return msg

@@ -1,10 +1,13 @@
-//! [`Client`]: requests, the receiver thread, heartbeat and reconnection.
+//! [`Client`], the blocking client: requests, the receiver thread,
+//! heartbeat and reconnection.
 
-use super::conn::{establish, lock, Conn, Established, Failure, FrameReader};
+use super::connection::{establish, Conn, Established, Failure};
+use super::frames::FrameReader;
 use super::{ClientBuilder, ClientConfig, ClientError, Codec, Event, Message, Result, ServerHello};
 use crate::protocol::{time::unix_ms_now, ErrorCode, ServerStats, TimestampCache};
+use crate::random::Rng;
+use crate::sync::{lock, read, wait_timeout, write};
 use serde_json::{Map, Value};
-use std::hash::{BuildHasher, Hasher};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -168,20 +171,12 @@ impl Client {
     where
         F: Fn(&Event) + Send + Sync + 'static,
     {
-        *self
-            .inner
-            .callback
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(f));
+        *write(&self.inner.callback) = Some(Arc::new(f));
     }
 
     /// Removes the callback.
     pub fn clear_message_callback(&self) {
-        *self
-            .inner
-            .callback
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = None;
+        *write(&self.inner.callback) = None;
     }
 
     /// A new receiver of every event from now on (each receiver gets its own
@@ -434,11 +429,7 @@ impl Inner {
             if now >= deadline {
                 return Err(ClientError::Timeout(self.cfg.request_timeout));
             }
-            st = self
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = wait_timeout(&self.changed, st, deadline - now);
         }
     }
 
@@ -481,11 +472,7 @@ impl Inner {
     }
 
     fn emit(&self, ev: Event) {
-        let cb = self
-            .callback
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let cb = read(&self.callback).clone();
         if let Some(cb) = cb {
             // A panicking callback must not take the receiver thread (and
             // with it every waiting request) down.
@@ -523,11 +510,7 @@ impl Inner {
             if now >= deadline {
                 return false;
             }
-            st = self
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = wait_timeout(&self.changed, st, deadline - now);
         }
     }
 
@@ -672,10 +655,10 @@ enum Reconnect {
 
 fn reconnect(inner: &Inner) -> Reconnect {
     let policy = &inner.cfg.reconnect;
-    let mut rng = XorShift::seeded();
+    let mut rng = Rng::from_entropy();
     let mut last_error = String::from("no attempt made");
     for attempt in 1..=policy.max_attempts {
-        let wait = policy.backoff_with_jitter(attempt, rng.unit());
+        let wait = policy.schedule().next_wait(attempt, &mut rng);
         if inner.sleep_unless_closed(wait) {
             return Reconnect::Closed;
         }
@@ -744,50 +727,5 @@ fn heartbeat_main(inner: Arc<Inner>, every: Duration) {
             }
             Err(RecvTimeoutError::Disconnected) => {}
         }
-    }
-}
-
-/// A tiny xorshift64* generator for reconnection jitter, seeded from std's
-/// per-process random hasher keys and the clock.
-struct XorShift(u64);
-
-impl XorShift {
-    fn seeded() -> Self {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        XorShift(h.finish() | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn xorshift_units_are_in_range_and_vary() {
-        let mut r = XorShift::seeded();
-        let v: Vec<f64> = (0..1000).map(|_| r.unit()).collect();
-        assert!(v.iter().all(|x| (0.0..1.0).contains(x)));
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        assert!((0.4..0.6).contains(&mean), "{mean}");
     }
 }

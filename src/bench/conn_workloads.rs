@@ -5,90 +5,10 @@
 //! another on each thread, each with one ping, then closed.
 
 use super::report::{new_histogram, Latency, Machine, Report};
-use super::{source_ips, utc_now, worker, BenchConfig, BenchError};
-use crate::protocol::codec::{Codec, Decompressor, COMPRESSED_FLAG};
-use crate::protocol::{encode_frame, ServerStats, HEADER_LEN};
-use std::io::{Read, Write};
+use super::setup::{self, get_stats, roundtrip, roundtrip_with};
+use super::{source_ips, utc_now, BenchConfig, BenchError};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-/// Largest frame the generator's blocking reads accept.
-const MAX_FRAME: usize = 64 << 20;
-
-/// Sends one frame and reads the answer (blocking, with a timeout).
-pub fn roundtrip(
-    stream: &mut (impl Read + Write + ?Sized),
-    payload: &[u8],
-) -> std::io::Result<Vec<u8>> {
-    roundtrip_with(stream, payload, None)
-}
-
-/// Like [`roundtrip`] on a connection that negotiated `codec`: a
-/// compressed answer is decompressed. Broadcast and channel messages that
-/// arrive meanwhile are skipped (they answer nothing).
-pub fn roundtrip_with(
-    stream: &mut (impl Read + Write + ?Sized),
-    payload: &[u8],
-    codec: Option<Codec>,
-) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(payload.len() + 4);
-    encode_frame(&mut out, payload);
-    stream.write_all(&out)?;
-    loop {
-        let f = read_frame_with(stream, codec)?;
-        if !worker::is_delivery(&f) {
-            return Ok(f);
-        }
-    }
-}
-
-/// Reads one frame (blocking; the stream's read timeout applies).
-pub fn read_frame(stream: &mut (impl Read + ?Sized)) -> std::io::Result<Vec<u8>> {
-    read_frame_with(stream, None)
-}
-
-/// Reads exactly one frame, never a byte past it (what follows stays in
-/// the socket for the generator's own reader). With `codec`, a frame with
-/// the top bit set is compressed and comes back decompressed.
-pub fn read_frame_with(
-    stream: &mut (impl Read + ?Sized),
-    codec: Option<Codec>,
-) -> std::io::Result<Vec<u8>> {
-    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-    let mut h = [0u8; HEADER_LEN];
-    stream.read_exact(&mut h)?;
-    let raw = u32::from_be_bytes(h);
-    let packed = codec.filter(|_| raw & COMPRESSED_FLAG != 0);
-    let len = if packed.is_some() {
-        raw & !COMPRESSED_FLAG
-    } else {
-        raw
-    } as usize;
-    if len == 0 || len > MAX_FRAME {
-        return Err(bad(format!("server sent a frame header of {len} bytes")));
-    }
-    let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload)?;
-    match packed {
-        None => Ok(payload),
-        Some(c) => {
-            let mut plain = Vec::new();
-            Decompressor::new()
-                .decompress(c, &payload, &mut plain, MAX_FRAME)
-                .map_err(|e| bad(e.to_string()))?;
-            Ok(plain)
-        }
-    }
-}
-
-/// Asks the server for its stats over a fresh connection.
-pub fn get_stats(addr: std::net::SocketAddr) -> Result<ServerStats, BenchError> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let r = roundtrip(&mut s, br#"{"type":"get_stats"}"#)?;
-    serde_json::from_slice(&r)
-        .map_err(|e| BenchError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
-}
 
 /// Runs the connections workload.
 pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
@@ -114,7 +34,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
                     } else {
                         Some(ips[(i * threads + t) % ips.len()])
                     };
-                    v.push(worker::connect(addr, src)?);
+                    v.push(setup::connect(addr, src)?);
                     if let Some(g) = gap {
                         std::thread::sleep(g);
                     }
@@ -248,8 +168,8 @@ pub fn run_connect(cfg: &BenchConfig) -> Result<Report, BenchError> {
                 }
                 let src = (!ips.is_empty()).then(|| ips[i % ips.len()]);
                 i += threads;
-                let r = worker::connect_auth(addr, src, None, tls.as_ref(), compress).and_then(
-                    |worker::Connected {
+                let r = setup::connect_auth(addr, src, None, tls.as_ref(), compress).and_then(
+                    |setup::Connected {
                          mut sock,
                          tls: mut conn,
                          codec,

@@ -1,95 +1,19 @@
-//! The `ringcast client` program: demo, interactive and performance modes,
-//! and how they print. Its flags are in src/cli/client.rs.
-//!
-//! Human output is aligned in a label column and coloured only when stdout
-//! is a terminal and `NO_COLOR` is unset; `--json` prints the raw frames
-//! received instead, one per line, for scripts.
+//! How `ringcast client` prints: labels in one column, coloured only when
+//! stdout is a terminal and `NO_COLOR` is unset; with `--json`, the raw
+//! frames received instead, one per line, for scripts.
 
-use super::{
-    interactive, perf, Client, ClientConfig, ClientError, Event, Message, ReconnectPolicy,
-};
+use super::AppOptions;
+use crate::client::{Client, ClientError, Event, Message};
 use crate::protocol::ServerStats;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::IsTerminal;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-/// What `ringcast client` was asked, whatever the mode.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AppOptions {
-    /// Server address (`host:port`).
-    pub addr: String,
-    /// Authentication token, sent first on every connection.
-    pub token: Option<String>,
-    /// Print the raw frames received, one JSON object per line (performance
-    /// mode prints one JSON summary line).
-    pub json: bool,
-    /// How long to wait for a connection or an answer.
-    pub timeout: Duration,
-    /// Performance mode: echo requests to send.
-    pub count: u64,
-    /// Performance mode: bytes of content in each echo.
-    pub size: usize,
-    /// Performance mode: requests in flight at once.
-    pub window: usize,
-    /// Speak TLS (None: plain TCP).
-    pub tls: Option<super::TlsOptions>,
-    /// Negotiate this codec with `hello` (None: no compression).
-    pub compress: Option<super::Codec>,
-}
-
-impl AppOptions {
-    pub(crate) fn config(&self) -> ClientConfig {
-        ClientConfig {
-            connect_timeout: self.timeout,
-            request_timeout: self.timeout,
-            auth_token: self.token.clone(),
-            tls: self.tls.clone(),
-            compression: self.compress.into_iter().collect(),
-            ..ClientConfig::default()
-        }
-    }
-}
-
-/// Walks through ping, echo, broadcast, stats, a custom message and a text
-/// message, printing each exchange.
-pub fn demo(opts: &AppOptions) -> ExitCode {
-    run_mode(opts, demo_steps)
-}
-
-/// Reads commands (/ping, /echo, /broadcast, /stats, /custom, /help, /exit)
-/// and text from stdin, with line editing on a terminal.
-pub fn interactive(opts: &AppOptions) -> ExitCode {
-    run_mode(opts, interactive::run)
-}
-
-/// Runs a short preset of the load generator (echo, pipelined) and prints
-/// msgs/s and latency.
-pub fn performance(opts: &AppOptions) -> ExitCode {
-    // A short preset of the load generator (src/client/perf.rs).
-    run_mode(opts, perf::run)
-}
-
-/// Runs a mode; an error is printed to stderr and exits non-zero.
-fn run_mode(
-    opts: &AppOptions,
-    mode: fn(&AppOptions, &Style) -> Result<ExitCode, ClientError>,
-) -> ExitCode {
-    let style = Style::detect(opts.json);
-    match mode(opts, &style) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("{} {e}", style.paint(RED, "error:"));
-            ExitCode::FAILURE
-        }
-    }
-}
 
 /// Width of the label column.
 pub(crate) const LABEL_W: usize = 14;
 
-const BOLD: &str = "1";
-const DIM: &str = "2";
+pub(crate) const BOLD: &str = "1";
+pub(crate) const DIM: &str = "2";
 pub(crate) const RED: &str = "31";
 const GREEN: &str = "32";
 const YELLOW: &str = "33";
@@ -356,23 +280,6 @@ pub(crate) fn describe_compression(client: &Client, args: &AppOptions) -> Option
     })
 }
 
-/// Connects, printing nothing; errors say where.
-pub(crate) fn connect(args: &AppOptions, reconnect: bool) -> Result<Client, ClientError> {
-    let mut cfg = args.config();
-    if reconnect {
-        cfg.reconnect = ReconnectPolicy::default();
-        cfg.wait_for_reconnect = true;
-        cfg.heartbeat_interval = Some(Duration::from_secs(15));
-    }
-    Client::connect_with(args.addr.as_str(), cfg).map_err(|e| match e {
-        ClientError::Io(io) => ClientError::Io(std::io::Error::new(
-            io.kind(),
-            format!("cannot connect to {}: {io}", args.addr),
-        )),
-        e => e,
-    })
-}
-
 /// Sends one request and prints the exchange; returns the answer.
 pub(crate) fn exchange(
     client: &Client,
@@ -381,6 +288,21 @@ pub(crate) fn exchange(
     shown: &str,
     type_name: &str,
     fields: Value,
+) -> Result<Message, ClientError> {
+    exchange_expecting(client, style, label, shown, type_name, fields, None)
+}
+
+/// Like [`exchange`], but an `error` answer with the code `expected` is
+/// printed as an ordinary answer, not in red: it is what the caller meant
+/// to show.
+pub(crate) fn exchange_expecting(
+    client: &Client,
+    style: &Style,
+    label: &str,
+    shown: &str,
+    type_name: &str,
+    fields: Value,
+    expected: Option<&str>,
 ) -> Result<Message, ClientError> {
     if !style.json {
         println!("{}{}", style.label(label), style.sent(shown));
@@ -391,10 +313,11 @@ pub(crate) fn exchange(
     if style.json {
         println!("{}", m.raw);
     } else {
+        let failed = m.is_error() && (expected.is_none() || m.get_str("code") != expected);
         for (i, line) in describe_answer(&m, rtt).iter().enumerate() {
             let text = if i > 0 {
                 format!("  {line}")
-            } else if m.is_error() {
+            } else if failed {
                 style.got_error(line)
             } else {
                 style.got(line)
@@ -403,89 +326,4 @@ pub(crate) fn exchange(
         }
     }
     Ok(m)
-}
-
-fn demo_steps(args: &AppOptions, style: &Style) -> Result<ExitCode, ClientError> {
-    let client = connect(args, false)?;
-    let events = client.messages();
-    let ev_style = *style;
-    let printer = std::thread::spawn(move || {
-        for ev in events {
-            match describe_event(&ev_style, &ev) {
-                Some(EventLine::Out(l)) => println!("{l}"),
-                Some(EventLine::Err(l)) => eprintln!("{l}"),
-                None => {}
-            }
-        }
-    });
-    if !style.json {
-        println!(
-            "{} connected to {} from {}",
-            style.paint(BOLD, "ringcast client demo:"),
-            args.addr,
-            client
-                .local_addr()
-                .map_or_else(|| "?".into(), |a| a.to_string())
-        );
-        if let Some(line) = describe_compression(&client, args) {
-            println!("{}{line}", style.label("compression"));
-        }
-        println!();
-    }
-    let info = client.config().client_info.clone();
-    let ts = || {
-        Value::from(
-            crate::protocol::TimestampCache::new()
-                .format(crate::protocol::time::unix_ms_now())
-                .to_owned(),
-        )
-    };
-    let steps: [(&str, String, &str, Value); 6] = [
-        (
-            "ping",
-            format!("ping ({info})"),
-            "ping",
-            json!({"timestamp": ts(), "client_info": info}),
-        ),
-        (
-            "echo",
-            "\"Hello, ringcast!\"".into(),
-            "echo",
-            json!({"content": "Hello, ringcast!", "timestamp": ts()}),
-        ),
-        (
-            "broadcast",
-            "\"Hello, everyone!\"".into(),
-            "broadcast",
-            json!({"content": "Hello, everyone!", "timestamp": ts()}),
-        ),
-        (
-            "stats",
-            "get_stats".into(),
-            "get_stats",
-            json!({"timestamp": ts()}),
-        ),
-        (
-            "custom",
-            "custom_type {\"data\":\"value\"}".into(),
-            "custom_type",
-            json!({"data": "value", "timestamp": ts()}),
-        ),
-        (
-            "message",
-            "\"Just a plain message\"".into(),
-            "message",
-            json!({"content": "Just a plain message"}),
-        ),
-    ];
-    for (label, shown, type_name, fields) in steps {
-        exchange(&client, style, label, &shown, type_name, fields)?;
-    }
-    if !style.json {
-        println!();
-        println!("{}", style.paint(DIM, "demo complete"));
-    }
-    client.disconnect();
-    let _ = printer.join();
-    Ok(ExitCode::SUCCESS)
 }

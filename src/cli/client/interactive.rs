@@ -1,10 +1,9 @@
 //! `ringcast client interactive`: commands and text, with line editing on a
 //! terminal and plain line-by-line reading through a pipe.
 
-use super::app::{
-    connect, describe_compression, describe_event, exchange, AppOptions, EventLine, Style, RED,
-};
-use super::{Client, ClientError, Event};
+use super::print::{describe_compression, describe_event, exchange, EventLine, Style, RED};
+use super::{connect, AppOptions};
+use crate::client::{Client, ClientError, Event};
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;

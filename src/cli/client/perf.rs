@@ -2,9 +2,10 @@
 //! (`ringcast::bench`): echo requests over a few connections, each keeping
 //! `--window` requests in flight, `--count` requests in all.
 
-use super::app::{AppOptions, Style};
-use super::ClientError;
+use super::print::Style;
+use super::AppOptions;
 use crate::bench::{self, BenchConfig, Workload};
+use crate::client::ClientError;
 use serde_json::json;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
