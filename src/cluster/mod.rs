@@ -21,8 +21,11 @@
 pub mod entry;
 mod seqs;
 
+use crate::backoff::Backoff;
 use crate::protocol::interest::{Interest, INTEREST_SLOTS};
 use crate::protocol::JsonParser;
+use crate::random::{random_u64, Rng};
+use crate::sync::lock;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 pub use entry::{BadEntry, Entry};
@@ -367,7 +370,16 @@ impl Cluster {
     /// Connects, retrying with exponential backoff and jitter until it
     /// succeeds or the server stops (None).
     fn connect(&self, read_timeout: Duration, who: &str) -> Option<Connection> {
-        let mut wait = BACKOFF_FIRST;
+        // Full jitter in [wait/2, wait]: nodes that lost Redis together do
+        // not all come back in the same instant.
+        let backoff = Backoff {
+            initial: BACKOFF_FIRST,
+            max: BACKOFF_MAX,
+            multiplier: 2.0,
+            jitter: 0.5,
+        };
+        let mut rng = Rng::from_entropy();
+        let mut attempt = 0;
         let mut warned = false;
         loop {
             if self.stopping() {
@@ -394,36 +406,16 @@ impl Cluster {
                             "backplane unreachable; delivering locally, buffering for the other nodes");
                         warned = true;
                     }
-                    // Full jitter in [wait/2, wait]: nodes that lost Redis
-                    // together do not all come back in the same instant.
-                    let unit = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                    let d = wait.mul_f64(0.5 + unit / 2.0);
+                    attempt += 1;
+                    let d = backoff.next_wait(attempt, &mut rng);
                     let until = Instant::now() + d;
                     while Instant::now() < until && !self.stopping() {
                         std::thread::sleep(Duration::from_millis(10).min(d));
                     }
-                    wait = (wait * 2).min(BACKOFF_MAX);
                 }
             }
         }
     }
-}
-
-/// A random number from std's per-process random hash keys (no extra
-/// dependency, no unsafe; plenty for ids and jitter).
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `run` (a backplane thread's loop, which returns only once the

@@ -201,10 +201,7 @@ impl Router {
     pub fn deliver_remote(&self, frame: bytes::Bytes, channel: Option<Arc<str>>) {
         let mut d = Delivery::new(frame, channel);
         {
-            let mut c = self
-                .remote_compressor
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut c = crate::sync::lock(&self.remote_compressor);
             self.pack(&mut d, &mut c, &self.remote_compressions);
         }
         self.to_shards(None, &d, false, &mut []);

@@ -32,7 +32,7 @@ impl Admission {
         if cfg.max_connections_per_ip == 0 {
             return (Admission { ip_slot: None }, None);
         }
-        let mut m = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = crate::sync::lock(&shared.per_ip);
         let n = m.entry(ip).or_insert(0);
         if *n >= cfg.max_connections_per_ip {
             return (
@@ -48,7 +48,7 @@ impl Admission {
     pub fn release(self, shared: &Shared) {
         shared.connections.fetch_sub(1, Ordering::AcqRel);
         if let Some(ip) = self.ip_slot {
-            let mut m = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = crate::sync::lock(&shared.per_ip);
             if let Some(n) = m.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
