@@ -248,6 +248,27 @@ def test_client_without_reconnect_ends_its_subscriptions(
             sub.next_message(timeout=DEADLINE)
 
 
+def test_client_queue_overflow_is_reported_lost(server: RingcastServer) -> None:
+    """A queue of 2 messages and 5 publications: the 3 oldest are dropped,
+    and ``next_message`` reports one loss, ``"overflow"``, on its caller's
+    thread before the first message after them."""
+    events = Events()
+    with Client(server.host, server.port, max_queued_messages=2) as c:
+        sub = c.subscribe("firehose", on_lost=events.lost)
+        for i in range(5):
+            c.publish("firehose", i)
+        wait_until(lambda: sub.dropped_messages == 3, what="the queue to overflow")
+        assert sub.lost_count == 1 and events.items == []
+        assert sub.next_message(timeout=DEADLINE)["content"] == 3
+        assert events.items == [("lost:overflow", "firehose")]
+        assert events.threads == [threading.current_thread()]
+        assert sub.next_message(timeout=DEADLINE)["content"] == 4
+        # Read in time: nothing more is dropped, nothing more reported.
+        c.publish("firehose", 5)
+        assert sub.next_message(timeout=DEADLINE)["content"] == 5
+        assert sub.dropped_messages == 3 and sub.lost_count == 1 and len(events.items) == 1
+
+
 # --------------------------------------------------------- ringcast.TCPClient
 
 
@@ -374,6 +395,35 @@ def test_aio_subscribe_iterate_and_unsubscribe(server: RingcastServer) -> None:
             with pytest.raises(ConnectionClosed):
                 await sub.next_message(timeout=0.05)
             await sub.unsubscribe()  # twice is fine
+
+    run(main())
+
+
+def test_aio_queue_overflow_is_reported_lost(server: RingcastServer) -> None:
+    """The iteration's queue of 2 messages: 3 of 5 publications dropped,
+    one ``on_lost(sub, "overflow")`` awaited before the first message
+    after them."""
+
+    async def main() -> None:
+        seen: List[Any] = []
+
+        async def on_lost(sub: aio.Subscription, reason: str) -> None:
+            seen.append(f"lost:{reason}")
+
+        async with aio.Client(server.host, server.port, max_queued_messages=2) as c:
+            sub = await c.subscribe("firehose", on_lost=on_lost)
+            for i in range(5):
+                await c.publish("firehose", i)
+            for _ in range(1000):
+                if sub.dropped_messages == 3:
+                    break
+                await asyncio.sleep(0.005)
+            assert sub.dropped_messages == 3 and sub.lost_count == 1 and seen == []
+            async for msg in sub:
+                seen.append(msg["content"])
+                if msg["content"] == 4:
+                    break
+            assert seen == ["lost:overflow", 3, 4]
 
     run(main())
 

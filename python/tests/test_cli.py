@@ -45,9 +45,33 @@ def test_demo_exits_0_and_prints_every_answer(server: RingcastServer) -> None:
     assert '"Hello, ringcast!" (echoed by ringcast' in out
     assert "sent to 0 other clients" in out
     assert "connected_clients" in out and "uptime_seconds" in out
-    assert "error unknown_type: no handler for this message type" in out
     assert "ack at" in out
     assert out.rstrip().endswith("demo complete")
+
+
+def test_demo_explains_the_custom_types_unknown_type(server: RingcastServer) -> None:
+    """The stock server has no handler for the demo's custom type: its
+    ``unknown_type`` answer is printed as an ordinary answer, followed by
+    why it is expected and how an application registers a handler, so the
+    showcase does not end on what looks like a failure."""
+    r = run_cli("demo", *addr(server))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    answer = next(i for i, line in enumerate(lines) if "← error unknown_type" in line)
+    assert lines[answer - 1].startswith("custom") and "custom_type" in lines[answer - 1]
+    note = [line.strip() for line in lines[answer + 1 : answer + 4]]
+    assert note == [
+        "expected: the stock server has no handler for custom_type, so it answers unknown_type.",
+        "An application that embeds the server answers it by registering one:",
+        'Server::builder().handler("custom_type", ...) (README.md, "Embedding the server").',
+    ]
+    # Indented under the answer, like its other lines; then the last step.
+    assert all(line.startswith(" " * 16) for line in lines[answer + 1 : answer + 4])
+    assert lines[answer + 4].startswith("message")
+    # --json prints the frames alone, without the explanation.
+    r = run_cli("demo", "--json", *addr(server))
+    assert r.returncode == 0, r.stderr
+    assert "expected:" not in r.stdout
 
 
 def test_demo_is_the_default_mode_and_json_prints_frames(server: RingcastServer) -> None:

@@ -39,9 +39,12 @@ from ringcast import (
 from ringcast.channels import (
     LOST_EPOCH,
     LOST_GAP,
+    LOST_OVERFLOW,
     LOST_RECONNECT,
     RECOVERED,
     ChannelState,
+    MessageQueue,
+    Report,
     history_from_frame,
 )
 
@@ -541,3 +544,112 @@ def test_client_queue_reports_a_loss_in_its_place(fake: FakeHistoryServer) -> No
         assert seen == []
         assert sub.next_message(timeout=DEADLINE)["content"] == "c"
     assert seen == [("lost:gap", threading.current_thread()), "history:b", "history:c"]
+
+
+# ------------------------------------------- a full queue keeps its notices
+
+
+def drain(q: MessageQueue) -> List[Any]:
+    """The queue's items, oldest first: a message as its content, a report
+    as ``"lost:<reason>"`` or ``"recovered"``."""
+    items: List[Any] = []
+    while len(q):
+        item = q.popleft()
+        if isinstance(item, Report):
+            items.append(item.event if item.event == RECOVERED else f"lost:{item.event}")
+        else:
+            items.append(item["content"])
+    return items
+
+
+def content(c: Any) -> Dict[str, Any]:
+    return {"type": "channel_message", "channel": "c", "content": c}
+
+
+def test_message_queue_evicts_messages_never_reports() -> None:
+    q = MessageQueue(2)
+    q.push_report(RECOVERED)
+    assert q.push_message(content(1)) is False
+    q.push_report(LOST_GAP)
+    assert q.push_message(content(2)) is False
+    assert q.messages == 2 and len(q) == 4
+    # Full: the oldest message goes, an overflow report takes its place.
+    assert q.push_message(content(3)) is True
+    assert q.dropped == 1 and q.messages == 2
+    assert drain(q) == ["recovered", "lost:overflow", "lost:gap", 2, 3]
+    assert q.messages == 0
+
+
+def test_message_queue_one_report_per_run_of_drops() -> None:
+    q = MessageQueue(2)
+    for i in range(1, 7):  # 1..4 dropped, in one run: one report
+        assert q.push_message(content(i)) is (i == 3)
+    assert q.dropped == 4
+    assert drain(q) == ["lost:overflow", 5, 6]
+    # A report between two drops: each run is reported in its own place.
+    q.push_message(content(1))
+    q.push_report(LOST_GAP)
+    q.push_message(content(2))
+    assert q.push_message(content(3)) is True  # 1 dropped
+    assert q.push_message(content(4)) is True  # 2 dropped, after the gap
+    assert q.push_message(content(5)) is False  # 3 dropped, same run as 2
+    assert drain(q) == ["lost:overflow", "lost:gap", "lost:overflow", 4, 5]
+    # Reports alone are never dropped, and never count as messages.
+    q = MessageQueue(1)
+    for _ in range(5):
+        q.push_report(LOST_RECONNECT)
+    q.push_message(content(1))
+    assert q.push_message(content(2)) is True
+    assert drain(q) == ["lost:reconnect"] * 5 + ["lost:overflow", 2]
+
+
+def test_client_full_queue_keeps_the_loss_notice(fake: FakeHistoryServer) -> None:
+    """``Client`` reading a queue of 3 messages: the ``gap`` notice queued
+    before ``c`` survives the overflow that drops ``a`` (it used to be the
+    oldest item evicted), and the overflow is reported too, in its place."""
+    seen: List[Any] = []
+    with Client(fake.host, fake.port, max_queued_messages=3) as c:
+        sub = c.subscribe("prices", on_lost=lambda sub, reason: seen.append(f"lost:{reason}"))
+        fake.publish("prices", "a")
+        fake.skip("prices", "b")  # the gap, queued as a notice before c
+        for x in "cde":
+            fake.publish("prices", x)
+        wait_until(lambda: sub.dropped_messages >= 1, what="the queue to overflow")
+        assert seen == []  # not yet: the reading has not reached them
+        for _ in range(3):
+            seen.append(sub.next_message(timeout=DEADLINE)["content"])
+        assert seen == [f"lost:{LOST_OVERFLOW}", "lost:gap", "c", "d", "e"]
+        assert sub.lost_count == 2
+
+
+def test_aio_full_queue_keeps_the_loss_notice(fake: FakeHistoryServer) -> None:
+    """The same with ``async for``: the notices reach ``on_lost`` (a
+    coroutine, awaited in the stream's place), none is evicted."""
+
+    async def main() -> Tuple[List[Any], int]:
+        seen: List[Any] = []
+
+        async def on_lost(sub: aio.Subscription, reason: str) -> None:
+            seen.append(f"lost:{reason}")
+
+        async with aio.Client(fake.host, fake.port, max_queued_messages=3) as c:
+            sub = await c.subscribe("prices", on_lost=on_lost)
+            fake.publish("prices", "a")
+            fake.skip("prices", "b")
+            for x in "cde":
+                fake.publish("prices", x)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + DEADLINE
+            while sub.dropped_messages < 1:
+                assert loop.time() < deadline, "the queue did not overflow"
+                await asyncio.sleep(0.005)
+            assert seen == []
+            async for msg in sub:
+                seen.append(msg["content"])
+                if msg["content"] == "e":
+                    break
+            return seen, sub.lost_count
+
+    seen, lost_count = asyncio.run(asyncio.wait_for(main(), 30))
+    assert seen == [f"lost:{LOST_OVERFLOW}", "lost:gap", "c", "d", "e"]
+    assert lost_count == 2

@@ -39,6 +39,7 @@ from .channels import (
     RECOVERED,
     ChannelState,
     History,
+    MessageQueue,
     Position,
     Published,
     Report,
@@ -104,11 +105,19 @@ class Subscription:
     before the next message's callback. ``reason`` is ``"reconnect"``
     (resubscribed without recovery: the server could not replay, or the
     channel has no history), ``"gap"`` (live offsets skipped), ``"epoch"``
-    (the server lost the channel's history) or ``"refused"`` (the server
-    refused the resubscription). :meth:`resubscribed` awaits the next
+    (the server lost the channel's history), ``"refused"`` (the server
+    refused the resubscription) or ``"overflow"`` (iterating: the queue
+    was full, see below). :meth:`resubscribed` awaits the next
     resubscription and returns whether it recovered everything missed;
     :attr:`recovered` and :attr:`lost_count` hold the outcome as soon as
     the client knows it.
+
+    The iteration's queue holds at most ``max_queued_messages`` (of the
+    client) messages. The events queued between them do not count and are
+    never dropped: when a message comes to a full queue, the oldest
+    *message* is dropped (:attr:`dropped_messages`) and the loss is
+    reported in its place, ``on_lost(sub, "overflow")``, once per run of
+    drops (:class:`ringcast.channels.MessageQueue`).
     """
 
     def __init__(
@@ -129,10 +138,8 @@ class Subscription:
         self.state = ChannelState(channel)
         #: The server's refusal of a resubscription, if that closed it.
         self.error: Optional[ServerError] = None
-        #: Messages dropped because the queue was full (oldest first).
-        self.dropped_messages = 0
         # Messages, and the events to report between them (iteration only).
-        self._queue: Deque[Union[Message, Report]] = collections.deque(maxlen=max(1, max_queued))
+        self._queue = MessageQueue(max_queued)
         self._waiter: Optional[asyncio.Future[None]] = None
         self._resub_waiters: List[asyncio.Future[bool]] = []
         self._closed = False
@@ -160,6 +167,12 @@ class Subscription:
     def lost_count(self) -> int:
         """How many times messages may have been lost (``on_lost`` calls)."""
         return self.state.lost
+
+    @property
+    def dropped_messages(self) -> int:
+        """Messages dropped because the queue was full (oldest first); each
+        run of drops is reported to ``on_lost`` as ``"overflow"``."""
+        return self._queue.dropped
 
     def __aiter__(self) -> Subscription:
         return self
@@ -257,9 +270,9 @@ class Subscription:
         if self.callback is not None:
             _call_or_task(self.client._tasks, self.callback, frame)
             return
-        if len(self._queue) == self._queue.maxlen:
-            self.dropped_messages += 1
-        self._queue.append(frame)
+        if self._queue.push_message(frame):
+            # Reported in the dropped message's place, by the iteration.
+            self.state.handle_overflow()
         self._wake()
 
     def _refused(self, error: ServerError) -> None:
@@ -273,7 +286,7 @@ class Subscription:
         if self.callback is None:
             # The iteration calls it, in its place among the messages.
             if self.on_recovered is not None or self.on_lost is not None:
-                self._queue.append(Report(event))
+                self._queue.push_report(event)
                 self._wake()
         elif event == RECOVERED:
             if self.on_recovered is not None:

@@ -21,11 +21,16 @@ channel was recovered (:data:`RECOVERED`), or that messages may have been
 lost and why (:data:`LOST_RECONNECT`, :data:`LOST_GAP`, :data:`LOST_EPOCH`).
 Nothing here reads a clock, a socket or a lock: a client calls it from the
 one thread (or event loop) that reads its connection.
+
+A subscription read without a callback keeps its messages, and those
+events, in a :class:`MessageQueue`: bounded in messages, it never drops an
+event, and reports its own overflow as a loss (:data:`LOST_OVERFLOW`).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, NamedTuple, Optional, Tuple
+import collections
+from typing import Any, Deque, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from .errors import ProtocolError
 from .protocol import Message, subscribe_message
@@ -45,6 +50,9 @@ LOST_EPOCH = "epoch"
 #: Lost: the server refused the resubscription with an ``error`` (kept in
 #: the subscription's ``error``); the subscription is closed.
 LOST_REFUSED = "refused"
+#: Lost: the subscription's queue was full (the application read too
+#: slowly), so its oldest message was dropped (:class:`MessageQueue`).
+LOST_OVERFLOW = "overflow"
 
 
 class Position(NamedTuple):
@@ -129,6 +137,79 @@ class Report:
         return f"Report({self.event!r})"
 
 
+class MessageQueue:
+    """A subscription's queue, read by the application: messages and
+    :class:`Report` events, in the stream's order.
+
+    It holds at most ``max_messages`` messages; the reports do not count,
+    and are never dropped. A message that comes when the queue is full
+    evicts the oldest *message*, counted in :attr:`dropped`, and a
+    ``Report(LOST_OVERFLOW)`` takes its place, so that the reader learns of
+    the loss just before the first message after it. A run of evictions
+    makes one report: none is added while the reports before the oldest
+    message end with an overflow report. So the queue holds at most
+    ``max_messages`` messages and, for each other event, one overflow
+    report more.
+
+    No lock: the client holds its own around every call.
+    """
+
+    __slots__ = ("max_messages", "messages", "dropped", "_items")
+
+    def __init__(self, max_messages: int) -> None:
+        self.max_messages = max(1, max_messages)
+        #: How many messages (not reports) are queued.
+        self.messages = 0
+        #: How many messages were dropped because the queue was full.
+        self.dropped = 0
+        self._items: Deque[Union[Message, Report]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push_report(self, event: str) -> None:
+        """Queues an event; it is never dropped."""
+        self._items.append(Report(event))
+
+    def push_message(self, frame: Message) -> bool:
+        """Queues a message, evicting the oldest message when the queue is
+        full. Returns True when that eviction started a new loss (an
+        overflow report was queued in the evicted message's place), False
+        otherwise."""
+        new_loss = False
+        if self.messages >= self.max_messages:
+            items = self._items
+            # The reports before the oldest message stay where they are.
+            head: List[Report] = []
+            while True:
+                item = items.popleft()
+                if not isinstance(item, Report):
+                    break  # the oldest message: dropped
+                head.append(item)
+            self.messages -= 1
+            self.dropped += 1
+            if not head or head[-1].event != LOST_OVERFLOW:
+                head.append(Report(LOST_OVERFLOW))
+                new_loss = True
+            items.extendleft(reversed(head))
+        self._items.append(frame)
+        self.messages += 1
+        return new_loss
+
+    def popleft(self) -> Union[Message, Report]:
+        """The oldest item; raises IndexError when the queue is empty."""
+        item = self._items.popleft()
+        if not isinstance(item, Report):
+            self.messages -= 1
+        return item
+
+    def __repr__(self) -> str:
+        return (
+            f"MessageQueue({list(self._items)!r}, max_messages={self.max_messages}, "
+            f"dropped={self.dropped})"
+        )
+
+
 class ChannelState:
     """One subscribed channel's position and the recovery rules (module doc).
 
@@ -163,6 +244,12 @@ class ChannelState:
         self.recovered: Optional[bool] = None
         self.lost = 0
         self.duplicates = 0
+
+    def handle_overflow(self) -> str:
+        """Counts a loss from a full queue (:meth:`MessageQueue.push_message`
+        returned True); returns :data:`LOST_OVERFLOW`."""
+        self.lost += 1
+        return LOST_OVERFLOW
 
     def subscribe_request(self) -> Message:
         """The ``subscribe`` frame for a new connection: plain the first

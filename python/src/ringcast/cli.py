@@ -2,7 +2,9 @@
 
 - ``demo`` (the default) walks through ping, echo, broadcast, stats, a
   custom message and a plain-text message, printing each request and its
-  answer.
+  answer. The stock server has no handler for the custom type, so its
+  answer is ``unknown_type``: the demo says under it that this is expected
+  and how an application registers a handler.
 - ``interactive`` reads the seed's commands (``/ping``, ``/echo <text>``,
   ``/broadcast <text>``, ``/stats``, ``/custom <type> [json]``, ``/help``,
   ``/exit``) and plain text from standard input, one per line; broadcasts
@@ -33,6 +35,20 @@ from .errors import CodecUnavailable, ConnectionClosed, RingcastError, ServerErr
 from .protocol import Message
 
 LABEL_W = 14
+
+#: The custom type the demo sends. The stock server has no handler for it,
+#: so its answer is an ``unknown_type`` error: the demo says that this is
+#: expected, and how an application adds a handler.
+CUSTOM_TYPE = "custom_type"
+
+#: What the demo prints under the ``unknown_type`` answer to
+#: :data:`CUSTOM_TYPE`, so that a new user does not take it for a failure
+#: (the same words as the Rust client's demo).
+CUSTOM_TYPE_NOTE = (
+    f"expected: the stock server has no handler for {CUSTOM_TYPE}, so it answers unknown_type.",
+    "An application that embeds the server answers it by registering one:",
+    f'Server::builder().handler("{CUSTOM_TYPE}", ...) (README.md, "Embedding the server").',
+)
 
 HELP = """\
 commands:
@@ -195,8 +211,8 @@ def demo(args: argparse.Namespace) -> int:
             ("stats", "get_stats", protocol.stats_message()),
             (
                 "custom",
-                'custom_type {"data":"value"}',
-                protocol.custom_message("custom_type", {"data": "value"}),
+                f'{CUSTOM_TYPE} {{"data":"value"}}',
+                protocol.custom_message(CUSTOM_TYPE, {"data": "value"}),
             ),
             (
                 "message",
@@ -205,7 +221,17 @@ def demo(args: argparse.Namespace) -> int:
             ),
         ]
         for label, shown, message in steps:
-            exchange(client, out, label, shown, message)
+            answer = exchange(client, out, label, shown, message)
+            if (
+                not args.json
+                and message["type"] == CUSTOM_TYPE
+                and answer.get("type") == "error"
+                and answer.get("code") == "unknown_type"
+            ):
+                # The expected answer, not a failure: say so, and how an
+                # application handles the type.
+                for text in CUSTOM_TYPE_NOTE:
+                    out.line(" " * LABEL_W + f"  {text}")
         if not args.json:
             out.line("")
             out.line("demo complete")

@@ -21,6 +21,7 @@ from .channels import (
     RECOVERED,
     ChannelState,
     History,
+    MessageQueue,
     Position,
     Published,
     Report,
@@ -60,9 +61,11 @@ class BaseSubscription:
       called before the next message is delivered. ``reason`` is
       ``"reconnect"`` (subscribed again without recovery: the server could
       not replay, or the channel has no history), ``"gap"`` (live offsets
-      skipped), ``"epoch"`` (the server lost the channel's history) or
+      skipped), ``"epoch"`` (the server lost the channel's history),
       ``"refused"`` (the server answered the resubscription with an error,
-      kept in :attr:`error`; the subscription is closed).
+      kept in :attr:`error`; the subscription is closed) or ``"overflow"``
+      (:class:`Subscription` without a callback: its queue was full, so its
+      oldest message was dropped).
 
     An exception raised by one of them is logged and otherwise ignored.
     """
@@ -157,6 +160,13 @@ class Subscription(BaseSubscription):
     by :meth:`next_message`, on its caller's thread (which may make
     requests, say :meth:`Client.history`), just before it returns the
     first message after the event.
+
+    The queue holds at most ``max_queued_messages`` (of the client)
+    messages. The ``on_recovered``/``on_lost`` events queued between them
+    do not count and are never dropped: when a message comes to a full
+    queue, the oldest *message* is dropped (:attr:`dropped_messages`) and
+    the loss is reported in its place, ``on_lost(sub, "overflow")``, once
+    per run of drops (:class:`ringcast.channels.MessageQueue`).
     """
 
     def __init__(
@@ -170,11 +180,15 @@ class Subscription(BaseSubscription):
     ) -> None:
         super().__init__(channel, callback, on_recovered, on_lost)
         self.client = client
-        #: Messages dropped because the queue was full (oldest first).
-        self.dropped_messages = 0
         # Messages, and the events to report between them.
-        self._queue: Deque[Union[Message, Report]] = collections.deque(maxlen=max(1, max_queued))
+        self._queue = MessageQueue(max_queued)
         self._cond = threading.Condition()
+
+    @property
+    def dropped_messages(self) -> int:
+        """Messages dropped because the queue was full (oldest first); each
+        run of drops is reported to ``on_lost`` as ``"overflow"``."""
+        return self._queue.dropped
 
     def next_message(self, timeout: Optional[float] = None) -> Message:
         """The oldest queued ``channel_message`` (when there is no
@@ -218,7 +232,7 @@ class Subscription(BaseSubscription):
         elif self.on_recovered is not None or self.on_lost is not None:
             # next_message() calls it, in its place among the messages.
             with self._cond:
-                self._queue.append(Report(event))
+                self._queue.push_report(event)
                 self._cond.notify()
 
     def _deliver(self, frame: Message) -> None:
@@ -230,9 +244,9 @@ class Subscription(BaseSubscription):
                 log.exception("ringcast subscription callback raised (%s)", self.channel)
             return
         with self._cond:
-            if len(self._queue) == self._queue.maxlen:
-                self.dropped_messages += 1
-            self._queue.append(frame)
+            if self._queue.push_message(frame):
+                # Reported in the dropped message's place, by next_message().
+                self.state.handle_overflow()
             self._cond.notify()
 
     def _close(self) -> None:
