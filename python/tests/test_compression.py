@@ -98,11 +98,16 @@ def test_codec_round_trip_and_foreign_streams(codec: str) -> None:
         c.decompress(packed, len(data) - 1)
 
 
-@pytest.mark.parametrize("codec", CODECS)
-@pytest.mark.parametrize("content_size", [True, False])
+# zlib streams carry no size: deflate has only the one case.
+@pytest.mark.parametrize(
+    "codec,content_size",
+    [
+        pytest.param("zstd", True, marks=needs_zstd),
+        pytest.param("zstd", False, marks=needs_zstd),
+        ("deflate", True),
+    ],
+)
 def test_bomb_stops_at_the_limit_without_inflating(codec: str, content_size: bool) -> None:
-    if codec == "deflate" and not content_size:
-        pytest.skip("zlib streams carry no size")
     bomb = _compress(codec, bytes(64 << 20), content_size)
     assert len(bomb) < 200_000
     tracemalloc.start()
