@@ -22,7 +22,7 @@ pub(crate) fn write_stats(
         std::array::from_fn(|i| (RequestKind::ALL[i].label(), t.messages[i]));
     let by_code: [(&str, u64); ErrorCode::COUNT] =
         std::array::from_fn(|i| (ErrorCode::ALL[i].as_str(), t.errors[i]));
-    let tls_failures: [(&str, u64); HandshakeFailure::ALL.len()] = std::array::from_fn(|i| {
+    let tls_failures: [(&str, u64); HandshakeFailure::COUNT] = std::array::from_fn(|i| {
         (
             HandshakeFailure::ALL[i].as_str(),
             t.tls_handshake_failures[i],

@@ -58,7 +58,7 @@ pub struct ShardCounters {
     pub request_duration: DurationHistogram,
     /// Failed TLS handshakes, by position in
     /// [`HandshakeFailure::ALL`](super::tls::HandshakeFailure::ALL).
-    pub tls_handshake_failures: [AtomicU64; 7],
+    pub tls_handshake_failures: [AtomicU64; super::tls::HandshakeFailure::COUNT],
     /// Negotiated compression.
     pub compression: CompressionCounters,
     /// Other shards woken to drain their mailboxes, by path
@@ -236,7 +236,7 @@ pub struct Totals {
     /// Buffer held by partially received frames.
     pub partial_frame_bytes: u64,
     /// Failed TLS handshakes by reason.
-    pub tls_handshake_failures: [u64; 7],
+    pub tls_handshake_failures: [u64; super::tls::HandshakeFailure::COUNT],
     /// Negotiated compression.
     pub compression: CompressionTotals,
     /// Cross-shard wake-ups by path ([`WAKE_MSG_RING`], [`WAKE_EVENTFD`]).

@@ -1,8 +1,11 @@
 //! One connection's protocol state machine, without I/O.
 //!
-//! A [`Session`] holds no socket, reads no clock and knows no backend: the
-//! shard feeds it bytes and events, with the time in [`Env`], and carries
-//! out what it asks for. It owns every per-connection rule: framing,
+//! A [`Session`] holds no socket, reads no clock and knows no backend or
+//! server: the caller feeds it bytes and events, with the time and the
+//! settings in [`Env`], and carries out what it asks for; what it needs
+//! beyond its connection (deliver a publish, subscribe, a stats snapshot,
+//! a custom handler) it asks of the [`Host`] in `Env`. It depends on
+//! `protocol` alone (and fills an `io::SendBatch`). It owns every per-connection rule: framing,
 //! dispatch, auth, the rate limit, the idle timeout, the drain and linger
 //! deadlines, the backpressure water marks, the slow-consumer cut, the
 //! partial-frame budget, the phases and the shutdown notice.

@@ -55,8 +55,10 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
+    /// How many reasons there are (the length of every per-reason array).
+    pub const COUNT: usize = 7;
     /// Every reason, in the order stats and metrics list them.
-    pub const ALL: [HandshakeFailure; 7] = [
+    pub const ALL: [HandshakeFailure; Self::COUNT] = [
         HandshakeFailure::Malformed,
         HandshakeFailure::Incompatible,
         HandshakeFailure::ClientCertificate,
