@@ -60,7 +60,9 @@ for i in $(seq 1 "$ROUNDS"); do
 import json, sys
 i, v, cpu, msgs, path = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 b = json.load(open(path))
-print(f"round {i} {v} cpu_us/request {cpu * 1e6 / msgs:.4f} msgs/s {b['msgs_per_sec']:.0f} errors {b['errors']} (server cpu {cpu:.2f} s, {msgs} requests)")
+rate = b.get('deliveries_per_sec') or b['msgs_per_sec']
+p99 = (b.get('latency_us') or {}).get('p99', 0)
+print(f"round {i} {v} cpu_us/request {cpu * 1e6 / msgs:.4f} msgs/s {rate:.0f} errors {b['errors']} p99_us {p99:.0f} (server cpu {cpu:.2f} s, {msgs} requests)")
 EOF
   done
 done
@@ -70,8 +72,9 @@ rows = [l.split() for l in open(sys.argv[1])]
 variants = sys.argv[2:]
 cpu = {v: [float(r[4]) for r in rows if r[2] == v] for v in variants}
 thr = {v: [float(r[6]) for r in rows if r[2] == v] for v in variants}
+p99 = {v: [float(r[10]) for r in rows if r[2] == v] for v in variants}
 med = {v: statistics.median(x) for v, x in cpu.items()}
-print("\nvariant   server CPU µs/request (median; runs)          msgs/s (median)   CPU ratio to " + variants[0])
+print("\nvariant   server CPU µs/request (median; runs)          msgs/s or deliveries/s (median)   p99 µs (median)   CPU ratio to " + variants[0])
 for v in variants:
-    print(f"{v:8}  {med[v]:8.4f}  ({', '.join(f'{x:.3f}' for x in cpu[v])})  {statistics.median(thr[v]):>12,.0f}   {med[v] / med[variants[0]]:.3f}")
+    print(f"{v:8}  {med[v]:8.4f}  ({', '.join(f'{x:.3f}' for x in cpu[v])})  {statistics.median(thr[v]):>12,.0f}   {statistics.median(p99[v]):>10,.0f}   {med[v] / med[variants[0]]:.3f}")
 EOF
