@@ -453,10 +453,9 @@ def test_zip_bomb_gets_frame_too_large_and_a_close(cserver: Any, codec: str) -> 
         c.ping()
 
 
-@pytest.mark.parametrize("codec", CODECS)
+# Only zstd frames may omit their size (zlib streams never carry one).
+@pytest.mark.parametrize("codec", [pytest.param("zstd", marks=needs_zstd)])
 def test_zip_bomb_without_content_size(hserver: RingcastServer, codec: str) -> None:
-    if codec == "deflate":
-        pytest.skip("zlib streams carry no size")
     bomb = _compress(codec, bytes(64 << 20), content_size=False)
     raw = Raw(hserver.host, hserver.port)
     raw.hello([codec])
