@@ -27,6 +27,8 @@
 //! shard asks for a delivery's local recipients, with the interest table
 //! counting patterns by the slots they may match.
 
+#[cfg(test)]
+mod channel_tests;
 pub mod channels;
 #[cfg(test)]
 mod compress_tests;
