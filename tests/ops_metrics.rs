@@ -539,3 +539,65 @@ fn off_by_default() {
     assert_eq!(handle.metrics_addr(), None);
     shutdown_within(handle, Duration::from_secs(10));
 }
+
+/// deploy/grafana-dashboard.json queries only metrics that exist: each one
+/// a live server exposes (the backplane's, which need a cluster, are
+/// checked against docs/METRICS.md instead), every query on the import's
+/// data source, and the instance variable wired in.
+#[test]
+fn the_grafana_dashboard_queries_metrics_that_exist() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana-dashboard.json");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let (_h, m) = start_with_metrics(2);
+    let scrape = get(m, "/metrics").body;
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/METRICS.md"),
+    )
+    .unwrap();
+    let exposed = |name: &str| {
+        scrape
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .any(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+    };
+    let mut queried = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(expr.contains("instance=~\"$instance\""), "{expr}");
+            let mut rest = expr;
+            while let Some(i) = rest.find("ringcast_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                queried += 1;
+                if name.starts_with("ringcast_backplane_") || name == "ringcast_cluster_nodes" {
+                    assert!(
+                        docs.contains(&format!("`{name}`")),
+                        "{name} is not in docs/METRICS.md"
+                    );
+                } else {
+                    assert!(
+                        exposed(&name),
+                        "{name} (in {:?}) is not exposed",
+                        p["title"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(queried >= 20, "only {queried} metric references");
+    let var = &dash["templating"]["list"][0];
+    assert_eq!(var["name"], "instance");
+    assert!(
+        exposed("ringcast_build_info"),
+        "the instance variable's source"
+    );
+}
