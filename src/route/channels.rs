@@ -215,7 +215,11 @@ mod tests {
             v.sort_unstable();
             v
         };
-        assert_eq!(of(Some(5)), [1], "5 was replayed to 2, or before its position");
+        assert_eq!(
+            of(Some(5)),
+            [1],
+            "5 was replayed to 2, or before its position"
+        );
         assert_eq!(of(Some(6)), [1, 2]);
         assert_eq!(of(None), [1, 2]);
         assert!(ix.is_subscribed(2, "h") && !ix.is_subscribed(3, "h"));

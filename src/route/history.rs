@@ -164,7 +164,12 @@ impl Store {
         let mut frame = Vec::with_capacity(192);
         let body = write(&mut frame, Some((offset, &epoch)));
         let frame = Bytes::from(frame);
-        let name = self.logs.get_key_value(channel).expect("made above").0.clone();
+        let name = self
+            .logs
+            .get_key_value(channel)
+            .expect("made above")
+            .0
+            .clone();
         let log = self.logs.get_mut(channel).expect("made above");
         log.top = offset;
         log.last_ms = now_ms;
@@ -378,7 +383,10 @@ mod tests {
         }
         let p = s.position("a", 0, None, &mut Vec::new()).0;
         assert_eq!((p.offset, &*p.epoch), (4, "e1"));
-        assert_eq!(replayed(&mut s, "a", 0, 1, "e1"), Some(frames(&["2", "3", "4"])));
+        assert_eq!(
+            replayed(&mut s, "a", 0, 1, "e1"),
+            Some(frames(&["2", "3", "4"]))
+        );
         assert_eq!(replayed(&mut s, "a", 0, 4, "e1"), Some(Vec::new()));
         assert_eq!(replayed(&mut s, "a", 0, 0, "e1"), None, "1 was trimmed");
         assert_eq!(replayed(&mut s, "a", 0, 5, "e1"), None, "beyond the top");

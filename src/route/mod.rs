@@ -140,7 +140,8 @@ impl Router {
             cluster,
             remote_compressions: AtomicU64::new(0),
             node,
-            history: (settings.history.size > 0).then(|| Mutex::new(history::Store::new(settings.history))),
+            history: (settings.history.size > 0)
+                .then(|| Mutex::new(history::Store::new(settings.history))),
             settings,
             remote_compressor: Mutex::new(Compressor::new()),
         }

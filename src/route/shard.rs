@@ -155,7 +155,11 @@ impl Host for ShardRoute<'_> {
         let (d, position) = {
             let mut store = crate::sync::lock(history);
             let (mut d, position) = store.append(channel, now_ms, write);
-            router.pack(&mut d, &mut self.compressor, &self.counters.compression.compressions);
+            router.pack(
+                &mut d,
+                &mut self.compressor,
+                &self.counters.compression.compressions,
+            );
             let msg_ring = router.settings.msg_ring;
             self.eventfd_wakes +=
                 router.to_shards_in_order(self.shard, &d, msg_ring, &mut self.ring_wakes);
