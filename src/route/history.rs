@@ -155,7 +155,7 @@ impl Store {
         &mut self,
         channel: &str,
         now_ms: u64,
-        write: &mut dyn FnMut(&mut Vec<u8>, Option<(u64, &str)>) -> Range<usize>,
+        write: &mut crate::session::WriteMessage<'_>,
     ) -> (Delivery, Position) {
         self.expire(now_ms);
         let log = self.log(channel, now_ms, false);

@@ -15,8 +15,6 @@ use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// A one-shard server state with `cfg`, as the shard would build it.
-
 fn frame(v: &Value) -> Vec<u8> {
     let mut out = Vec::new();
     encode_frame(&mut out, v.to_string().as_bytes());
