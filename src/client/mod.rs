@@ -294,6 +294,35 @@ pub enum Event {
         /// The last attempt's error.
         last_error: String,
     },
+    /// After a reconnection the client subscribed to `channel` again with
+    /// `recover`, and the server replays every publication missed: they
+    /// follow as [`Event::Message`]s, in order, before any live one.
+    Recovered {
+        /// The channel.
+        channel: String,
+    },
+    /// Publications of `channel` may have been missed (see [`LostReason`]).
+    /// The subscription goes on from the channel's latest position.
+    Lost {
+        /// The channel.
+        channel: String,
+        /// How the loss was found.
+        reason: LostReason,
+    },
+}
+
+/// Why [`Event::Lost`] was reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    /// After a reconnection the channel was subscribed again and the server
+    /// could not replay what was missed (`recovered: false`: trimmed,
+    /// another epoch, too many, or a channel without history).
+    Reconnect,
+    /// A live `channel_message` skipped offsets.
+    Gap,
+    /// A live `channel_message` came in another epoch (the server's store
+    /// of the channel's history was lost meanwhile).
+    Epoch,
 }
 
 /// When and how to reconnect after a lost connection.
