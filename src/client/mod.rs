@@ -40,7 +40,12 @@
 //! The same thread reports [`Event::Disconnected`] and, when a
 //! [`ReconnectPolicy`] is enabled, reconnects with exponential backoff and
 //! jitter and reports [`Event::Reconnected`] (or
-//! [`Event::ReconnectFailed`] once the attempts are spent). A request made
+//! [`Event::ReconnectFailed`] once the attempts are spent). After a
+//! reconnection it subscribes again to every channel it held: on a history
+//! channel with `recover` from the last offset received, then reports
+//! [`Event::Recovered`] (the missed publications follow, in order) or
+//! [`Event::Lost`] (docs/PROTOCOL.md, *Channel history and recovery*). A
+//! request made
 //! while the client is not connected fails at once with
 //! [`ClientError::Disconnected`], unless
 //! [`ClientBuilder::wait_for_reconnect`] is set: then it waits for the
