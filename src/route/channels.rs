@@ -22,10 +22,10 @@ pub use crate::session::SubscribeError;
 
 /// One shard's subscriber index. Sessions are named by their shard key.
 ///
-/// Each subscription of a history channel has a mark: the channel's offset
-/// when it began. A delivery at or below it (already replayed, or from
-/// before the position `subscribed` reported, still in a mailbox) is not
-/// delivered to that session.
+/// Each subscription of a history channel has a mark: the history store's
+/// sequence when it began (`history::Store::seq`). A delivery at or below
+/// it (already replayed, or from before the position `subscribed`
+/// reported, still in a mailbox) is not delivered to that session.
 #[derive(Debug, Default)]
 pub struct ChannelIndex {
     channels: HashMap<Arc<str>, HashMap<usize, u64>>,
@@ -36,7 +36,7 @@ pub struct ChannelIndex {
 impl ChannelIndex {
     /// Subscribes `session` to `channel` (again is a no-op), publishing the
     /// interest in `interest`; on a history channel, deliveries up to
-    /// offset `mark` are skipped for it. Returns the channels the session
+    /// `mark` (a history sequence) are skipped for it. Returns the channels the session
     /// now holds.
     pub fn subscribe(
         &mut self,
@@ -112,14 +112,14 @@ impl ChannelIndex {
     }
 
     /// The sessions on this shard that get a delivery to `channel`: every
-    /// subscriber, or for a history publication at `offset`, those whose
-    /// subscription began before it.
+    /// subscriber, or for a history publication (its `history_seq`),
+    /// those whose subscription began before it.
     pub fn subscribers_of(
         &self,
         channel: &str,
-        offset: Option<u64>,
+        history_seq: Option<u64>,
     ) -> impl Iterator<Item = usize> + '_ {
-        let after = offset.unwrap_or(u64::MAX);
+        let after = history_seq.unwrap_or(u64::MAX);
         self.channels
             .get(channel)
             .into_iter()

@@ -16,7 +16,8 @@
 //! offset order; a publication pushed before a subscribe took the lock is
 //! either in the replay or at most the position the subscription starts
 //! after (such a delivery still in a mailbox is skipped for that
-//! subscriber, see [`super::ChannelIndex`]), and one pushed after it is
+//! subscriber: its mark is the store's [`Store::seq`], see
+//! [`super::ChannelIndex`]), and one pushed after it is
 //! delivered live: none is lost or doubled.
 //!
 //! The cost: publishes to history channels from all shards serialise on
@@ -133,6 +134,13 @@ impl Store {
         }
     }
 
+    /// The store-wide count of publications appended so far: a
+    /// subscription made now gets every publication with a larger
+    /// [`Delivery::history_seq`], and none with a smaller or equal one.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// The settings.
     pub fn settings(&self) -> &HistorySettings {
         &self.settings
@@ -196,7 +204,7 @@ impl Store {
             self.evict_oldest_of(&oldest);
         }
         let mut d = Delivery::new(frame, Some(name));
-        d.offset = Some(offset);
+        d.history_seq = Some(self.seq);
         (d, Position { offset, epoch })
     }
 

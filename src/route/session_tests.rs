@@ -948,13 +948,17 @@ fn with_history(size: usize, n: usize) -> Shared {
 
 /// What the shard loop does with shard `shard`'s mailbox: each delivery to
 /// the subscribers its index names (skipping those whose subscription
-/// began at or after a history publication's offset).
+/// began at or after a history publication).
 fn fan_out(sh: &Shared, shard: usize, env: &mut TestEnv<'_>, sessions: &mut [Session]) {
     let mut got = Vec::new();
     sh.mailboxes[shard].drain(|d| got.push(d));
     for d in got {
         let ch = d.channel.as_deref().expect("a channel message");
-        let keys: Vec<usize> = env.host.channels.subscribers_of(ch, d.offset).collect();
+        let keys: Vec<usize> = env
+            .host
+            .channels
+            .subscribers_of(ch, d.history_seq)
+            .collect();
         for k in keys {
             assert!(sessions[k].push_broadcast(env, &d.frame, &d.packed));
         }
@@ -1166,4 +1170,35 @@ fn without_history_channels_carry_no_offsets_and_history_is_refused() {
     assert_eq!(r[0]["request_type"], "history");
     let r = ask(&mut env, &mut c[0], &json!({"type": "ping"}));
     assert_eq!(r[0]["type"], "pong");
+}
+
+#[test]
+fn a_live_subscriber_keeps_receiving_after_the_channel_restarts_under_a_new_epoch() {
+    let sh = with_history(10, 1);
+    let mut env = sh.env(0);
+    let mut c = sessions(&mut env, 2);
+    let publish = |n: u64| json!({"type": "publish", "channel": "h", "content": n});
+    for n in 1..=3 {
+        ask(&mut env, &mut c[0], &publish(n));
+    }
+    // Subscribed at offset 3: live delivery starts after it.
+    let r = ask(
+        &mut env,
+        &mut c[1],
+        &json!({"type": "subscribe", "channel": "h"}),
+    );
+    assert_eq!(r[0]["offset"], 3);
+    fan_out(&sh, 0, &mut env, &mut c);
+    assert!(offsets(&take(&mut env, &mut c[1])).is_empty());
+    // Past the TTL the log is dropped; the next publication is offset 1 of
+    // a new epoch, and the subscriber, still live, gets it.
+    env.now_ms += 60_000;
+    let r = ask(&mut env, &mut c[0], &publish(4));
+    assert_eq!(r[0]["offset"], 1);
+    fan_out(&sh, 0, &mut env, &mut c);
+    let got = take(&mut env, &mut c[1]);
+    assert_eq!(
+        (offsets(&got), got[0]["content"].clone()),
+        (vec![1], json!(4))
+    );
 }

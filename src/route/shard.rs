@@ -211,7 +211,7 @@ impl Host for ShardRoute<'_> {
         let (position, recovered) = store.position(channel, now_ms, recover, replay);
         let r = self
             .channels
-            .subscribe(interest, conn, channel, max, position.offset);
+            .subscribe(interest, conn, channel, max, store.seq());
         drop(store);
         self.channels.store_gauges(self.counters);
         match r {

@@ -107,7 +107,7 @@ impl Shard<'_> {
             std::mem::take(&mut host.eventfd_wakes),
         );
         for (d, sender) in outgoing.drain(..) {
-            let in_order = d.offset.is_some();
+            let in_order = d.history_seq.is_some();
             if !in_order {
                 let by_eventfd =
                     router.to_shards(Some(self.id), &d, msg_ring, &mut self.wake_targets);
@@ -189,7 +189,7 @@ impl Shard<'_> {
                     .filter(|(k, e)| Some(*k) != except && e.session.is_established())
                     .map(|(k, _)| k),
             ),
-            Some(ch) => keys.extend(self.env.host.channels.subscribers_of(ch, d.offset)),
+            Some(ch) => keys.extend(self.env.host.channels.subscribers_of(ch, d.history_seq)),
         }
         let mut delivered = 0;
         // Recipients joining the round robin now have waited through
