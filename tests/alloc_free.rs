@@ -162,6 +162,7 @@ impl Shard {
                                 channel_deliveries: 5,
                                 cluster: None,
                                 compression: Default::default(),
+                                history: None,
                             };
                             write_server_stats(out, req.id.as_ref(), &report)
                         }

@@ -601,3 +601,31 @@ fn the_grafana_dashboard_queries_metrics_that_exist() {
         "the instance variable's source"
     );
 }
+
+#[test]
+fn history_figures_are_exported_when_history_is_on() {
+    let handle = spawn(
+        builder(1)
+            .metrics_addr(Some("127.0.0.1:0".parse().unwrap()))
+            .history_size(2),
+    );
+    let m = handle.metrics_addr().unwrap();
+    let mut c = Client::connect(handle.local_addr());
+    for n in 0..3 {
+        let v = c.request(&json!({"type": "publish", "channel": "h", "content": n}));
+        assert_eq!(v["offset"], n + 1);
+    }
+    let (s, types) = scrape(m);
+    assert_eq!(types["ringcast_history_publications"], "gauge");
+    assert_eq!(types["ringcast_history_evicted_total"], "counter");
+    assert_eq!(sum(&s, "ringcast_history_channels", &[]), 1.0);
+    assert_eq!(sum(&s, "ringcast_history_publications", &[]), 2.0);
+    assert_eq!(sum(&s, "ringcast_history_evicted_total", &[]), 1.0);
+    assert!(sum(&s, "ringcast_history_bytes", &[]) > 100.0);
+    let stats = c.request(&json!({"type": "get_stats"}));
+    assert_eq!(
+        stats["history"],
+        json!({"channels": 1, "publications": 2, "bytes": sum(&s, "ringcast_history_bytes", &[]) as u64, "evicted": 1})
+    );
+    shutdown_within(handle, Duration::from_secs(10));
+}

@@ -415,6 +415,7 @@ fn server_stats_matches_seed_plus_extras() {
         publishes: 30,
         channel_deliveries: 300,
         cluster: None,
+        history: None,
         compression: CompressionReport {
             connections: [2, 1],
             frames_in: 4,

@@ -3,8 +3,10 @@ unsubscribe, delivery to callbacks, queues and ``async for``, the server's
 refusals, bad arguments, and the automatic resubscription after the
 connection is cut (through :class:`helpers.CutProxy`).
 
-The real server has no channel history yet, so a channel resubscribed after
-a cut is reported lost (reason ``"reconnect"``). Recovery itself is tested
+These servers keep no channel history (``history_size`` 0), so a channel
+resubscribed after a cut is reported lost (reason ``"reconnect"``) and
+``history`` is answered ``no_history``. Recovery is tested against the real
+server with history in test_history_server.py, and its client-side rules
 against a fake server in test_recovery.py.
 """
 
@@ -196,9 +198,8 @@ def test_client_server_refusals_raise_server_error(ringcast_bin: Path, tmp_path:
             assert set(c.subscriptions) == {"one", "two"}
             with pytest.raises(ServerError) as info:
                 c.history("one")
-            # The server answers history once it keeps history (no_history
-            # for a channel without); until then it does not know the type.
-            assert info.value.code in ("no_history", "unknown_type")
+            # This server keeps no history.
+            assert info.value.code == "no_history"
             assert c.echo("still here") == "still here"
     finally:
         srv.stop()
@@ -337,7 +338,7 @@ def test_tcpclient_refusals_and_bad_arguments(server: RingcastServer) -> None:
         assert client.history("news")
         (err, err2) = frames.wait_type("error", 2)
         assert err2["request_type"] == "history"
-        assert err2["code"] in ("no_history", "unknown_type")  # see the Client test
+        assert err2["code"] == "no_history"  # see the Client test
     assert client.messages_sent == 3  # the two subscribes and history
 
 
@@ -475,7 +476,7 @@ def test_aio_refusals_and_bad_arguments(server: RingcastServer) -> None:
                 await c.subscribe("news")
             with pytest.raises(ServerError) as info:
                 await c.history("news", since=0, limit=10)
-            assert info.value.code in ("no_history", "unknown_type")  # see the Client test
+            assert info.value.code == "no_history"  # see the Client test
             by_type = (await c.get_stats())["messages_by_type"]
             assert by_type["publish"] == by_type["unsubscribe"] == 0  # nothing bad was sent
 

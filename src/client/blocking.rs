@@ -1,13 +1,18 @@
 //! [`Client`], the blocking client: requests, the receiver thread,
 //! heartbeat and reconnection.
 
+use super::connection::Reply;
 use super::connection::{establish, Conn, Established, Failure};
 use super::frames::FrameReader;
-use super::{ClientBuilder, ClientConfig, ClientError, Codec, Event, Message, Result, ServerHello};
+use super::{
+    ClientBuilder, ClientConfig, ClientError, Codec, Event, LostReason, Message, Result,
+    ServerHello,
+};
 use crate::protocol::{time::unix_ms_now, ErrorCode, ServerStats, TimestampCache};
 use crate::random::Rng;
 use crate::sync::{lock, read, wait_timeout, write};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -42,6 +47,14 @@ struct Inner {
     subscribers: Mutex<Vec<SyncSender<Event>>>,
     dropped_events: AtomicU64,
     io_thread: OnceLock<ThreadId>,
+    /// The channels this connection holds, each with its position on a
+    /// history channel (the last offset received, and the epoch). Written
+    /// by the receiver thread only, in the order frames arrive, so a
+    /// position is never older than what was delivered.
+    channels: Mutex<HashMap<String, Option<(u64, String)>>>,
+    /// Subscribes sent after a reconnection, whose answers say recovered
+    /// or lost: (channel, the answer).
+    resubscribing: Mutex<Vec<(String, Receiver<Reply>)>>,
 }
 
 /// A connection to a ringcast server. See the [module docs](super).
@@ -108,6 +121,8 @@ impl Client {
             subscribers: Mutex::new(Vec::new()),
             dropped_events: AtomicU64::new(0),
             io_thread: OnceLock::new(),
+            channels: Mutex::new(HashMap::new()),
+            resubscribing: Mutex::new(Vec::new()),
         });
         let mut threads = Vec::new();
         let i = inner.clone();
@@ -243,9 +258,13 @@ impl Client {
     /// holds. The channel's messages then arrive as [`Event::Message`]s of
     /// kind `channel_message`, to the callback and to [`Client::messages`].
     ///
-    /// Subscriptions belong to the connection: after a reconnection
-    /// ([`Event::Reconnected`]) there are none, and what was published
-    /// meanwhile is not replayed; subscribe again there.
+    /// After an automatic reconnection ([`Event::Reconnected`]) the client
+    /// subscribes again to every channel it holds. On a history channel it
+    /// asks to `recover` from the last offset it received, and reports
+    /// [`Event::Recovered`] (the missed publications follow, in order) or
+    /// [`Event::Lost`]; a channel without history is reported lost. A live
+    /// gap in offsets or a new epoch is reported lost too, and a
+    /// publication received twice is delivered once.
     pub fn subscribe(&self, channel: &str) -> Result<u64> {
         let m = self.channel_request("subscribe", channel, None)?;
         expect_kind(&m, "subscribed")?;
@@ -516,6 +535,9 @@ impl Inner {
 
     /// Routes one received frame.
     fn dispatch(&self, conn: &Conn, m: Message) {
+        if !self.track_channels(&m) {
+            return;
+        }
         let Some(m) = conn.route(m) else { return };
         // Our ids are handed out in increasing order: a numeric id we have
         // issued that nobody waits for is a late answer to a request that
@@ -527,6 +549,121 @@ impl Inner {
             }
         }
         self.emit(Event::Message(m));
+    }
+}
+
+impl Inner {
+    /// Follows the channels held and their positions from the frames
+    /// received; reports a live loss. Returns false for a publication
+    /// already received (a duplicate: not delivered again).
+    fn track_channels(&self, m: &Message) -> bool {
+        let Some(channel) = m.get_str("channel") else {
+            return true;
+        };
+        let position = match (m.get_u64("offset"), m.get_str("epoch")) {
+            (Some(o), Some(e)) => Some((o, e.to_owned())),
+            _ => None,
+        };
+        let mut lost = None;
+        {
+            let mut channels = lock(&self.channels);
+            match m.kind() {
+                // A granted recovery keeps the position it recovers from:
+                // the replay that follows moves it on.
+                "subscribed" if m.get("recovered") == Some(&Value::Bool(true)) => {}
+                "subscribed" => {
+                    channels.insert(channel.to_owned(), position);
+                }
+                "unsubscribed" => {
+                    channels.remove(channel);
+                }
+                "channel_message" => {
+                    if let (Some(Some((last, epoch))), Some((o, e))) =
+                        (channels.get_mut(channel), position)
+                    {
+                        if e != *epoch {
+                            lost = Some(LostReason::Epoch);
+                        } else if o <= *last {
+                            return false;
+                        } else if o > *last + 1 {
+                            lost = Some(LostReason::Gap);
+                        }
+                        *last = o;
+                        *epoch = e;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(reason) = lost {
+            self.emit(Event::Lost {
+                channel: channel.to_owned(),
+                reason,
+            });
+        }
+        true
+    }
+
+    /// Subscribes again on a new connection to every channel held, with
+    /// `recover` where a position is known.
+    fn resubscribe(&self, conn: &Conn) {
+        let held: Vec<(String, Option<(u64, String)>)> = lock(&self.channels)
+            .iter()
+            .map(|(c, p)| (c.clone(), p.clone()))
+            .collect();
+        let mut waiting = lock(&self.resubscribing);
+        waiting.clear();
+        for (channel, position) in held {
+            let mut f = Map::new();
+            f.insert("channel".into(), Value::from(channel.as_str()));
+            if let Some((offset, epoch)) = position {
+                f.insert(
+                    "recover".into(),
+                    serde_json::json!({"offset": offset, "epoch": epoch}),
+                );
+            }
+            match conn.send(&self.next_id, "subscribe", &f) {
+                Ok((_, rx)) => waiting.push((channel, rx)),
+                // The new connection is already gone: the next one retries.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reports the resubscriptions answered so far: recovered or lost. Run
+    /// after each frame is routed, so that `Recovered` comes before the
+    /// replay that follows `subscribed`.
+    fn settle_resubscriptions(&self) {
+        let mut waiting = lock(&self.resubscribing);
+        if waiting.is_empty() {
+            return;
+        }
+        let mut events = Vec::new();
+        waiting.retain(|(channel, rx)| match rx.try_recv() {
+            Ok(Ok(m)) if m.get("recovered") == Some(&Value::Bool(true)) => {
+                events.push(Event::Recovered {
+                    channel: channel.clone(),
+                });
+                false
+            }
+            Ok(reply) => {
+                if reply.is_err() {
+                    // Refused: the channel is no longer held.
+                    lock(&self.channels).remove(channel);
+                }
+                events.push(Event::Lost {
+                    channel: channel.clone(),
+                    reason: LostReason::Reconnect,
+                });
+                false
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => true,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => false,
+        });
+        drop(waiting);
+        for e in events {
+            self.emit(e);
+        }
     }
 }
 
@@ -586,6 +723,7 @@ fn io_main(inner: Arc<Inner>, first: Established) {
                 }
                 inner.changed.notify_all();
                 inner.emit(Event::Reconnected { attempt });
+                inner.resubscribe(&e.conn);
                 est = *e;
             }
             Reconnect::Closed => break,
@@ -633,6 +771,7 @@ fn read_until_dead(inner: &Inner, conn: &Conn, reader: &mut FrameReader) -> Fail
                     ),
                 });
                 inner.dispatch(conn, m);
+                inner.settle_resubscriptions();
                 if let Some(reason) = reason {
                     return Failure::Lost(reason);
                 }

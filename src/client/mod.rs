@@ -40,7 +40,12 @@
 //! The same thread reports [`Event::Disconnected`] and, when a
 //! [`ReconnectPolicy`] is enabled, reconnects with exponential backoff and
 //! jitter and reports [`Event::Reconnected`] (or
-//! [`Event::ReconnectFailed`] once the attempts are spent). A request made
+//! [`Event::ReconnectFailed`] once the attempts are spent). After a
+//! reconnection it subscribes again to every channel it held: on a history
+//! channel with `recover` from the last offset received, then reports
+//! [`Event::Recovered`] (the missed publications follow, in order) or
+//! [`Event::Lost`] (docs/PROTOCOL.md, *Channel history and recovery*). A
+//! request made
 //! while the client is not connected fails at once with
 //! [`ClientError::Disconnected`], unless
 //! [`ClientBuilder::wait_for_reconnect`] is set: then it waits for the
@@ -294,6 +299,35 @@ pub enum Event {
         /// The last attempt's error.
         last_error: String,
     },
+    /// After a reconnection the client subscribed to `channel` again with
+    /// `recover`, and the server replays every publication missed: they
+    /// follow as [`Event::Message`]s, in order, before any live one.
+    Recovered {
+        /// The channel.
+        channel: String,
+    },
+    /// Publications of `channel` may have been missed (see [`LostReason`]).
+    /// The subscription goes on from the channel's latest position.
+    Lost {
+        /// The channel.
+        channel: String,
+        /// How the loss was found.
+        reason: LostReason,
+    },
+}
+
+/// Why [`Event::Lost`] was reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    /// After a reconnection the channel was subscribed again and the server
+    /// could not replay what was missed (`recovered: false`: trimmed,
+    /// another epoch, too many, or a channel without history).
+    Reconnect,
+    /// A live `channel_message` skipped offsets.
+    Gap,
+    /// A live `channel_message` came in another epoch (the server's store
+    /// of the channel's history was lost meanwhile).
+    Epoch,
 }
 
 /// When and how to reconnect after a lost connection.

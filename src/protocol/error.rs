@@ -49,11 +49,13 @@ pub enum ErrorCode {
     CompressionError,
     /// `hello` was sent a second time on this connection.
     HelloRepeated,
+    /// `history` on a channel that keeps no history (`history_size` 0).
+    NoHistory,
 }
 
 impl ErrorCode {
     /// How many codes there are (the length of per-code counter arrays).
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
 
     /// Every code, in the order of per-code counters.
     pub const ALL: [ErrorCode; ErrorCode::COUNT] = [
@@ -74,6 +76,7 @@ impl ErrorCode {
         ErrorCode::BackplaneUnavailable,
         ErrorCode::CompressionError,
         ErrorCode::HelloRepeated,
+        ErrorCode::NoHistory,
     ];
 
     /// The wire string of this code.
@@ -96,6 +99,7 @@ impl ErrorCode {
             ErrorCode::BackplaneUnavailable => "backplane_unavailable",
             ErrorCode::CompressionError => "compression_error",
             ErrorCode::HelloRepeated => "hello_repeated",
+            ErrorCode::NoHistory => "no_history",
         }
     }
 

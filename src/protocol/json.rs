@@ -478,6 +478,12 @@ impl<'o> ObjectWriter<'o> {
         v.write_json(o);
     }
 
+    /// Bytes in the buffer so far (to mark where members lie).
+    #[inline]
+    pub fn written(&self) -> usize {
+        self.out.len()
+    }
+
     /// A `null` member.
     #[inline]
     pub fn null(&mut self, key: &str) {

@@ -40,11 +40,14 @@ pub enum RequestKind {
     /// `hello {compression}` → `hello_ok`: version and feature discovery,
     /// and the compression codec (see [`super::codec`]).
     Hello,
+    /// `history {channel, since?, limit?}` → `history`: a history
+    /// channel's kept publications.
+    History,
 }
 
 impl RequestKind {
     /// How many kinds there are (the length of per-type counter arrays).
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
 
     /// Known kinds, in the order used for per-type counters (new kinds are
     /// appended, so existing counter positions never move).
@@ -60,6 +63,7 @@ impl RequestKind {
         RequestKind::Unsubscribe,
         RequestKind::Publish,
         RequestKind::Hello,
+        RequestKind::History,
     ];
 
     /// Classifies a `type` string.
@@ -76,6 +80,7 @@ impl RequestKind {
             "unsubscribe" => RequestKind::Unsubscribe,
             "publish" => RequestKind::Publish,
             "hello" => RequestKind::Hello,
+            "history" => RequestKind::History,
             _ => RequestKind::Custom,
         }
     }
@@ -94,6 +99,7 @@ impl RequestKind {
             RequestKind::Unsubscribe => "unsubscribe",
             RequestKind::Publish => "publish",
             RequestKind::Hello => "hello",
+            RequestKind::History => "history",
         }
     }
 
@@ -174,7 +180,10 @@ impl<'t, 'a> Request<'t, 'a> {
             {
                 return Err(err("this message type needs a content field"));
             }
-            RequestKind::Subscribe | RequestKind::Unsubscribe | RequestKind::Publish => {
+            RequestKind::Subscribe
+            | RequestKind::Unsubscribe
+            | RequestKind::Publish
+            | RequestKind::History => {
                 let Some(channel) = root.get("channel").and_then(|c| c.as_str()) else {
                     return Err(err("this message type needs a string channel field"));
                 };
@@ -185,6 +194,7 @@ impl<'t, 'a> Request<'t, 'a> {
                         request_type: Some(type_name),
                     });
                 }
+                check_history_fields(kind, &root).map_err(err)?;
             }
             RequestKind::Hello
                 if root.get("compression").is_some_and(|c| {
@@ -226,10 +236,107 @@ impl<'t, 'a> Request<'t, 'a> {
         self.root.get(key)
     }
 
-    /// The `channel` of a `subscribe`, `unsubscribe` or `publish` (checked
-    /// by [`Request::from_value`]); empty for other kinds.
+    /// The `channel` of a `subscribe`, `unsubscribe`, `publish` or
+    /// `history` (checked by [`Request::from_value`]); empty for other kinds.
     pub fn channel(&self) -> &'a str {
         self.get("channel").and_then(|c| c.as_str()).unwrap_or("")
+    }
+
+    /// A `subscribe`'s `recover {offset, epoch}` (checked by
+    /// [`Request::from_value`]), if it has one.
+    pub fn recover(&self) -> Option<Recover<'a>> {
+        let r = self.get("recover")?;
+        Some(Recover {
+            offset: r.get("offset")?.as_u64()?,
+            epoch: r.get("epoch")?.as_str()?,
+        })
+    }
+
+    /// A `history` request's `since` and `limit` (checked by
+    /// [`Request::from_value`]), defaults filled in.
+    pub fn history_query(&self) -> HistoryQuery {
+        HistoryQuery {
+            since: self.get("since").and_then(|v| v.as_u64()).unwrap_or(0),
+            limit: self
+                .get("limit")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(HISTORY_DEFAULT_LIMIT) as usize,
+        }
+    }
+}
+
+/// Largest offset a client may send: 2^53 - 1, the largest integer every
+/// JSON reader (JavaScript's included) holds exactly. A channel would need
+/// 285 years at a million publications a second to reach it.
+pub const MAX_OFFSET: u64 = (1 << 53) - 1;
+
+/// Publications a `history` answer holds unless `limit` says otherwise.
+pub const HISTORY_DEFAULT_LIMIT: u64 = 100;
+
+/// Most publications one `history` answer may hold: a page of 1,000 small
+/// publications is ~200 KB, well inside one reply; more is paged by `since`.
+pub const HISTORY_MAX_LIMIT: u64 = 1000;
+
+/// Longest epoch accepted in `recover`: ours are 20 characters or fewer;
+/// anything much longer is not one of ours and is refused before it is
+/// compared.
+pub const MAX_EPOCH_BYTES: usize = 64;
+
+/// A position a client asks to resume from: the last offset it saw of a
+/// history channel, and that channel's epoch then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recover<'a> {
+    /// The last offset received.
+    pub offset: u64,
+    /// The channel's epoch when it was received.
+    pub epoch: &'a str,
+}
+
+/// What a `history` request asks for: publications after `since`, at most
+/// `limit` of them, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Publications with a larger offset (0: from the oldest kept).
+    pub since: u64,
+    /// At most this many (1 to [`HISTORY_MAX_LIMIT`]).
+    pub limit: usize,
+}
+
+/// Checks a `subscribe`'s `recover` and a `history`'s `since` and `limit`;
+/// the error is the message for `invalid_field`.
+fn check_history_fields(kind: RequestKind, root: &JsonValue<'_, '_>) -> Result<(), &'static str> {
+    let offset_ok = |v: &JsonValue<'_, '_>| v.as_u64().is_some_and(|n| n <= MAX_OFFSET);
+    match kind {
+        RequestKind::Subscribe => {
+            let Some(r) = root.get("recover") else {
+                return Ok(());
+            };
+            if !r.is_object() {
+                return Err("recover must be an object {offset, epoch}");
+            }
+            if !r.get("offset").is_some_and(|v| offset_ok(&v)) {
+                return Err("recover.offset must be an integer from 0 to 2^53-1");
+            }
+            match r.get("epoch").and_then(|e| e.as_str()) {
+                Some(e) if e.len() <= MAX_EPOCH_BYTES => Ok(()),
+                Some(_) => Err("recover.epoch is longer than any epoch this server makes"),
+                None => Err("recover.epoch must be a string"),
+            }
+        }
+        RequestKind::History => {
+            if root.get("since").is_some_and(|v| !offset_ok(&v)) {
+                return Err("since must be an integer from 0 to 2^53-1");
+            }
+            let limit_ok = |v: JsonValue<'_, '_>| {
+                v.as_u64()
+                    .is_some_and(|n| (1..=HISTORY_MAX_LIMIT).contains(&n))
+            };
+            if root.get("limit").is_some_and(|v| !limit_ok(v)) {
+                return Err("limit must be an integer from 1 to 1000");
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -319,11 +426,28 @@ pub fn write_broadcast_message(out: &mut Vec<u8>, req: &Request<'_, '_>, from: &
     });
 }
 
-/// `subscribed`: the connection now holds `subscriptions` channels.
-pub fn write_subscribed(out: &mut Vec<u8>, req: &Request<'_, '_>, subscriptions: u64) {
+/// `subscribed`: the connection now holds `subscriptions` channels. On a
+/// history channel it carries the channel's `position` (its latest offset
+/// and epoch); when the request asked to `recover`, `recovered` says
+/// whether the missed publications follow.
+pub fn write_subscribed(
+    out: &mut Vec<u8>,
+    req: &Request<'_, '_>,
+    subscriptions: u64,
+    position: Option<(u64, &str)>,
+    recovered: Option<bool>,
+) {
     write_response(out, "subscribed", req.id.as_ref(), |o| {
         o.str("channel", req.channel());
         o.u64("subscriptions", subscriptions);
+        if let Some((offset, epoch)) = position {
+            o.u64("offset", offset);
+            o.str("epoch", epoch);
+        }
+        if let Some(r) = recovered {
+            o.key("recovered")
+                .extend_from_slice(if r { b"true" } else { b"false" });
+        }
     });
 }
 
@@ -337,25 +461,87 @@ pub fn write_unsubscribed(out: &mut Vec<u8>, req: &Request<'_, '_>, subscription
     });
 }
 
-/// `published`: how many subscribers the message was delivered or queued to.
-pub fn write_published(out: &mut Vec<u8>, req: &Request<'_, '_>, recipients: u64, now: &str) {
+/// `published`: how many subscribers the message was delivered or queued
+/// to; on a history channel, the publication's `offset` and `epoch`.
+pub fn write_published(
+    out: &mut Vec<u8>,
+    req: &Request<'_, '_>,
+    recipients: u64,
+    now: &str,
+    position: Option<(u64, &str)>,
+) {
     write_response(out, "published", req.id.as_ref(), |o| {
         o.str("channel", req.channel());
         o.u64("recipients", recipients);
         o.raw_str("timestamp", now);
+        if let Some((offset, epoch)) = position {
+            o.u64("offset", offset);
+            o.str("epoch", epoch);
+        }
     });
 }
 
 /// `channel_message`, as delivered to every subscriber of the channel. No
-/// `id`, for the reason `broadcast_message` has none.
-pub fn write_channel_message(out: &mut Vec<u8>, req: &Request<'_, '_>, from: &str, now: &str) {
+/// `id`, for the reason `broadcast_message` has none. On a history channel
+/// it ends with the publication's `offset` and `epoch`.
+///
+/// Returns where the publication's own fields (`"content":…` through the
+/// timestamp) lie in `out`: a history keeps that span to answer `history`
+/// without parsing the frame again.
+pub fn write_channel_message(
+    out: &mut Vec<u8>,
+    req: &Request<'_, '_>,
+    from: &str,
+    now: &str,
+    position: Option<(u64, &str)>,
+) -> std::ops::Range<usize> {
+    let mut body = 0..0;
     write_response(out, "channel_message", None, |o| {
         o.str("channel", req.channel());
+        // The span starts after the comma `key` writes before "content".
+        body.start = o.written() + 1;
         if let Some(c) = req.get("content") {
             o.value("content", &c);
         }
         o.str("from", from);
         o.raw_str("timestamp", now);
+        body.end = o.written();
+        if let Some((offset, epoch)) = position {
+            o.u64("offset", offset);
+            o.str("epoch", epoch);
+        }
+    });
+    body
+}
+
+/// One entry of a `history` answer's `publications`, from the span
+/// [`write_channel_message`] returned: `{"offset":N,` then the span, `}`.
+pub fn write_history_entry(out: &mut Vec<u8>, offset: u64, body: &[u8]) {
+    out.extend_from_slice(b"{\"offset\":");
+    super::json::write_u64(out, offset);
+    out.push(b',');
+    out.extend_from_slice(body);
+    out.push(b'}');
+}
+
+/// `history`: a history channel's latest `offset`, its `epoch`, and the
+/// kept publications asked for, written by `entries` as
+/// [`write_history_entry`]s separated by commas.
+pub fn write_history(
+    out: &mut Vec<u8>,
+    req: &Request<'_, '_>,
+    offset: u64,
+    epoch: &str,
+    entries: &[u8],
+) {
+    write_response(out, "history", req.id.as_ref(), |o| {
+        o.str("channel", req.channel());
+        o.u64("offset", offset);
+        o.str("epoch", epoch);
+        let a = o.key("publications");
+        a.push(b'[');
+        a.extend_from_slice(entries);
+        a.push(b']');
     });
 }
 
@@ -485,6 +671,21 @@ pub struct StatsReport<'a> {
     pub cluster: Option<ClusterReport<'a>>,
     /// Negotiated compression.
     pub compression: CompressionReport,
+    /// Channel history, when the server keeps it (`history_size` > 0).
+    pub history: Option<HistoryReport>,
+}
+
+/// `history` in `server_stats`: what the channel history holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryReport {
+    /// Channels with a log.
+    pub channels: u64,
+    /// Publications kept.
+    pub publications: u64,
+    /// Bytes they hold (frames plus bookkeeping).
+    pub bytes: u64,
+    /// Publications dropped by size, TTL or `max_history_bytes`, ever.
+    pub evicted: u64,
 }
 
 /// `compression` in `server_stats` (see
@@ -586,6 +787,14 @@ pub fn write_server_stats(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, s: 
             w.u64("buffered_bytes", c.buffered_bytes);
             w.u64("backplane_bad_entries", c.bad_entries);
             w.u64("backplane_restarts", c.restarts);
+            w.finish();
+        }
+        if let Some(h) = &s.history {
+            let mut w = ObjectWriter::new(o.key("history"));
+            w.u64("channels", h.channels);
+            w.u64("publications", h.publications);
+            w.u64("bytes", h.bytes);
+            w.u64("evicted", h.evicted);
             w.finish();
         }
         let c = &s.compression;
@@ -694,6 +903,9 @@ pub struct ServerStats {
     /// Negotiated compression (absent from servers without it).
     #[serde(default)]
     pub compression: Option<CompressionStats>,
+    /// Channel history (absent when the server keeps none).
+    #[serde(default)]
+    pub history: Option<HistoryReport>,
 }
 
 /// `compression` in `server_stats`, as a client reads it.

@@ -9,14 +9,14 @@ use serde_json::{json, Value};
 
 /// `n` sessions on shard `shard` of `sh`, named "c0", "c1", … (session
 /// ids are their index).
-fn sessions(env: &mut TestEnv<'_>, n: usize) -> Vec<Session> {
+pub(super) fn sessions(env: &mut TestEnv<'_>, n: usize) -> Vec<Session> {
     (0..n)
         .map(|i| Session::new(env, i, format!("c{i}").into(), None, Transport::Plain))
         .collect()
 }
 
 /// Sends `v` from `s` and returns the frames it gets back.
-fn ask(env: &mut TestEnv<'_>, s: &mut Session, v: &Value) -> Vec<Value> {
+pub(super) fn ask(env: &mut TestEnv<'_>, s: &mut Session, v: &Value) -> Vec<Value> {
     let mut b = frame(v);
     s.handle_data(env, &mut b);
     let mut frames = Vec::new();

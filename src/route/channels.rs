@@ -21,22 +21,30 @@ use crate::session::counters::ShardCounters;
 pub use crate::session::SubscribeError;
 
 /// One shard's subscriber index. Sessions are named by their shard key.
+///
+/// Each subscription of a history channel has a mark: the history store's
+/// sequence when it began (`history::Store::seq`). A delivery at or below
+/// it (already replayed, or from before the position `subscribed`
+/// reported, still in a mailbox) is not delivered to that session.
 #[derive(Debug, Default)]
 pub struct ChannelIndex {
-    channels: HashMap<Arc<str>, HashSet<usize>>,
+    channels: HashMap<Arc<str>, HashMap<usize, u64>>,
     by_session: HashMap<usize, HashSet<Arc<str>>>,
     subscriptions: usize,
 }
 
 impl ChannelIndex {
     /// Subscribes `session` to `channel` (again is a no-op), publishing the
-    /// interest in `interest`. Returns the channels the session now holds.
+    /// interest in `interest`; on a history channel, deliveries up to
+    /// `mark` (a history sequence) are skipped for it. Returns the channels the session
+    /// now holds.
     pub fn subscribe(
         &mut self,
         interest: &Interest,
         session: usize,
         channel: &str,
         max: usize,
+        mark: u64,
     ) -> Result<usize, SubscribeError> {
         let mine = self.by_session.entry(session).or_default();
         if mine.contains(channel) {
@@ -51,7 +59,7 @@ impl ChannelIndex {
         };
         mine.insert(name.clone());
         let held = mine.len();
-        self.channels.entry(name).or_default().insert(session);
+        self.channels.entry(name).or_default().insert(session, mark);
         self.subscriptions += 1;
         interest.add(slot_of(channel));
         Ok(held)
@@ -88,7 +96,7 @@ impl ChannelIndex {
 
     fn remove_member(&mut self, interest: &Interest, session: usize, channel: &str) {
         if let Some(members) = self.channels.get_mut(channel) {
-            if members.remove(&session) {
+            if members.remove(&session).is_some() {
                 self.subscriptions -= 1;
                 interest.remove(slot_of(channel));
             }
@@ -100,12 +108,36 @@ impl ChannelIndex {
 
     /// The sessions subscribed to `channel` on this shard.
     pub fn subscribers(&self, channel: &str) -> impl Iterator<Item = usize> + '_ {
-        self.channels.get(channel).into_iter().flatten().copied()
+        self.subscribers_of(channel, None)
+    }
+
+    /// The sessions on this shard that get a delivery to `channel`: every
+    /// subscriber, or for a history publication (its `history_seq`),
+    /// those whose subscription began before it.
+    pub fn subscribers_of(
+        &self,
+        channel: &str,
+        history_seq: Option<u64>,
+    ) -> impl Iterator<Item = usize> + '_ {
+        let after = history_seq.unwrap_or(u64::MAX);
+        self.channels
+            .get(channel)
+            .into_iter()
+            .flatten()
+            .filter(move |(_, mark)| **mark < after)
+            .map(|(k, _)| *k)
+    }
+
+    /// Whether `session` is subscribed to `channel`.
+    pub fn is_subscribed(&self, session: usize, channel: &str) -> bool {
+        self.by_session
+            .get(&session)
+            .is_some_and(|m| m.contains(channel))
     }
 
     /// How many sessions on this shard are subscribed to `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.channels.get(channel).map_or(0, HashSet::len)
+        self.channels.get(channel).map_or(0, HashMap::len)
     }
 
     /// Channels with at least one subscriber on this shard.
@@ -138,16 +170,16 @@ mod tests {
         let interest = Interest::default();
         let mut ix = ChannelIndex::default();
         let (a, b) = (slot_of("a"), slot_of("b"));
-        assert_eq!(ix.subscribe(&interest, 1, "a", 2), Ok(1));
+        assert_eq!(ix.subscribe(&interest, 1, "a", 2, 0), Ok(1));
         assert_eq!(
-            ix.subscribe(&interest, 1, "a", 2),
+            ix.subscribe(&interest, 1, "a", 2, 0),
             Ok(1),
             "again is a no-op"
         );
-        assert_eq!(ix.subscribe(&interest, 2, "a", 2), Ok(1));
-        assert_eq!(ix.subscribe(&interest, 1, "b", 2), Ok(2));
+        assert_eq!(ix.subscribe(&interest, 2, "a", 2, 0), Ok(1));
+        assert_eq!(ix.subscribe(&interest, 1, "b", 2, 0), Ok(2));
         assert_eq!(
-            ix.subscribe(&interest, 1, "c", 2),
+            ix.subscribe(&interest, 1, "c", 2, 0),
             Err(SubscribeError::TooMany)
         );
         assert_eq!(interest.count(a), 2);
@@ -170,5 +202,26 @@ mod tests {
         assert_eq!((interest.count(a), interest.count(b)), (0, 0));
         assert_eq!((ix.channel_count(), ix.subscription_count()), (0, 0));
         assert_eq!(ix.subscribers("a").count(), 0);
+    }
+
+    #[test]
+    fn a_history_delivery_skips_subscriptions_that_began_at_or_after_it() {
+        let interest = Interest::default();
+        let mut ix = ChannelIndex::default();
+        ix.subscribe(&interest, 1, "h", 10, 0).unwrap();
+        ix.subscribe(&interest, 2, "h", 10, 5).unwrap();
+        let of = |offset| {
+            let mut v: Vec<usize> = ix.subscribers_of("h", offset).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(
+            of(Some(5)),
+            [1],
+            "5 was replayed to 2, or before its position"
+        );
+        assert_eq!(of(Some(6)), [1, 2]);
+        assert_eq!(of(None), [1, 2]);
+        assert!(ix.is_subscribed(2, "h") && !ix.is_subscribed(3, "h"));
     }
 }

@@ -28,6 +28,11 @@ pub struct Delivery {
     /// Messages in `frame`: 1, or more for a run of broadcasts gathered
     /// into one (see [`Delivery::gather`]).
     pub frames: u64,
+    /// On a history channel, the publication's place in the history
+    /// store's order of arrival (store-wide, never restarting, unlike an
+    /// offset after a new epoch): a subscriber whose subscription began at
+    /// or after it (it was in its replay, or before its position) skips it.
+    pub history_seq: Option<u64>,
 }
 
 /// Broadcasts up to this size (plain, not compressed) are gathered, per
@@ -44,6 +49,7 @@ impl Delivery {
             channel,
             packed: Default::default(),
             frames: 1,
+            history_seq: None,
         }
     }
 
@@ -73,6 +79,7 @@ impl Delivery {
             slot: None,
             packed: Default::default(),
             frames: parts.iter().map(|d| d.frames).sum(),
+            history_seq: None,
         }
     }
 

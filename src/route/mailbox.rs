@@ -80,6 +80,12 @@ impl Mailbox {
         }
     }
 
+    /// Queues a delivery from the owner itself, which drains its mailbox
+    /// later in the same turn: no wake-up is needed.
+    pub fn push_own(&self, d: Delivery) {
+        self.queue.push(d);
+    }
+
     /// Publishes whether the owner's fan-out is behind.
     pub fn set_fanout_behind(&self, behind: bool) {
         self.behind.store(behind, Ordering::Relaxed);

@@ -20,9 +20,11 @@
 //! sessions: the subscribers [`ShardRoute::channels`] names, or every
 //! established session for a broadcast.
 //!
-//! History and patterns plug in here: a history channel's publication
-//! would get its offset in `ShardRoute::publish` (or from the engine, with
-//! a cluster) before it becomes a `Delivery`, and a pattern subscription
+//! History ([`history`]): a history channel's publication gets its offset
+//! in `ShardRoute::publish_with`, under the one lock of the router's
+//! history [`history::Store`], and reaches every shard, its own included,
+//! through the mailboxes under that lock; the module doc says why. Patterns
+//! plug in here too: a pattern subscription
 //! would be one more index beside `ChannelIndex`, consulted where the
 //! shard asks for a delivery's local recipients, with the interest table
 //! counting patterns by the slots they may match.
@@ -33,6 +35,9 @@ pub mod channels;
 #[cfg(test)]
 mod compress_tests;
 pub mod delivery;
+pub mod history;
+#[cfg(test)]
+mod history_tests;
 pub mod mailbox;
 mod remote;
 pub(crate) mod report;
@@ -81,6 +86,8 @@ pub struct RouteSettings {
     pub max_subscriptions: usize,
     /// Wake other shards with `MSG_RING` (else by eventfd).
     pub msg_ring: bool,
+    /// Channel history; `size` 0: none.
+    pub history: history::HistorySettings,
 }
 
 /// Routing state shared by all shards (see the module doc).
@@ -100,6 +107,9 @@ pub struct Router {
     /// What `get_stats` says of this node, and its handlers.
     pub node: NodeInfo,
     pub(crate) settings: RouteSettings,
+    /// Every history channel's log, when `history.size` > 0: one lock
+    /// fixes each history channel's order (see [`history`]).
+    pub history: Option<Mutex<history::Store>>,
     /// Only the backplane reader compresses remote entries: never contended.
     remote_compressor: Mutex<Compressor>,
 }
@@ -134,6 +144,8 @@ impl Router {
             cluster,
             remote_compressions: AtomicU64::new(0),
             node,
+            history: (settings.history.size > 0)
+                .then(|| Mutex::new(history::Store::new(settings.history))),
             settings,
             remote_compressor: Mutex::new(Compressor::new()),
         }
@@ -187,6 +199,45 @@ impl Router {
             }
         }
         eventfd
+    }
+
+    /// Hands a history channel's delivery to every shard with recipients
+    /// for it, `me` included (without a wake: it drains its mailbox later
+    /// this turn). Called under the history lock, so every mailbox gets
+    /// the channel's publications in offset order. Wakes by `MSG_RING`
+    /// are recorded in `ring_wakes`; returns the eventfd wake-ups made.
+    pub fn to_shards_in_order(
+        &self,
+        me: usize,
+        d: &Delivery,
+        msg_ring: bool,
+        ring_wakes: &mut [Option<RawFd>],
+    ) -> u64 {
+        let mut eventfd = 0;
+        for (i, mb) in self.mailboxes.iter().enumerate() {
+            if d.slot.is_some_and(|s| self.interest[i].count(s) == 0) {
+                continue;
+            }
+            if i == me {
+                mb.push_own(d.clone());
+                continue;
+            }
+            match mb.push(d.clone(), msg_ring) {
+                Wake::Ring(fd) => ring_wakes[i] = Some(fd),
+                Wake::Done => eventfd += 1,
+                Wake::No => {}
+            }
+        }
+        eventfd
+    }
+
+    /// The history figures for `get_stats` and /metrics (zero without
+    /// history).
+    pub fn history_figures(&self, now_ms: u64) -> history::HistoryFigures {
+        self.history
+            .as_ref()
+            .map(|h| crate::sync::lock(h).figures(now_ms))
+            .unwrap_or_default()
     }
 
     /// Subscribers of `slot` on the shards other than `shard` (exact on

@@ -55,6 +55,10 @@ pub(crate) fn write_stats(
         publishes: t.messages_of(RequestKind::Publish),
         channel_deliveries: t.channel_deliveries,
         compression: t.compression,
+        history: router
+            .history
+            .is_some()
+            .then(|| router.history_figures(now_ms)),
         cluster: router.cluster.as_ref().map(|c| {
             let f = c.figures();
             message::ClusterReport {

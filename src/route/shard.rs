@@ -6,10 +6,14 @@ use super::delivery::Delivery;
 use super::report::{self, RssReader};
 use super::Router;
 use crate::protocol::codec::Compressor;
+use crate::protocol::message::{HistoryQuery, Recover};
 use crate::protocol::JsonValue;
 use crate::session::counters::ShardCounters;
-use crate::session::{ConnId, Handler, Host, Routed, SubscribeError};
+use crate::session::{
+    ConnId, Handler, Host, Position, Routed, SubscribeError, Subscribed, WriteMessage,
+};
 use bytes::Bytes;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 /// One shard's routing state (see the module doc).
@@ -22,6 +26,13 @@ pub struct ShardRoute<'a> {
     /// Broadcasts and channel messages published this turn, with the
     /// publishing session: the shard delivers them after its poll.
     pub outgoing: Vec<(Delivery, ConnId)>,
+    /// Shards to wake by `MSG_RING` for history publications this turn
+    /// (pushed to their mailboxes under the history lock), by shard; the
+    /// shard loop posts them with its own.
+    pub ring_wakes: Vec<Option<RawFd>>,
+    /// Eventfd wake-ups made for history publications, for the shard's
+    /// wake-up counters.
+    pub eventfd_wakes: u64,
     /// Compresses what this shard's sessions publish.
     compressor: Compressor,
     rss: RssReader,
@@ -45,6 +56,8 @@ impl<'a> ShardRoute<'a> {
             counters: &router.counters[shard],
             channels: ChannelIndex::default(),
             outgoing: Vec::new(),
+            ring_wakes: vec![None; router.shards()],
+            eventfd_wakes: 0,
             compressor: Compressor::new(),
             rss: RssReader::new(),
             per_shard: Vec::with_capacity(router.shards()),
@@ -73,6 +86,21 @@ impl<'a> ShardRoute<'a> {
         self.outgoing.push((d, from));
         to_cluster
     }
+
+    /// Subscribers of `channel` here and on the other shards (and nodes),
+    /// as a publisher is told.
+    fn recipients(&self, channel: &str, slot: usize) -> u64 {
+        // Exact on this shard; elsewhere the other shards' interest counts,
+        // read without a lock, and the other nodes' last heartbeats.
+        let here = self.channels.subscriber_count(channel) as u64;
+        let shards = self.router.other_shards_in(self.shard, slot);
+        let nodes = self
+            .router
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.remote_subscribers(slot));
+        here + shards + nodes
+    }
 }
 
 impl Host for ShardRoute<'_> {
@@ -97,24 +125,118 @@ impl Host for ShardRoute<'_> {
         if !self.route(from, d) {
             return Routed::LocalOnly;
         }
-        // Exact on this shard; elsewhere the other shards' interest counts,
-        // read without a lock, and the other nodes' last heartbeats.
-        let here = self.channels.subscriber_count(channel) as u64;
-        let shards = self.router.other_shards_in(self.shard, slot);
-        let nodes = self
-            .router
-            .cluster
-            .as_ref()
-            .map_or(0, |c| c.remote_subscribers(slot));
-        Routed::Recipients(here + shards + nodes)
+        Routed::Recipients(self.recipients(channel, slot))
     }
 
     fn subscribe(&mut self, conn: ConnId, channel: &str) -> Result<usize, SubscribeError> {
         let interest = &self.router.interest[self.shard];
         let max = self.router.settings.max_subscriptions;
-        let r = self.channels.subscribe(interest, conn, channel, max);
+        let r = self.channels.subscribe(interest, conn, channel, max, 0);
         self.channels.store_gauges(self.counters);
         r
+    }
+
+    fn publish_with(
+        &mut self,
+        from: ConnId,
+        channel: &str,
+        now_ms: u64,
+        write: &mut WriteMessage<'_>,
+    ) -> (Routed, Option<Position>) {
+        let router = self.router;
+        let Some(history) = &router.history else {
+            let mut frame = Vec::with_capacity(160);
+            write(&mut frame, None);
+            return (self.publish(from, channel, Bytes::from(frame)), None);
+        };
+        // The channel's order is fixed here: offset, frame, log and every
+        // shard's mailbox under one lock (see `history`). The cluster is
+        // not involved: history is refused with a backplane for now.
+        let (d, position) = {
+            let mut store = crate::sync::lock(history);
+            let (mut d, position) = store.append(channel, now_ms, write);
+            router.pack(
+                &mut d,
+                &mut self.compressor,
+                &self.counters.compression.compressions,
+            );
+            let msg_ring = router.settings.msg_ring;
+            self.eventfd_wakes +=
+                router.to_shards_in_order(self.shard, &d, msg_ring, &mut self.ring_wakes);
+            (d, position)
+        };
+        let slot = d.slot.expect("a channel has a slot");
+        // Kept for the fan-out's publisher pause only: it is delivered
+        // through the mailboxes (the shard loop skips it).
+        self.outgoing.push((d, from));
+        (
+            Routed::Recipients(self.recipients(channel, slot)),
+            Some(position),
+        )
+    }
+
+    fn subscribe_with(
+        &mut self,
+        conn: ConnId,
+        channel: &str,
+        now_ms: u64,
+        recover: Option<Recover<'_>>,
+        replay: &mut Vec<u8>,
+    ) -> Result<Subscribed, SubscribeError> {
+        let router = self.router;
+        let Some(history) = &router.history else {
+            return Ok(Subscribed {
+                held: self.subscribe(conn, channel)?,
+                position: None,
+                recovered: false,
+            });
+        };
+        let interest = &router.interest[self.shard];
+        let max = router.settings.max_subscriptions;
+        // Position, replay and joining the subscribers under the lock that
+        // orders publications: one published before is replayed or at
+        // most the mark, one after is delivered live (see `history`).
+        let mut store = crate::sync::lock(history);
+        if self.channels.is_subscribed(conn, channel) {
+            // Already live on it: nothing to replay (it would double).
+            let (position, _) = store.position(channel, now_ms, None, replay);
+            return Ok(Subscribed {
+                held: self.channels.subscribe(interest, conn, channel, max, 0)?,
+                position: Some(position),
+                recovered: false,
+            });
+        }
+        let start = replay.len();
+        let recover = recover.map(|r| (r.offset, r.epoch));
+        let (position, recovered) = store.position(channel, now_ms, recover, replay);
+        let r = self
+            .channels
+            .subscribe(interest, conn, channel, max, store.seq());
+        drop(store);
+        self.channels.store_gauges(self.counters);
+        match r {
+            Ok(held) => Ok(Subscribed {
+                held,
+                position: Some(position),
+                recovered,
+            }),
+            Err(e) => {
+                replay.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    fn history(
+        &mut self,
+        channel: &str,
+        now_ms: u64,
+        query: HistoryQuery,
+        entries: &mut Vec<u8>,
+    ) -> Option<Position> {
+        let history = self.router.history.as_ref()?;
+        let mut store = crate::sync::lock(history);
+        Some(store.read(channel, now_ms, query.since, query.limit, entries))
     }
 
     fn unsubscribe(&mut self, conn: ConnId, channel: &str) -> usize {

@@ -20,6 +20,7 @@ pub struct ServerConfig {
     pub max_partial_bytes: usize,
     pub max_pending_bytes: usize,
     pub max_subscriptions: usize,
+    pub history: super::history::HistorySettings,
     pub rate_limit: u32,
     pub rate_burst: u32,
     pub tls_addr: Option<std::net::SocketAddr>,
@@ -38,6 +39,12 @@ impl Default for ServerConfig {
             max_partial_bytes: s.max_partial_bytes,
             max_pending_bytes: s.max_pending_bytes,
             max_subscriptions: 1000,
+            history: super::history::HistorySettings {
+                size: 0,
+                ttl_ms: 300_000,
+                max_bytes: 256 << 20,
+                recover_limit: 1000,
+            },
             rate_limit: 0,
             rate_burst: 0,
             tls_addr: None,
@@ -70,6 +77,7 @@ pub fn shards(cfg: ServerConfig, n: usize) -> Shared {
         compression_threshold_bytes: cfg.compression_threshold_bytes,
         max_subscriptions: cfg.max_subscriptions,
         msg_ring: false,
+        history: cfg.history,
     };
     let node = NodeInfo {
         start_unix_ms: 1_700_000_000_000,

@@ -139,6 +139,33 @@ macro_rules! server_settings {
             /// its own bookkeeping hold (about 100 bytes a subscription plus
             /// the name).
             max_subscriptions: usize = 1_000,
+            /// Publications kept per channel for recovery and `history`;
+            /// 0 = no history (the default).
+            ///
+            /// A channel with history numbers its publications (`offset`,
+            /// `epoch`), and a client that reconnects may resubscribe with
+            /// `recover` to get what it missed (docs/PROTOCOL.md). Off by
+            /// default: it costs memory and serialises each history
+            /// channel's publishes on one lock (src/route/history.rs).
+            history_size: usize = 0,
+            /// Seconds a publication is kept in a channel's history.
+            ///
+            /// 300: enough to ride out a reconnect, a deploy or a laptop
+            /// lid, short enough that memory does not hold stale traffic.
+            history_ttl_secs: u64 = 300,
+            /// Bytes all channels' history may hold; past it the oldest
+            /// publications anywhere are dropped first.
+            ///
+            /// 256 MiB: over a million small publications, and a fixed
+            /// ceiling however many channels are used.
+            max_history_bytes: usize = 256 << 20,
+            /// Most publications one `recover` may replay; a client further
+            /// behind is told it lost messages (`recovered: false`).
+            ///
+            /// 1,000: a replay is queued to the client at once, before any
+            /// live message; past this it is cheaper for the application
+            /// to reload its state than to be flooded with old messages.
+            history_recover_limit: u64 = 1_000,
             /// Offer per-frame compression (zstd, deflate) to clients that
             /// ask for it in `hello`.
             ///
@@ -398,6 +425,18 @@ impl ServerConfig {
         }
         if self.tls_max_handshakes == 0 {
             return Err("tls_max_handshakes must be at least 1".into());
+        }
+        if self.history_size > 0 {
+            if self.backplane.is_some() {
+                // Offsets assigned here would differ from other nodes'; the
+                // Redis-held history is not written yet.
+                return Err("history_size with a backplane is not supported yet: \
+                            channel history works on one node only"
+                    .into());
+            }
+            if self.history_ttl_secs == 0 || self.history_ttl_secs > u32::MAX as u64 {
+                return Err("history_ttl_secs must be between 1 and 4294967295".into());
+            }
         }
         Ok(())
     }

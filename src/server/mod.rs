@@ -110,6 +110,12 @@ impl Shared {
             compression_threshold_bytes: config.compression_threshold_bytes,
             max_subscriptions: config.max_subscriptions,
             msg_ring: config.wake == WakeMode::MsgRing,
+            history: crate::route::history::HistorySettings {
+                size: config.history_size,
+                ttl_ms: config.history_ttl_secs.saturating_mul(1000),
+                max_bytes: config.max_history_bytes,
+                recover_limit: config.history_recover_limit,
+            },
         };
         Shared {
             shards: event_fds.len(),

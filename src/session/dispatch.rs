@@ -173,29 +173,58 @@ pub(crate) fn handle_frame<H: Host>(
                 };
                 message::write_hello_ok(buf, req.id.as_ref(), &hello);
             }
-            RequestKind::Subscribe => match host.subscribe(me.id, req.channel()) {
-                Ok(held) => message::write_subscribed(buf, &req, held as u64),
-                Err(SubscribeError::TooMany) => {
-                    refuse(
-                        counters,
-                        buf,
-                        &req,
-                        ErrorCode::TooManySubscriptions,
-                        "this connection holds max_subscriptions channels; unsubscribe first",
-                    );
+            RequestKind::Subscribe => {
+                let recover = req.recover();
+                // Replayed publications follow `subscribed`, so they are
+                // gathered apart first (rare: only a recovery has any).
+                let mut replay = Vec::new();
+                match host.subscribe_with(me.id, req.channel(), now_ms, recover, &mut replay) {
+                    Ok(s) => {
+                        let position = s.position.as_ref().map(|p| p.pair());
+                        let recovered = recover.is_some().then_some(s.recovered);
+                        message::write_subscribed(buf, &req, s.held as u64, position, recovered);
+                        buf.extend_from_slice(&replay);
+                    }
+                    Err(SubscribeError::TooMany) => {
+                        refuse(
+                            counters,
+                            buf,
+                            &req,
+                            ErrorCode::TooManySubscriptions,
+                            "this connection holds max_subscriptions channels; unsubscribe first",
+                        );
+                    }
                 }
-            },
+            }
             RequestKind::Unsubscribe => {
                 let held = host.unsubscribe(me.id, req.channel());
                 message::write_unsubscribed(buf, &req, held as u64);
             }
             RequestKind::Publish => {
-                // Serialised once here; every subscriber shares these bytes.
-                let mut frame = Vec::with_capacity(160);
-                message::write_channel_message(&mut frame, &req, me.client_id, now);
-                match host.publish(me.id, req.channel(), Bytes::from(frame)) {
-                    Routed::Recipients(n) => message::write_published(buf, &req, n, now),
-                    Routed::LocalOnly => backplane_refused(counters, buf, &req),
+                // Serialised once, by the host's call (with the offset on
+                // a history channel); every subscriber shares these bytes.
+                let mut write = |frame: &mut Vec<u8>, position: Option<(u64, &str)>| {
+                    message::write_channel_message(frame, &req, me.client_id, now, position)
+                };
+                match host.publish_with(me.id, req.channel(), now_ms, &mut write) {
+                    (Routed::Recipients(n), p) => {
+                        let position = p.as_ref().map(|p| p.pair());
+                        message::write_published(buf, &req, n, now, position);
+                    }
+                    (Routed::LocalOnly, _) => backplane_refused(counters, buf, &req),
+                }
+            }
+            RequestKind::History => {
+                let mut entries = Vec::new();
+                match host.history(req.channel(), now_ms, req.history_query(), &mut entries) {
+                    Some(p) => message::write_history(buf, &req, p.offset, &p.epoch, &entries),
+                    None => refuse(
+                        counters,
+                        buf,
+                        &req,
+                        ErrorCode::NoHistory,
+                        "this channel keeps no history (the server's history_size is 0)",
+                    ),
                 }
             }
             RequestKind::GetStats => host.write_stats(buf, req.id.as_ref(), now, now_ms),

@@ -5,8 +5,11 @@
 //! implements it with a fake. The session never learns where a message
 //! goes, who else is subscribed, or what the other shards and nodes hold.
 
+use crate::protocol::message::{HistoryQuery, Recover};
 use crate::protocol::{JsonValue, Request};
 use bytes::Bytes;
+use std::ops::Range;
+use std::sync::Arc;
 
 /// A session's name on its shard (the shard's slab key).
 pub type ConnId = usize;
@@ -29,6 +32,41 @@ pub enum SubscribeError {
     #[error("this connection already holds the server's max_subscriptions channels")]
     TooMany,
 }
+
+/// A history channel's position: its latest offset (0: none yet) and its
+/// epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// The latest offset (a publication's own, in `published`).
+    pub offset: u64,
+    /// The epoch the offsets count in.
+    pub epoch: Arc<str>,
+}
+
+impl Position {
+    /// As the protocol writers take it.
+    pub fn pair(&self) -> (u64, &str) {
+        (self.offset, &self.epoch)
+    }
+}
+
+/// What a subscribe did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The channels the connection holds now.
+    pub held: usize,
+    /// On a history channel, its position as the subscription starts:
+    /// live delivery begins after it.
+    pub position: Option<Position>,
+    /// The `recover` asked for was granted: the publications after it were
+    /// written to the replay buffer, in offset order.
+    pub recovered: bool,
+}
+
+/// Serialises a `channel_message` frame into the buffer given, with the
+/// publication's offset and epoch on a history channel; returns the span
+/// of the publication's own fields (`protocol::message::write_channel_message`).
+pub type WriteMessage<'w> = dyn FnMut(&mut Vec<u8>, Option<(u64, &str)>) -> Range<usize> + 'w;
 
 /// A handler for a custom message type, registered by an embedding
 /// application (the seed promises an extensible format).
@@ -76,4 +114,59 @@ pub trait Host {
     );
     /// The handler registered for a custom message type, if any.
     fn handler(&self, type_name: &str) -> Option<&dyn Handler>;
+
+    /// Publishes to `channel` the frame `write` makes. On a history
+    /// channel the host assigns the offset, and `write` is called with it
+    /// where the channel's order is fixed; the position is returned. A
+    /// host without history (the default) writes the frame plainly and
+    /// hands it to [`Host::publish`].
+    fn publish_with(
+        &mut self,
+        from: ConnId,
+        channel: &str,
+        now_ms: u64,
+        write: &mut WriteMessage<'_>,
+    ) -> (Routed, Option<Position>) {
+        let _ = now_ms;
+        let mut frame = Vec::with_capacity(160);
+        write(&mut frame, None);
+        (self.publish(from, channel, Bytes::from(frame)), None)
+    }
+
+    /// Subscribes `conn` to `channel`, reporting its position on a history
+    /// channel. With `recover`, the publications after it are written to
+    /// `replay` (whole frames, in offset order) when every one is still
+    /// kept under its epoch; none of them is then delivered live to
+    /// `conn`, and every later one is. The default: [`Host::subscribe`],
+    /// no history.
+    fn subscribe_with(
+        &mut self,
+        conn: ConnId,
+        channel: &str,
+        now_ms: u64,
+        recover: Option<Recover<'_>>,
+        replay: &mut Vec<u8>,
+    ) -> Result<Subscribed, SubscribeError> {
+        let _ = (now_ms, recover, replay);
+        Ok(Subscribed {
+            held: self.subscribe(conn, channel)?,
+            position: None,
+            recovered: false,
+        })
+    }
+
+    /// `channel`'s kept publications that `query` asks for, as `history`
+    /// entries separated by commas into `entries`
+    /// (`protocol::message::write_history_entry`), and its position; `None`
+    /// when the channel keeps no history (the default).
+    fn history(
+        &mut self,
+        channel: &str,
+        now_ms: u64,
+        query: HistoryQuery,
+        entries: &mut Vec<u8>,
+    ) -> Option<Position> {
+        let _ = (channel, now_ms, query, entries);
+        None
+    }
 }

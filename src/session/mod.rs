@@ -66,7 +66,7 @@ pub mod tls;
 
 pub use config::SessionConfig;
 pub use env::Env;
-pub use host::{ConnId, Handler, Host, Routed, SubscribeError};
+pub use host::{ConnId, Handler, Host, Position, Routed, SubscribeError, Subscribed, WriteMessage};
 
 use crate::io::SendBatch;
 use crate::protocol::codec::Codec;

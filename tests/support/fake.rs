@@ -256,15 +256,16 @@ fn serve(s: Arc<Shared>, stream: TcpStream) {
                         write_server_stats(&mut out, req.id.as_ref(), &report);
                     }
                     // The fake keeps no channels: the real server's tests cover them.
-                    RequestKind::Subscribe | RequestKind::Unsubscribe | RequestKind::Publish => {
-                        write_error(
-                            &mut out,
-                            req.id.as_ref(),
-                            ErrorCode::UnknownType,
-                            "the fake server has no channels",
-                            Some(req.type_name),
-                        )
-                    }
+                    RequestKind::Subscribe
+                    | RequestKind::Unsubscribe
+                    | RequestKind::Publish
+                    | RequestKind::History => write_error(
+                        &mut out,
+                        req.id.as_ref(),
+                        ErrorCode::UnknownType,
+                        "the fake server has no channels",
+                        Some(req.type_name),
+                    ),
                     // Like a server from before hello: clients must carry on
                     // uncompressed.
                     RequestKind::Hello => write_error(

@@ -237,6 +237,16 @@ pub(crate) fn describe_event(style: &Style, ev: &Event) -> Option<EventLine> {
                 "[reconnected] on attempt {attempt}"
             )))
         }
+        Event::Recovered { channel } => {
+            return Some(EventLine::Err(format!(
+                "[recovered] {channel}: the missed publications follow"
+            )))
+        }
+        Event::Lost { channel, reason } => {
+            return Some(EventLine::Err(format!(
+                "[lost] {channel}: publications may have been missed ({reason:?})"
+            )))
+        }
         Event::ReconnectFailed {
             attempts,
             last_error,

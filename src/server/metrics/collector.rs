@@ -252,6 +252,35 @@ impl Collector for ShardCollector {
             Gauge,
             |c| c.partial_frame_bytes.load(Relaxed),
         )?;
+        if shared.router.history.is_some() {
+            let h = shared
+                .router
+                .history_figures(crate::protocol::time::unix_ms_now());
+            Self::gauge(
+                &mut enc,
+                "ringcast_history_channels",
+                "Channels with a history log.",
+                h.channels,
+            )?;
+            Self::gauge(
+                &mut enc,
+                "ringcast_history_publications",
+                "Publications kept in channel history.",
+                h.publications,
+            )?;
+            Self::gauge(
+                &mut enc,
+                "ringcast_history_bytes",
+                "Bytes channel history holds (frames and bookkeeping; at most max_history_bytes).",
+                h.bytes,
+            )?;
+            Self::counter(
+                &mut enc,
+                "ringcast_history_evicted",
+                "Publications dropped from history by size, TTL or max_history_bytes.",
+                h.evicted,
+            )?;
+        }
         if let Some(c) = shared.cluster() {
             let f = c.figures();
             Self::gauge(

@@ -94,9 +94,25 @@ impl Shard<'_> {
         let sent_any = !outgoing.is_empty();
         let busy = sent_any && self.fanout_busy();
         let msg_ring = router.settings.msg_ring;
+        // History publications went to the mailboxes (this shard's too)
+        // under the history lock; only their wake-ups are left to post.
+        let host = &mut self.env.host;
+        for (i, w) in host.ring_wakes.iter_mut().enumerate() {
+            if let Some(fd) = w.take() {
+                self.wake_targets[i] = Some(fd);
+            }
+        }
+        bump(
+            &self.env.counters.wakeups[WAKE_EVENTFD],
+            std::mem::take(&mut host.eventfd_wakes),
+        );
         for (d, sender) in outgoing.drain(..) {
-            let by_eventfd = router.to_shards(Some(self.id), &d, msg_ring, &mut self.wake_targets);
-            bump(&self.env.counters.wakeups[WAKE_EVENTFD], by_eventfd);
+            let in_order = d.history_seq.is_some();
+            if !in_order {
+                let by_eventfd =
+                    router.to_shards(Some(self.id), &d, msg_ring, &mut self.wake_targets);
+                bump(&self.env.counters.wakeups[WAKE_EVENTFD], by_eventfd);
+            }
             if busy {
                 if let Some(e) = self.sessions.get_mut(sender) {
                     if e.session.wants_read() {
@@ -106,7 +122,9 @@ impl Shard<'_> {
                     }
                 }
             }
-            self.queue_local(d, Some(sender));
+            if !in_order {
+                self.queue_local(d, Some(sender));
+            }
         }
         self.env.host.outgoing = outgoing;
         if sent_any {
@@ -171,7 +189,7 @@ impl Shard<'_> {
                     .filter(|(k, e)| Some(*k) != except && e.session.is_established())
                     .map(|(k, _)| k),
             ),
-            Some(ch) => keys.extend(self.env.host.channels.subscribers(ch)),
+            Some(ch) => keys.extend(self.env.host.channels.subscribers_of(ch, d.history_seq)),
         }
         let mut delivered = 0;
         // Recipients joining the round robin now have waited through

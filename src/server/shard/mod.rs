@@ -232,7 +232,16 @@ impl Shard<'_> {
         } = self;
         let shared: &Shared = shared;
         let time_requests = *time_requests;
+        // The turn's clock is read after the poll, but the poll may have
+        // slept (up to a tick): requests in it read the wall clock once,
+        // at the first event, or their timestamps and history TTLs would
+        // be as old as the sleep.
+        let mut clock_read = false;
         backend.poll(timeout, |ev| {
+            if !clock_read {
+                clock_read = true;
+                env.now_ms = crate::protocol::time::unix_ms_now();
+            }
             let key = match ev {
                 Event::Accepted(stream, lid) => {
                     if *stopping {
