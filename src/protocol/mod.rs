@@ -16,6 +16,7 @@ pub mod interest;
 pub mod json;
 pub mod message;
 pub mod raw;
+pub mod stats;
 pub mod time;
 
 pub use error::{ErrorCode, FrameError, RequestError};
