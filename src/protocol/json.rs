@@ -497,6 +497,27 @@ impl<'o> ObjectWriter<'o> {
     }
 }
 
+/// Writes a response frame: header, `{"type":…`, the caller's fields, the
+/// request's `id`, `}`. Everything lands in `out` with no allocation once
+/// `out` has capacity.
+#[inline]
+pub fn write_response(
+    out: &mut Vec<u8>,
+    type_name: &str,
+    id: Option<&JsonValue<'_, '_>>,
+    fields: impl FnOnce(&mut ObjectWriter<'_>),
+) {
+    let start = super::frame::begin_frame(out);
+    let mut o = ObjectWriter::new(out);
+    o.raw_str("type", type_name);
+    fields(&mut o);
+    if let Some(id) = id {
+        o.value("id", id);
+    }
+    o.finish();
+    super::frame::finish_frame(out, start);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,7 @@
 //! optional `id` back unchanged so pipelined clients can correlate.
 
 use super::error::{ErrorCode, RequestError};
-use super::frame::{begin_frame, finish_frame};
-use super::json::{JsonValue, ObjectWriter};
+use super::json::JsonValue;
 
 /// The value of `echoed_by` in echo responses.
 pub const SERVER_NAME: &str = "ringcast";
@@ -360,26 +359,7 @@ pub fn check_channel(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Writes a response frame: header, `{"type":…`, the caller's fields, the
-/// request's `id`, `}`. Everything lands in `out` with no allocation once
-/// `out` has capacity.
-#[inline]
-pub fn write_response(
-    out: &mut Vec<u8>,
-    type_name: &str,
-    id: Option<&JsonValue<'_, '_>>,
-    fields: impl FnOnce(&mut ObjectWriter<'_>),
-) {
-    let start = begin_frame(out);
-    let mut o = ObjectWriter::new(out);
-    o.raw_str("type", type_name);
-    fields(&mut o);
-    if let Some(id) = id {
-        o.value("id", id);
-    }
-    o.finish();
-    finish_frame(out, start);
-}
+pub use super::json::write_response;
 
 /// `pong`: `ping_timestamp` is the ping's `timestamp` (null if it had none).
 pub fn write_pong(out: &mut Vec<u8>, req: &Request<'_, '_>, now: &str, client_id: &str) {

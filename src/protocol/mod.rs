@@ -22,7 +22,8 @@ pub mod time;
 pub use error::{ErrorCode, FrameError, RequestError};
 pub use frame::{encode_frame, FrameDecoder, DEFAULT_MAX_FRAME_BYTES, HEADER_LEN};
 pub use json::{InvalidJson, JsonParser, JsonValue};
-pub use message::{Request, RequestKind, ServerStats, StatsReport};
+pub use message::{Request, RequestKind};
+pub use stats::{ServerStats, StatsReport};
 pub use time::{TimestampCache, TIMESTAMP_LEN};
 
 /// A payload that is not a valid request, with what is needed to answer it.

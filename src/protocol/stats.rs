@@ -1,8 +1,7 @@
 //! `get_stats` → `server_stats`: the figures a server reports, as it
 //! writes them (borrowed, allocation-free) and as a client reads them.
 
-use super::json::{JsonValue, ObjectWriter};
-use super::message::write_response;
+use super::json::{write_response, JsonValue, ObjectWriter};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

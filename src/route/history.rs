@@ -59,7 +59,7 @@ pub struct HistorySettings {
 const KEPT_OVERHEAD: usize = std::mem::size_of::<Kept>() + 8;
 
 /// What `get_stats` and /metrics say of the history.
-pub use crate::protocol::message::HistoryReport as HistoryFigures;
+pub use crate::protocol::stats::HistoryReport as HistoryFigures;
 
 /// One publication kept.
 #[derive(Debug)]

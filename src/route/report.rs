@@ -2,7 +2,7 @@
 //! read from the process, written as one `server_stats` frame.
 
 use super::Router;
-use crate::protocol::message::{self, StatsReport};
+use crate::protocol::stats::{self, StatsReport};
 use crate::protocol::{ErrorCode, JsonValue, RequestKind};
 use crate::session::tls::HandshakeFailure;
 
@@ -61,7 +61,7 @@ pub(crate) fn write_stats(
             .then(|| router.history_figures(now_ms)),
         cluster: router.cluster.as_ref().map(|c| {
             let f = c.figures();
-            message::ClusterReport {
+            stats::ClusterReport {
                 node_id: f.node_id,
                 nodes: f.nodes,
                 connected_clients: t.connected + f.remote_clients,
@@ -72,7 +72,7 @@ pub(crate) fn write_stats(
             }
         }),
     };
-    message::write_server_stats(out, id, &report);
+    stats::write_server_stats(out, id, &report);
 }
 
 /// Reads the resident set size from an open `/proc/self/statm` with one

@@ -184,7 +184,7 @@ impl DurationHistogram {
 
 /// [`CompressionCounters`] summed over shards: the very shape `get_stats`
 /// writes, so it is passed there as it is.
-pub type CompressionTotals = crate::protocol::message::CompressionReport;
+pub type CompressionTotals = crate::protocol::stats::CompressionReport;
 
 impl CompressionTotals {
     pub(crate) fn add(&mut self, c: &CompressionCounters) {

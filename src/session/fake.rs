@@ -4,7 +4,7 @@
 
 use super::counters::{ShardCounters, Totals};
 use super::host::{ConnId, Handler, Host, Routed, SubscribeError};
-use crate::protocol::message::{self, StatsReport};
+use crate::protocol::stats::{self, StatsReport};
 use crate::protocol::JsonValue;
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
@@ -76,7 +76,7 @@ impl Host for FakeHost {
             connections_per_shard: &per_shard,
             ..StatsReport::default()
         };
-        message::write_server_stats(out, id, &report);
+        stats::write_server_stats(out, id, &report);
     }
 
     fn handler(&self, _type_name: &str) -> Option<&dyn Handler> {
