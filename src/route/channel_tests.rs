@@ -19,6 +19,11 @@ pub(super) fn sessions(env: &mut TestEnv<'_>, n: usize) -> Vec<Session> {
 pub(super) fn ask(env: &mut TestEnv<'_>, s: &mut Session, v: &Value) -> Vec<Value> {
     let mut b = frame(v);
     s.handle_data(env, &mut b);
+    take(env, s)
+}
+
+/// Everything `s` has to send, reported sent, as frames.
+pub(super) fn take(env: &mut TestEnv<'_>, s: &mut Session) -> Vec<Value> {
     let mut frames = Vec::new();
     while let Some(batch) = s.poll_transmit(env) {
         let bytes: Vec<u8> = batch.slices().flatten().copied().collect();

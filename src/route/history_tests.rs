@@ -2,8 +2,8 @@
 //! memory with a simulated clock: offsets, replay racing live
 //! publications, refusals, reads and bad input.
 
-use super::channel_tests::{ask, sessions};
-use super::session_tests::{code, decode};
+use super::channel_tests::{ask, sessions, take};
+use super::session_tests::code;
 use crate::route::testing::{shards, shared, ServerConfig, Shared, TestEnv};
 use crate::session::*;
 use serde_json::{json, Value};
@@ -41,18 +41,6 @@ fn fan_out(sh: &Shared, shard: usize, env: &mut TestEnv<'_>, sessions: &mut [Ses
             assert!(sessions[k].push_broadcast(env, &d.frame, &d.packed));
         }
     }
-}
-
-/// Everything `s` has to send, as frames.
-fn take(env: &mut TestEnv<'_>, s: &mut Session) -> Vec<Value> {
-    let mut frames = Vec::new();
-    while let Some(batch) = s.poll_transmit(env) {
-        let bytes: Vec<u8> = batch.slices().flatten().copied().collect();
-        let n = bytes.len();
-        s.handle_sent(env, batch, Ok(n));
-        frames.extend(decode(bytes));
-    }
-    frames
 }
 
 fn offsets(frames: &[Value]) -> Vec<u64> {
