@@ -156,6 +156,15 @@ impl Router {
         self.mailboxes.len()
     }
 
+    /// Clients connected over all shards: the one figure a broadcast's
+    /// `recipients` needs, without summing every other counter.
+    pub fn connected(&self) -> u64 {
+        self.counters
+            .iter()
+            .map(|c| c.connected.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Sums every shard's counters (and the backplane reader's);
     /// `per_shard` receives each shard's connected count.
     pub fn totals(&self, per_shard: &mut Vec<u64>) -> Totals {

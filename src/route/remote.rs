@@ -18,7 +18,7 @@ impl Host for Router {
                 slots.push((slot, n));
             }
         }
-        self.totals(&mut Vec::new()).connected
+        self.connected()
     }
 
     fn backlog_cleared(&self) {

@@ -110,7 +110,7 @@ impl Host for ShardRoute<'_> {
         }
         // Every other established client: this node's gauges, the others'
         // heartbeats.
-        let here = self.router.totals(&mut self.per_shard).connected;
+        let here = self.router.connected();
         let there = self
             .router
             .cluster
