@@ -169,7 +169,9 @@ class CutProxy:
     """A loopback TCP proxy to ``127.0.0.1:target_port`` that the test can
     cut: :meth:`cut` resets every connection through it at once (RST, with
     whatever is in flight lost), as a network failure would; it keeps
-    accepting, so clients can reconnect through it.
+    accepting, so clients can reconnect through it. While :attr:`refusing`
+    is set it closes every new connection at once (the network is still
+    down), so a client stays away for as long as the test needs.
 
     One thread runs everything with a selector (non-blocking sockets), so
     the cut happens on the thread that owns the sockets: no other thread
@@ -187,6 +189,8 @@ class CutProxy:
         #: Connections accepted so far, and cuts made.
         self.accepted = 0
         self.cuts = 0
+        #: Set to close new connections at once instead of forwarding them.
+        self.refusing = False
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -245,6 +249,9 @@ class CutProxy:
         try:
             conn, _ = self.lsock.accept()
         except OSError:
+            return
+        if self.refusing:
+            conn.close()
             return
         try:
             upstream = socket.create_connection(self.target, timeout=DEADLINE)

@@ -1,7 +1,9 @@
 """Channel history and recovery against the REAL server (started with
 ``--history-size``), for the three clients: a cut mid-stream is recovered
 (every publication once, in order, ``recovered`` told first); a restart
-(a new epoch) is reported lost; ``history`` reads the kept publications.
+(a new epoch) is reported lost; so is a cut that outlasts ``history_size``
+(the same epoch, but the missed publications are no longer kept);
+``history`` reads the kept publications.
 The clients are driven through the adapters of test_recovery.py, which
 pins the same rules against a fake server."""
 
@@ -78,6 +80,40 @@ def test_a_restart_is_reported_lost(kind: str, hserver: RingcastServer) -> None:
         with Client(hserver.host, hserver.port) as pub:
             pub.publish("prices", "b")
         assert client.timeline.wait("prices", "b") == ["a", "lost:reconnect", "b"]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("kind", list(ADAPTERS))
+def test_a_cut_longer_than_history_size_is_refused_and_reported_lost(
+    kind: str, hserver: RingcastServer, hproxy: CutProxy
+) -> None:
+    client: Adapter = ADAPTERS[kind](hproxy)  # type: ignore[arg-type]
+    try:
+        with Client(hserver.host, hserver.port) as pub:
+            sub = client.subscribe("prices")
+            epoch = sub.position.epoch
+            for i in range(1, 21):
+                pub.publish("prices", i)
+            client.timeline.wait("prices", "20")
+            # The network stays down while 150 are published: the server
+            # keeps 100, so offsets 21 ... 70 are gone when the client is back.
+            hproxy.refusing = True
+            hproxy.cut()
+            for i in range(21, 171):
+                pub.publish("prices", i)
+            hproxy.refusing = False
+            client.timeline.wait("prices", "lost:reconnect")
+            assert sub.recovered is False and sub.lost_count == 1
+            # Told the channel's position now; the epoch did not change
+            # (no restart): the refusal is the history's size alone.
+            assert tuple(sub.position) == (170, epoch)
+            pub.publish("prices", "after")
+            # Nothing missed is replayed, not even the 100 still kept.
+            want = [str(i) for i in range(1, 21)] + ["lost:reconnect", "after"]
+            assert client.timeline.wait("prices", "after") == want
+            assert tuple(sub.position) == (171, epoch)
+            assert hproxy.accepted >= 2
     finally:
         client.close()
 
