@@ -128,6 +128,8 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
         compression: None,
         content: cfg.content.name().into(),
         wire: Default::default(),
+        history: None,
+        recover: None,
         machine: Machine::current(),
         date: utc_now(),
     })
@@ -246,6 +248,8 @@ pub fn run_connect(cfg: &BenchConfig) -> Result<Report, BenchError> {
         compression: cfg.compress.map(|c| c.as_str().to_owned()),
         content: cfg.content.name().into(),
         wire: Default::default(),
+        history: None,
+        recover: None,
         machine: Machine::current(),
         date: utc_now(),
     })

@@ -12,6 +12,7 @@ mod conn;
 mod conn_workloads;
 pub mod plan;
 pub mod plot;
+pub mod recover;
 mod replies;
 pub mod report;
 mod requests;
@@ -51,11 +52,15 @@ pub enum Workload {
     /// second, and the latency of connect + TLS handshake (with `--tls`) +
     /// first reply.
     Connect,
+    /// Pubsub on history channels where subscribers drop (a reset) and
+    /// resume with `recover` while publishers keep publishing: publications
+    /// recovered per second, time to catch up, loss (see [`recover`]).
+    Recover,
 }
 
 impl Workload {
     /// Every workload, in the order `--help` lists them.
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Ping,
         Workload::Echo,
         Workload::Broadcast,
@@ -64,6 +69,7 @@ impl Workload {
         Workload::Mixed,
         Workload::Connections,
         Workload::Connect,
+        Workload::Recover,
     ];
 
     /// Lower-case name (as `--workload` takes it).
@@ -77,6 +83,7 @@ impl Workload {
             Workload::Mixed => "mixed",
             Workload::Connections => "connections",
             Workload::Connect => "connect",
+            Workload::Recover => "recover",
         }
     }
 }
@@ -202,6 +209,13 @@ pub struct BenchConfig {
     pub compress: Option<crate::protocol::codec::Codec>,
     /// What echo, broadcast and publish carry.
     pub content: Content,
+    /// Pubsub: the channels are history channels (the server runs with
+    /// `--history-size`): a subscribe answered without an offset fails the
+    /// run, and the report gives what the history held at the end.
+    pub history: bool,
+    /// Recover: publications a subscriber misses (at least) before it
+    /// resumes.
+    pub missed: u64,
 }
 
 impl Default for BenchConfig {
@@ -232,6 +246,8 @@ impl Default for BenchConfig {
             tls: None,
             compress: None,
             content: Content::Filler,
+            history: false,
+            missed: 1_000,
         }
     }
 }
@@ -309,6 +325,14 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     }
     if config.workload == Workload::Connect {
         return conn_workloads::run_connect(&config);
+    }
+    if config.workload == Workload::Recover {
+        return recover::run(&config);
+    }
+    if config.history && config.workload != Workload::Pubsub {
+        return Err(BenchError::Config(
+            "--history applies to the pubsub workload (recover always uses history)".into(),
+        ));
     }
     let threads = config.threads.max(1);
     let (roles, conns_total) = match config.workload {
@@ -476,6 +500,16 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     } else {
         config.duration.as_secs_f64()
     };
+    let history = if config.history {
+        let held = setup::get_stats(config.addr)?.history;
+        Some(report::HistoryHeld::from(held.ok_or_else(|| {
+            BenchError::Config(
+                "--history: the server reports no history (start it with --history-size N)".into(),
+            )
+        })?))
+    } else {
+        None
+    };
     let messages = if matches!(config.workload, Workload::Broadcast | Workload::Pubsub) {
         deliveries
     } else {
@@ -506,6 +540,8 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
         compression: config.compress.map(|c| c.as_str().to_owned()),
         content: config.content.name().into(),
         wire,
+        history,
+        recover: None,
         machine: Machine::current(),
         date: utc_now(),
     };

@@ -140,6 +140,55 @@ fn ratio(plain: u64, wire: u64) -> f64 {
     }
 }
 
+/// What the server's channel history held, from `get_stats` after a run.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct HistoryHeld {
+    /// Publications kept.
+    pub publications: u64,
+    /// Bytes they hold (frames plus bookkeeping).
+    pub bytes: u64,
+    /// `bytes / publications`.
+    pub bytes_per_publication: f64,
+    /// Publications dropped by size, TTL or `max_history_bytes`, ever.
+    pub evicted: u64,
+}
+
+impl From<crate::protocol::stats::HistoryReport> for HistoryHeld {
+    fn from(h: crate::protocol::stats::HistoryReport) -> HistoryHeld {
+        HistoryHeld {
+            publications: h.publications,
+            bytes: h.bytes,
+            bytes_per_publication: h.bytes as f64 / h.publications.max(1) as f64,
+            evicted: h.evicted,
+        }
+    }
+}
+
+/// The recover workload's figures (the catch-up times are the report's
+/// latency).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RecoverFigures {
+    /// Publications acknowledged to the publishers.
+    pub published: u64,
+    /// Resubscriptions answered `recovered: true` whose replay ended.
+    pub recoveries: u64,
+    /// Publications they replayed.
+    pub recovered: u64,
+    /// `recovered` per second of the measured run.
+    pub recovered_per_sec: f64,
+    /// `recovered` per second of catch-up (subscribe sent to the last
+    /// replayed received, summed): how fast a replay streams.
+    pub replay_per_sec: f64,
+    /// Publications replayed per recovery, on average.
+    pub missed_per_recovery: f64,
+    /// Resubscriptions answered `recovered: false`.
+    pub refused: u64,
+    /// Publications lost: by refusals, offset gaps and new epochs.
+    pub lost: u64,
+    /// Publications received twice (counted in the errors too).
+    pub duplicates: u64,
+}
+
 /// The result of one `ringcast bench` run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -185,6 +234,13 @@ pub struct Report {
     /// Bytes on the wire, and what they would have been uncompressed.
     #[serde(flatten)]
     pub wire: WireBytes,
+    /// What the server's channel history held at the end (pubsub with
+    /// `--history`, recover).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryHeld>,
+    /// The recover workload's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recover: Option<RecoverFigures>,
     /// Where it ran.
     pub machine: Machine,
     /// When (UTC).
@@ -255,6 +311,27 @@ impl Report {
                     let _ = writeln!(s, "  (uncompressed, {} content)", self.content);
                 }
             }
+        }
+        if let Some(r) = &self.recover {
+            let _ = writeln!(
+                s,
+                "  recovered {} publications in {} recoveries ({:.0} missed each): {:.0}/s over the run, \
+                 {:.0}/s while replaying",
+                r.recovered, r.recoveries, r.missed_per_recovery, r.recovered_per_sec, r.replay_per_sec
+            );
+            let _ = writeln!(
+                s,
+                "  catch-up (subscribe sent -> last replayed received) is the latency above; \
+                 refused {}  lost {}  duplicates {}  published {}",
+                r.refused, r.lost, r.duplicates, r.published
+            );
+        }
+        if let Some(h) = &self.history {
+            let _ = writeln!(
+                s,
+                "  server history: {} publications in {} bytes ({:.0} bytes each), {} evicted",
+                h.publications, h.bytes, h.bytes_per_publication, h.evicted
+            );
         }
         if let Some(r) = self.rss_bytes_per_connection {
             let _ = writeln!(s, "  server RSS growth per connection: {r:.0} bytes");

@@ -212,7 +212,13 @@ fn write_timed_content(out: &mut Vec<u8>, now_ns: u64, pad: &str, content: Conte
 }
 
 /// Writes a publish to `channel` whose content starts with the publish time.
-fn write_publish(out: &mut Vec<u8>, channel: &str, now_ns: u64, pad: &str, content: Content) {
+pub(super) fn write_publish(
+    out: &mut Vec<u8>,
+    channel: &str,
+    now_ns: u64,
+    pad: &str,
+    content: Content,
+) {
     let st = frame::begin_frame(out);
     out.extend_from_slice(br#"{"type":"publish","channel":""#);
     out.extend_from_slice(channel.as_bytes());

@@ -154,6 +154,13 @@ pub(super) fn connect_slot(
                 String::from_utf8_lossy(&reply)
             )));
         }
+        // A history channel's `subscribed` names its position.
+        if cfg.history && memchr::memmem::find(&reply, br#""epoch":"#).is_none() {
+            return Err(io::Error::other(format!(
+                "--history: {} has no history (the server must run with --history-size N)",
+                channel_name(slot.channel)
+            )));
+        }
     }
     Ok(c)
 }

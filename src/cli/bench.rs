@@ -59,15 +59,29 @@ pub struct BenchArgs {
     /// Seconds of warm-up before measuring.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
-    /// Broadcast workload: publishers.
+    /// Broadcast, pubsub and recover workloads: publishers.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
-    /// Broadcast workload: subscribers; pubsub: subscribers per channel.
+    /// Broadcast workload: subscribers; pubsub and recover: subscribers per
+    /// channel.
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
-    /// Pubsub workload: channels (named bench-0, bench-1, …).
+    /// Pubsub and recover workloads: channels (named bench-0, bench-1, …).
     #[arg(long, default_value_t = 10)]
     pub channels: usize,
+    /// Pubsub workload: the channels keep history. The bench does not start
+    /// a server: the target must run with `--history-size N` (a subscribe
+    /// answered without an offset fails the run). The report adds what the
+    /// history held at the end (bytes per retained publication). The
+    /// recover workload always needs such a server.
+    #[arg(long)]
+    pub history: bool,
+    /// Recover workload: publications each subscriber misses (at least)
+    /// while it is away, before it resumes with `recover`. The server's
+    /// --history-size and --history-recover-limit must cover it (and what
+    /// arrives while it reconnects), or its recoveries are refused.
+    #[arg(long, default_value_t = 1_000)]
+    pub missed: u64,
     /// Another server to spread connections over (repeat it): the nodes of
     /// one cluster. Connections are dealt round robin over --addr and these.
     #[arg(long = "node", value_name = "ADDR")]
@@ -126,6 +140,8 @@ impl BenchArgs {
             tls: self.tls.to_options(&self.addr.to_string()),
             compress: self.compress.map(Into::into),
             content: self.content,
+            history: self.history,
+            missed: self.missed,
         }
     }
 }
