@@ -283,3 +283,77 @@ fn interactive_subscribes_publishes_and_prints_channel_messages() {
     drop(other);
     server.stop();
 }
+
+#[test]
+fn interactive_reads_history_and_shows_offsets() {
+    let server = support::server::spawn(support::server::builder(2).history_size(100));
+    let addr = server.local_addr().to_string();
+    let other = Client::connect_with(server.local_addr(), ClientConfig::default()).unwrap();
+    for i in 1..=3 {
+        other.publish("prices", format!("p{i}").as_str()).unwrap();
+    }
+    let (mut child, mut stdin, mut out) = interactive(&addr);
+    // One page: after offset 1, at most 1.
+    stdin.write_all(b"/history prices 1 1\n").unwrap();
+    wait_for(
+        "history of prices: 1 publication, latest offset 3 of epoch ",
+        &mut out,
+    );
+    wait_for("#2 p2 (from ", &mut out);
+    stdin.write_all(b"/sub prices\n").unwrap();
+    wait_for("subscribed prices (1 channel now", &mut out);
+    let seen = out.seen.join("\n");
+    assert!(!seen.contains("#1 p1") && !seen.contains("#3 p3"), "{seen}");
+    let sub = out
+        .seen
+        .iter()
+        .find(|l| l.contains("subscribed prices"))
+        .unwrap();
+    assert!(sub.contains(", offset 3 of epoch "), "{sub}");
+    // A channel message shows its offset.
+    other.publish("prices", "p4").unwrap();
+    let from = format!("[prices #4 from {}] p4", other.local_addr().unwrap());
+    wait_for(&from, &mut out);
+    // The whole history, oldest first.
+    stdin.write_all(b"/history prices\n").unwrap();
+    wait_for(
+        "history of prices: 4 publications, latest offset 4",
+        &mut out,
+    );
+    wait_for("#4 p4 (from ", &mut out);
+    let lines: Vec<&String> = out
+        .seen
+        .iter()
+        .skip_while(|l| !l.contains("4 publications"))
+        .filter(|l| l.trim_start().starts_with('#'))
+        .collect();
+    let offsets: Vec<String> = lines
+        .iter()
+        .map(|l| l.trim_start().split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(offsets, ["#1", "#2", "#3", "#4"], "{lines:?}");
+    drop(stdin); // EOF
+    let status = wait_exit(&mut child, Duration::from_secs(20)).expect("no exit at EOF");
+    assert_eq!(status.code(), Some(0));
+    drop(other);
+    server.shutdown();
+}
+
+#[test]
+fn interactive_history_without_history_is_an_error_and_the_session_goes_on() {
+    let server = Backend::start();
+    let addr = server.addr().to_string();
+    let r = ringcast_client(
+        &["interactive", "--addr", &addr],
+        "/history news\n/history news 1 5000\n/ping\n/exit\n",
+    );
+    r.assert_code(0);
+    assert!(r.stdout.contains("error no_history"), "{}", r.stdout);
+    assert!(r.stdout.contains("pong in "), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("limit must be a number from 1 to 1000"),
+        "{}",
+        r.stderr
+    );
+    server.stop();
+}

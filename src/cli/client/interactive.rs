@@ -17,6 +17,10 @@ commands:
   /sub <channel>          subscribe to <channel>; its messages are printed as they come
   /unsub <channel>        leave <channel>
   /pub <channel> <text>   publish <text> to <channel>'s subscribers
+  /history <channel> [since] [limit]
+                          the publications <channel> keeps (server with
+                          --history-size): those after offset <since>
+                          (default 0), at most <limit> (1 to 1000, default 100)
   /stats                  print the server's statistics
   /custom <type> [json]   send a message of any type, with a JSON object of fields
   /help                   this list
@@ -32,6 +36,8 @@ pub(crate) enum Command {
     Subscribe(String),
     Unsubscribe(String),
     Publish(String, String),
+    /// `history`: channel, `since`, `limit`.
+    History(String, Option<u64>, Option<u64>),
     Stats,
     Custom(String, Map<String, Value>),
     Text(String),
@@ -76,6 +82,7 @@ pub(crate) fn parse_command(line: &str) -> Command {
             }
             _ => Command::Bad("usage: /pub <channel> <text>".into()),
         },
+        "history" => parse_history(arg),
         "stats" => Command::Stats,
         "help" | "?" => Command::Help,
         "exit" | "quit" => Command::Exit,
@@ -109,6 +116,42 @@ fn needs_channel(what: &str, arg: &str, make: fn(String) -> Command) -> Command 
     match crate::protocol::message::check_channel(arg) {
         Ok(()) => make(arg.to_owned()),
         Err(why) => Command::Bad(why.into()),
+    }
+}
+
+/// Largest `since` the protocol takes (a JSON-safe integer, 2^53-1).
+const MAX_SINCE: u64 = (1 << 53) - 1;
+/// Most publications one `history` request may ask for (the protocol's).
+const MAX_LIMIT: u64 = 1_000;
+
+/// `/history <channel> [since] [limit]`.
+fn parse_history(arg: &str) -> Command {
+    const USAGE: &str = "usage: /history <channel> [since] [limit]";
+    let words: Vec<&str> = arg.split_whitespace().collect();
+    let (ch, since, limit) = match words.as_slice() {
+        [ch] => (*ch, None, None),
+        [ch, s] => (*ch, Some(*s), None),
+        [ch, s, l] => (*ch, Some(*s), Some(*l)),
+        _ => return Command::Bad(USAGE.into()),
+    };
+    if let Err(why) = crate::protocol::message::check_channel(ch) {
+        return Command::Bad(why.into());
+    }
+    let number = |what: &str, v: Option<&str>, lo: u64, hi: u64| -> Result<Option<u64>, String> {
+        match v.map(str::parse::<u64>) {
+            None => Ok(None),
+            Some(Ok(n)) if (lo..=hi).contains(&n) => Ok(Some(n)),
+            Some(_) => Err(format!(
+                "{what} must be a number from {lo} to {hi} ({USAGE})"
+            )),
+        }
+    };
+    match (
+        number("since", since, 0, MAX_SINCE),
+        number("limit", limit, 1, MAX_LIMIT),
+    ) {
+        (Ok(s), Ok(l)) => Command::History(ch.to_owned(), s, l),
+        (Err(e), _) | (_, Err(e)) => Command::Bad(e),
     }
 }
 
@@ -173,6 +216,19 @@ fn execute(client: &Client, style: &Style, cmd: Command) -> Flow {
             "publish".into(),
             json!({"channel": ch, "content": t, "timestamp": ts()}),
         ),
+        Command::History(ch, since, limit) => {
+            let mut f = json!({ "channel": ch });
+            let mut shown = ch.clone();
+            if let Some(s) = since {
+                f["since"] = s.into();
+                shown += &format!(" since {s}");
+            }
+            if let Some(l) = limit {
+                f["limit"] = l.into();
+                shown += &format!(" limit {l}");
+            }
+            ("history", shown, "history".into(), f)
+        }
         Command::Stats => (
             "stats",
             "get_stats".into(),
@@ -331,6 +387,25 @@ mod tests {
         assert!(matches!(parse_command("/pub news"), Command::Bad(_)));
         let long = format!("/sub {}", "x".repeat(257));
         assert!(matches!(parse_command(&long), Command::Bad(m) if m.contains("256")));
+        assert_eq!(
+            parse_command("/history prices"),
+            Command::History("prices".into(), None, None)
+        );
+        assert_eq!(
+            parse_command("/history prices 40 2"),
+            Command::History("prices".into(), Some(40), Some(2))
+        );
+        for bad in [
+            "/history",
+            "/history prices x",
+            "/history prices -1",
+            "/history prices 1 0",
+            "/history prices 1 1001",
+            "/history prices 9007199254740992",
+            "/history prices 1 2 3",
+        ] {
+            assert!(matches!(parse_command(bad), Command::Bad(_)), "{bad}");
+        }
         assert_eq!(parse_command("/stats"), Command::Stats);
         assert_eq!(parse_command("/exit"), Command::Exit);
         assert_eq!(parse_command("/quit"), Command::Exit);

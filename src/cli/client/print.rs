@@ -103,7 +103,7 @@ pub(crate) fn describe_answer(m: &Message, rtt: Duration) -> Vec<String> {
             )]
         }
         "subscribed" | "unsubscribed" => vec![format!(
-            "{} {} ({} channel{} now, {})",
+            "{} {} ({} channel{} now, {}){}",
             m.kind(),
             m.get_str("channel").unwrap_or("?"),
             m.get_u64("subscriptions").unwrap_or(0),
@@ -112,17 +112,20 @@ pub(crate) fn describe_answer(m: &Message, rtt: Duration) -> Vec<String> {
             } else {
                 "s"
             },
-            fmt_ms(rtt)
+            fmt_ms(rtt),
+            position(m)
         )],
         "published" => {
             let n = m.get_u64("recipients").unwrap_or(0);
             vec![format!(
-                "published to {} for {n} subscriber{} ({})",
+                "published to {} for {n} subscriber{} ({}){}",
                 m.get_str("channel").unwrap_or("?"),
                 if n == 1 { "" } else { "s" },
-                fmt_ms(rtt)
+                fmt_ms(rtt),
+                position(m)
             )]
         }
+        "history" => describe_history(m, rtt),
         "server_stats" => match serde_json::from_value::<ServerStats>(m.value.clone()) {
             Ok(s) => describe_stats(&s),
             Err(e) => vec![format!("unreadable server_stats ({e}): {}", m.raw)],
@@ -136,6 +139,46 @@ pub(crate) fn describe_answer(m: &Message, rtt: Duration) -> Vec<String> {
         "error" => vec![describe_error(m)],
         _ => vec![m.raw.clone()],
     }
+}
+
+/// `", offset N of epoch E"` on a history channel's answer, else nothing.
+fn position(m: &Message) -> String {
+    match (m.get_u64("offset"), m.get_str("epoch")) {
+        (Some(o), Some(e)) => format!(", offset {o} of epoch {e}"),
+        _ => String::new(),
+    }
+}
+
+/// A `history` answer: the channel's position, then one line per
+/// publication, oldest first, with its offset.
+fn describe_history(m: &Message, rtt: Duration) -> Vec<String> {
+    let pubs = m
+        .get("publications")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut lines = vec![format!(
+        "history of {}: {} publication{}, latest offset {} of epoch {} ({})",
+        m.get_str("channel").unwrap_or("?"),
+        pubs.len(),
+        if pubs.len() == 1 { "" } else { "s" },
+        m.get_u64("offset").unwrap_or(0),
+        m.get_str("epoch").unwrap_or("?"),
+        fmt_ms(rtt)
+    )];
+    for p in pubs {
+        lines.push(format!(
+            "#{} {} (from {}, {})",
+            p.get("offset").and_then(Value::as_u64).unwrap_or(0),
+            match p.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                v => quoted(v),
+            },
+            p.get("from").and_then(Value::as_str).unwrap_or("?"),
+            p.get("timestamp").and_then(Value::as_str).unwrap_or("?")
+        ));
+    }
+    lines
 }
 
 fn describe_error(m: &Message) -> String {
@@ -215,8 +258,11 @@ pub(crate) fn describe_event(style: &Style, ev: &Event) -> Option<EventLine> {
             style.paint(
                 YELLOW,
                 &format!(
-                    "[{} from {}]",
+                    "[{}{} from {}]",
                     m.get_str("channel").unwrap_or("?"),
+                    // A history channel's messages show their offset.
+                    m.get_u64("offset")
+                        .map_or_else(String::new, |o| format!(" #{o}")),
                     m.get_str("from").unwrap_or("?")
                 )
             ),
