@@ -10,6 +10,11 @@
 #      workload (subscribers cut by a reset, resumed with `recover` while a
 #      publisher keeps publishing at RECOVER_RATE/s); time from `subscribe`
 #      sent to the last replayed publication received, p50/p99.
+# With PROFILE=1, then once per variant (off, on) the same pubsub run with
+# the server watched: `perf stat` software events (task-clock, context
+# switches, migrations, page faults) and, in a second run, `strace -c -f`
+# syscall counts; both divided by the publishes the server counted
+# (profile-{off,on}.txt, and a line each in the summary).
 # Writes bench-results/history-runs/<UTC date-time>/: one JSON report per
 # run (pubsub-off-N, pubsub-on-N, recover-N, with recover-N.hgrm) and
 # summary.txt; prints the summary. Stops what it starts.
@@ -99,6 +104,65 @@ print("replay rate while catching up (publications/s): "
 print("refused, lost, duplicates, errors: "
       + " ".join(f"{x['refused']}/{x['lost']}/{x['duplicates']}/{r['errors']}" for x, r in zip(f, rec)))
 EOF
+publishes() { # the server's publish count (get_stats over a fresh connection)
+  python3 - "$PORT" <<'PY'
+import json, socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+body = b'{"type":"get_stats"}'
+s.sendall(struct.pack(">I", len(body)) + body)
+def read(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise SystemExit("server closed")
+        b += c
+    return b
+print(json.loads(read(struct.unpack(">I", read(4))[0]))["publishes"])
+PY
+}
+
+if [ "${PROFILE:-0}" = 1 ]; then
+  for v in off on; do
+    extra=(); hist=(); [ $v = on ] && extra=(--history-size "$HISTORY_SIZE") && hist=(--history)
+    prof="$OUT/profile-$v.txt"; : >"$prof"
+    start_server ringcast "$PORT" "${extra[@]}"
+    perf stat -e task-clock,context-switches,cpu-migrations,page-faults -p "$SERVER_PID" \
+      -o "$OUT/.perf-$v" -- sleep $((DURATION + 1)) &
+    perfpid=$!
+    bench "profile-perf-$v" "${PUBSUB[@]}" "${hist[@]}"
+    wait "$perfpid" || true
+    n=$(publishes); echo "perf stat over ${DURATION}s + warm-up; publishes $n" >>"$prof"
+    cat "$OUT/.perf-$v" >>"$prof"; rm -f "$OUT/.perf-$v"
+    stop_server
+    start_server ringcast "$PORT" "${extra[@]}"
+    timeout $((DURATION + 3)) strace -c -f -p "$SERVER_PID" -o "$OUT/.strace-$v" &
+    stpid=$!
+    bench "profile-strace-$v" "${PUBSUB[@]}" "${hist[@]}"
+    kill -INT "$stpid" 2>/dev/null || true; wait "$stpid" 2>/dev/null || true
+    m=$(publishes); echo "strace -c -f (slows the server); publishes $m" >>"$prof"
+    cat "$OUT/.strace-$v" >>"$prof"; rm -f "$OUT/.strace-$v"
+    stop_server
+    python3 - "$prof" "$n" "$m" "$v" >>"$OUT/summary.txt" <<'PY'
+import re, sys
+text, n, m, v = open(sys.argv[1]).read(), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+out = []
+for ev in ("task-clock", "context-switches", "cpu-migrations", "page-faults"):
+    g = re.search(r"([\d.,]+)\s+(?:msec\s+)?" + ev, text)
+    if g:
+        val = float(g.group(1).replace(",", ""))
+        out.append(f"{ev} {val / max(n, 1) * (1000 if ev == 'task-clock' else 1):.2f}" + (" us" if ev == "task-clock" else ""))
+calls = {}
+for line in text.splitlines():
+    f = line.split()
+    if len(f) >= 5 and f[-1].isidentifier() and f[-1] != "total" and f[3].isdigit():
+        calls[f[-1]] = int(f[3])
+top = sorted(calls.items(), key=lambda kv: -kv[1])[:6]
+out.append("syscalls per publish: " + ", ".join(f"{k} {c / max(m, 1):.2f}" for k, c in top))
+print(f"profile {v} (per publish, {n} / {m} publishes): " + "; ".join(out))
+PY
+  done
+fi
 echo "# load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/summary.txt"
 cat "$OUT/summary.txt"
 echo "written: $OUT" >&2
