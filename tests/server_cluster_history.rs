@@ -180,7 +180,10 @@ fn publishers_on_every_node_share_one_offset_order() {
         .collect();
     let published: Vec<Vec<u64>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     for o in &published {
-        assert!(o.windows(2).all(|w| w[0] < w[1]), "a publisher's offsets grow");
+        assert!(
+            o.windows(2).all(|w| w[0] < w[1]),
+            "a publisher's offsets grow"
+        );
     }
     let total = 3 * EACH;
     let mut orders = Vec::new();
@@ -228,7 +231,11 @@ fn a_node_started_later_serves_recovery_and_history_from_redis() {
     let mut c = Client::connect(b.addr);
     let v = subscribe(&mut c, "late", Some((20, &epoch)));
     assert_eq!(
-        (v["recovered"].clone(), v["offset"].clone(), v["epoch"].clone()),
+        (
+            v["recovered"].clone(),
+            v["offset"].clone(),
+            v["epoch"].clone()
+        ),
         (json!(true), json!(30), json!(epoch)),
         "{v}"
     );
@@ -248,9 +255,15 @@ fn a_node_started_later_serves_recovery_and_history_from_redis() {
     // A quiet channel nobody published to: offset 0 under the same epoch
     // the first publication will carry (no false loss).
     let v = subscribe(&mut c, "quiet", None);
-    assert_eq!((v["offset"].clone(), v["epoch"].clone()), (json!(0), json!(epoch)));
+    assert_eq!(
+        (v["offset"].clone(), v["epoch"].clone()),
+        (json!(0), json!(epoch))
+    );
     let v = p.request(&json!({"type": "publish", "channel": "quiet", "content": "first"}));
-    assert_eq!((v["offset"].clone(), v["epoch"].clone()), (json!(1), json!(epoch)));
+    assert_eq!(
+        (v["offset"].clone(), v["epoch"].clone()),
+        (json!(1), json!(epoch))
+    );
     let (offset, e, _) = next_message(&mut c);
     assert_eq!((offset, e), (1, epoch));
 }
@@ -293,7 +306,11 @@ fn redis_restarted_without_its_data_means_a_new_epoch_never_a_silent_gap() {
     let mut back = Client::connect(a.addr);
     let v = subscribe(&mut back, "r", Some((5, &old)));
     assert_eq!(
-        (v["recovered"].clone(), v["epoch"].clone(), v["offset"].clone()),
+        (
+            v["recovered"].clone(),
+            v["epoch"].clone(),
+            v["offset"].clone()
+        ),
         (json!(false), json!(new), json!(1)),
         "{v}"
     );

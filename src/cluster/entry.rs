@@ -146,7 +146,14 @@ pub fn decode(
             }
             let (frame, body) = place(&frame, ch, offset, &e)?;
             let epoch = Arc::from(e);
-            (frame, Some(Placed { offset, epoch, body }))
+            (
+                frame,
+                Some(Placed {
+                    offset,
+                    epoch,
+                    body,
+                }),
+            )
         }
         _ => return Err(BadEntry::Placed),
     };
@@ -173,12 +180,12 @@ pub fn place(
     let mut head = br#"{"type":"channel_message","channel":"#.to_vec();
     crate::protocol::json::write_str(&mut head, channel);
     head.push(b',');
-    if !payload.starts_with(&head) || payload.last() != Some(&b'}') || payload.len() <= head.len()
-    {
+    if !payload.starts_with(&head) || payload.last() != Some(&b'}') || payload.len() <= head.len() {
         return Err(BadEntry::Layout);
     }
     let end = payload.len() - 1;
-    let out = crate::protocol::message::add_position(plain, offset, epoch).ok_or(BadEntry::Layout)?;
+    let out =
+        crate::protocol::message::add_position(plain, offset, epoch).ok_or(BadEntry::Layout)?;
     let body = HEADER_LEN + head.len()..HEADER_LEN + end;
     Ok((Bytes::from(out), body))
 }

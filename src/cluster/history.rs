@@ -96,10 +96,13 @@ pub struct HistoryTarget {
 pub struct Loaded {
     /// The store's epoch.
     pub epoch: String,
-    /// Every channel's latest offset, with its kept publications (offset,
-    /// plain frame), oldest first.
-    pub channels: Vec<(String, u64, Vec<(u64, Bytes)>)>,
+    /// Every channel's latest offset, with its kept publications.
+    pub channels: Vec<LoadedChannel>,
 }
+
+/// One channel of [`Loaded`]: its name, its latest offset, and its kept
+/// publications (offset, plain frame), oldest first.
+pub type LoadedChannel = (String, u64, Vec<(u64, Bytes)>);
 
 /// The store's epoch, made now (from `candidate`) if Redis has none.
 pub fn epoch(con: &mut Connection, candidate: &str) -> RedisResult<String> {
@@ -118,7 +121,7 @@ pub fn epoch(con: &mut Connection, candidate: &str) -> RedisResult<String> {
 pub fn load(con: &mut Connection, candidate: &str, size: usize) -> RedisResult<Loaded> {
     let epoch = epoch(con, candidate)?;
     let tops: HashMap<String, u64> = redis::cmd("HGETALL").arg(TOPS_KEY).query(con)?;
-    let mut channels = Vec::with_capacity(tops.len());
+    let mut channels: Vec<LoadedChannel> = Vec::with_capacity(tops.len());
     for (channel, top) in tops {
         let r: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(format!("{CHANNEL_STREAM_PREFIX}{channel}"))

@@ -232,7 +232,8 @@ mod tests {
         let interest = Interest::default();
         let mut ix = ChannelIndex::default();
         let at = |seq, gen, floor| Mark { seq, gen, floor };
-        ix.subscribe(&interest, 1, "h", 10, Mark::default()).unwrap();
+        ix.subscribe(&interest, 1, "h", 10, Mark::default())
+            .unwrap();
         ix.subscribe(&interest, 2, "h", 10, at(5, 0, 0)).unwrap();
         // 3 recovered from offset 20, which this node has not read yet.
         ix.subscribe(&interest, 3, "h", 10, at(5, 0, 20)).unwrap();

@@ -367,15 +367,16 @@ impl Store {
             return (position, Recovery::No);
         }
         if mirror && after > log.top && after - log.top <= recover_limit {
-            return (position, Recovery::Ahead(crate::route::channels::Mark {
-                seq: 0,
-                gen,
-                floor: after,
-            }));
+            return (
+                position,
+                Recovery::Ahead(crate::route::channels::Mark {
+                    seq: 0,
+                    gen,
+                    floor: after,
+                }),
+            );
         }
-        let ok = after <= log.top
-            && after + 1 >= log.first()
-            && log.top - after <= recover_limit;
+        let ok = after <= log.top && after + 1 >= log.first() && log.top - after <= recover_limit;
         if !ok {
             return (position, Recovery::No);
         }
@@ -645,7 +646,11 @@ mod tests {
         let (_, r) = s.position("a", 0, Some((4, "R1")), &mut Vec::new());
         assert_eq!(
             r,
-            Recovery::Ahead(crate::route::channels::Mark { seq: 0, gen: 1, floor: 4 })
+            Recovery::Ahead(crate::route::channels::Mark {
+                seq: 0,
+                gen: 1,
+                floor: 4
+            })
         );
         let (_, r) = s.position("a", 0, Some((4, "R0")), &mut Vec::new());
         assert_eq!(r, Recovery::No, "another epoch");

@@ -298,8 +298,15 @@ fn in_a_cluster_redis_places_publications_and_recovery_races_them_exactly_once()
     let mut env1 = sh.env(1);
     let mut p = sessions(&mut env0, 1);
     let mut b = sessions(&mut env1, 2);
-    let r = ask(&mut env1, &mut b[0], &json!({"type": "subscribe", "channel": "prices"}));
-    assert_eq!((r[0]["offset"].clone(), r[0]["epoch"].clone()), (json!(0), json!("R")));
+    let r = ask(
+        &mut env1,
+        &mut b[0],
+        &json!({"type": "subscribe", "channel": "prices"}),
+    );
+    assert_eq!(
+        (r[0]["offset"].clone(), r[0]["epoch"].clone()),
+        (json!(0), json!("R"))
+    );
     // A publish here is not delivered here: it waits for Redis, and so
     // does its `published`.
     let r = ask(
@@ -328,7 +335,11 @@ fn in_a_cluster_redis_places_publications_and_recovery_races_them_exactly_once()
     fan_out(&sh, 0, &mut env0, &mut p);
     let r = take(&mut env0, &mut p[0]);
     assert_eq!(
-        (r[0]["type"].clone(), r[0]["offset"].clone(), r[0]["epoch"].clone()),
+        (
+            r[0]["type"].clone(),
+            r[0]["offset"].clone(),
+            r[0]["epoch"].clone()
+        ),
         (json!("published"), json!(1), json!("R"))
     );
     // Read back: 1, 2, 3 (still in shard 1's mailbox when b[1] recovers).

@@ -2,9 +2,9 @@
 //! another node's entry, the figures for this node's heartbeat, and resume
 //! publishers paused for the backplane.
 
+use super::delivery::{Delivery, Target};
 use super::Router;
 use crate::cluster::entry::{check_frame, place};
-use super::delivery::{Delivery, Target};
 use crate::cluster::history::{Loaded, Reply};
 use crate::cluster::{Entry, Host};
 use crate::protocol::interest::INTEREST_SLOTS;

@@ -2,8 +2,8 @@
 //! published this turn, and the [`Host`] its sessions talk to.
 
 use super::channels::{ChannelIndex, Mark};
-use super::history::Recovery;
 use super::delivery::Delivery;
+use super::history::Recovery;
 use super::report::{self, RssReader};
 use super::Router;
 use crate::protocol::codec::Compressor;
@@ -244,9 +244,7 @@ impl Host for ShardRoute<'_> {
             },
         };
         let recovered = recovery.granted();
-        let r = self
-            .channels
-            .subscribe(interest, conn, channel, max, mark);
+        let r = self.channels.subscribe(interest, conn, channel, max, mark);
         drop(store);
         self.channels.store_gauges(self.counters);
         match r {

@@ -80,16 +80,21 @@ pub fn shards(cfg: ServerConfig, n: usize) -> Shared {
 /// backplane is never started (no Redis); a test plays its writer and
 /// reader through the router's `cluster::Host` methods.
 pub fn cluster_node(cfg: ServerConfig, n: usize) -> Shared {
-    let c = crate::cluster::Cluster::new("redis://127.0.0.1:1", "test-node".into(), 1 << 20, 1 << 20)
-        .expect("a URL")
-        .with_history(crate::cluster::history::HistoryTarget {
-            size: cfg.history.size,
-            ttl_ms: cfg.history.ttl_ms,
-        });
+    let c =
+        crate::cluster::Cluster::new("redis://127.0.0.1:1", "test-node".into(), 1 << 20, 1 << 20)
+            .expect("a URL")
+            .with_history(crate::cluster::history::HistoryTarget {
+                size: cfg.history.size,
+                ttl_ms: cfg.history.ttl_ms,
+            });
     build(cfg, n, Some(std::sync::Arc::new(c)))
 }
 
-fn build(cfg: ServerConfig, n: usize, cluster: Option<std::sync::Arc<crate::cluster::Cluster>>) -> Shared {
+fn build(
+    cfg: ServerConfig,
+    n: usize,
+    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+) -> Shared {
     let settings = RouteSettings {
         compression_threshold_bytes: cfg.compression_threshold_bytes,
         max_subscriptions: cfg.max_subscriptions,

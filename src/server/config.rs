@@ -426,10 +426,10 @@ impl ServerConfig {
         if self.tls_max_handshakes == 0 {
             return Err("tls_max_handshakes must be at least 1".into());
         }
-        if self.history_size > 0 {
-            if self.history_ttl_secs == 0 || self.history_ttl_secs > u32::MAX as u64 {
-                return Err("history_ttl_secs must be between 1 and 4294967295".into());
-            }
+        if self.history_size > 0
+            && (self.history_ttl_secs == 0 || self.history_ttl_secs > u32::MAX as u64)
+        {
+            return Err("history_ttl_secs must be between 1 and 4294967295".into());
         }
         Ok(())
     }

@@ -377,8 +377,10 @@ impl Server {
             // read it before the first clients are answered, if Redis
             // answers soon (else the mirror catches up when it does).
             if c.keeps_history() && !c.wait_history_loaded(HISTORY_LOAD_WAIT) {
-                tracing::warn!("the backplane's history was not read within {HISTORY_LOAD_WAIT:?}; \
-                    serving positions from this node until it is");
+                tracing::warn!(
+                    "the backplane's history was not read within {HISTORY_LOAD_WAIT:?}; \
+                    serving positions from this node until it is"
+                );
             }
         }
         if let Some(l) = self.metrics_listener {
