@@ -24,8 +24,25 @@ pub struct Entry {
     pub seq: u64,
     /// The channel of a publish (`c`); `None` for a broadcast.
     pub channel: Option<Arc<str>>,
-    /// The frame (`f`): header and JSON payload, as clients get it.
+    /// The frame (`f`): header and JSON payload, as clients get it (on
+    /// a history channel, with the offset and epoch added to what `f`
+    /// holds).
     pub frame: Bytes,
+    /// On a history channel, the place Redis gave it (`o`, `e`).
+    pub placed: Option<Placed>,
+}
+
+/// A history channel's publication's place, assigned in Redis (see
+/// [`super::history`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// Its offset in the channel.
+    pub offset: u64,
+    /// The store's epoch.
+    pub epoch: Arc<str>,
+    /// Where the publication's own fields (`"content":…,"from":…,
+    /// "timestamp":…`) lie in [`Entry::frame`], for `history` answers.
+    pub body: std::ops::Range<usize>,
 }
 
 /// Why an entry was refused.
@@ -57,6 +74,15 @@ pub enum BadEntry {
     /// The payload is over `max_frame_bytes`.
     #[error("frame payload of {0} bytes is over max_frame_bytes")]
     TooLarge(usize),
+    /// The offset (`o`) is not a positive integer, the epoch (`e`) not a
+    /// short token, or one is given without the other or without a
+    /// channel.
+    #[error("history offset or epoch missing or malformed")]
+    Placed,
+    /// A history entry's frame does not start as this server writes a
+    /// `channel_message` (type, then channel, then the publication).
+    #[error("history frame not laid out as a channel_message")]
+    Layout,
     /// The payload is not a JSON object of the type its kind of entry has
     /// (`broadcast_message` without a channel, `channel_message` naming
     /// the entry's channel).
@@ -100,12 +126,68 @@ pub fn decode(
         }
     };
     check_frame(&frame, channel.as_deref(), max_frame_bytes, parser, scratch)?;
+    let text = |k: &'static str| {
+        fields
+            .get(k)
+            .map(|v| redis::from_redis_value_ref::<String>(v).map_err(|_| BadEntry::Placed))
+            .transpose()
+    };
+    let (offset, epoch) = (text("o")?, text("e")?);
+    let (frame, placed) = match (offset, epoch, channel.as_deref()) {
+        (None, None, _) => (Bytes::from(frame), None),
+        (Some(o), Some(e), Some(ch)) => {
+            let offset = o
+                .parse::<u64>()
+                .ok()
+                .filter(|o| *o > 0)
+                .ok_or(BadEntry::Placed)?;
+            if !super::history::valid_epoch(&e) {
+                return Err(BadEntry::Placed);
+            }
+            let (frame, body) = place(&frame, ch, offset, &e)?;
+            let epoch = Arc::from(e);
+            (
+                frame,
+                Some(Placed {
+                    offset,
+                    epoch,
+                    body,
+                }),
+            )
+        }
+        _ => return Err(BadEntry::Placed),
+    };
     Ok(Entry {
         node,
         seq,
         channel,
-        frame: Bytes::from(frame),
+        frame,
+        placed,
     })
+}
+
+/// The frame a history publication is delivered as: `plain` (checked by
+/// [`check_frame`]) with `"offset"` and `"epoch"` added last, as a node
+/// writes them on one node (`protocol::message::write_channel_message`);
+/// with the span of the publication's own fields.
+pub fn place(
+    plain: &[u8],
+    channel: &str,
+    offset: u64,
+    epoch: &str,
+) -> Result<(Bytes, std::ops::Range<usize>), BadEntry> {
+    let payload = &plain[HEADER_LEN..];
+    let mut head = br#"{"type":"channel_message","channel":"#.to_vec();
+    crate::protocol::json::write_str(&mut head, channel);
+    head.push(b',');
+    if !payload.starts_with(&head) || payload.last() != Some(&b'}') || payload.len() <= head.len() {
+        return Err(BadEntry::Layout);
+    }
+    let end = payload.len() - 1;
+    let out =
+        crate::protocol::message::add_position(plain, offset, epoch).ok_or(BadEntry::Layout)?;
+    let body = HEADER_LEN + head.len()..HEADER_LEN + end;
+    Ok((Bytes::from(out), body))
 }
 
 /// Checks that `frame` is one frame this server would have made for the

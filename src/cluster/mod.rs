@@ -19,6 +19,7 @@
 //! and delivered locally only.
 
 pub mod entry;
+pub mod history;
 mod reader;
 mod seqs;
 mod writer;
@@ -53,6 +54,22 @@ pub trait Host: Send + Sync + 'static {
     /// The writer's backlog fell back under [`PAUSE_PUBLISHERS_BYTES`]:
     /// publishers paused for it may resume.
     fn backlog_cleared(&self);
+    /// Redis placed a history publication of this node at `place`
+    /// (offset, epoch; `None` when it had been placed before and its reply
+    /// lost): send its publisher `reply` (called on the writer thread).
+    fn placed(&self, reply: history::Reply, place: Option<(u64, &str)>) {
+        let _ = (reply, place);
+    }
+    /// The history held in Redis, read when the reader starts, before any
+    /// entry (only with [`Cluster::with_history`]).
+    fn history_loaded(&self, loaded: history::Loaded) {
+        let _ = loaded;
+    }
+    /// The store's epoch as read on a new connection to Redis: a new one
+    /// means Redis lost the history (only with [`Cluster::with_history`]).
+    fn history_epoch(&self, epoch: &str) {
+        let _ = epoch;
+    }
 }
 
 /// The stream every node writes to and reads from.
@@ -110,6 +127,9 @@ pub const FAULT_READER_PANICS_ENV: &str = "RINGCAST_TEST_FAULT_READER_PANICS";
 struct Outbound {
     frame: Bytes,
     channel: Option<Arc<str>>,
+    /// A history channel's publication: placed by the history script,
+    /// and answered with this reply.
+    history: Option<history::Reply>,
 }
 
 /// What the writer has not yet written, with its sequence number.
@@ -157,6 +177,10 @@ pub struct Cluster {
     /// Node ids whose heartbeats were alive at the last read (the reader
     /// forgets the sequence numbers of the others).
     alive: Mutex<Arc<HashSet<String>>>,
+    /// Channel history, held in Redis ([`history`]); `None`: none.
+    history: Option<history::HistoryTarget>,
+    /// The reader has loaded the history (or there is none to load).
+    history_ready: AtomicBool,
     /// What is left of the test-only fault hook ([`FAULT_READER_PANICS_ENV`]).
     fault_reader_panics: AtomicU64,
     writer_sleeping: AtomicBool,
@@ -228,6 +252,8 @@ impl Cluster {
             reader_alive: AtomicBool::new(true),
             max_frame_bytes,
             alive: Mutex::new(Arc::new(HashSet::new())),
+            history: None,
+            history_ready: AtomicBool::new(false),
             fault_reader_panics: AtomicU64::new(
                 std::env::var(FAULT_READER_PANICS_ENV)
                     .ok()
@@ -255,6 +281,65 @@ impl Cluster {
     /// the other nodes. False when the buffer bound would be passed: the
     /// message is then delivered on this node only.
     pub fn try_send(&self, frame: &Bytes, channel: Option<&Arc<str>>) -> bool {
+        self.queue(frame, channel, None)
+    }
+
+    /// Whether `n` more bytes fit in the buffer now.
+    pub fn has_room(&self, n: usize) -> bool {
+        self.buffered.load(Ordering::Relaxed) + n <= self.limit
+    }
+
+    /// Queues a local client's publication to a history channel (`frame`
+    /// without offset): Redis places it, and every node, this one too,
+    /// delivers it when it reads it back. False as [`Cluster::try_send`]
+    /// (it is then delivered nowhere: an offset only Redis can give).
+    pub fn try_send_history(
+        &self,
+        frame: &Bytes,
+        channel: &Arc<str>,
+        reply: history::Reply,
+    ) -> bool {
+        self.queue(frame, Some(channel), Some(reply))
+    }
+
+    /// Keeps channel history in Redis (see [`history`]).
+    pub fn with_history(mut self, target: history::HistoryTarget) -> Cluster {
+        self.history = Some(target);
+        self
+    }
+
+    /// The largest frame payload this node takes from the stream.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// Whether history is kept in Redis.
+    pub fn keeps_history(&self) -> bool {
+        self.history.is_some()
+    }
+
+    /// Waits up to `timeout` for the reader's first read of the history,
+    /// so that the first clients are answered from it (false: Redis did
+    /// not answer in time; positions are then this node's own until it
+    /// does, and a client told one of them may be told later it lost
+    /// messages, never given a silent gap).
+    pub fn wait_history_loaded(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while !self.history_ready.load(Ordering::Acquire) {
+            if Instant::now() >= until || self.stopping() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    fn queue(
+        &self,
+        frame: &Bytes,
+        channel: Option<&Arc<str>>,
+        history: Option<history::Reply>,
+    ) -> bool {
         let n = frame.len();
         if self.buffered.fetch_add(n, Ordering::AcqRel) + n > self.limit {
             self.buffered.fetch_sub(n, Ordering::AcqRel);
@@ -264,6 +349,7 @@ impl Cluster {
         self.outbox.push(Outbound {
             frame: frame.clone(),
             channel: channel.cloned(),
+            history,
         });
         true
     }

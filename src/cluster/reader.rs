@@ -1,8 +1,8 @@
 //! The reader thread: XREAD from the last id; other nodes' entries, each
 //! decoded and checked, to the host.
 
-use super::entry;
 use super::seqs::SeqMap;
+use super::{entry, history};
 use super::{
     lock, Cluster, Host, BAD_ENTRY_LOG_EVERY, BATCH_ENTRIES, FAULT_READER_PANICS_ENV, HEARTBEAT,
     HEARTBEAT_TTL, IO_TIMEOUT, READ_BLOCK_MS, STREAM_KEY,
@@ -26,6 +26,8 @@ pub(super) struct Reader {
     scratch: Vec<u8>,
     next_prune: Instant,
     bad_log: BadEntryLog,
+    /// The history epoch was read on this connection.
+    epoch_checked: bool,
 }
 
 impl Reader {
@@ -38,6 +40,7 @@ impl Reader {
             scratch: Vec::new(),
             next_prune: Instant::now() + HEARTBEAT_TTL,
             bad_log: BadEntryLog::default(),
+            epoch_checked: false,
         }
     }
 
@@ -46,16 +49,47 @@ impl Reader {
         while !c.stopping() {
             let Some(conn) = self.con.as_mut() else {
                 self.con = c.connect(read_timeout, "reader");
+                self.epoch_checked = false;
                 continue;
             };
             if self.last_id.is_none() {
-                match stream_end(conn) {
-                    Ok(id) => self.last_id = Some(id),
-                    Err(_) => {
+                // The end first, then the history: what is placed between
+                // the two is in both, and the mirror keeps it once.
+                let r = stream_end(conn).and_then(|id| {
+                    if let Some(h) = c.history {
+                        let loaded = history::load(conn, &history::epoch_candidate(), h.size)?;
+                        host.history_loaded(loaded);
+                    }
+                    Ok(id)
+                });
+                match r {
+                    Ok(id) => {
+                        self.last_id = Some(id);
+                        self.epoch_checked = true;
+                        c.history_ready.store(true, Ordering::Release);
+                    }
+                    Err(e) => {
+                        tracing::warn!(node_id = %c.node_id, error = %e,
+                            "cannot read the backplane's start (stream end, history)");
                         self.con = None;
                         continue;
                     }
                 }
+            }
+            if !self.epoch_checked {
+                // A new connection: Redis may have lost its data meanwhile
+                // (a new epoch), which the mirror must know before it
+                // answers another subscribe.
+                if c.history.is_some() {
+                    match history::epoch(conn, &history::epoch_candidate()) {
+                        Ok(e) => host.history_epoch(&e),
+                        Err(_) => {
+                            self.con = None;
+                            continue;
+                        }
+                    }
+                }
+                self.epoch_checked = true;
             }
             let now = Instant::now();
             if now >= self.next_prune {
@@ -122,7 +156,7 @@ impl Reader {
                 return;
             }
         };
-        if e.node == c.node_id {
+        if e.node == c.node_id && e.placed.is_none() {
             return; // our own: delivered locally already
         }
         if !self.seqs.accept(&e.node, e.seq, now) {

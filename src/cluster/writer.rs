@@ -3,7 +3,7 @@
 //! and the others' read into the remote interest and client counts.
 
 use super::{
-    lock, Cluster, Host, Pending, BATCH_ENTRIES, HEARTBEAT, HEARTBEAT_TTL, IO_TIMEOUT,
+    history, lock, Cluster, Host, Pending, BATCH_ENTRIES, HEARTBEAT, HEARTBEAT_TTL, IO_TIMEOUT,
     NODE_KEY_PREFIX, PAUSE_PUBLISHERS_BYTES, STREAM_KEY, STREAM_MAXLEN,
 };
 use crate::protocol::interest::INTEREST_SLOTS;
@@ -22,6 +22,11 @@ pub(super) struct Writer {
     next_beat: Instant,
     pipe: redis::Pipeline,
     slots: Vec<(usize, u64)>,
+    /// The history script's SHA1, for EVALSHA.
+    script_sha: String,
+    /// The epoch this node proposes if Redis has none (see
+    /// [`history`]).
+    epoch_candidate: String,
 }
 
 impl Writer {
@@ -35,6 +40,10 @@ impl Writer {
             next_beat: Instant::now(),
             pipe: redis::Pipeline::new(),
             slots: Vec::new(),
+            script_sha: redis::Script::new(history::PUBLISH_SCRIPT)
+                .get_hash()
+                .to_owned(),
+            epoch_candidate: history::epoch_candidate(),
         }
     }
 
@@ -49,6 +58,23 @@ impl Writer {
             let Some(conn) = self.con.as_mut() else {
                 c.up.store(false, Ordering::Relaxed);
                 self.con = c.connect(IO_TIMEOUT, "writer");
+                // A Redis that restarted empty gets a new epoch, never the
+                // one this node proposed before.
+                self.epoch_candidate = history::epoch_candidate();
+                if let (Some(con), Some(_)) = (self.con.as_mut(), c.history) {
+                    // Loaded on every connection: a restarted Redis has
+                    // forgotten it (EVALSHA would fail with NOSCRIPT).
+                    if let Err(e) = redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(history::PUBLISH_SCRIPT)
+                        .query::<String>(con)
+                    {
+                        tracing::warn!(node_id = %c.node_id, error = %e,
+                            "cannot load the history script into Redis");
+                        self.con = None;
+                        continue;
+                    }
+                }
                 if self.con.is_some() {
                     c.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
@@ -90,6 +116,26 @@ impl Writer {
         let n = self.pending.len().min(BATCH_ENTRIES);
         self.pipe.clear();
         for p in self.pending.iter().take(n) {
+            if let (Some(_), Some(h), Some(ch)) = (&p.out.history, c.history, &p.out.channel) {
+                self.pipe
+                    .cmd("EVALSHA")
+                    .arg(&self.script_sha)
+                    .arg(5)
+                    .arg(history::EPOCH_KEY)
+                    .arg(history::TOPS_KEY)
+                    .arg(history::PLACED_KEY)
+                    .arg(format!("{}{ch}", history::CHANNEL_STREAM_PREFIX))
+                    .arg(STREAM_KEY)
+                    .arg(&self.epoch_candidate)
+                    .arg(h.size)
+                    .arg(h.ttl_ms)
+                    .arg(&c.node_id)
+                    .arg(p.seq)
+                    .arg(ch.as_ref())
+                    .arg(p.out.frame.as_ref())
+                    .arg(STREAM_MAXLEN);
+                continue;
+            }
             let cmd = self
                 .pipe
                 .cmd("XADD")
@@ -109,10 +155,27 @@ impl Writer {
             }
             cmd.ignore();
         }
-        if self.pipe.query::<()>(conn).is_err() {
-            return false;
+        // Only the history scripts' answers come back (the rest are
+        // ignored), in order.
+        let placed: Vec<redis::Value> = match self.pipe.query(conn) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "backplane write failed");
+                return false;
+            }
+        };
+        let mut placed = placed.into_iter();
+        let mut bytes = 0;
+        for p in self.pending.drain(..n) {
+            bytes += p.out.frame.len();
+            if let Some(reply) = p.out.history {
+                let place = placed
+                    .next()
+                    .and_then(|v| redis::from_redis_value::<(u64, String)>(v).ok())
+                    .filter(|(o, _)| *o > 0);
+                host.placed(reply, place.as_ref().map(|(o, e)| (*o, e.as_str())));
+            }
         }
-        let bytes: usize = self.pending.drain(..n).map(|p| p.out.frame.len()).sum();
         let was = c.buffered.fetch_sub(bytes, Ordering::AcqRel);
         if was > PAUSE_PUBLISHERS_BYTES && was - bytes <= PAUSE_PUBLISHERS_BYTES {
             host.backlog_cleared();

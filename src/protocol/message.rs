@@ -492,6 +492,31 @@ pub fn write_channel_message(
     body
 }
 
+/// `frame` (a whole frame: header, then a JSON object) with `"offset"`
+/// and `"epoch"` added last, as [`write_channel_message`] and
+/// [`write_published`] write them on a history channel: for a frame
+/// written before its offset was known (a cluster's history channels get
+/// theirs from Redis). `epoch` must need no escaping. None if `frame` is
+/// not a header and an object.
+pub fn add_position(frame: &[u8], offset: u64, epoch: &str) -> Option<Vec<u8>> {
+    let payload = frame.get(super::HEADER_LEN..)?;
+    if payload.len() < 2 || payload.last() != Some(&b'}') {
+        return None;
+    }
+    let end = payload.len() - 1;
+    let mut out = Vec::with_capacity(frame.len() + 48);
+    out.extend_from_slice(&[0; super::HEADER_LEN]);
+    out.extend_from_slice(&payload[..end]);
+    out.extend_from_slice(b",\"offset\":");
+    super::json::write_u64(&mut out, offset);
+    out.extend_from_slice(b",\"epoch\":\"");
+    out.extend_from_slice(epoch.as_bytes());
+    out.extend_from_slice(b"\"}");
+    let len = (out.len() - super::HEADER_LEN) as u32;
+    out[..super::HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
 /// One entry of a `history` answer's `publications`, from the span
 /// [`write_channel_message`] returned: `{"offset":N,` then the span, `}`.
 pub fn write_history_entry(out: &mut Vec<u8>, offset: u64, body: &[u8]) {

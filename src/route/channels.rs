@@ -28,23 +28,47 @@ pub use crate::session::SubscribeError;
 /// reported, still in a mailbox) is not delivered to that session.
 #[derive(Debug, Default)]
 pub struct ChannelIndex {
-    channels: HashMap<Arc<str>, HashMap<usize, u64>>,
+    channels: HashMap<Arc<str>, HashMap<usize, Mark>>,
     by_session: HashMap<usize, HashSet<Arc<str>>>,
     subscriptions: usize,
+}
+
+/// Where a subscription to a history channel begins, or where a history
+/// delivery stands: the store's sequence, and the store epoch's generation
+/// with an offset in it. A delivery reaches a subscription only if it came
+/// after the subscription's `seq` and, within the same generation, after
+/// its `floor` offset: a recovery from an offset this node's mirror has
+/// not read yet (the client saw it on a faster node) skips what it has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// The history store's sequence.
+    pub seq: u64,
+    /// The generation of the store's epoch (a mirror's changes when Redis
+    /// loses its data).
+    pub gen: u64,
+    /// An offset: of a subscription, the last it has; of a delivery, its own.
+    pub floor: u64,
+}
+
+impl Mark {
+    /// Whether delivery `d` comes after subscription mark `self`.
+    fn admits(&self, d: &Mark) -> bool {
+        d.seq > self.seq && (d.gen != self.gen || d.floor > self.floor)
+    }
 }
 
 impl ChannelIndex {
     /// Subscribes `session` to `channel` (again is a no-op), publishing the
     /// interest in `interest`; on a history channel, deliveries up to
-    /// `mark` (a history sequence) are skipped for it. Returns the channels the session
-    /// now holds.
+    /// `mark` are skipped for it. Returns the channels the session now
+    /// holds.
     pub fn subscribe(
         &mut self,
         interest: &Interest,
         session: usize,
         channel: &str,
         max: usize,
-        mark: u64,
+        mark: Mark,
     ) -> Result<usize, SubscribeError> {
         let mine = self.by_session.entry(session).or_default();
         if mine.contains(channel) {
@@ -117,14 +141,13 @@ impl ChannelIndex {
     pub fn subscribers_of(
         &self,
         channel: &str,
-        history_seq: Option<u64>,
+        at: Option<Mark>,
     ) -> impl Iterator<Item = usize> + '_ {
-        let after = history_seq.unwrap_or(u64::MAX);
         self.channels
             .get(channel)
             .into_iter()
             .flatten()
-            .filter(move |(_, mark)| **mark < after)
+            .filter(move |(_, mark)| at.is_none_or(|d| mark.admits(&d)))
             .map(|(k, _)| *k)
     }
 
@@ -170,16 +193,16 @@ mod tests {
         let interest = Interest::default();
         let mut ix = ChannelIndex::default();
         let (a, b) = (slot_of("a"), slot_of("b"));
-        assert_eq!(ix.subscribe(&interest, 1, "a", 2, 0), Ok(1));
+        assert_eq!(ix.subscribe(&interest, 1, "a", 2, Mark::default()), Ok(1));
         assert_eq!(
-            ix.subscribe(&interest, 1, "a", 2, 0),
+            ix.subscribe(&interest, 1, "a", 2, Mark::default()),
             Ok(1),
             "again is a no-op"
         );
-        assert_eq!(ix.subscribe(&interest, 2, "a", 2, 0), Ok(1));
-        assert_eq!(ix.subscribe(&interest, 1, "b", 2, 0), Ok(2));
+        assert_eq!(ix.subscribe(&interest, 2, "a", 2, Mark::default()), Ok(1));
+        assert_eq!(ix.subscribe(&interest, 1, "b", 2, Mark::default()), Ok(2));
         assert_eq!(
-            ix.subscribe(&interest, 1, "c", 2, 0),
+            ix.subscribe(&interest, 1, "c", 2, Mark::default()),
             Err(SubscribeError::TooMany)
         );
         assert_eq!(interest.count(a), 2);
@@ -208,20 +231,26 @@ mod tests {
     fn a_history_delivery_skips_subscriptions_that_began_at_or_after_it() {
         let interest = Interest::default();
         let mut ix = ChannelIndex::default();
-        ix.subscribe(&interest, 1, "h", 10, 0).unwrap();
-        ix.subscribe(&interest, 2, "h", 10, 5).unwrap();
-        let of = |offset| {
-            let mut v: Vec<usize> = ix.subscribers_of("h", offset).collect();
+        let at = |seq, gen, floor| Mark { seq, gen, floor };
+        ix.subscribe(&interest, 1, "h", 10, Mark::default())
+            .unwrap();
+        ix.subscribe(&interest, 2, "h", 10, at(5, 0, 0)).unwrap();
+        // 3 recovered from offset 20, which this node has not read yet.
+        ix.subscribe(&interest, 3, "h", 10, at(5, 0, 20)).unwrap();
+        let of = |d: Option<Mark>| {
+            let mut v: Vec<usize> = ix.subscribers_of("h", d).collect();
             v.sort_unstable();
             v
         };
         assert_eq!(
-            of(Some(5)),
+            of(Some(at(5, 0, 5))),
             [1],
             "5 was replayed to 2, or before its position"
         );
-        assert_eq!(of(Some(6)), [1, 2]);
-        assert_eq!(of(None), [1, 2]);
-        assert!(ix.is_subscribed(2, "h") && !ix.is_subscribed(3, "h"));
+        assert_eq!(of(Some(at(6, 0, 20))), [1, 2], "3 has offset 20");
+        assert_eq!(of(Some(at(7, 0, 21))), [1, 2, 3]);
+        assert_eq!(of(Some(at(7, 1, 1))), [1, 2, 3], "a new epoch: floors end");
+        assert_eq!(of(None), [1, 2, 3]);
+        assert!(ix.is_subscribed(2, "h") && !ix.is_subscribed(4, "h"));
     }
 }

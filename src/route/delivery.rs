@@ -33,6 +33,25 @@ pub struct Delivery {
     /// offset after a new epoch): a subscriber whose subscription began at
     /// or after it (it was in its replay, or before its position) skips it.
     pub history_seq: Option<u64>,
+    /// On a history channel, the store epoch's generation and the
+    /// publication's offset (see [`super::channels::Mark`]).
+    pub history_at: (u64, u64),
+    /// A frame for one session only (a reply that waited for Redis, see
+    /// [`super::Router::placed`]), not a broadcast.
+    pub to: Option<Target>,
+}
+
+/// The one session a targeted delivery is for: its key on its shard, and
+/// its `client_id`, so a key reused by a newer connection is not mistaken
+/// for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The shard the session is on.
+    pub shard: usize,
+    /// Its key there.
+    pub conn: usize,
+    /// Its `client_id`.
+    pub client_id: Arc<str>,
 }
 
 /// Broadcasts up to this size (plain, not compressed) are gathered, per
@@ -50,13 +69,26 @@ impl Delivery {
             packed: Default::default(),
             frames: 1,
             history_seq: None,
+            history_at: (0, 0),
+            to: None,
         }
+    }
+
+    /// Where a history publication stands, for
+    /// [`super::ChannelIndex::subscribers_of`]; `None` for any other.
+    pub fn history_mark(&self) -> Option<super::channels::Mark> {
+        self.history_seq.map(|seq| super::channels::Mark {
+            seq,
+            gen: self.history_at.0,
+            floor: self.history_at.1,
+        })
     }
 
     /// Whether [`Delivery::gather`] may take this one: a small broadcast
     /// with no compressed frame (those go one by one, as they are shared).
     pub fn gatherable(&self) -> bool {
         self.channel.is_none()
+            && self.to.is_none()
             && self.frame.len() <= GATHER_MAX
             && self.packed.iter().all(Option::is_none)
     }
@@ -80,6 +112,8 @@ impl Delivery {
             packed: Default::default(),
             frames: parts.iter().map(|d| d.frames).sum(),
             history_seq: None,
+            history_at: (0, 0),
+            to: None,
         }
     }
 

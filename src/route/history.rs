@@ -92,6 +92,25 @@ impl Log {
     }
 }
 
+/// What became of a `recover` ([`Store::position`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Not asked, or refused: the client is told it lost messages.
+    No,
+    /// Granted: the publications after it were replayed.
+    Replayed,
+    /// Granted from an offset this mirror has not read yet: nothing to
+    /// replay, and the subscription skips up to the mark's floor.
+    Ahead(crate::route::channels::Mark),
+}
+
+impl Recovery {
+    /// Whether the recovery was granted.
+    pub fn granted(&self) -> bool {
+        !matches!(self, Recovery::No)
+    }
+}
+
 /// A history channel's position: its latest offset and its epoch.
 pub type Position = crate::session::Position;
 
@@ -112,6 +131,13 @@ pub struct Store {
     seq: u64,
     logs_made: u64,
     figures: HistoryFigures,
+    /// A mirror of the history Redis holds for a cluster (see
+    /// `cluster::history`): offsets and the epoch come from Redis, one
+    /// epoch for the whole store, and a log emptied by eviction keeps its
+    /// offset (Redis keeps counting where it stopped).
+    mirror: Option<Arc<str>>,
+    /// Changes with the mirror's epoch (see `channels::Mark`).
+    gen: u64,
 }
 
 impl Store {
@@ -131,6 +157,117 @@ impl Store {
             seq: 0,
             logs_made: 0,
             figures: HistoryFigures::default(),
+            mirror: None,
+            gen: 0,
+        }
+    }
+
+    /// An empty mirror of a cluster's history (see the `mirror` field),
+    /// under a provisional epoch of its own until Redis tells it the
+    /// store's ([`Store::set_epoch`]).
+    pub fn mirror(settings: HistorySettings) -> Store {
+        let mut s = Store::new(settings);
+        s.mirror = Some(Arc::from(format!("{}-local", s.epoch_base)));
+        s
+    }
+
+    /// Whether this store mirrors a cluster's history.
+    pub fn is_mirror(&self) -> bool {
+        self.mirror.is_some()
+    }
+
+    /// The mirror's store epoch is `epoch` from now on: if it changed,
+    /// Redis lost what it held, and so does the mirror (every client
+    /// holding the old epoch is told it lost messages). True if it changed.
+    pub fn set_epoch(&mut self, epoch: &str) -> bool {
+        if self.mirror.as_deref().is_none_or(|e| e == epoch) {
+            return false;
+        }
+        self.mirror = Some(Arc::from(epoch));
+        self.gen += 1;
+        self.logs.clear();
+        self.by_age.clear();
+        self.idle.clear();
+        self.figures.publications = 0;
+        self.figures.bytes = 0;
+        true
+    }
+
+    /// Keeps a publication Redis placed at `offset` of `channel` under
+    /// `epoch` (a mirror only). `frame` is the delivered frame, `body`
+    /// the span of its own fields. None for one already kept (read twice);
+    /// a publication past the next offset (entries this node missed) drops
+    /// what the log kept, so no recovery spans the hole.
+    pub fn insert(
+        &mut self,
+        channel: &str,
+        now_ms: u64,
+        offset: u64,
+        epoch: &str,
+        frame: Bytes,
+        body: Range<usize>,
+    ) -> Option<Delivery> {
+        debug_assert!(self.is_mirror());
+        self.expire(now_ms);
+        self.set_epoch(epoch);
+        let log = self.log(channel, now_ms, false);
+        if offset <= log.top {
+            return None;
+        }
+        let gap = offset > log.top + 1;
+        let name = self
+            .logs
+            .get_key_value(channel)
+            .expect("made above")
+            .0
+            .clone();
+        if gap {
+            while !self.logs[&name].kept.is_empty() {
+                self.evict_oldest_of(&name);
+            }
+        }
+        let log = self.logs.get_mut(channel).expect("made above");
+        log.top = offset;
+        log.last_ms = now_ms;
+        self.seq += 1;
+        if log.kept.is_empty() {
+            self.by_age.insert(self.seq, name.clone());
+        }
+        log.kept.push_back(Kept {
+            seq: self.seq,
+            at_ms: now_ms,
+            frame: frame.clone(),
+            body: body.start as u32..body.end as u32,
+        });
+        self.figures.publications += 1;
+        self.figures.bytes += (frame.len() + KEPT_OVERHEAD) as u64;
+        self.trim(&name);
+        let mut d = Delivery::new(frame, Some(name));
+        d.history_seq = Some(self.seq);
+        d.history_at = (self.gen, offset);
+        Some(d)
+    }
+
+    /// Sets `channel`'s latest offset as read from Redis at start, before
+    /// its kept publications are [`Store::insert`]ed (a mirror only).
+    pub fn set_top(&mut self, channel: &str, now_ms: u64, top: u64) {
+        let log = self.log(channel, now_ms, false);
+        if log.kept.is_empty() {
+            log.top = log.top.max(top);
+        }
+    }
+
+    /// Evicts past the per-channel count and the byte budget.
+    fn trim(&mut self, name: &Arc<str>) {
+        while self.logs[name].kept.len() > self.settings.size {
+            self.evict_oldest_of(name);
+        }
+        while self.figures.bytes > self.settings.max_bytes as u64 {
+            let Some((_, oldest)) = self.by_age.first_key_value() else {
+                break;
+            };
+            let oldest = oldest.clone();
+            self.evict_oldest_of(&oldest);
         }
     }
 
@@ -193,18 +330,10 @@ impl Store {
         });
         self.figures.publications += 1;
         self.figures.bytes += (frame.len() + KEPT_OVERHEAD) as u64;
-        while self.logs[&name].kept.len() > self.settings.size {
-            self.evict_oldest_of(&name);
-        }
-        while self.figures.bytes > self.settings.max_bytes as u64 {
-            let Some((_, oldest)) = self.by_age.first_key_value() else {
-                break;
-            };
-            let oldest = oldest.clone();
-            self.evict_oldest_of(&oldest);
-        }
+        self.trim(&name);
         let mut d = Delivery::new(frame, Some(name));
         d.history_seq = Some(self.seq);
+        d.history_at = (self.gen, offset);
         (d, Position { offset, epoch })
     }
 
@@ -212,35 +341,50 @@ impl Store {
     /// `recover` is given and every publication after its offset is still
     /// kept under its epoch, and there are at most `recover_limit` of
     /// them, their frames are appended to `replay` in offset order and the
-    /// second value is true.
+    /// recovery is granted. A mirror also grants one from an offset past
+    /// what it has read (the client saw it on a faster node): nothing is
+    /// replayed, and the subscription must skip up to that offset.
     pub fn position(
         &mut self,
         channel: &str,
         now_ms: u64,
         recover: Option<(u64, &str)>,
         replay: &mut Vec<u8>,
-    ) -> (Position, bool) {
+    ) -> (Position, Recovery) {
         self.expire(now_ms);
         let recover_limit = self.settings.recover_limit;
+        let mirror = self.mirror.is_some();
+        let gen = self.gen;
         let log = self.log(channel, now_ms, true);
         let position = Position {
             offset: log.top,
             epoch: log.epoch.clone(),
         };
         let Some((after, epoch)) = recover else {
-            return (position, false);
+            return (position, Recovery::No);
         };
-        let ok = epoch == &*log.epoch
-            && after <= log.top
-            && after + 1 >= log.first()
-            && log.top - after <= recover_limit;
-        if ok {
-            let skip = (after + 1 - log.first()) as usize;
-            for k in log.kept.iter().skip(skip) {
-                replay.extend_from_slice(&k.frame);
-            }
+        if epoch != &*log.epoch {
+            return (position, Recovery::No);
         }
-        (position, ok)
+        if mirror && after > log.top && after - log.top <= recover_limit {
+            return (
+                position,
+                Recovery::Ahead(crate::route::channels::Mark {
+                    seq: 0,
+                    gen,
+                    floor: after,
+                }),
+            );
+        }
+        let ok = after <= log.top && after + 1 >= log.first() && log.top - after <= recover_limit;
+        if !ok {
+            return (position, Recovery::No);
+        }
+        let skip = (after + 1 - log.first()) as usize;
+        for k in log.kept.iter().skip(skip) {
+            replay.extend_from_slice(&k.frame);
+        }
+        (position, Recovery::Replayed)
     }
 
     /// The kept publications of `channel` after `since`, at most `limit`,
@@ -278,7 +422,10 @@ impl Store {
         if !self.logs.contains_key(channel) {
             self.logs_made += 1;
             let name: Arc<str> = Arc::from(channel);
-            let epoch = Arc::from(format!("{}{}", self.epoch_base, self.logs_made));
+            let epoch = match &self.mirror {
+                Some(e) => e.clone(),
+                None => Arc::from(format!("{}{}", self.epoch_base, self.logs_made)),
+            };
             self.logs.insert(
                 name.clone(),
                 Log {
@@ -288,7 +435,8 @@ impl Store {
                     last_ms: now_ms,
                 },
             );
-            if idle {
+            // A mirror's logs stay: Redis keeps every channel's offset.
+            if idle && self.mirror.is_none() {
                 self.idle.push_back((now_ms, name));
             }
         }
@@ -334,9 +482,10 @@ impl Store {
             Some(next) => {
                 self.by_age.insert(next.seq, name.clone());
             }
-            None => {
+            None if self.mirror.is_none() => {
                 self.logs.remove(name);
             }
+            None => {}
         }
     }
 }
@@ -369,8 +518,8 @@ mod tests {
 
     fn replayed(s: &mut Store, ch: &str, now: u64, after: u64, epoch: &str) -> Option<Vec<u8>> {
         let mut out = Vec::new();
-        let (_, ok) = s.position(ch, now, Some((after, epoch)), &mut out);
-        ok.then_some(out)
+        let (_, r) = s.position(ch, now, Some((after, epoch)), &mut out);
+        (r == Recovery::Replayed).then_some(out)
     }
 
     fn frames(texts: &[&str]) -> Vec<u8> {
@@ -461,5 +610,76 @@ mod tests {
         s.read("quiet", 0, 0, 10, &mut Vec::new());
         assert_eq!(s.figures(999).channels, 2);
         assert_eq!(s.figures(1000).channels, 1);
+    }
+
+    /// A mirror keeping `text` at `offset` under `epoch`: whether it was new.
+    fn put(s: &mut Store, ch: &str, now: u64, offset: u64, epoch: &str, text: &str) -> bool {
+        let mut f = Vec::new();
+        encode_frame(&mut f, text.as_bytes());
+        s.insert(ch, now, offset, epoch, Bytes::from(f), 4..4 + text.len())
+            .is_some()
+    }
+
+    fn mirror(size: usize) -> Store {
+        let mut s = Store::mirror(HistorySettings {
+            size,
+            ttl_ms: 1000,
+            max_bytes: 1 << 20,
+            recover_limit: 1000,
+        });
+        s.set_epoch("R1");
+        s
+    }
+
+    #[test]
+    fn a_mirror_keeps_redis_offsets_once_and_never_replays_across_a_hole() {
+        let mut s = mirror(10);
+        // A channel nobody published to: offset 0 under the store's epoch.
+        let p = s.position("a", 0, None, &mut Vec::new()).0;
+        assert_eq!((p.offset, &*p.epoch), (0, "R1"));
+        assert!(put(&mut s, "a", 0, 1, "R1", "1"));
+        assert!(put(&mut s, "a", 0, 2, "R1", "2"));
+        assert!(!put(&mut s, "a", 0, 2, "R1", "2"), "read twice: kept once");
+        assert_eq!(replayed(&mut s, "a", 0, 0, "R1"), Some(frames(&["1", "2"])));
+        // A client that saw 4 on a faster node: granted, nothing to replay,
+        // and its subscription skips up to 4 when this node reads them.
+        let (_, r) = s.position("a", 0, Some((4, "R1")), &mut Vec::new());
+        assert_eq!(
+            r,
+            Recovery::Ahead(crate::route::channels::Mark {
+                seq: 0,
+                gen: 1,
+                floor: 4
+            })
+        );
+        let (_, r) = s.position("a", 0, Some((4, "R0")), &mut Vec::new());
+        assert_eq!(r, Recovery::No, "another epoch");
+        // This node missed 3 and 4: nothing before 5 can be replayed.
+        assert!(put(&mut s, "a", 0, 5, "R1", "5"));
+        assert_eq!(replayed(&mut s, "a", 0, 1, "R1"), None);
+        assert_eq!(replayed(&mut s, "a", 0, 4, "R1"), Some(frames(&["5"])));
+    }
+
+    #[test]
+    fn a_mirror_keeps_a_quiet_channels_offset_and_forgets_all_on_a_new_epoch() {
+        let mut s = mirror(10);
+        put(&mut s, "a", 0, 1, "R1", "1");
+        put(&mut s, "a", 0, 2, "R1", "2");
+        // Past the TTL the publications go, but the offset stays (Redis
+        // keeps counting): no new epoch, so a quiet subscriber loses nothing.
+        let p = s.position("a", 5000, None, &mut Vec::new()).0;
+        assert_eq!((p.offset, &*p.epoch), (2, "R1"));
+        assert_eq!(replayed(&mut s, "a", 5000, 2, "R1"), Some(Vec::new()));
+        assert_eq!(replayed(&mut s, "a", 5000, 1, "R1"), None, "3 is gone");
+        // Redis lost its data: a new epoch, offsets from 1 again.
+        assert!(put(&mut s, "a", 5000, 1, "R2", "new"));
+        assert_eq!(replayed(&mut s, "a", 5000, 2, "R1"), None);
+        assert_eq!(replayed(&mut s, "a", 5000, 0, "R2"), Some(frames(&["new"])));
+        assert!(!s.set_epoch("R2"), "the same epoch again changes nothing");
+        // Loaded at start: a top with nothing kept.
+        s.set_top("b", 5000, 7);
+        assert_eq!(s.position("b", 5000, None, &mut Vec::new()).0.offset, 7);
+        assert!(put(&mut s, "b", 5000, 8, "R2", "8"));
+        assert_eq!(replayed(&mut s, "b", 5000, 7, "R2"), Some(frames(&["8"])));
     }
 }

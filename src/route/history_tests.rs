@@ -4,7 +4,7 @@
 
 use super::channel_tests::{ask, sessions, take};
 use super::session_tests::code;
-use crate::route::testing::{shards, shared, ServerConfig, Shared, TestEnv};
+use crate::route::testing::{cluster_node, shards, shared, ServerConfig, Shared, TestEnv};
 use crate::session::*;
 use serde_json::{json, Value};
 
@@ -31,11 +31,15 @@ fn fan_out(sh: &Shared, shard: usize, env: &mut TestEnv<'_>, sessions: &mut [Ses
     let mut got = Vec::new();
     sh.mailboxes[shard].drain(|d| got.push(d));
     for d in got {
+        if let Some(t) = &d.to {
+            assert!(sessions[t.conn].push_broadcast(env, &d.frame, &d.packed));
+            continue;
+        }
         let ch = d.channel.as_deref().expect("a channel message");
         let keys: Vec<usize> = env
             .host
             .channels
-            .subscribers_of(ch, d.history_seq)
+            .subscribers_of(ch, d.history_mark())
             .collect();
         for k in keys {
             assert!(sessions[k].push_broadcast(env, &d.frame, &d.packed));
@@ -267,4 +271,92 @@ fn a_live_subscriber_keeps_receiving_after_the_channel_restarts_under_a_new_epoc
         (offsets(&got), got[0]["content"].clone()),
         (vec![1], json!(4))
     );
+}
+
+/// What the backplane reader of a cluster node does with a history
+/// publication it reads back, placed by Redis at `offset` of epoch `R`.
+fn read_back(sh: &Shared, channel: &str, offset: u64, content: u64) {
+    let mut plain = Vec::new();
+    crate::protocol::message::write_response(&mut plain, "channel_message", None, |o| {
+        o.str("channel", channel);
+        o.u64("content", content);
+        o.str("from", "elsewhere");
+        o.str("timestamp", "t");
+    });
+    let (frame, body) = crate::cluster::entry::place(&plain, channel, offset, "R").unwrap();
+    sh.router.deliver_history(channel, offset, "R", frame, body);
+}
+
+#[test]
+fn in_a_cluster_redis_places_publications_and_recovery_races_them_exactly_once() {
+    let mut cfg = ServerConfig::default();
+    cfg.history.size = 100;
+    let sh = cluster_node(cfg, 2);
+    use crate::cluster::Host as _;
+    sh.router.history_epoch("R");
+    let mut env0 = sh.env(0);
+    let mut env1 = sh.env(1);
+    let mut p = sessions(&mut env0, 1);
+    let mut b = sessions(&mut env1, 2);
+    let r = ask(
+        &mut env1,
+        &mut b[0],
+        &json!({"type": "subscribe", "channel": "prices"}),
+    );
+    assert_eq!(
+        (r[0]["offset"].clone(), r[0]["epoch"].clone()),
+        (json!(0), json!("R"))
+    );
+    // A publish here is not delivered here: it waits for Redis, and so
+    // does its `published`.
+    let r = ask(
+        &mut env0,
+        &mut p[0],
+        &json!({"type": "publish", "channel": "prices", "content": 1, "id": 9}),
+    );
+    assert!(r.is_empty(), "published waits for its offset: {r:?}");
+    let mut queued = 0;
+    sh.mailboxes[1].drain(|_| queued += 1);
+    assert_eq!(queued, 0, "nothing delivered before Redis placed it");
+    // Redis answered the writer: the reply gets its offset and epoch.
+    let reply = crate::cluster::history::Reply {
+        shard: 0,
+        conn: 0,
+        client_id: "c0".into(),
+        frame: {
+            let mut f = Vec::new();
+            crate::protocol::message::write_response(&mut f, "published", None, |o| {
+                o.u64("recipients", 1);
+            });
+            bytes::Bytes::from(f)
+        },
+    };
+    sh.router.placed(reply, Some((1, "R")));
+    fan_out(&sh, 0, &mut env0, &mut p);
+    let r = take(&mut env0, &mut p[0]);
+    assert_eq!(
+        (
+            r[0]["type"].clone(),
+            r[0]["offset"].clone(),
+            r[0]["epoch"].clone()
+        ),
+        (json!("published"), json!(1), json!("R"))
+    );
+    // Read back: 1, 2, 3 (still in shard 1's mailbox when b[1] recovers).
+    for n in 1..=3 {
+        read_back(&sh, "prices", n, n);
+    }
+    let r = ask(
+        &mut env1,
+        &mut b[1],
+        &json!({"type": "subscribe", "channel": "prices",
+                "recover": {"offset": 1, "epoch": "R"}}),
+    );
+    assert_eq!(r[0]["recovered"], true, "{r:?}");
+    assert_eq!(offsets(&r), [2, 3]);
+    read_back(&sh, "prices", 3, 3); // read twice: kept and delivered once
+    read_back(&sh, "prices", 4, 4);
+    fan_out(&sh, 1, &mut env1, &mut b);
+    assert_eq!(offsets(&take(&mut env1, &mut b[1])), [4]);
+    assert_eq!(offsets(&take(&mut env1, &mut b[0])), [1, 2, 3, 4]);
 }

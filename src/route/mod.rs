@@ -141,11 +141,16 @@ impl Router {
                 .map(|fd| CachePadded::new(Mailbox::new(*fd)))
                 .collect(),
             interest: (0..n).map(|_| Interest::default()).collect(),
-            cluster,
             remote_compressions: AtomicU64::new(0),
             node,
-            history: (settings.history.size > 0)
-                .then(|| Mutex::new(history::Store::new(settings.history))),
+            history: (settings.history.size > 0).then(|| {
+                let mirror = cluster.as_ref().is_some_and(|c| c.keeps_history());
+                Mutex::new(match mirror {
+                    true => history::Store::mirror(settings.history),
+                    false => history::Store::new(settings.history),
+                })
+            }),
+            cluster,
             settings,
             remote_compressor: Mutex::new(Compressor::new()),
         }
@@ -256,6 +261,36 @@ impl Router {
             .filter(|i| *i != shard)
             .map(|i| u64::from(self.interest[i].count(slot)))
             .sum()
+    }
+
+    /// A history channel's publication read from the cluster stream (any
+    /// node's, this one's too), placed by Redis: kept in the mirror and
+    /// handed to every shard with subscribers under the history lock, so
+    /// it is ordered with subscribes as on one node. One read twice is
+    /// dropped.
+    pub fn deliver_history(
+        &self,
+        channel: &str,
+        offset: u64,
+        epoch: &str,
+        frame: bytes::Bytes,
+        body: std::ops::Range<usize>,
+    ) {
+        let Some(history) = &self.history else {
+            // History is off here but on at the node that wrote it: the
+            // frame is still a channel message.
+            return self.deliver_remote(frame, Some(Arc::from(channel)));
+        };
+        let mut store = crate::sync::lock(history);
+        let now_ms = crate::protocol::time::unix_ms_now();
+        let Some(mut d) = store.insert(channel, now_ms, offset, epoch, frame, body) else {
+            return;
+        };
+        {
+            let mut c = crate::sync::lock(&self.remote_compressor);
+            self.pack(&mut d, &mut c, &self.remote_compressions);
+        }
+        self.to_shards(None, &d, false, &mut []);
     }
 
     /// An entry from another node, checked: compressed here once, then to

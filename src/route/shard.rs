@@ -1,8 +1,9 @@
 //! One shard's part of the router: its channel index, what its sessions
 //! published this turn, and the [`Host`] its sessions talk to.
 
-use super::channels::ChannelIndex;
+use super::channels::{ChannelIndex, Mark};
 use super::delivery::Delivery;
+use super::history::Recovery;
 use super::report::{self, RssReader};
 use super::Router;
 use crate::protocol::codec::Compressor;
@@ -33,6 +34,9 @@ pub struct ShardRoute<'a> {
     /// Eventfd wake-ups made for history publications, for the shard's
     /// wake-up counters.
     pub eventfd_wakes: u64,
+    /// A cluster history publication waiting for its `published` reply
+    /// ([`Host::await_placement`]), which the session writes right after.
+    placing: Option<(Delivery, ConnId)>,
     /// Compresses what this shard's sessions publish.
     compressor: Compressor,
     rss: RssReader,
@@ -58,6 +62,7 @@ impl<'a> ShardRoute<'a> {
             outgoing: Vec::new(),
             ring_wakes: vec![None; router.shards()],
             eventfd_wakes: 0,
+            placing: None,
             compressor: Compressor::new(),
             rss: RssReader::new(),
             per_shard: Vec::with_capacity(router.shards()),
@@ -131,7 +136,9 @@ impl Host for ShardRoute<'_> {
     fn subscribe(&mut self, conn: ConnId, channel: &str) -> Result<usize, SubscribeError> {
         let interest = &self.router.interest[self.shard];
         let max = self.router.settings.max_subscriptions;
-        let r = self.channels.subscribe(interest, conn, channel, max, 0);
+        let r = self
+            .channels
+            .subscribe(interest, conn, channel, max, Mark::default());
         self.channels.store_gauges(self.counters);
         r
     }
@@ -149,9 +156,24 @@ impl Host for ShardRoute<'_> {
             write(&mut frame, None);
             return (self.publish(from, channel, Bytes::from(frame)), None);
         };
+        if let Some(c) = router.cluster.as_ref().filter(|c| c.keeps_history()) {
+            // Redis fixes the channel's order (cluster::history): the
+            // publication goes out without an offset, and every node, this
+            // one too, delivers it as it reads it back, placed.
+            // It is queued with the `published` reply, which the session
+            // writes next ([`Host::await_placement`]).
+            if !c.has_room(160) {
+                return (Routed::Nowhere, None);
+            }
+            let mut frame = Vec::with_capacity(160);
+            write(&mut frame, None);
+            let d = Delivery::new(Bytes::from(frame), Some(Arc::from(channel)));
+            let slot = d.slot.expect("a channel has a slot");
+            self.placing = Some((d, from));
+            return (Routed::Placing(self.recipients(channel, slot)), None);
+        }
         // The channel's order is fixed here: offset, frame, log and every
-        // shard's mailbox under one lock (see `history`). The cluster is
-        // not involved: history is refused with a backplane for now.
+        // shard's mailbox under one lock (see `history`).
         let (d, position) = {
             let mut store = crate::sync::lock(history);
             let (mut d, position) = store.append(channel, now_ms, write);
@@ -201,17 +223,28 @@ impl Host for ShardRoute<'_> {
             // Already live on it: nothing to replay (it would double).
             let (position, _) = store.position(channel, now_ms, None, replay);
             return Ok(Subscribed {
-                held: self.channels.subscribe(interest, conn, channel, max, 0)?,
+                held: self
+                    .channels
+                    .subscribe(interest, conn, channel, max, Mark::default())?,
                 position: Some(position),
                 recovered: false,
             });
         }
         let start = replay.len();
         let recover = recover.map(|r| (r.offset, r.epoch));
-        let (position, recovered) = store.position(channel, now_ms, recover, replay);
-        let r = self
-            .channels
-            .subscribe(interest, conn, channel, max, store.seq());
+        let (position, recovery) = store.position(channel, now_ms, recover, replay);
+        let mark = match recovery {
+            Recovery::Ahead(m) => Mark {
+                seq: store.seq(),
+                ..m
+            },
+            _ => Mark {
+                seq: store.seq(),
+                ..Mark::default()
+            },
+        };
+        let recovered = recovery.granted();
+        let r = self.channels.subscribe(interest, conn, channel, max, mark);
         drop(store);
         self.channels.store_gauges(self.counters);
         match r {
@@ -225,6 +258,28 @@ impl Host for ShardRoute<'_> {
                 Err(e)
             }
         }
+    }
+
+    fn await_placement(&mut self, conn: ConnId, client_id: &str, reply: Bytes) -> bool {
+        let (Some((mut d, from)), Some(c)) = (self.placing.take(), &self.router.cluster) else {
+            return false;
+        };
+        debug_assert_eq!(from, conn);
+        let reply = crate::cluster::history::Reply {
+            shard: self.shard,
+            conn,
+            client_id: Arc::from(client_id),
+            frame: reply,
+        };
+        let channel = d.channel.clone().expect("a channel");
+        if !c.try_send_history(&d.frame, &channel, reply) {
+            return false;
+        }
+        // Kept for the publisher pause and the writer's wake-up only (a
+        // history delivery: the shard loop does not deliver it).
+        d.history_seq = Some(0);
+        self.outgoing.push((d, from));
+        true
     }
 
     fn history(

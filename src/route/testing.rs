@@ -73,6 +73,28 @@ pub fn shared(cfg: ServerConfig) -> Shared {
 
 /// `n` shards with `cfg`.
 pub fn shards(cfg: ServerConfig, n: usize) -> Shared {
+    build(cfg, n, None)
+}
+
+/// `n` shards of a cluster node keeping `cfg.history` in Redis: the
+/// backplane is never started (no Redis); a test plays its writer and
+/// reader through the router's `cluster::Host` methods.
+pub fn cluster_node(cfg: ServerConfig, n: usize) -> Shared {
+    let c =
+        crate::cluster::Cluster::new("redis://127.0.0.1:1", "test-node".into(), 1 << 20, 1 << 20)
+            .expect("a URL")
+            .with_history(crate::cluster::history::HistoryTarget {
+                size: cfg.history.size,
+                ttl_ms: cfg.history.ttl_ms,
+            });
+    build(cfg, n, Some(std::sync::Arc::new(c)))
+}
+
+fn build(
+    cfg: ServerConfig,
+    n: usize,
+    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+) -> Shared {
     let settings = RouteSettings {
         compression_threshold_bytes: cfg.compression_threshold_bytes,
         max_subscriptions: cfg.max_subscriptions,
@@ -86,7 +108,7 @@ pub fn shards(cfg: ServerConfig, n: usize) -> Shared {
         handlers: HashMap::new(),
     };
     Shared {
-        router: Router::new(&vec![-1; n], settings, node, None),
+        router: Router::new(&vec![-1; n], settings, node, cluster),
         config: cfg,
     }
 }

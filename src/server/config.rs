@@ -426,17 +426,10 @@ impl ServerConfig {
         if self.tls_max_handshakes == 0 {
             return Err("tls_max_handshakes must be at least 1".into());
         }
-        if self.history_size > 0 {
-            if self.backplane.is_some() {
-                // Offsets assigned here would differ from other nodes'; the
-                // Redis-held history is not written yet.
-                return Err("history_size with a backplane is not supported yet: \
-                            channel history works on one node only"
-                    .into());
-            }
-            if self.history_ttl_secs == 0 || self.history_ttl_secs > u32::MAX as u64 {
-                return Err("history_ttl_secs must be between 1 and 4294967295".into());
-            }
+        if self.history_size > 0
+            && (self.history_ttl_secs == 0 || self.history_ttl_secs > u32::MAX as u64)
+        {
+            return Err("history_ttl_secs must be between 1 and 4294967295".into());
         }
         Ok(())
     }

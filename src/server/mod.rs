@@ -141,6 +141,10 @@ impl Shared {
     }
 }
 
+/// How long a start waits for the history Redis holds (see
+/// `cluster::history`).
+const HISTORY_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Builds a [`Server`].
 #[derive(Default)]
 pub struct ServerBuilder {
@@ -228,10 +232,15 @@ impl ServerBuilder {
                 });
                 let limit = self.config.backplane_buffer_bytes;
                 let max = self.config.max_frame_bytes;
-                Some(Arc::new(
-                    crate::cluster::Cluster::new(url, id, limit, max)
-                        .map_err(ServerError::Config)?,
-                ))
+                let mut c = crate::cluster::Cluster::new(url, id, limit, max)
+                    .map_err(ServerError::Config)?;
+                if self.config.history_size > 0 {
+                    c = c.with_history(crate::cluster::history::HistoryTarget {
+                        size: self.config.history_size,
+                        ttl_ms: self.config.history_ttl_secs * 1000,
+                    });
+                }
+                Some(Arc::new(c))
             }
             None => None,
         };
@@ -363,6 +372,15 @@ impl Server {
                 handle.stop();
                 let _ = handle.join();
                 return Err(ServerError::Io(e));
+            }
+            // Positions and recoveries come from the history Redis holds:
+            // read it before the first clients are answered, if Redis
+            // answers soon (else the mirror catches up when it does).
+            if c.keeps_history() && !c.wait_history_loaded(HISTORY_LOAD_WAIT) {
+                tracing::warn!(
+                    "the backplane's history was not read within {HISTORY_LOAD_WAIT:?}; \
+                    serving positions from this node until it is"
+                );
             }
         }
         if let Some(l) = self.metrics_listener {

@@ -130,7 +130,10 @@ pub(crate) fn handle_frame<H: Host>(
                 message::write_broadcast_message(&mut frame, &req, me.client_id, now);
                 match host.broadcast(me.id, Bytes::from(frame)) {
                     Routed::Recipients(n) => message::write_broadcast_sent(buf, &req, n, now),
-                    Routed::LocalOnly => backplane_refused(counters, buf, &req),
+                    Routed::Placing(n) => message::write_broadcast_sent(buf, &req, n, now),
+                    Routed::LocalOnly | Routed::Nowhere => {
+                        backplane_refused(counters, buf, &req, true)
+                    }
                 }
             }
             RequestKind::Hello if *me.hello_seen => {
@@ -211,7 +214,15 @@ pub(crate) fn handle_frame<H: Host>(
                         let position = p.as_ref().map(|p| p.pair());
                         message::write_published(buf, &req, n, now, position);
                     }
-                    (Routed::LocalOnly, _) => backplane_refused(counters, buf, &req),
+                    (Routed::Placing(n), _) => {
+                        let mut reply = Vec::with_capacity(128);
+                        message::write_published(&mut reply, &req, n, now, None);
+                        if !host.await_placement(me.id, me.client_id, Bytes::from(reply)) {
+                            backplane_refused(counters, buf, &req, false);
+                        }
+                    }
+                    (Routed::LocalOnly, _) => backplane_refused(counters, buf, &req, true),
+                    (Routed::Nowhere, _) => backplane_refused(counters, buf, &req, false),
                 }
             }
             RequestKind::History => {
@@ -251,15 +262,20 @@ fn backplane_refused(
     counters: &ShardCounters,
     buf: &mut Vec<u8>,
     req: &crate::protocol::Request<'_, '_>,
+    delivered_here: bool,
 ) {
-    refuse(
-        counters,
-        buf,
-        req,
-        ErrorCode::BackplaneUnavailable,
-        "the cluster backplane is unreachable and its buffer is full: \
-         delivered to this node's clients only",
-    );
+    let message = match delivered_here {
+        true => {
+            "the cluster backplane is unreachable and its buffer is full: \
+             delivered to this node's clients only"
+        }
+        false => {
+            "the cluster backplane is unreachable and its buffer is full: \
+             a history channel's offset comes from Redis, so this publication \
+             was delivered to no one; publish it again later"
+        }
+    };
+    refuse(counters, buf, req, ErrorCode::BackplaneUnavailable, message);
 }
 
 /// Compares secrets in time independent of where they differ.

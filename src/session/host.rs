@@ -23,6 +23,15 @@ pub enum Routed {
     /// Delivered on this node only: the backplane is down and its buffer
     /// full. The sender is told `backplane_unavailable`.
     LocalOnly,
+    /// Queued to this many recipients, but its offset is not known yet: a
+    /// history channel's publication in a cluster, placed by Redis. The
+    /// session hands its `published` reply to [`Host::await_placement`],
+    /// which sends it with the offset once Redis has answered.
+    Placing(u64),
+    /// Delivered nowhere: a history channel's publication in a cluster
+    /// gets its offset from Redis, which cannot be reached (and the buffer
+    /// is full). The sender is told `backplane_unavailable`.
+    Nowhere,
 }
 
 /// Why a subscribe was refused.
@@ -153,6 +162,17 @@ pub trait Host {
             position: None,
             recovered: false,
         })
+    }
+
+    /// The `published` reply (`reply`, a whole frame without a position)
+    /// to the publication [`Host::publish_with`] answered
+    /// [`Routed::Placing`]: it goes to `conn` (`client_id`) once Redis has
+    /// placed the publication, with its offset and epoch added. False when
+    /// the publication could not be queued after all (the backplane's
+    /// buffer filled meanwhile): it went nowhere, and the session says so.
+    fn await_placement(&mut self, conn: ConnId, client_id: &str, reply: Bytes) -> bool {
+        let _ = (conn, client_id, reply);
+        false
     }
 
     /// `channel`'s kept publications that `query` asks for, as `history`

@@ -182,14 +182,25 @@ impl Shard<'_> {
     /// the channel's subscribers here (its publisher too, if subscribed).
     fn deliver_local(&mut self, d: &Delivery, except: Option<usize>) {
         let mut keys = std::mem::take(&mut self.recipients);
+        if let Some(t) = &d.to {
+            // A reply for one session, if it is still the one it was for.
+            let alive = self
+                .sessions
+                .get(t.conn)
+                .is_some_and(|e| e.session.client_id() == &*t.client_id);
+            if alive {
+                keys.push(t.conn);
+            }
+        }
         match &d.channel {
+            _ if d.to.is_some() => {}
             None => keys.extend(
                 self.sessions
                     .iter()
                     .filter(|(k, e)| Some(*k) != except && e.session.is_established())
                     .map(|(k, _)| k),
             ),
-            Some(ch) => keys.extend(self.env.host.channels.subscribers_of(ch, d.history_seq)),
+            Some(ch) => keys.extend(self.env.host.channels.subscribers_of(ch, d.history_mark())),
         }
         let mut delivered = 0;
         // Recipients joining the round robin now have waited through
@@ -213,9 +224,10 @@ impl Shard<'_> {
             }
         }
         self.recipients = keys;
-        let counter = match d.channel {
-            None => &self.env.counters.broadcasts_delivered,
-            Some(_) => &self.env.counters.channel_deliveries,
+        let counter = match (&d.channel, &d.to) {
+            (_, Some(_)) => return,
+            (None, None) => &self.env.counters.broadcasts_delivered,
+            (Some(_), None) => &self.env.counters.channel_deliveries,
         };
         crate::server::stats::bump(counter, delivered);
     }
