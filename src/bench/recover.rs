@@ -298,11 +298,14 @@ struct CatchUp {
     sent: Instant,
 }
 
-/// One subscriber's drop/resume cycles until the run ends.
+/// One subscriber's drop/resume cycles until the run ends. With several
+/// servers (`--node`), each resume is on the next one: a cluster's
+/// recovery is served by a node other than the one the client left.
 fn subscriber(
     sh: &Shared,
     cfg: &BenchConfig,
-    server: SocketAddr,
+    servers: &[SocketAddr],
+    first: usize,
     channel: usize,
     tls: Option<&BenchTls>,
 ) -> io::Result<Tally> {
@@ -310,7 +313,10 @@ fn subscriber(
     let mut t = Tally::new();
     // The last offset seen and its epoch (None before the first subscribe).
     let mut pos: Option<(u64, String)> = None;
+    let mut cycle = 0;
     while !sh.over() {
+        let server = servers[(first + cycle) % servers.len()];
+        cycle += 1;
         let mut link = Link::open(cfg, server, tls)?;
         let mut req = Vec::new();
         let mut o = ObjectWriter::new(&mut req);
@@ -602,11 +608,12 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     }
     for s in 0..subscribers {
         let (sh2, cfg2, tls2) = (sh.clone(), cfg.clone(), tls.clone());
-        let server = servers[(cfg.publishers + s) % servers.len()];
+        let servers2 = servers.clone();
+        let first = cfg.publishers + s;
         let channel = s % cfg.channels;
         handles.push(spawn(
             cfg.publishers + s,
-            Box::new(move || subscriber(&sh2, &cfg2, server, channel, tls2.as_ref())),
+            Box::new(move || subscriber(&sh2, &cfg2, &servers2, first, channel, tls2.as_ref())),
         )?);
     }
     let threads = handles.len();
