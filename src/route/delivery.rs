@@ -33,6 +33,10 @@ pub struct Delivery {
     /// offset after a new epoch): a subscriber whose subscription began at
     /// or after it (it was in its replay, or before its position) skips it.
     pub history_seq: Option<u64>,
+    /// For a channel message, the node's patterns that match the channel
+    /// (looked up once, where the delivery is made): the shards holding
+    /// one of them get it too. `None`: no pattern matches.
+    pub patterns: Option<super::patterns::PatternMatch>,
 }
 
 /// Broadcasts up to this size (plain, not compressed) are gathered, per
@@ -50,6 +54,7 @@ impl Delivery {
             packed: Default::default(),
             frames: 1,
             history_seq: None,
+            patterns: None,
         }
     }
 
@@ -80,6 +85,7 @@ impl Delivery {
             packed: Default::default(),
             frames: parts.iter().map(|d| d.frames).sum(),
             history_seq: None,
+            patterns: None,
         }
     }
 
