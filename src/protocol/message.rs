@@ -184,7 +184,15 @@ impl<'t, 'a> Request<'t, 'a> {
                 let Some(channel) = root.get("channel").and_then(|c| c.as_str()) else {
                     return Err(err("this message type needs a string channel field"));
                 };
-                if let Err(message) = check_channel(channel) {
+                // Subscriptions may name a pattern; a publish or history
+                // needs one concrete channel.
+                let checked = match kind {
+                    RequestKind::Subscribe | RequestKind::Unsubscribe => {
+                        super::pattern::check_subscribe(channel)
+                    }
+                    _ => super::pattern::check_concrete(channel),
+                };
+                if let Err(message) = checked {
                     return Err(RequestError {
                         code: ErrorCode::InvalidChannel,
                         message,
@@ -192,6 +200,14 @@ impl<'t, 'a> Request<'t, 'a> {
                     });
                 }
                 check_history_fields(kind, &root).map_err(err)?;
+                if kind == RequestKind::Subscribe
+                    && root.get("recover").is_some()
+                    && super::pattern::is_pattern(channel)
+                {
+                    return Err(err(
+                        "recover needs a channel: a pattern has no offsets (they are per channel)",
+                    ));
+                }
             }
             RequestKind::Hello
                 if root.get("compression").is_some_and(|c| {

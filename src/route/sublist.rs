@@ -30,10 +30,7 @@ pub const CACHE_MAX: usize = 1024;
 /// `slCacheSweep`), so a sweep is amortised over many insertions.
 pub const CACHE_SWEEP: usize = 256;
 
-/// The token that matches exactly one token.
-pub const ONE: &str = "*";
-/// The last token that matches one or more tokens.
-pub const REST: &str = ">";
+use crate::protocol::pattern::{ONE, REST};
 
 /// A set of patterns, each with the members (`T`: a session, a shard)
 /// that hold it, matched against channel names.
