@@ -70,6 +70,7 @@ fn a_connection_gets_a_publication_once_however_many_subscriptions_match() {
 
     publish(&sh, 0, &mut env0, &mut a[0], "room.2.x");
     publish(&sh, 0, &mut env0, &mut a[0], "lobby");
+    fan_out(&sh, 0, &mut env0, &mut a);
     fan_out(&sh, 1, &mut env1, &mut b);
     assert_eq!(got(&mut env1, &mut b[0]), ["room.2.x", "lobby"]);
     assert!(got(&mut env1, &mut b[1]).is_empty(), "* is one token");
