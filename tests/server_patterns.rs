@@ -33,9 +33,14 @@ fn subscriptions_of(me: usize) -> &'static [&'static str] {
 }
 
 fn matches(pattern: &str, channel: &str) -> bool {
-    let (p, c): (Vec<&str>, Vec<&str>) = (pattern.split('.').collect(), channel.split('.').collect());
+    let (p, c): (Vec<&str>, Vec<&str>) =
+        (pattern.split('.').collect(), channel.split('.').collect());
     if p.last() == Some(&">") {
-        return c.len() >= p.len() && p[..p.len() - 1].iter().zip(&c).all(|(p, c)| *p == "*" || p == c);
+        return c.len() >= p.len()
+            && p[..p.len() - 1]
+                .iter()
+                .zip(&c)
+                .all(|(p, c)| *p == "*" || p == c);
     }
     p.len() == c.len() && p.iter().zip(&c).all(|(p, c)| *p == "*" || p == c)
 }
@@ -61,7 +66,11 @@ fn collect(c: &mut Client, want: u64, me: &str) -> HashMap<(u64, String), u64> {
         got += 1;
         let ch = v["channel"].as_str().expect("a channel").to_owned();
         assert!(!ch.contains('*') && !ch.contains('>'), "{me}: {v}");
-        assert_eq!(v["content"]["ch"], ch.as_str(), "{me}: the concrete channel: {v}");
+        assert_eq!(
+            v["content"]["ch"],
+            ch.as_str(),
+            "{me}: the concrete channel: {v}"
+        );
         let from = v["content"]["from"].as_u64().expect("from");
         let e = next.entry((from, ch)).or_insert(0);
         assert_eq!(v["content"]["n"], *e, "{me}: out of order or twice: {v}");
@@ -124,7 +133,11 @@ fn patterns_across_shards_deliver_each_publication_once_in_order() {
             .copied()
             .filter(|ch| subs.iter().any(|p| matches(p, ch)))
             .collect();
-        let seen = collect(c, 2 * PER_CHANNEL * mine.len() as u64, &format!("client {me}"));
+        let seen = collect(
+            c,
+            2 * PER_CHANNEL * mine.len() as u64,
+            &format!("client {me}"),
+        );
         let mut streams: Vec<(u64, String)> = seen.into_keys().collect();
         streams.sort();
         let mut want: Vec<(u64, String)> = (0..2)
@@ -145,9 +158,18 @@ fn publishing_to_a_pattern_and_bad_patterns_are_refused_and_unsubscribe_works() 
     let mut c = Client::connect(addr);
     let mut p = Client::connect(addr);
     for (req, code) in [
-        (json!({"type": "publish", "channel": "a.*", "content": 1}), "invalid_channel"),
-        (json!({"type": "subscribe", "channel": ">.a"}), "invalid_channel"),
-        (json!({"type": "subscribe", "channel": "a.b*"}), "invalid_channel"),
+        (
+            json!({"type": "publish", "channel": "a.*", "content": 1}),
+            "invalid_channel",
+        ),
+        (
+            json!({"type": "subscribe", "channel": ">.a"}),
+            "invalid_channel",
+        ),
+        (
+            json!({"type": "subscribe", "channel": "a.b*"}),
+            "invalid_channel",
+        ),
         (
             json!({"type": "subscribe", "channel": "a.*", "recover": {"offset": 0, "epoch": "x"}}),
             "invalid_field",
@@ -187,12 +209,16 @@ fn a_pattern_subscriber_gets_publications_from_other_nodes_once_in_order() {
     // The other nodes learn C's patterns from its heartbeat: counted in
     // `recipients`, one per matching subscription there.
     for p in pubs.iter_mut() {
-        wait_until(Duration::from_secs(10), "C's patterns in A's and B's count", || {
-            let v = p.request(&json!({"type": "publish", "channel": "probe.x", "content": 0}));
-            assert_eq!(u64_of(&v, "recipients"), 0, "{v}");
-            let v = p.request(&json!({"type": "publish", "channel": "room.probe", "content": {"probe": true}}));
-            u64_of(&v, "recipients") == 2
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "C's patterns in A's and B's count",
+            || {
+                let v = p.request(&json!({"type": "publish", "channel": "probe.x", "content": 0}));
+                assert_eq!(u64_of(&v, "recipients"), 0, "{v}");
+                let v = p.request(&json!({"type": "publish", "channel": "room.probe", "content": {"probe": true}}));
+                u64_of(&v, "recipients") == 2
+            },
+        );
     }
     let threads: Vec<_> = pubs
         .into_iter()

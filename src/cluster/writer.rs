@@ -142,7 +142,12 @@ impl Writer {
 /// Writes this node's heartbeat and reads the others': how many clients
 /// each has, its subscribers per interest slot, and its patterns with
 /// their subscribers (`p <count> <pattern>` lines: a pattern has no slot).
-fn heartbeat(c: &Cluster, host: &dyn Host, con: &mut Connection, beat: &mut Beat) -> RedisResult<()> {
+fn heartbeat(
+    c: &Cluster,
+    host: &dyn Host,
+    con: &mut Connection,
+    beat: &mut Beat,
+) -> RedisResult<()> {
     beat.slots.clear();
     beat.patterns.clear();
     let clients = host.local_figures(&mut beat.slots, &mut beat.patterns);

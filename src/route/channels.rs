@@ -147,7 +147,11 @@ impl ChannelIndex {
     /// The sessions subscribed to `channel` itself on this shard (not by
     /// a pattern).
     pub fn subscribers(&self, channel: &str) -> impl Iterator<Item = usize> + '_ {
-        self.channels.get(channel).into_iter().flatten().map(|(k, _)| *k)
+        self.channels
+            .get(channel)
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| *k)
     }
 
     /// Pushes to `out` the sessions on this shard that get a delivery to
@@ -262,11 +266,7 @@ mod tests {
         subs.sort_unstable();
         assert_eq!(subs, [1, 2]);
 
-        assert_eq!(
-            ix.unsubscribe(interest, 2, "b"),
-            1,
-            "not subscribed: no-op"
-        );
+        assert_eq!(ix.unsubscribe(interest, 2, "b"), 1, "not subscribed: no-op");
         assert_eq!(ix.unsubscribe(interest, 9, "a"), 0, "unknown session");
         assert_eq!(ix.unsubscribe(interest, 2, "a"), 0);
         assert_eq!(slots.count(a), 1);

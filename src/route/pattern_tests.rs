@@ -64,7 +64,11 @@ fn a_connection_gets_a_publication_once_however_many_subscriptions_match() {
     publish(&sh, 0, &mut env0, &mut a[0], "room.1");
     fan_out(&sh, 0, &mut env0, &mut a);
     fan_out(&sh, 1, &mut env1, &mut b);
-    assert_eq!(got(&mut env1, &mut b[0]), ["room.1"], "once, not four times");
+    assert_eq!(
+        got(&mut env1, &mut b[0]),
+        ["room.1"],
+        "once, not four times"
+    );
     assert_eq!(got(&mut env1, &mut b[1]), ["room.1"]);
     assert!(got(&mut env0, &mut a[0]).is_empty());
 
@@ -130,19 +134,28 @@ fn every_cache_sees_a_pattern_come_and_go_at_once() {
     // Fill both caches: shard 0's own trie, and its view of the node's
     // patterns (no shard 1 pattern yet).
     for _ in 0..2 {
-        assert_eq!(publish(&sh, 0, &mut env0, &mut a[0], "a.b")["recipients"], 1);
+        assert_eq!(
+            publish(&sh, 0, &mut env0, &mut a[0], "a.b")["recipients"],
+            1
+        );
         fan_out(&sh, 0, &mut env0, &mut a);
         assert_eq!(got(&mut env0, &mut a[1]), ["a.b"]);
     }
     assert!(waiting(&sh, 1).is_empty());
     // A new pattern on the other shard: the next publish crosses.
     sub(&mut env1, &mut b[0], "*.b");
-    assert_eq!(publish(&sh, 0, &mut env0, &mut a[0], "a.b")["recipients"], 2);
+    assert_eq!(
+        publish(&sh, 0, &mut env0, &mut a[0], "a.b")["recipients"],
+        2
+    );
     fan_out(&sh, 1, &mut env1, &mut b);
     assert_eq!(got(&mut env1, &mut b[0]), ["a.b"]);
     // A second subscriber of a pattern already held: counts read live.
     sub(&mut env1, &mut b[1], "*.b");
-    assert_eq!(publish(&sh, 0, &mut env0, &mut a[0], "a.b")["recipients"], 3);
+    assert_eq!(
+        publish(&sh, 0, &mut env0, &mut a[0], "a.b")["recipients"],
+        3
+    );
     fan_out(&sh, 0, &mut env0, &mut a);
     fan_out(&sh, 1, &mut env1, &mut b);
     assert_eq!(got(&mut env1, &mut b[0]), ["a.b"]);
@@ -153,7 +166,10 @@ fn every_cache_sees_a_pattern_come_and_go_at_once() {
         &mut a[1],
         &json!({"type": "unsubscribe", "channel": "a.*"}),
     );
-    assert_eq!(publish(&sh, 0, &mut env0, &mut a[0], "a.b")["recipients"], 2);
+    assert_eq!(
+        publish(&sh, 0, &mut env0, &mut a[0], "a.b")["recipients"],
+        2
+    );
     fan_out(&sh, 0, &mut env0, &mut a);
     assert!(got(&mut env0, &mut a[1]).is_empty());
     // The remote ones leave (one by closing): nothing crosses any more.
@@ -164,7 +180,10 @@ fn every_cache_sees_a_pattern_come_and_go_at_once() {
         &json!({"type": "unsubscribe", "channel": "*.b"}),
     );
     waiting(&sh, 1);
-    assert_eq!(publish(&sh, 0, &mut env0, &mut a[0], "a.b")["recipients"], 0);
+    assert_eq!(
+        publish(&sh, 0, &mut env0, &mut a[0], "a.b")["recipients"],
+        0
+    );
     assert!(waiting(&sh, 1).is_empty());
 }
 

@@ -30,8 +30,7 @@ impl Host for Router {
 
     fn remote_pattern(&self, pattern: &str, old: u64, new: u64) {
         let col = self.patterns.remote();
-        self.patterns
-            .set(col, pattern, old as usize, new as usize);
+        self.patterns.set(col, pattern, old as usize, new as usize);
     }
 
     fn backlog_cleared(&self) {

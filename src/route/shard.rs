@@ -131,7 +131,10 @@ impl Host for ShardRoute<'_> {
     fn publish(&mut self, from: ConnId, channel: &str, frame: Bytes) -> Routed {
         let mut d = Delivery::new(frame, Some(Arc::from(channel)));
         let slot = d.slot.expect("a channel has a slot");
-        d.patterns = self.router.patterns.lookup(&mut self.pattern_cache, channel);
+        d.patterns = self
+            .router
+            .patterns
+            .lookup(&mut self.pattern_cache, channel);
         let patterns = d.patterns.clone();
         if !self.route(from, d) {
             return Routed::LocalOnly;
