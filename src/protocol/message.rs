@@ -184,15 +184,7 @@ impl<'t, 'a> Request<'t, 'a> {
                 let Some(channel) = root.get("channel").and_then(|c| c.as_str()) else {
                     return Err(err("this message type needs a string channel field"));
                 };
-                // Subscriptions may name a pattern; a publish or history
-                // needs one concrete channel.
-                let checked = match kind {
-                    RequestKind::Subscribe | RequestKind::Unsubscribe => {
-                        super::pattern::check_subscribe(channel)
-                    }
-                    _ => super::pattern::check_concrete(channel),
-                };
-                if let Err(message) = checked {
+                if let Err(message) = check_channel(channel) {
                     return Err(RequestError {
                         code: ErrorCode::InvalidChannel,
                         message,
@@ -200,14 +192,6 @@ impl<'t, 'a> Request<'t, 'a> {
                     });
                 }
                 check_history_fields(kind, &root).map_err(err)?;
-                if kind == RequestKind::Subscribe
-                    && root.get("recover").is_some()
-                    && super::pattern::is_pattern(channel)
-                {
-                    return Err(err(
-                        "recover needs a channel: a pattern has no offsets (they are per channel)",
-                    ));
-                }
             }
             RequestKind::Hello
                 if root.get("compression").is_some_and(|c| {

@@ -301,6 +301,7 @@ class ChannelState:
 
     __slots__ = (
         "channel",
+        "pattern",
         "position",
         "subscribed_once",
         "resubscribing",
