@@ -4,8 +4,8 @@
 //! them, plus 100 `*.<n>.>` and one `>`, so wildcards branch at every
 //! level), matched against a channel:
 //! - `walk`: the trie walk alone ([`Sublist::for_each_match`], what a
-//!   cache miss costs), for a channel one pattern matches and for one that
-//!   three wildcard branches match;
+//!   cache miss costs), for `bench-4242.x` (matched by
+//!   `bench-4242.*` and `>`) and `bench-42.42.x` (by `*.42.>` and `>`);
 //! - `cached`: [`Sublist::matches`] on a channel seen before (a hit: one
 //!   hash probe and an `Arc` clone);
 //! - `linear`: `protocol::pattern::matches` over every pattern, what a
