@@ -191,6 +191,13 @@ pub struct BenchConfig {
     pub subscribers: usize,
     /// Pubsub: channels.
     pub channels: usize,
+    /// Pubsub: channels each subscriber connection subscribes to (its
+    /// own and the next ones): subscriber connections are
+    /// `channels × subscribers / subscriptions`.
+    pub subscriptions: usize,
+    /// Pubsub: subscribe with patterns (`bench-<n>.*`, publishing to
+    /// `bench-<n>.x`) instead of channels; the deliveries are the same.
+    pub pattern: bool,
     /// Source addresses 127.0.0.1..=N (connections workload).
     pub source_ips: usize,
     /// Print a progress line each second (to stderr).
@@ -238,6 +245,8 @@ impl Default for BenchConfig {
             publishers: 1,
             subscribers: 100,
             channels: 10,
+            subscriptions: 1,
+            pattern: false,
             source_ips: 1,
             progress: true,
             label: String::new(),
@@ -353,8 +362,16 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
                     "pubsub needs at least one publisher and one channel".into(),
                 ));
             }
+            let per_conn = config.subscriptions.max(1);
+            let total = config.channels.saturating_mul(config.subscribers);
+            if per_conn > config.channels || total % per_conn != 0 {
+                return Err(BenchError::Config(format!(
+                    "--subscriptions {per_conn} must be at most --channels and divide \
+                     channels × subscribers ({total})"
+                )));
+            }
             let mut r = vec![Role::Publisher; config.publishers];
-            let subscribers = config.channels.saturating_mul(config.subscribers);
+            let subscribers = total / per_conn;
             r.extend(std::iter::repeat_n(Role::Subscriber, subscribers));
             let n = r.len();
             (r, n)
@@ -388,8 +405,10 @@ pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
                 publisher - 1
             }
             Role::Subscriber => {
+                // Its first channel; it holds `subscriptions` from there,
+                // so every channel gets `subscribers` of them.
                 subscriber += 1;
-                (subscriber - 1) % config.channels.max(1)
+                ((subscriber - 1) * config.subscriptions.max(1)) % config.channels.max(1)
             }
             Role::Requester => 0,
         };

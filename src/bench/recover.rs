@@ -309,7 +309,7 @@ fn subscriber(
     channel: usize,
     tls: Option<&BenchTls>,
 ) -> io::Result<Tally> {
-    let name = channel_name(channel);
+    let name = channel_name(channel, false);
     let mut t = Tally::new();
     // The last offset seen and its epoch (None before the first subscribe).
     let mut pos: Option<(u64, String)> = None;
@@ -480,7 +480,7 @@ fn publisher(
         Content::Telemetry => super::telemetry_records(cfg.size),
     };
     let channels = cfg.channels.max(1);
-    let names: Vec<String> = (0..channels).map(channel_name).collect();
+    let names: Vec<String> = (0..channels).map(|n| channel_name(n, false)).collect();
     let mut t = Tally::new();
     let mut counter = first;
     // The channel of each publish in flight (answers come in order).

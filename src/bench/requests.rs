@@ -76,9 +76,23 @@ impl Requests {
     }
 }
 
-/// The name of pubsub channel `n`.
-pub(super) fn channel_name(n: usize) -> String {
-    format!("bench-{n}")
+/// The name of pubsub channel `n`: `bench-<n>`, or with `--pattern`
+/// `bench-<n>.x`, which only the pattern `bench-<n>.*` matches (so a run
+/// with patterns delivers exactly what one with channels does).
+pub(super) fn channel_name(n: usize, pattern: bool) -> String {
+    match pattern {
+        false => format!("bench-{n}"),
+        true => format!("bench-{n}.x"),
+    }
+}
+
+/// What a pubsub subscriber subscribes to for channel `n`: the channel,
+/// or with `--pattern` the one pattern that matches it.
+pub(super) fn subscription_name(n: usize, pattern: bool) -> String {
+    match pattern {
+        false => channel_name(n, false),
+        true => format!("bench-{n}.*"),
+    }
 }
 
 /// Writes each connection's next request: a requester's pre-built frame, a
@@ -114,7 +128,9 @@ impl RequestWriter {
         RequestWriter {
             reqs: Requests::new(cfg.size, cfg.content, cfg.compress),
             workload: cfg.workload,
-            channel_names: (0..cfg.channels.max(1)).map(channel_name).collect(),
+            channel_names: (0..cfg.channels.max(1))
+                .map(|n| channel_name(n, cfg.pattern))
+                .collect(),
             compressor: Compressor::new(),
             scratch: Vec::new(),
         }

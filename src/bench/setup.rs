@@ -9,7 +9,7 @@
 
 use super::plan::{Role, Slot};
 use super::replies::{is_delivery, MAX_FRAME};
-use super::requests::channel_name;
+use super::requests::subscription_name;
 use super::tls::{BenchTls, ReadWrite};
 use super::{BenchConfig, BenchError, Workload};
 use crate::client::frames::parse_message;
@@ -137,29 +137,33 @@ pub(super) fn connect_slot(
 ) -> io::Result<Connected> {
     let mut c = connect_auth(slot.server, src, cfg.token.as_deref(), tls, cfg.compress)?;
     if cfg.workload == Workload::Pubsub && slot.role == Role::Subscriber {
-        let mut payload = Vec::new();
-        let mut o = ObjectWriter::new(&mut payload);
-        o.raw_str("type", "subscribe");
-        o.str("channel", &channel_name(slot.channel));
-        o.finish();
-        c.sock.set_read_timeout(Some(SETUP_TIMEOUT))?;
-        let reply = {
-            let mut s = super::tls::stream(&mut c.sock, c.tls.as_mut());
-            roundtrip_with(&mut *s, &payload, c.codec.map(|(k, _)| k))?
-        };
-        c.sock.set_read_timeout(None)?;
-        if !reply.starts_with(br#"{"type":"subscribed""#) {
-            return Err(io::Error::other(format!(
-                "subscribe refused: {}",
-                String::from_utf8_lossy(&reply)
-            )));
-        }
-        // A history channel's `subscribed` names its position.
-        if cfg.history && memchr::memmem::find(&reply, br#""epoch":"#).is_none() {
-            return Err(io::Error::other(format!(
-                "--history: {} has no history (the server must run with --history-size N)",
-                channel_name(slot.channel)
-            )));
+        // Its `subscriptions` consecutive channels from its own on.
+        for k in 0..cfg.subscriptions.max(1) {
+            let n = (slot.channel + k) % cfg.channels.max(1);
+            let mut payload = Vec::new();
+            let mut o = ObjectWriter::new(&mut payload);
+            o.raw_str("type", "subscribe");
+            o.str("channel", &subscription_name(n, cfg.pattern));
+            o.finish();
+            c.sock.set_read_timeout(Some(SETUP_TIMEOUT))?;
+            let reply = {
+                let mut s = super::tls::stream(&mut c.sock, c.tls.as_mut());
+                roundtrip_with(&mut *s, &payload, c.codec.map(|(k, _)| k))?
+            };
+            c.sock.set_read_timeout(None)?;
+            if !reply.starts_with(br#"{"type":"subscribed""#) {
+                return Err(io::Error::other(format!(
+                    "subscribe refused: {}",
+                    String::from_utf8_lossy(&reply)
+                )));
+            }
+            // A history channel's `subscribed` names its position.
+            if cfg.history && memchr::memmem::find(&reply, br#""epoch":"#).is_none() {
+                return Err(io::Error::other(format!(
+                    "--history: {} has no history (the server must run with --history-size N)",
+                    subscription_name(n, cfg.pattern)
+                )));
+            }
         }
     }
     Ok(c)

@@ -82,6 +82,14 @@ pub struct BenchArgs {
     /// arrives while it reconnects), or its recoveries are refused.
     #[arg(long, default_value_t = 1_000)]
     pub missed: u64,
+    /// Pubsub workload: channels each subscriber connection subscribes to
+    /// (subscriber connections: channels × subscribers / this).
+    #[arg(long, default_value_t = 1)]
+    pub subscriptions: usize,
+    /// Pubsub workload: subscribe with patterns (bench-N.*), publishing to
+    /// bench-N.x, instead of the channels bench-N: the same deliveries.
+    #[arg(long)]
+    pub pattern: bool,
     /// Another server to spread connections over (repeat it): the nodes of
     /// one cluster. Connections are dealt round robin over --addr and these.
     #[arg(long = "node", value_name = "ADDR")]
@@ -131,6 +139,8 @@ impl BenchArgs {
             publishers: self.publishers,
             subscribers: self.subscribers,
             channels: self.channels,
+            subscriptions: self.subscriptions,
+            pattern: self.pattern,
             more_addrs: self.more_addrs.clone(),
             source_ips: self.source_ips,
             progress: !self.quiet,

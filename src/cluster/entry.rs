@@ -8,7 +8,7 @@
 //! of the right `type`). Anything else is a [`BadEntry`]: skipped, counted
 //! and logged by the reader, never written to a client.
 
-use crate::protocol::message::check_channel;
+use crate::protocol::pattern::check_concrete;
 use crate::protocol::{JsonParser, HEADER_LEN};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -57,7 +57,7 @@ pub enum BadEntry {
     /// The sequence number is not a decimal u64.
     #[error("sequence number is not an unsigned integer")]
     Seq,
-    /// The channel is not a valid channel name.
+    /// The channel is not a valid channel name (or is a pattern).
     #[error("channel is not a valid channel name")]
     Channel,
     /// The frame is shorter than its header.
@@ -120,7 +120,9 @@ pub fn decode(
             let c = redis::from_redis_value_ref::<Vec<u8>>(v)
                 .ok()
                 .and_then(|c| String::from_utf8(c).ok())
-                .filter(|c| check_channel(c).is_ok())
+                // A concrete channel: a pattern would reach the
+                // subscribers of patterns it only textually matches.
+                .filter(|c| check_concrete(c).is_ok())
                 .ok_or(BadEntry::Channel)?;
             Some(Arc::<str>::from(c))
         }
@@ -358,6 +360,11 @@ mod tests {
             ),
             (
                 fields(&[("n", b"x"), ("s", b"1"), ("f", &b), ("c", b"")]),
+                BadEntry::Channel,
+            ),
+            (
+                // A pattern names no channel one may publish to.
+                fields(&[("n", b"x"), ("s", b"1"), ("f", &b), ("c", b"news.*")]),
                 BadEntry::Channel,
             ),
         ];

@@ -47,10 +47,19 @@ pub trait Host: Send + Sync + 'static {
     /// An entry from another node, checked: deliver it to this node's
     /// clients (called on the reader thread, in stream order).
     fn deliver(&self, entry: Entry);
-    /// This node's connected clients, and its subscribers per interest
-    /// slot (pushed to `slots` as `(slot, count)`, non-zero only), for the
-    /// heartbeat (called on the writer thread once a second).
-    fn local_figures(&self, slots: &mut Vec<(usize, u64)>) -> u64;
+    /// This node's connected clients, its subscribers per interest slot
+    /// (pushed to `slots` as `(slot, count)`, non-zero only) and per
+    /// pattern (pushed to `patterns`), for the heartbeat (called on the
+    /// writer thread once a second).
+    fn local_figures(
+        &self,
+        slots: &mut Vec<(usize, u64)>,
+        patterns: &mut Vec<(String, u64)>,
+    ) -> u64;
+    /// The other nodes together now have `new` subscribers of `pattern`
+    /// (they had `old`), from their heartbeats: for the recipient counts
+    /// (called on the writer thread, only for what changed).
+    fn remote_pattern(&self, pattern: &str, old: u64, new: u64);
     /// The writer's backlog fell back under [`PAUSE_PUBLISHERS_BYTES`]:
     /// publishers paused for it may resume.
     fn backlog_cleared(&self);

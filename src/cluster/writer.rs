@@ -8,7 +8,7 @@ use super::{
 };
 use crate::protocol::interest::INTEREST_SLOTS;
 use redis::{Commands, Connection, RedisResult};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,12 +21,22 @@ pub(super) struct Writer {
     con: Option<Connection>,
     next_beat: Instant,
     pipe: redis::Pipeline,
-    slots: Vec<(usize, u64)>,
+    beat: Beat,
     /// The history script's SHA1, for EVALSHA.
     script_sha: String,
     /// The epoch this node proposes if Redis has none (see
     /// [`history`]).
     epoch_candidate: String,
+}
+
+/// The heartbeat's scratch, and the other nodes' patterns as last told to
+/// the host (kept across a restart of the writer, so the next heartbeat
+/// tells only what changed).
+#[derive(Default)]
+struct Beat {
+    slots: Vec<(usize, u64)>,
+    patterns: Vec<(String, u64)>,
+    remote_patterns: HashMap<String, u64>,
 }
 
 impl Writer {
@@ -39,7 +49,7 @@ impl Writer {
             con: None,
             next_beat: Instant::now(),
             pipe: redis::Pipeline::new(),
-            slots: Vec::new(),
+            beat: Beat::default(),
             script_sha: redis::Script::new(history::PUBLISH_SCRIPT)
                 .get_hash()
                 .to_owned(),
@@ -83,7 +93,7 @@ impl Writer {
             let mut ok = true;
             if Instant::now() >= self.next_beat {
                 self.next_beat = Instant::now() + HEARTBEAT;
-                ok = heartbeat(c, host, conn, &mut self.slots).is_ok();
+                ok = heartbeat(c, host, conn, &mut self.beat).is_ok();
             }
             if ok && !self.pending.is_empty() {
                 ok = self.write_batch(c, host);
@@ -193,18 +203,24 @@ impl Writer {
 }
 
 /// Writes this node's heartbeat and reads the others': how many clients
-/// each has, and its subscribers per interest slot.
+/// each has, its subscribers per interest slot, and its patterns with
+/// their subscribers (`p <count> <pattern>` lines: a pattern has no slot).
 fn heartbeat(
     c: &Cluster,
     host: &dyn Host,
     con: &mut Connection,
-    slots: &mut Vec<(usize, u64)>,
+    beat: &mut Beat,
 ) -> RedisResult<()> {
-    slots.clear();
-    let clients = host.local_figures(slots);
+    beat.slots.clear();
+    beat.patterns.clear();
+    let clients = host.local_figures(&mut beat.slots, &mut beat.patterns);
     let mut body = format!("clients {clients}\n");
-    for (slot, n) in slots.iter() {
+    for (slot, n) in beat.slots.iter() {
         body.push_str(&format!("{slot} {n}\n"));
+    }
+    // A pattern has no control characters (no newline): one line each.
+    for (pattern, n) in beat.patterns.iter() {
+        body.push_str(&format!("p {n} {pattern}\n"));
     }
     let key = format!("{NODE_KEY_PREFIX}{}", c.node_id);
     redis::cmd("SET")
@@ -224,14 +240,23 @@ fn heartbeat(
     };
     let mut clients = 0u64;
     let mut remote = vec![0u32; INTEREST_SLOTS];
+    let mut patterns: HashMap<String, u64> = HashMap::new();
     let mut alive = HashSet::new();
     for (k, b) in others.iter().zip(bodies) {
         let Some(b) = b else { continue }; // expired between SCAN and MGET
         alive.insert(k[NODE_KEY_PREFIX.len()..].to_owned());
         for line in b.lines() {
-            let mut f = line.split(' ');
+            let mut f = line.splitn(3, ' ');
             match (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) {
                 (Some("clients"), Some(n)) => clients += n,
+                (Some("p"), Some(n)) => {
+                    // Checked as a subscribe would be: another node's bad
+                    // line is skipped, never matched.
+                    let p = f.next().unwrap_or("");
+                    if crate::protocol::pattern::check_subscribe(p).is_ok() {
+                        *patterns.entry(p.to_owned()).or_default() += n;
+                    }
+                }
                 (Some(s), Some(n)) => {
                     if let Some(slot) = s.parse::<usize>().ok().filter(|s| *s < INTEREST_SLOTS) {
                         remote[slot] =
@@ -245,6 +270,18 @@ fn heartbeat(
     for (slot, n) in remote.into_iter().enumerate() {
         c.remote_interest.set(slot, n);
     }
+    for (p, old) in beat.remote_patterns.iter() {
+        if !patterns.contains_key(p) {
+            host.remote_pattern(p, *old, 0);
+        }
+    }
+    for (p, n) in patterns.iter() {
+        let old = beat.remote_patterns.get(p).copied().unwrap_or(0);
+        if old != *n {
+            host.remote_pattern(p, old, *n);
+        }
+    }
+    beat.remote_patterns = patterns;
     c.remote_clients.store(clients, Ordering::Relaxed);
     c.nodes.store(alive.len() as u64 + 1, Ordering::Relaxed);
     *lock(&c.alive) = Arc::new(alive);

@@ -15,6 +15,7 @@ pub mod frame;
 pub mod interest;
 pub mod json;
 pub mod message;
+pub mod pattern;
 pub mod raw;
 pub mod stats;
 pub mod time;

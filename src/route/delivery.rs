@@ -33,6 +33,10 @@ pub struct Delivery {
     /// offset after a new epoch): a subscriber whose subscription began at
     /// or after it (it was in its replay, or before its position) skips it.
     pub history_seq: Option<u64>,
+    /// For a channel message, the node's patterns that match the channel
+    /// (looked up once, where the delivery is made): the shards holding
+    /// one of them get it too. `None`: no pattern matches.
+    pub patterns: Option<super::patterns::PatternMatch>,
     /// On a history channel, the store epoch's generation and the
     /// publication's offset (see [`super::channels::Mark`]).
     pub history_at: (u64, u64),
@@ -71,6 +75,7 @@ impl Delivery {
             history_seq: None,
             history_at: (0, 0),
             to: None,
+            patterns: None,
         }
     }
 
@@ -114,6 +119,7 @@ impl Delivery {
             history_seq: None,
             history_at: (0, 0),
             to: None,
+            patterns: None,
         }
     }
 

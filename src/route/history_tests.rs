@@ -9,7 +9,7 @@ use crate::session::*;
 use serde_json::{json, Value};
 
 /// A node keeping history: `size` publications a channel, TTL 60 s.
-fn with_history(size: usize, n: usize) -> Shared {
+pub(super) fn with_history(size: usize, n: usize) -> Shared {
     shards(
         ServerConfig {
             history: crate::route::history::HistorySettings {
@@ -27,7 +27,7 @@ fn with_history(size: usize, n: usize) -> Shared {
 /// What the shard loop does with shard `shard`'s mailbox: each delivery to
 /// the subscribers its index names (skipping those whose subscription
 /// began at or after a history publication).
-fn fan_out(sh: &Shared, shard: usize, env: &mut TestEnv<'_>, sessions: &mut [Session]) {
+pub(super) fn fan_out(sh: &Shared, shard: usize, env: &mut TestEnv<'_>, sessions: &mut [Session]) {
     let mut got = Vec::new();
     sh.mailboxes[shard].drain(|d| got.push(d));
     for d in got {
@@ -36,11 +36,10 @@ fn fan_out(sh: &Shared, shard: usize, env: &mut TestEnv<'_>, sessions: &mut [Ses
             continue;
         }
         let ch = d.channel.as_deref().expect("a channel message");
-        let keys: Vec<usize> = env
-            .host
+        let mut keys = Vec::new();
+        env.host
             .channels
-            .subscribers_of(ch, d.history_mark())
-            .collect();
+            .recipients(ch, d.history_mark(), &mut keys);
         for k in keys {
             assert!(sessions[k].push_broadcast(env, &d.frame, &d.packed));
         }

@@ -23,11 +23,14 @@
 //! History ([`history`]): a history channel's publication gets its offset
 //! in `ShardRoute::publish_with`, under the one lock of the router's
 //! history [`history::Store`], and reaches every shard, its own included,
-//! through the mailboxes under that lock; the module doc says why. Patterns
-//! plug in here too: a pattern subscription
-//! would be one more index beside `ChannelIndex`, consulted where the
-//! shard asks for a delivery's local recipients, with the interest table
-//! counting patterns by the slots they may match.
+//! through the mailboxes under that lock; the module doc says why.
+//!
+//! Patterns (`a.*`, `a.>`): each shard matches its sessions' patterns in a
+//! token trie with a bounded match cache ([`sublist`], held by
+//! [`ChannelIndex`]); across shards and nodes a pattern counts in no slot
+//! but in the node's [`patterns::PatternInterest`], which a publisher
+//! consults once per delivery ([`Delivery::patterns`]) to add the shards
+//! a pattern there may match.
 
 #[cfg(test)]
 mod channel_tests;
@@ -39,15 +42,19 @@ pub mod history;
 #[cfg(test)]
 mod history_tests;
 pub mod mailbox;
+#[cfg(test)]
+mod pattern_tests;
+pub mod patterns;
 mod remote;
 pub(crate) mod report;
 #[cfg(test)]
 mod session_tests;
 mod shard;
+pub mod sublist;
 #[cfg(test)]
 mod testing;
 
-pub use channels::{ChannelIndex, Interest};
+pub use channels::{ChannelIndex, Interest, Row};
 pub use delivery::Delivery;
 pub use mailbox::{Mailbox, Wake};
 pub use shard::ShardRoute;
@@ -99,6 +106,9 @@ pub struct Router {
     /// Each shard's channel interest (subscriber counts per hash slot),
     /// written by its shard, read by publishers on any shard.
     pub interest: Box<[Interest]>,
+    /// The patterns held on this node, with each shard's (and the other
+    /// nodes') subscribers of each.
+    pub patterns: patterns::PatternInterest,
     /// The cross-node backplane, with `--backplane`.
     pub cluster: Option<Arc<Cluster>>,
     /// Compressions run for other nodes' messages (the backplane reader's
@@ -112,6 +122,8 @@ pub struct Router {
     pub history: Option<Mutex<history::Store>>,
     /// Only the backplane reader compresses remote entries: never contended.
     remote_compressor: Mutex<Compressor>,
+    /// Only the backplane reader matches remote entries against patterns.
+    remote_patterns: Mutex<patterns::PatternCache>,
 }
 
 impl std::fmt::Debug for Router {
@@ -141,6 +153,7 @@ impl Router {
                 .map(|fd| CachePadded::new(Mailbox::new(*fd)))
                 .collect(),
             interest: (0..n).map(|_| Interest::default()).collect(),
+            patterns: patterns::PatternInterest::new(n),
             remote_compressions: AtomicU64::new(0),
             node,
             history: (settings.history.size > 0).then(|| {
@@ -153,6 +166,30 @@ impl Router {
             cluster,
             settings,
             remote_compressor: Mutex::new(Compressor::new()),
+            remote_patterns: Mutex::new(patterns::PatternCache::default()),
+        }
+    }
+
+    /// Shard `shard`'s row of the interest: what its channel index keeps
+    /// in step.
+    pub fn row(&self, shard: usize) -> Row<'_> {
+        Row {
+            slots: &self.interest[shard],
+            patterns: &self.patterns,
+            shard,
+        }
+    }
+
+    /// Whether shard `i` has recipients for `d`: every shard for a
+    /// broadcast; for a channel message, a subscriber in its slot or of a
+    /// pattern that matches it.
+    #[inline]
+    fn wants(&self, i: usize, d: &Delivery) -> bool {
+        match d.slot {
+            None => true,
+            Some(s) => {
+                self.interest[i].count(s) > 0 || d.patterns.as_ref().is_some_and(|p| p.on_shard(i))
+            }
         }
     }
 
@@ -203,7 +240,7 @@ impl Router {
     ) -> u64 {
         let mut eventfd = 0;
         for (i, mb) in self.mailboxes.iter().enumerate() {
-            if Some(i) == from || d.slot.is_some_and(|s| self.interest[i].count(s) == 0) {
+            if Some(i) == from || !self.wants(i, d) {
                 continue;
             }
             match mb.push(d.clone(), msg_ring) {
@@ -229,7 +266,7 @@ impl Router {
     ) -> u64 {
         let mut eventfd = 0;
         for (i, mb) in self.mailboxes.iter().enumerate() {
-            if d.slot.is_some_and(|s| self.interest[i].count(s) == 0) {
+            if !self.wants(i, d) {
                 continue;
             }
             if i == me {
@@ -287,6 +324,10 @@ impl Router {
             return;
         };
         {
+            let mut cache = crate::sync::lock(&self.remote_patterns);
+            d.patterns = self.patterns.lookup(&mut cache, channel);
+        }
+        {
             let mut c = crate::sync::lock(&self.remote_compressor);
             self.pack(&mut d, &mut c, &self.remote_compressions);
         }
@@ -297,6 +338,10 @@ impl Router {
     /// every shard with recipients (this thread has no ring: eventfds).
     pub fn deliver_remote(&self, frame: bytes::Bytes, channel: Option<Arc<str>>) {
         let mut d = Delivery::new(frame, channel);
+        if let Some(ch) = &d.channel {
+            let mut cache = crate::sync::lock(&self.remote_patterns);
+            d.patterns = self.patterns.lookup(&mut cache, ch);
+        }
         {
             let mut c = crate::sync::lock(&self.remote_compressor);
             self.pack(&mut d, &mut c, &self.remote_compressions);

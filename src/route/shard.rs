@@ -4,10 +4,12 @@
 use super::channels::{ChannelIndex, Mark};
 use super::delivery::Delivery;
 use super::history::Recovery;
+use super::patterns::{PatternCache, PatternMatch};
 use super::report::{self, RssReader};
 use super::Router;
 use crate::protocol::codec::Compressor;
 use crate::protocol::message::{HistoryQuery, Recover};
+use crate::protocol::pattern::is_pattern;
 use crate::protocol::JsonValue;
 use crate::session::counters::ShardCounters;
 use crate::session::{
@@ -39,6 +41,8 @@ pub struct ShardRoute<'a> {
     placing: Option<(Delivery, ConnId)>,
     /// Compresses what this shard's sessions publish.
     compressor: Compressor,
+    /// Which of the node's patterns match the channels published here.
+    pattern_cache: PatternCache,
     rss: RssReader,
     per_shard: Vec<u64>,
 }
@@ -64,6 +68,7 @@ impl<'a> ShardRoute<'a> {
             eventfd_wakes: 0,
             placing: None,
             compressor: Compressor::new(),
+            pattern_cache: PatternCache::default(),
             rss: RssReader::new(),
             per_shard: Vec::with_capacity(router.shards()),
         }
@@ -93,10 +98,13 @@ impl<'a> ShardRoute<'a> {
     }
 
     /// Subscribers of `channel` here and on the other shards (and nodes),
-    /// as a publisher is told.
-    fn recipients(&self, channel: &str, slot: usize) -> u64 {
-        // Exact on this shard; elsewhere the other shards' interest counts,
-        // read without a lock, and the other nodes' last heartbeats.
+    /// as a publisher is told; `patterns` are the node's patterns that
+    /// match it.
+    fn recipients(&mut self, channel: &str, slot: usize, patterns: Option<&PatternMatch>) -> u64 {
+        // Exact on this shard (each session once, however many of its
+        // subscriptions match); elsewhere the other shards' interest
+        // counts, read without a lock, and the other nodes' last
+        // heartbeats.
         let here = self.channels.subscriber_count(channel) as u64;
         let shards = self.router.other_shards_in(self.shard, slot);
         let nodes = self
@@ -104,7 +112,8 @@ impl<'a> ShardRoute<'a> {
             .cluster
             .as_ref()
             .map_or(0, |c| c.remote_subscribers(slot));
-        here + shards + nodes
+        let by_pattern = patterns.map_or(0, |p| p.elsewhere(self.shard));
+        here + shards + nodes + by_pattern
     }
 }
 
@@ -125,16 +134,21 @@ impl Host for ShardRoute<'_> {
     }
 
     fn publish(&mut self, from: ConnId, channel: &str, frame: Bytes) -> Routed {
-        let d = Delivery::new(frame, Some(Arc::from(channel)));
+        let mut d = Delivery::new(frame, Some(Arc::from(channel)));
         let slot = d.slot.expect("a channel has a slot");
+        d.patterns = self
+            .router
+            .patterns
+            .lookup(&mut self.pattern_cache, channel);
+        let patterns = d.patterns.clone();
         if !self.route(from, d) {
             return Routed::LocalOnly;
         }
-        Routed::Recipients(self.recipients(channel, slot))
+        Routed::Recipients(self.recipients(channel, slot, patterns.as_ref()))
     }
 
     fn subscribe(&mut self, conn: ConnId, channel: &str) -> Result<usize, SubscribeError> {
-        let interest = &self.router.interest[self.shard];
+        let interest = self.router.row(self.shard);
         let max = self.router.settings.max_subscriptions;
         let r = self
             .channels
@@ -169,14 +183,17 @@ impl Host for ShardRoute<'_> {
             write(&mut frame, None);
             let d = Delivery::new(Bytes::from(frame), Some(Arc::from(channel)));
             let slot = d.slot.expect("a channel has a slot");
+            let patterns = router.patterns.lookup(&mut self.pattern_cache, channel);
             self.placing = Some((d, from));
-            return (Routed::Placing(self.recipients(channel, slot)), None);
+            let n = self.recipients(channel, slot, patterns.as_ref());
+            return (Routed::Placing(n), None);
         }
         // The channel's order is fixed here: offset, frame, log and every
         // shard's mailbox under one lock (see `history`).
         let (d, position) = {
             let mut store = crate::sync::lock(history);
             let (mut d, position) = store.append(channel, now_ms, write);
+            d.patterns = router.patterns.lookup(&mut self.pattern_cache, channel);
             router.pack(
                 &mut d,
                 &mut self.compressor,
@@ -188,11 +205,12 @@ impl Host for ShardRoute<'_> {
             (d, position)
         };
         let slot = d.slot.expect("a channel has a slot");
+        let patterns = d.patterns.clone();
         // Kept for the fan-out's publisher pause only: it is delivered
         // through the mailboxes (the shard loop skips it).
         self.outgoing.push((d, from));
         (
-            Routed::Recipients(self.recipients(channel, slot)),
+            Routed::Recipients(self.recipients(channel, slot, patterns.as_ref())),
             Some(position),
         )
     }
@@ -206,14 +224,17 @@ impl Host for ShardRoute<'_> {
         replay: &mut Vec<u8>,
     ) -> Result<Subscribed, SubscribeError> {
         let router = self.router;
-        let Some(history) = &router.history else {
+        // A pattern has no position: offsets are per channel, and the
+        // session refuses `recover` with one.
+        let history = router.history.as_ref().filter(|_| !is_pattern(channel));
+        let Some(history) = history else {
             return Ok(Subscribed {
                 held: self.subscribe(conn, channel)?,
                 position: None,
                 recovered: false,
             });
         };
-        let interest = &router.interest[self.shard];
+        let interest = router.row(self.shard);
         let max = router.settings.max_subscriptions;
         // Position, replay and joining the subscribers under the lock that
         // orders publications: one published before is replayed or at
@@ -295,14 +316,14 @@ impl Host for ShardRoute<'_> {
     }
 
     fn unsubscribe(&mut self, conn: ConnId, channel: &str) -> usize {
-        let interest = &self.router.interest[self.shard];
+        let interest = self.router.row(self.shard);
         let held = self.channels.unsubscribe(interest, conn, channel);
         self.channels.store_gauges(self.counters);
         held
     }
 
     fn drop_subscriptions(&mut self, conn: ConnId) {
-        let interest = &self.router.interest[self.shard];
+        let interest = self.router.row(self.shard);
         if self.channels.drop_session(interest, conn) > 0 {
             self.channels.store_gauges(self.counters);
         }

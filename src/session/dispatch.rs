@@ -118,6 +118,10 @@ pub(crate) fn handle_frame<H: Host>(
             );
             return ControlFlow::Continue(());
         }
+        if let Err((code, text)) = check_names(&req) {
+            refuse(counters, buf, &req, code, text);
+            return ControlFlow::Continue(());
+        }
         counters.message(req.kind);
         match req.kind {
             RequestKind::Ping => message::write_pong(buf, &req, now, me.client_id),
@@ -290,6 +294,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Counts an error and answers `req` with it.
+/// Checks a channel request's name beyond the parser's limits
+/// (`protocol::pattern`): a subscription may name a pattern, without
+/// `recover` (offsets are per channel); a publish or history needs one
+/// concrete channel.
+fn check_names(req: &crate::protocol::Request<'_, '_>) -> Result<(), (ErrorCode, &'static str)> {
+    use crate::protocol::pattern;
+    let checked = match req.kind {
+        RequestKind::Subscribe | RequestKind::Unsubscribe => {
+            pattern::check_subscribe(req.channel())
+        }
+        RequestKind::Publish | RequestKind::History => pattern::check_concrete(req.channel()),
+        _ => return Ok(()),
+    };
+    checked.map_err(|m| (ErrorCode::InvalidChannel, m))?;
+    if req.kind == RequestKind::Subscribe
+        && req.get("recover").is_some()
+        && pattern::is_pattern(req.channel())
+    {
+        return Err((
+            ErrorCode::InvalidField,
+            "recover needs a channel: a pattern has no offsets (they are per channel)",
+        ));
+    }
+    Ok(())
+}
+
 fn refuse(
     counters: &ShardCounters,
     buf: &mut Vec<u8>,

@@ -43,6 +43,7 @@ from .channels import (
     Position,
     Published,
     Report,
+    Subscriptions,
     history_from_frame,
     published_from_frame,
 )
@@ -455,7 +456,7 @@ class Client:
         self._ready = False
         self._reconnect_task: Optional[asyncio.Task[None]] = None
         self._connected_waiter: Optional[asyncio.Future[None]] = None
-        self._subs: Dict[str, Subscription] = {}
+        self._subs: Subscriptions[Subscription] = Subscriptions()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -898,9 +899,11 @@ class Client:
                 log.debug("dropping answer with unknown id: %.200s", msg)
                 return
         elif msg.get("type") == "channel_message":
-            sub = self._subs.get(msg.get("channel"))  # type: ignore[arg-type]
-            if sub is not None:
-                sub._handle_message(msg)
+            # The channel's own subscription and every matching pattern's.
+            subs = self._subs.for_message(msg.get("channel"))
+            if subs:
+                for sub in subs:
+                    sub._handle_message(msg)
                 return
         elif msg.get("type") in ANSWER_TYPES and self._pending:
             fut = self._pending.pop(next(iter(self._pending)))
@@ -1041,7 +1044,7 @@ class Client:
             self._forget(sub)
 
     def _end_subscriptions(self, end: Optional[BaseException]) -> None:
-        subs, self._subs = list(self._subs.values()), {}
+        subs, self._subs = list(self._subs.values()), Subscriptions()
         for sub in subs:
             sub._finish(end)
 

@@ -22,6 +22,13 @@ lost and why (:data:`LOST_RECONNECT`, :data:`LOST_GAP`, :data:`LOST_EPOCH`).
 Nothing here reads a clock, a socket or a lock: a client calls it from the
 one thread (or event loop) that reads its connection.
 
+A subscription may name a *pattern* (``room.*``: ``*`` is one token,
+a last ``>`` one or more). The server sends a connection each publication
+once, naming the concrete channel; :class:`Subscriptions` finds the
+subscriptions it belongs to (the channel's own, and every matching
+pattern's), and a pattern's :class:`ChannelState` keeps no position
+(offsets are per channel: a pattern subscription recovers nothing).
+
 A subscription read without a callback keeps its messages, and those
 events, in a :class:`MessageQueue`: bounded in messages, it never drops an
 event, and reports its own overflow as a loss (:data:`LOST_OVERFLOW`).
@@ -30,7 +37,20 @@ event, and reports its own overflow as a loss (:data:`LOST_OVERFLOW`).
 from __future__ import annotations
 
 import collections
-from typing import Any, Deque, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import (
+    Any,
+    Deque,
+    Dict,
+    Generic,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from .errors import ProtocolError
 from .protocol import Message, subscribe_message
@@ -53,6 +73,65 @@ LOST_REFUSED = "refused"
 #: Lost: the subscription's queue was full (the application read too
 #: slowly), so its oldest message was dropped (:class:`MessageQueue`).
 LOST_OVERFLOW = "overflow"
+
+
+def is_pattern(name: str) -> bool:
+    """Whether a subscription name is a pattern: it has a token ``*`` or
+    ``>`` (the server checks the rest of the syntax)."""
+    return any(t == "*" or t == ">" for t in name.split("."))
+
+
+def matches(pattern: str, channel: str) -> bool:
+    """Whether ``pattern`` matches the concrete ``channel``, as the server
+    matches: ``*`` one token, a last ``>`` one or more."""
+    chan = channel.split(".")
+    tokens = pattern.split(".")
+    for i, t in enumerate(tokens):
+        if t == ">":
+            return len(chan) > i
+        if i >= len(chan) or (t != "*" and t != chan[i]):
+            return False
+    return len(chan) == len(tokens)
+
+
+S = TypeVar("S")
+
+
+class Subscriptions(Dict[str, S], Generic[S]):
+    """A client's subscriptions by name, which also finds the ones a
+    ``channel_message`` belongs to. A plain dict otherwise; the patterns
+    among its names are kept apart so that a client without any pays one
+    lookup per message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._patterns: Set[str] = set()
+
+    def __setitem__(self, name: str, sub: S) -> None:
+        super().__setitem__(name, sub)
+        if is_pattern(name):
+            self._patterns.add(name)
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(name)
+        self._patterns.discard(name)
+
+    def pop(self, name: str, *default: Any) -> Any:  # type: ignore[override]
+        self._patterns.discard(name)
+        return super().pop(name, *default)
+
+    def for_message(self, channel: Any) -> List[S]:
+        """The subscriptions a ``channel_message`` of ``channel`` goes to:
+        the channel's own, then each pattern's that matches it (each gets
+        the message once; the server sent it once)."""
+        if not isinstance(channel, str):
+            return []
+        own = self.get(channel)
+        out: List[S] = [] if own is None else [own]
+        for p in self._patterns:
+            if matches(p, channel):
+                out.append(self[p])
+        return out
 
 
 class Position(NamedTuple):
@@ -222,6 +301,7 @@ class ChannelState:
 
     __slots__ = (
         "channel",
+        "pattern",
         "position",
         "subscribed_once",
         "resubscribing",
@@ -233,6 +313,9 @@ class ChannelState:
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
+        #: A pattern keeps no position: its messages come from many
+        #: channels, each with offsets of its own.
+        self.pattern = is_pattern(channel)
         self.position: Optional[Position] = None
         #: Whether a ``subscribed`` answer has come on some connection: a
         #: later subscribe is a resubscription, reported recovered or lost.
@@ -300,8 +383,9 @@ class ChannelState:
         position, same epoch), which is dropped; ``lost`` is
         :data:`LOST_GAP` or :data:`LOST_EPOCH` when this message shows that
         others were missed (report it before delivering this one), else
-        None. A message without offset (no history) is always delivered."""
-        got = _position_of(frame)
+        None. A message without offset (no history), or to a pattern
+        subscription, is always delivered."""
+        got = None if self.pattern else _position_of(frame)
         if got is None:
             return True, None
         pos = self.position

@@ -25,6 +25,7 @@ from .channels import (
     Position,
     Published,
     Report,
+    Subscriptions,
     history_from_frame,
     published_from_frame,
 )
@@ -372,7 +373,7 @@ class Client:
         self._pending: Dict[int, Union[_Waiter, _Resubscribe]] = {}
         self._max_queued = max_queued_messages
         # Subscriptions by channel, under _lock.
-        self._subs: Dict[str, Subscription] = {}
+        self._subs: Subscriptions[Subscription] = Subscriptions()
         self._ids = itertools.count(1)
         self._sock: Optional[socket.socket] = None
         self._session: Optional[Session] = None
@@ -757,7 +758,7 @@ class Client:
     def _end_subscriptions(self) -> None:
         """Closes every subscription: the client will not connect again."""
         with self._lock:
-            subs, self._subs = list(self._subs.values()), {}
+            subs, self._subs = list(self._subs.values()), Subscriptions()
         for sub in subs:
             sub._close()
 
@@ -831,10 +832,12 @@ class Client:
                 if self._pending:
                     waiter = self._pending.pop(next(iter(self._pending)))
         elif msg.get("type") == "channel_message":
+            # The channel's own subscription and every matching pattern's.
             with self._lock:
-                sub = self._subs.get(msg.get("channel"))  # type: ignore[arg-type]
-            if sub is not None:
-                sub._handle_message(msg)
+                subs = self._subs.for_message(msg.get("channel"))
+            if subs:
+                for sub in subs:
+                    sub._handle_message(msg)
                 return
         if waiter is not None:
             if msg.get("type") == "subscribed":

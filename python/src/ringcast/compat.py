@@ -24,6 +24,7 @@ from . import protocol
 from ._net import Session, close_quietly, open_session, wire_stats
 from ._version import __version__
 from .backoff import ReconnectPolicy
+from .channels import Subscriptions
 from .client import BaseSubscription, MessageCallback
 from .compression import CompressionArg, resolve_offer
 from .errors import RingcastError, ServerError
@@ -222,7 +223,7 @@ class TCPClient:
         self._session: Optional[Session] = None
         # Subscriptions by channel, and subscribe frames awaiting their
         # answer by id; both under _state.
-        self._subs: Dict[str, TCPSubscription] = {}
+        self._subs: Subscriptions[TCPSubscription] = Subscriptions()
         self._sub_ids: Dict[str, TCPSubscription] = {}
 
     # ------------------------------------------------------- the seed's API
@@ -493,10 +494,12 @@ class TCPClient:
         kind = msg.get("type")
         rid = msg.get("id")
         if kind == "channel_message":
+            # The channel's own subscription and every matching pattern's.
             with self._state:
-                sub = self._subs.get(msg.get("channel"))  # type: ignore[arg-type]
-            if sub is not None:
-                sub._handle_message(msg)
+                subs = self._subs.for_message(msg.get("channel"))
+            if subs:
+                for sub in subs:
+                    sub._handle_message(msg)
                 return
         elif isinstance(rid, str) and (kind == "subscribed" or kind == "error"):
             with self._state:

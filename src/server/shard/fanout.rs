@@ -200,7 +200,11 @@ impl Shard<'_> {
                     .filter(|(k, e)| Some(*k) != except && e.session.is_established())
                     .map(|(k, _)| k),
             ),
-            Some(ch) => keys.extend(self.env.host.channels.subscribers_of(ch, d.history_mark())),
+            Some(ch) => self
+                .env
+                .host
+                .channels
+                .recipients(ch, d.history_mark(), &mut keys),
         }
         let mut delivered = 0;
         // Recipients joining the round robin now have waited through
