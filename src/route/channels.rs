@@ -106,6 +106,13 @@ impl ChannelIndex {
         }
     }
 
+    /// The channels `session` is subscribed to.
+    pub fn channels_of(&self, session: usize) -> Vec<Arc<str>> {
+        self.by_session
+            .get(&session)
+            .map_or_else(Vec::new, |m| m.iter().cloned().collect())
+    }
+
     /// The sessions subscribed to `channel` on this shard.
     pub fn subscribers(&self, channel: &str) -> impl Iterator<Item = usize> + '_ {
         self.subscribers_of(channel, None)

@@ -46,6 +46,8 @@ mod session_tests;
 mod shard;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod token_tests;
 
 pub use channels::{ChannelIndex, Interest};
 pub use delivery::Delivery;
