@@ -361,7 +361,7 @@ const SEED_STATS_KEYS: [&str; 6] = [
     "current_time",
 ];
 
-const EXTRA_STATS_KEYS: [&str; 20] = [
+const EXTRA_STATS_KEYS: [&str; 21] = [
     "shards",
     "total_connections",
     "messages_by_type",

@@ -5,7 +5,7 @@ use super::counters::ShardCounters;
 use super::env::Env;
 use super::grant::{Op, TokenRefusal};
 use super::host::{Host, Routed, SubscribeError};
-use super::output::{Bucket, Output};
+use super::output::{reply_buf, Bucket, Output};
 use super::token::{authenticate, Credentials};
 use crate::protocol::codec::Codec;
 use crate::protocol::frame::{BoundedPool, BufferPool};
@@ -16,16 +16,6 @@ use std::ops::ControlFlow;
 
 /// Why a session is closing after an error frame.
 pub(crate) type Closing = (ErrorCode, &'static str);
-
-/// The reply buffer to append to, taken from the pool when empty.
-pub(crate) fn reply_buf<'o>(pool: &mut BoundedPool, out: &'o mut Output) -> &'o mut Vec<u8> {
-    if out.building.capacity() == 0 {
-        out.building = pool
-            .take()
-            .unwrap_or_else(|| Vec::with_capacity(super::env::REPLY_BUF_CAPACITY));
-    }
-    &mut out.building
-}
 
 /// The per-connection state one request may change.
 pub(crate) struct Caller<'s> {

@@ -61,6 +61,7 @@ pub mod fake;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grant;
+mod handshake;
 pub mod host;
 mod output;
 pub mod tls;
@@ -76,8 +77,8 @@ use crate::protocol::{ErrorCode, FrameDecoder, HEADER_LEN};
 use bytes::Bytes;
 use config::SMALL_PARTIAL_BYTES;
 use counters::{bump, unbump};
-use dispatch::{handle_frame, reply_buf, Caller};
-use output::{Bucket, Output};
+use dispatch::{handle_frame, Caller};
+use output::{reply_buf, Bucket, Output};
 use std::ops::ControlFlow;
 use tls::{HandshakeFailure, Tls, TlsInput};
 

@@ -310,39 +310,3 @@ impl Tls {
         recycle(std::mem::take(&mut self.cipher));
     }
 }
-
-// The session's side of the handshake, here with the transport (the
-// session module is kept to its phases and I/O).
-impl super::Session {
-    /// The TLS handshake finished (the transport no longer counts it as in
-    /// progress): the client is established (or, with an auth token, may
-    /// now authenticate).
-    pub(super) fn handshake_finished<H: Host>(&mut self, env: &mut Env<'_, H>) {
-        if self.phase == super::Phase::Open && self.authed && !self.established {
-            self.establish(env);
-        }
-    }
-
-    /// Counts a failed handshake, once (and logs it, within the warning
-    /// budget); it no longer counts as in progress.
-    pub(super) fn handshake_failed<H: Host>(
-        &mut self,
-        env: &mut Env<'_, H>,
-        why: HandshakeFailure,
-    ) {
-        if let Some(t) = &mut self.tls {
-            t.handshaking = false;
-            env.tls_handshakes -= 1;
-        }
-        super::counters::bump(&env.counters.tls_handshake_failures[why.index()], 1);
-        if let Some(suppressed) = env.warn_budget.allow(env.now_mono_ms) {
-            tracing::warn!(
-                shard = env.shard,
-                client_id = %self.client_id,
-                reason = why.as_str(),
-                suppressed,
-                "TLS handshake failed"
-            );
-        }
-    }
-}

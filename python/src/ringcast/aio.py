@@ -480,7 +480,7 @@ class Client:
             raise
         self._ready = True
         if self.token_provider is not None:
-            task = asyncio.get_running_loop().create_task(self._refresh_loop())
+            task = asyncio.get_running_loop().create_task(tokens.refresh_loop(self))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return self
@@ -489,10 +489,7 @@ class Client:
         """The token for a new connection: the provider's, else ``auth_token``."""
         if self.token_provider is None:
             return self.auth_token
-        token = self.token_provider()
-        if inspect.isawaitable(token):
-            token = await token
-        return str(token)
+        return await tokens.provide(self.token_provider)
 
     async def refresh(self, token: Optional[str] = None, *, timeout: Optional[float] = None) -> Optional[int]:
         """Sends ``refresh`` with ``token`` (default: the provider's), a JWT
@@ -506,25 +503,6 @@ class Client:
         exp = reply.get("expires_at")
         self.token_expires_at = exp if isinstance(exp, int) else None
         return self.token_expires_at
-
-    async def _refresh_loop(self) -> None:
-        """Refreshes the token before it expires (see :mod:`ringcast.tokens`)."""
-        seen: Optional[Tuple[int, float]] = None
-        while not self._closed:
-            await asyncio.sleep(1.0)
-            exp = self.token_expires_at
-            if exp is None or not self._ready:
-                seen = None
-                continue
-            now = time.time()
-            if seen is None or seen[0] != exp:
-                seen = (exp, now)
-            if now < tokens.refresh_at(seen[1], exp):
-                continue
-            try:
-                await self.refresh()
-            except Exception as e:  # tried again next second
-                log.warning("token refresh failed: %s", e)
 
     async def _handshake(self, verify: bool) -> None:
         """On a connection just opened: hello when compression is asked for,

@@ -8,12 +8,15 @@ again before the current token expires, sending it in ``refresh``.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
+    from . import aio
     from .client import Client
 
 log = logging.getLogger("ringcast")
@@ -39,7 +42,7 @@ def start_refresher(client: "Client") -> threading.Thread:
 
 
 def _run(client: "Client") -> None:
-    seen: Optional[tuple] = None
+    seen: Optional[Tuple[int, float]] = None
     while not client._stop.wait(1.0):
         exp = client.token_expires_at
         if exp is None or not client.connected:
@@ -52,5 +55,33 @@ def _run(client: "Client") -> None:
             continue
         try:
             client.refresh()
+        except Exception as e:  # the provider's or the server's; tried again next second
+            log.warning("token refresh failed: %s", e)
+
+
+async def provide(provider: Callable[[], Any]) -> str:
+    """Calls ``provider``, awaiting what it returns if that is awaitable."""
+    token = provider()
+    if inspect.isawaitable(token):
+        token = await token
+    return str(token)
+
+
+async def refresh_loop(client: "aio.Client") -> None:
+    """The asyncio client's refresher: a task, cancelled when it closes."""
+    seen: Optional[Tuple[int, float]] = None
+    while not client._closed:
+        await asyncio.sleep(1.0)
+        exp = client.token_expires_at
+        if exp is None or not client._ready:
+            seen = None
+            continue
+        now = time.time()
+        if seen is None or seen[0] != exp:
+            seen = (exp, now)
+        if now < refresh_at(seen[1], exp):
+            continue
+        try:
+            await client.refresh()
         except Exception as e:  # the provider's or the server's; tried again next second
             log.warning("token refresh failed: %s", e)
