@@ -8,7 +8,6 @@ use super::host::{Host, Routed, SubscribeError};
 use super::output::{reply_buf, Bucket, Output};
 use super::token::{authenticate, Credentials};
 use crate::protocol::codec::Codec;
-use crate::protocol::frame::{BoundedPool, BufferPool};
 use crate::protocol::{auth, message};
 use crate::protocol::{parse_request, raw, ErrorCode, RequestKind};
 use bytes::Bytes;
