@@ -8,8 +8,8 @@
 //! session's one-second tick ([`Session::handle_tick`](super::Session::handle_tick)).
 
 use super::config::SessionConfig;
-use super::output::reply_buf;
 use super::grant::{Grant, TokenRefusal, MAX_TOKEN_BYTES};
+use super::output::reply_buf;
 use super::{Env, Host, Session};
 use crate::protocol::ErrorCode;
 
