@@ -5,7 +5,8 @@
 #
 # 1. Creates a virtual environment (default python/.venv; set RINGCAST_PY_VENV
 #    to put it elsewhere, PYTHON to pick the interpreter, default python3).
-# 2. Installs pytest, zstandard (optional: without it the zstd tests skip)
+# 2. Installs pytest, zstandard (optional: without it the zstd tests skip),
+#    PyJWT with cryptography (the token tests; skipped without them)
 #    and the package itself with `pip install ./python`: a regular,
 #    non-editable install, so the tests prove the install works.
 # 3. Takes the server binary from RINGCAST_BIN, or builds
@@ -49,6 +50,12 @@ echo "== installing pytest and ./python into $VENV"
 # cover it; without it (no network, no wheel) the zstd tests are skipped.
 if ! "$VPY" -m pip install --quiet --disable-pip-version-check 'zstandard>=0.22'; then
     echo "run-tests.sh: could not install zstandard; the zstd tests will be skipped" >&2
+fi
+# PyJWT with cryptography signs the tokens of test_tokens.py (HS256, RS256,
+# ES256, EdDSA): tokens made by a library we did not write. Without them
+# (no network, no wheel) those tests are skipped, and listed as skipped.
+if ! "$VPY" -m pip install --quiet --disable-pip-version-check 'pyjwt[crypto]>=2.8'; then
+    echo "run-tests.sh: could not install PyJWT/cryptography; the token tests will be skipped" >&2
 fi
 # --force-reinstall: the version does not change between commits, and the
 # tests must run against the tree as it is now.

@@ -156,6 +156,7 @@ impl Shard {
                                 partial_frame_bytes: 4096,
                                 io_backend: "io-uring",
                                 tls_handshake_failures: &[],
+                                auth_failures: &[],
                                 channels: 2,
                                 subscriptions: 3,
                                 publishes: 4,

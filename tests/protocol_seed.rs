@@ -361,7 +361,7 @@ const SEED_STATS_KEYS: [&str; 6] = [
     "current_time",
 ];
 
-const EXTRA_STATS_KEYS: [&str; 20] = [
+const EXTRA_STATS_KEYS: [&str; 21] = [
     "shards",
     "total_connections",
     "messages_by_type",
@@ -377,6 +377,7 @@ const EXTRA_STATS_KEYS: [&str; 20] = [
     "partial_frame_bytes",
     "io_backend",
     "tls_handshake_failures",
+    "auth_failures",
     "channels",
     "subscriptions",
     "publishes",
@@ -410,6 +411,7 @@ fn server_stats_matches_seed_plus_extras() {
         partial_frame_bytes: 65536,
         io_backend: "io-uring",
         tls_handshake_failures: &[("malformed", 0)],
+        auth_failures: &[("expired", 0)],
         channels: 5,
         subscriptions: 12,
         publishes: 30,

@@ -160,7 +160,7 @@ fn get_stats_fields() {
         v["messages_by_type"],
         json!({"ping": 2, "echo": 1, "broadcast": 1, "get_stats": 1, "message": 1, "auth": 0,
                "custom": 0, "subscribe": 0, "unsubscribe": 0, "publish": 0, "hello": 0,
-               "history": 0})
+               "history": 0, "refresh": 0})
     );
     assert!(u64_of(&v, "bytes_received") > 0);
     assert!(u64_of(&v, "bytes_sent") > 0);

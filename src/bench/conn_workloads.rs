@@ -159,6 +159,9 @@ pub fn run_connect(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let mut handles = Vec::new();
     for t in 0..threads {
         let (tls, ips, addr, compress) = (tls.clone(), ips.clone(), cfg.addr, cfg.compress);
+        // With --token (the static one or a JWT) every handshake includes
+        // `auth`: the cost of verifying it is part of what is measured.
+        let token = cfg.token.clone();
         handles.push(std::thread::spawn(move || {
             let mut hist = new_histogram();
             let (mut done, mut errors, mut first_error) = (0u64, 0u64, None);
@@ -170,24 +173,28 @@ pub fn run_connect(cfg: &BenchConfig) -> Result<Report, BenchError> {
                 }
                 let src = (!ips.is_empty()).then(|| ips[i % ips.len()]);
                 i += threads;
-                let r = setup::connect_auth(addr, src, None, tls.as_ref(), compress).and_then(
-                    |setup::Connected {
-                         mut sock,
-                         tls: mut conn,
-                         codec,
-                     }| {
-                        let mut s = super::tls::stream(&mut sock, conn.as_mut());
-                        let r =
-                            roundtrip_with(&mut *s, br#"{"type":"ping"}"#, codec.map(|(c, _)| c))?;
-                        drop(s);
-                        if let Some(c) = conn.as_mut() {
-                            // End it properly, as a real client would.
-                            c.send_close_notify();
-                            let _ = c.write_tls(&mut sock);
-                        }
-                        Ok(r)
-                    },
-                );
+                let r = setup::connect_auth(addr, src, token.as_deref(), tls.as_ref(), compress)
+                    .and_then(
+                        |setup::Connected {
+                             mut sock,
+                             tls: mut conn,
+                             codec,
+                         }| {
+                            let mut s = super::tls::stream(&mut sock, conn.as_mut());
+                            let r = roundtrip_with(
+                                &mut *s,
+                                br#"{"type":"ping"}"#,
+                                codec.map(|(c, _)| c),
+                            )?;
+                            drop(s);
+                            if let Some(c) = conn.as_mut() {
+                                // End it properly, as a real client would.
+                                c.send_close_notify();
+                                let _ = c.write_tls(&mut sock);
+                            }
+                            Ok(r)
+                        },
+                    );
                 let measured = t0 >= measure_from;
                 match r {
                     Ok(r) if r.starts_with(br#"{"type":"pong""#) => {

@@ -109,7 +109,8 @@ pub struct BenchArgs {
     /// A label stored in the JSON report.
     #[arg(long, default_value = "")]
     pub label: String,
-    /// Token for servers started with --auth-token.
+    /// Token sent in `auth` on every connection: the server's --auth-token,
+    /// or a JWT (the connect workload then measures its verification).
     #[arg(long, env = "RINGCAST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// No progress lines.

@@ -209,6 +209,8 @@ server_settings!(layer! {
     /// Read the auth token from this file (trailing newline ignored); for
     /// systemd credentials and container secrets.
     auth_token_file: Option<PathBuf> = None,
+    /// Read the JWT HMAC secret from this file (trailing newline ignored).
+    jwt_secret_file: Option<PathBuf> = None,
     /// Log format: text, or json (one object per line).
     log_format: LogFormat = LogFormat::Text,
     /// Seconds between info log lines with the headline stats; 0 = off.
@@ -365,6 +367,7 @@ given_as_itself!(
     IoBackend,
     LogFormat,
     crate::tls::TlsVersion,
+    Namespaces,
 );
 
 impl Layer {
@@ -377,7 +380,7 @@ impl Layer {
     }
 
     /// Parses config-file text. Errors quote the offending line, except a
-    /// line that may hold a secret (its key mentions `token`), which is
+    /// line that may hold a secret (it mentions `token` or `secret`), which is
     /// named by number only.
     pub fn from_toml(text: &str) -> Result<Layer, String> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
@@ -385,7 +388,8 @@ impl Layer {
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let line = line_no.and_then(|n| text.lines().nth(n - 1)).unwrap_or("");
-            if line.to_ascii_lowercase().contains("token") {
+            let lower = line.to_ascii_lowercase();
+            if lower.contains("token") || lower.contains("secret") {
                 // Neither the line nor the value (which the message may quote).
                 let mut msg = e.message().to_string();
                 if let Some((_, value)) = line.split_once('=') {
@@ -429,6 +433,10 @@ impl ServerArgs {
                 file.auth_token = None;
                 file.auth_token_file = None;
             }
+            if given.jwt_secret.is_some() || given.jwt_secret_file.is_some() {
+                file.jwt_secret = None;
+                file.jwt_secret_file = None;
+            }
             given.fill_from(file);
         }
         let mut settings = given.over_defaults();
@@ -438,7 +446,16 @@ impl ServerArgs {
                     return Err("give the auth token or a file holding it, not both".into())
                 }
                 (Some(t), None) => Some(t),
-                (None, Some(path)) => Some(read_token(path)?),
+                (None, Some(path)) => Some(read_token(path, "auth token")?),
+                (None, None) => None,
+            };
+        settings.server.jwt_secret =
+            match (settings.server.jwt_secret.take(), &settings.jwt_secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err("give the JWT secret or a file holding it, not both".into())
+                }
+                (Some(t), None) => Some(t),
+                (None, Some(path)) => Some(read_token(path, "JWT secret")?),
                 (None, None) => None,
             };
         if settings.server.auth_token.as_deref() == Some("") {
@@ -450,9 +467,9 @@ impl ServerArgs {
 }
 
 /// Reads a secret from a file, without its trailing line break.
-fn read_token(path: &Path) -> Result<String, String> {
+fn read_token(path: &Path, what: &str) -> Result<String, String> {
     let t = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read auth token file {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))?;
     Ok(t.trim_end_matches(['\n', '\r']).to_string())
 }
 
@@ -468,6 +485,9 @@ impl Settings {
         Layer::of(self).write_toml(&mut out);
         if self.server.auth_token.is_some() && self.auth_token_file.is_none() {
             out.push_str("# auth_token is set but not printed\n");
+        }
+        if self.server.jwt_secret.is_some() && self.jwt_secret_file.is_none() {
+            out.push_str("# jwt_secret is set but not printed\n");
         }
         if self.server.backplane.is_some() {
             out.push_str("# backplane is set but not printed (its URL may hold a password)\n");

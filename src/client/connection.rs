@@ -55,6 +55,8 @@ pub(crate) struct Established {
     pub(crate) reader: FrameReader,
     /// Frames that arrived during the handshake and answer nothing.
     pub(crate) early: Vec<Message>,
+    /// When the token this connection authenticated with expires.
+    pub(crate) expires_at: Option<u64>,
 }
 
 /// Connects and, if configured, says `hello` (negotiating compression) and
@@ -74,7 +76,9 @@ pub(crate) fn establish(
 ) -> Result<Established> {
     let with_hello = !cfg.compression.is_empty();
     match establish_once(addrs, cfg, ids, verify, with_hello) {
-        Err(Failed::HelloRefused(_)) if cfg.auth_token.is_some() => {
+        Err(Failed::HelloRefused(_))
+            if cfg.auth_token.is_some() || cfg.token_provider.is_some() =>
+        {
             tracing::debug!("the server refused hello before auth; connecting without it");
             establish_once(addrs, cfg, ids, verify, false).map_err(Failed::into_error)
         }
@@ -150,6 +154,10 @@ fn establish_once(
         .socket()
         .set_read_timeout(Some(cfg.request_timeout))?;
     let mut offer = Offer::of(cfg, verify);
+    if let Some(p) = &cfg.token_provider {
+        // A fresh token for every connection (the last one may be stale).
+        offer.token = Some(p.token()?);
+    }
     if !with_hello {
         offer.compression.clear();
     }
@@ -177,6 +185,7 @@ fn establish_once(
         }
         reader.set_codec(hs.codec());
     }
+    let expires_at = hs.expires_at();
     let hello = hs.finish();
     stream.socket().set_read_timeout(None)?;
     let packer = hello.as_ref().and_then(|h| {
@@ -188,6 +197,7 @@ fn establish_once(
         conn: Arc::new(conn),
         reader,
         early,
+        expires_at,
     })
 }
 

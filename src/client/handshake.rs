@@ -144,6 +144,8 @@ pub(crate) struct Handshake {
     answered: bool,
     /// What `hello_ok` said.
     hello: Option<ServerHello>,
+    /// `auth_ok`'s `expires_at` (a JWT's `exp`, Unix seconds).
+    expires_at: Option<u64>,
 }
 
 impl Handshake {
@@ -155,6 +157,7 @@ impl Handshake {
             waiting: None,
             answered: false,
             hello: None,
+            expires_at: None,
         }
     }
 
@@ -234,6 +237,7 @@ impl Handshake {
         match step {
             Step::Hello => self.handle_hello(m)?,
             Step::Auth if m.is_error() => return Err(HandshakeError::AuthRefused(m)),
+            Step::Auth => self.expires_at = m.get_u64("expires_at"),
             _ if m.is_error() => return Err(HandshakeError::Failed(m.to_server_error())),
             _ => {}
         }
@@ -270,6 +274,12 @@ impl Handshake {
     }
 
     /// The codec frames from the server are compressed with from here on.
+    /// When the token `auth` carried expires (Unix seconds), if the
+    /// server said (a JWT with `exp`).
+    pub(crate) fn expires_at(&self) -> Option<u64> {
+        self.expires_at
+    }
+
     pub(crate) fn codec(&self) -> Option<Codec> {
         self.hello.as_ref().and_then(|h| h.compression)
     }

@@ -100,6 +100,7 @@ use crate::protocol::{ErrorCode, DEFAULT_MAX_FRAME_BYTES};
 use serde_json::Value;
 use std::fmt;
 use std::net::ToSocketAddrs;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -405,6 +406,31 @@ impl Default for ReconnectPolicy {
     }
 }
 
+/// Where a client gets its tokens: a function returning a fresh JWT, or
+/// why it cannot (the connection attempt then fails with that reason).
+/// It is called on the client's own threads; it may block (ask a backend).
+#[derive(Clone)]
+pub struct TokenProvider(pub Arc<dyn Fn() -> std::result::Result<String, String> + Send + Sync>);
+
+impl TokenProvider {
+    /// A fresh token, or the provider's error as [`ClientError::InvalidArgument`].
+    pub fn token(&self) -> Result<String> {
+        (self.0)().map_err(|e| ClientError::InvalidArgument(format!("token provider: {e}")))
+    }
+}
+
+impl std::fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenProvider(..)")
+    }
+}
+
+impl PartialEq for TokenProvider {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// Settings of a [`Client`] (and of every client of a [`Pool`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
@@ -413,8 +439,13 @@ pub struct ClientConfig {
     /// Limit on waiting for each answer (and on authentication).
     pub request_timeout: Duration,
     /// Sent as `{"type":"auth","token":…}` first on every connection;
-    /// anything but `auth_ok` fails the connection.
+    /// anything but `auth_ok` fails the connection. A JWT works as well as
+    /// the server's static token.
     pub auth_token: Option<String>,
+    /// Called for a fresh token (a JWT) before each connection and
+    /// reconnection, and before the current one expires (then sent in
+    /// `refresh`); replaces `auth_token` when set. Centrifugo's `getToken`.
+    pub token_provider: Option<TokenProvider>,
     /// Ping the server this often (None: no heartbeat).
     pub heartbeat_interval: Option<Duration>,
     /// Pongs missed in a row that declare the connection dead.
@@ -447,6 +478,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             auth_token: None,
+            token_provider: None,
             heartbeat_interval: None,
             heartbeat_max_missed: 2,
             reconnect: ReconnectPolicy::disabled(),
@@ -492,6 +524,15 @@ impl ClientBuilder {
     /// See [`ClientConfig::auth_token`].
     pub fn auth_token(mut self, token: impl Into<String>) -> Self {
         self.config.auth_token = Some(token.into());
+        self
+    }
+
+    /// See [`ClientConfig::token_provider`].
+    pub fn token_provider<F>(mut self, f: F) -> Self
+    where
+        F: Fn() -> std::result::Result<String, String> + Send + Sync + 'static,
+    {
+        self.config.token_provider = Some(TokenProvider(Arc::new(f)));
         self
     }
 

@@ -51,11 +51,18 @@ pub enum ErrorCode {
     HelloRepeated,
     /// `history` on a channel that keeps no history (`history_size` 0).
     NoHistory,
+    /// The token's claims or a namespace do not allow this subscribe,
+    /// publish, history or broadcast; nothing was done.
+    PermissionDenied,
+    /// The connection's token has expired: `refresh` within
+    /// `token_refresh_grace_secs`, or the connection is closed (with this
+    /// code again).
+    TokenExpired,
 }
 
 impl ErrorCode {
     /// How many codes there are (the length of per-code counter arrays).
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 20;
 
     /// Every code, in the order of per-code counters.
     pub const ALL: [ErrorCode; ErrorCode::COUNT] = [
@@ -77,6 +84,8 @@ impl ErrorCode {
         ErrorCode::CompressionError,
         ErrorCode::HelloRepeated,
         ErrorCode::NoHistory,
+        ErrorCode::PermissionDenied,
+        ErrorCode::TokenExpired,
     ];
 
     /// The wire string of this code.
@@ -100,6 +109,8 @@ impl ErrorCode {
             ErrorCode::CompressionError => "compression_error",
             ErrorCode::HelloRepeated => "hello_repeated",
             ErrorCode::NoHistory => "no_history",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 

@@ -40,11 +40,14 @@ pub enum RequestKind {
     /// `history {channel, since?, limit?}` → `history`: a history
     /// channel's kept publications.
     History,
+    /// `refresh {token}` → `refreshed`: a new token for the same user
+    /// replaces the connection's claims (see `session::grant`).
+    Refresh,
 }
 
 impl RequestKind {
     /// How many kinds there are (the length of per-type counter arrays).
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
 
     /// Known kinds, in the order used for per-type counters (new kinds are
     /// appended, so existing counter positions never move).
@@ -61,6 +64,7 @@ impl RequestKind {
         RequestKind::Publish,
         RequestKind::Hello,
         RequestKind::History,
+        RequestKind::Refresh,
     ];
 
     /// Classifies a `type` string.
@@ -78,6 +82,7 @@ impl RequestKind {
             "publish" => RequestKind::Publish,
             "hello" => RequestKind::Hello,
             "history" => RequestKind::History,
+            "refresh" => RequestKind::Refresh,
             _ => RequestKind::Custom,
         }
     }
@@ -97,6 +102,7 @@ impl RequestKind {
             RequestKind::Publish => "publish",
             RequestKind::Hello => "hello",
             RequestKind::History => "history",
+            RequestKind::Refresh => "refresh",
         }
     }
 
@@ -205,6 +211,9 @@ impl<'t, 'a> Request<'t, 'a> {
             }
             RequestKind::Auth if root.get("token").and_then(|t| t.as_str()).is_none() => {
                 return Err(err("auth needs a string token field"));
+            }
+            RequestKind::Refresh if root.get("token").and_then(|t| t.as_str()).is_none() => {
+                return Err(err("refresh needs a string token field"));
             }
             _ => {}
         }
@@ -395,11 +404,26 @@ pub fn write_broadcast_sent(out: &mut Vec<u8>, req: &Request<'_, '_>, recipients
 /// `broadcast_message`, as delivered to every other client. Carries no `id`:
 /// the sender's id would collide with the recipients' own correlation ids.
 pub fn write_broadcast_message(out: &mut Vec<u8>, req: &Request<'_, '_>, from: &str, now: &str) {
+    write_broadcast_message_by(out, req, from, None, now)
+}
+
+/// [`write_broadcast_message`] with the sender's `user` (a token's `sub`),
+/// when it authenticated with one.
+pub fn write_broadcast_message_by(
+    out: &mut Vec<u8>,
+    req: &Request<'_, '_>,
+    from: &str,
+    user: Option<&str>,
+    now: &str,
+) {
     write_response(out, "broadcast_message", None, |o| {
         if let Some(c) = req.get("content") {
             o.value("content", &c);
         }
         o.str("from", from);
+        if let Some(u) = user {
+            o.str("user", u);
+        }
         o.raw_str("timestamp", now);
     });
 }
@@ -473,6 +497,20 @@ pub fn write_channel_message(
     now: &str,
     position: Option<(u64, &str)>,
 ) -> std::ops::Range<usize> {
+    write_channel_message_by(out, req, from, None, now, position)
+}
+
+/// [`write_channel_message`] with the publisher's `user` (a token's
+/// `sub`), when it authenticated with one; it is part of the span a
+/// history keeps.
+pub fn write_channel_message_by(
+    out: &mut Vec<u8>,
+    req: &Request<'_, '_>,
+    from: &str,
+    user: Option<&str>,
+    now: &str,
+    position: Option<(u64, &str)>,
+) -> std::ops::Range<usize> {
     let mut body = 0..0;
     write_response(out, "channel_message", None, |o| {
         o.str("channel", req.channel());
@@ -482,6 +520,9 @@ pub fn write_channel_message(
             o.value("content", &c);
         }
         o.str("from", from);
+        if let Some(u) = user {
+            o.str("user", u);
+        }
         o.raw_str("timestamp", now);
         body.end = o.written();
         if let Some((offset, epoch)) = position {

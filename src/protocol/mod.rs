@@ -9,6 +9,7 @@
 //! that negotiated compression ([`codec`]) also has flagged frames, which
 //! are decompressed before parsing and compressed after writing.
 
+pub mod auth;
 pub mod codec;
 pub mod error;
 pub mod frame;

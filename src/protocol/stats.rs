@@ -50,6 +50,8 @@ pub struct StatsReport<'a> {
     pub io_backend: &'a str,
     /// Failed TLS handshakes by reason (all zero without TLS).
     pub tls_handshake_failures: &'a [(&'a str, u64)],
+    /// Refused `auth` and `refresh` tokens by reason (`session::grant`).
+    pub auth_failures: &'a [(&'a str, u64)],
     /// Channels with subscribers, summed over shards.
     pub channels: u64,
     /// Subscriptions held by connected clients.
@@ -165,6 +167,7 @@ pub fn write_server_stats(out: &mut Vec<u8>, id: Option<&JsonValue<'_, '_>>, s: 
         o.u64("partial_frame_bytes", s.partial_frame_bytes);
         o.raw_str("io_backend", s.io_backend);
         write_counts(o.key("tls_handshake_failures"), s.tls_handshake_failures);
+        write_counts(o.key("auth_failures"), s.auth_failures);
         o.u64("channels", s.channels);
         o.u64("subscriptions", s.subscriptions);
         o.u64("publishes", s.publishes);
@@ -276,6 +279,12 @@ pub struct ServerStats {
     /// `client_certificate`, `timeout`, `eof`, `busy`, `other`).
     #[serde(default)]
     pub tls_handshake_failures: BTreeMap<String, u64>,
+    /// Refused tokens by reason (`missing`, `static_token`, `too_large`,
+    /// `malformed`, `alg_none`, `algorithm`, `signature`, `expired`,
+    /// `not_yet_valid`, `audience`, `issuer`, `claims`, `other_user`,
+    /// `not_token`).
+    #[serde(default)]
+    pub auth_failures: BTreeMap<String, u64>,
     /// Channels with subscribers, summed over shards.
     #[serde(default)]
     pub channels: u64,

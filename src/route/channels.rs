@@ -168,6 +168,13 @@ impl ChannelIndex {
         }
     }
 
+    /// The channels and patterns `session` is subscribed to.
+    pub fn channels_of(&self, session: usize) -> Vec<Arc<str>> {
+        self.by_session
+            .get(&session)
+            .map_or_else(Vec::new, |m| m.iter().cloned().collect())
+    }
+
     /// The sessions subscribed to `channel` itself on this shard (not by
     /// a pattern).
     pub fn subscribers(&self, channel: &str) -> impl Iterator<Item = usize> + '_ {

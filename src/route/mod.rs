@@ -53,6 +53,8 @@ mod shard;
 pub mod sublist;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod token_tests;
 
 pub use channels::{ChannelIndex, Interest, Row};
 pub use delivery::Delivery;

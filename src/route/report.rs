@@ -4,6 +4,7 @@
 use super::Router;
 use crate::protocol::stats::{self, StatsReport};
 use crate::protocol::{ErrorCode, JsonValue, RequestKind};
+use crate::session::grant::TokenRefusal;
 use crate::session::tls::HandshakeFailure;
 
 /// Writes `server_stats` for shard `shard`'s client: totals over all
@@ -28,6 +29,8 @@ pub(crate) fn write_stats(
             t.tls_handshake_failures[i],
         )
     });
+    let auth_failures: [(&str, u64); TokenRefusal::COUNT] =
+        std::array::from_fn(|i| (TokenRefusal::ALL[i].as_str(), t.auth_failures[i]));
     let node = &router.node;
     let report = StatsReport {
         connected_clients: t.connected,
@@ -50,6 +53,7 @@ pub(crate) fn write_stats(
         partial_frame_bytes: t.partial_frame_bytes,
         io_backend: node.io_backend,
         tls_handshake_failures: &tls_failures,
+        auth_failures: &auth_failures,
         channels: t.channels,
         subscriptions: t.subscriptions,
         publishes: t.messages_of(RequestKind::Publish),

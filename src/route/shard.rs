@@ -329,6 +329,10 @@ impl Host for ShardRoute<'_> {
         }
     }
 
+    fn subscriptions_of(&self, conn: ConnId) -> Vec<Arc<str>> {
+        self.channels.channels_of(conn)
+    }
+
     fn write_stats(
         &mut self,
         out: &mut Vec<u8>,

@@ -25,6 +25,9 @@ pub struct ServerConfig {
     pub rate_burst: u32,
     pub tls_addr: Option<std::net::SocketAddr>,
     pub tls_handshake_timeout_secs: u64,
+    pub jwt_leeway_secs: u64,
+    pub token_refresh_grace_secs: u64,
+    pub namespace: crate::session::grant::Namespaces,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +52,9 @@ impl Default for ServerConfig {
             rate_burst: 0,
             tls_addr: None,
             tls_handshake_timeout_secs: s.tls_handshake_timeout_secs,
+            jwt_leeway_secs: s.token_leeway_secs,
+            token_refresh_grace_secs: s.token_refresh_grace_secs,
+            namespace: Default::default(),
         }
     }
 }
@@ -135,6 +141,11 @@ impl Shared {
             tls_max_handshakes: SessionConfig::default().tls_max_handshakes,
             tls_handshake_timeout_secs: c.tls_handshake_timeout_secs,
             cluster: false,
+            // Tests that need tokens set `TestTokens` (below).
+            verifier: None,
+            token_leeway_secs: c.jwt_leeway_secs,
+            token_refresh_grace_secs: c.token_refresh_grace_secs,
+            namespaces: c.namespace.clone(),
         }
     }
 
@@ -147,5 +158,48 @@ impl Shared {
             ShardRoute::new(&self.router, shard),
             self.config.tls_addr.is_some(),
         )
+    }
+}
+
+/// A verifier for session tests: the token is the claims as JSON, unsigned
+/// (`{"sub":…,"exp":…,"subscribe":[…],"publish":[…],"history":[…],
+/// "broadcast":…}`); `"bad"` is refused as a bad signature. The real
+/// verifier is `server::jwt`, tested with signed tokens.
+#[derive(Debug)]
+pub struct TestTokens;
+
+impl crate::session::grant::TokenVerifier for TestTokens {
+    fn verify(
+        &self,
+        token: &str,
+        now_secs: u64,
+    ) -> Result<crate::session::grant::Claims, crate::session::grant::TokenRefusal> {
+        use crate::session::grant::TokenRefusal;
+        let v: serde_json::Value =
+            serde_json::from_str(token).map_err(|_| TokenRefusal::Signature)?;
+        let list = |k: &str| -> Vec<Box<str>> {
+            v[k].as_array()
+                .map(|a| a.iter().filter_map(|p| p.as_str().map(Box::from)).collect())
+                .unwrap_or_default()
+        };
+        let exp = v["exp"].as_u64();
+        if exp.is_some_and(|e| e + 30 <= now_secs) {
+            return Err(TokenRefusal::Expired);
+        }
+        Ok(crate::session::grant::Claims {
+            user: v["sub"].as_str().ok_or(TokenRefusal::Claims)?.into(),
+            expires_at: exp,
+            subscribe: list("subscribe"),
+            publish: list("publish"),
+            history: list("history"),
+            broadcast: v["broadcast"].as_bool().unwrap_or(false),
+        })
+    }
+}
+
+impl TestTokens {
+    /// The verifier, as the session settings hold it.
+    pub fn verifier() -> crate::session::grant::Verifier {
+        crate::session::grant::Verifier(std::sync::Arc::new(TestTokens))
     }
 }

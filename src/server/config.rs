@@ -32,6 +32,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
 pub const DEFAULT_MAX_PARTIAL_BYTES: usize = 256 << 20;
 
 pub use crate::session::config::SMALL_PARTIAL_BYTES;
+pub use crate::session::grant::{Access, Namespace, Namespaces};
 
 /// The table of server settings (see the module documentation). It hands
 /// its rows to the macro `$then`, after the tokens given with it:
@@ -204,6 +205,39 @@ macro_rules! server_settings {
             /// in the config file, `auth_token_file` may name a file holding
             /// the token instead (src/cli/server.rs).
             [Secret] auth_token: Option<String> = None,
+            /// HMAC secret for JWTs (HS256, HS384, HS512) that `auth` and
+            /// `refresh` may carry instead of the static auth token.
+            ///
+            /// None (the default): no HMAC tokens. On the command line and in
+            /// the config file, `jwt_secret_file` may name a file holding it
+            /// (src/cli/server.rs). docs/PROTOCOL.md, "Tokens".
+            [Secret] jwt_secret: Option<String> = None,
+            /// PEM file with the public key for JWTs signed with RS256/384/512,
+            /// PS256, ES256/384 or EdDSA (by the key's kind).
+            jwt_public_key: Option<std::path::PathBuf> = None,
+            /// The `aud` a JWT must carry; none (the default): not checked.
+            jwt_audience: Option<String> = None,
+            /// The `iss` a JWT must carry; none (the default): not checked.
+            jwt_issuer: Option<String> = None,
+            /// Seconds of clock skew allowed on a JWT's exp and nbf.
+            ///
+            /// 30: NTP keeps servers within a second; this covers a client's
+            /// token minted on a badly set machine without letting an
+            /// expired token live on for long.
+            jwt_leeway_secs: u64 = 30,
+            /// Seconds a connection whose token expired (`token_expired`) has
+            /// to send `refresh` before it is closed.
+            ///
+            /// 10: a client refreshing on that error needs one round trip to
+            /// its own backend and one to us.
+            token_refresh_grace_secs: u64 = 10,
+            /// Namespace rules (`[[namespace]]` tables in the config file): who
+            /// may subscribe and publish on the channels each pattern matches;
+            /// first match wins.
+            ///
+            /// Empty (the default): no namespaces. docs/PROTOCOL.md,
+            /// "Namespaces".
+            [NoFlag] namespace: crate::session::grant::Namespaces = Default::default(),
             /// Per-connection messages per second; 0 = unlimited.
             rate_limit: u32 = 0,
             /// Burst for the rate limit; 0 = one second's worth.
@@ -351,6 +385,11 @@ impl ServerConfig {
             tls_max_handshakes: self.tls_max_handshakes,
             tls_handshake_timeout_secs: self.tls_handshake_timeout_secs,
             cluster,
+            // Built once with the server (it reads key files): `Shared`.
+            verifier: None,
+            token_leeway_secs: self.jwt_leeway_secs,
+            token_refresh_grace_secs: self.token_refresh_grace_secs,
+            namespaces: self.namespace.clone(),
         }
     }
 
@@ -425,6 +464,13 @@ impl ServerConfig {
         }
         if self.tls_max_handshakes == 0 {
             return Err("tls_max_handshakes must be at least 1".into());
+        }
+        self.namespace.validate()?;
+        if self.jwt_leeway_secs > u32::MAX as u64 || self.token_refresh_grace_secs > u32::MAX as u64
+        {
+            return Err(
+                "jwt_leeway_secs and token_refresh_grace_secs must be at most 4294967295".into(),
+            );
         }
         if self.history_size > 0
             && (self.history_ttl_secs == 0 || self.history_ttl_secs > u32::MAX as u64)

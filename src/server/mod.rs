@@ -23,6 +23,7 @@
 
 mod admission;
 pub mod config;
+pub mod jwt;
 mod listener;
 mod metrics;
 mod shard;
@@ -88,6 +89,8 @@ pub(crate) struct Shared {
     pub io_backend: crate::io::Kind,
     /// Makes TLS connections (None without a TLS listener).
     pub tls: Option<tls::TlsAcceptor>,
+    /// Verifies JWTs (None without `jwt_secret` or `jwt_public_key`).
+    pub verifier: Option<crate::session::grant::Verifier>,
 }
 
 impl Shared {
@@ -127,6 +130,7 @@ impl Shared {
             failed_shards: AtomicUsize::new(0),
             io_backend,
             tls: None,
+            verifier: None,
         }
     }
 
@@ -193,6 +197,7 @@ impl ServerBuilder {
     pub fn build(self) -> Result<Server, ServerError> {
         self.config.validate().map_err(ServerError::Config)?;
         let tls = tls::TlsAcceptor::new(&self.config)?;
+        let verifier = jwt::JwtVerifier::from_config(&self.config).map_err(ServerError::Config)?;
         let n = self.config.effective_shards();
         let mut listeners: Vec<Vec<(TcpListener, ListenerId)>> =
             (0..n).map(|_| Vec::with_capacity(2)).collect();
@@ -246,6 +251,7 @@ impl ServerBuilder {
         };
         let mut shared = Shared::new(self.config, self.handlers, io_backend, &fds, cluster);
         shared.tls = tls;
+        shared.verifier = verifier;
         Ok(Server {
             shared: Arc::new(shared),
             listeners,

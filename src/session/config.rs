@@ -38,6 +38,23 @@ pub struct SessionConfig {
     pub tls_handshake_timeout_secs: u64,
     /// The node is part of a cluster (`hello` lists the feature).
     pub cluster: bool,
+    /// Verifies the tokens (JWTs) `auth` and `refresh` carry; `None`: only
+    /// the static `auth_token`, if any, is accepted.
+    pub verifier: Option<super::grant::Verifier>,
+    /// Seconds past a token's `exp` before `token_expired` (clock skew).
+    pub token_leeway_secs: u64,
+    /// Seconds after `token_expired` before the connection is closed,
+    /// unless it sends `refresh`.
+    pub token_refresh_grace_secs: u64,
+    /// The namespace rules, in order (empty: none).
+    pub namespaces: super::grant::Namespaces,
+}
+
+impl SessionConfig {
+    /// Whether a connection must send `auth` first.
+    pub fn auth_required(&self) -> bool {
+        self.auth_token.is_some() || self.verifier.is_some()
+    }
 }
 
 impl Default for SessionConfig {
@@ -56,6 +73,10 @@ impl Default for SessionConfig {
             tls_max_handshakes: 1024,
             tls_handshake_timeout_secs: 10,
             cluster: false,
+            verifier: None,
+            token_leeway_secs: 30,
+            token_refresh_grace_secs: 10,
+            namespaces: super::grant::Namespaces::default(),
         }
     }
 }

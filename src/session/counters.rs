@@ -59,6 +59,9 @@ pub struct ShardCounters {
     /// Failed TLS handshakes, by position in
     /// [`HandshakeFailure::ALL`](super::tls::HandshakeFailure::ALL).
     pub tls_handshake_failures: [AtomicU64; super::tls::HandshakeFailure::COUNT],
+    /// Refused `auth` and `refresh` tokens, by position in
+    /// [`TokenRefusal::ALL`](super::grant::TokenRefusal::ALL).
+    pub auth_failures: [AtomicU64; super::grant::TokenRefusal::COUNT],
     /// Negotiated compression.
     pub compression: CompressionCounters,
     /// Other shards woken to drain their mailboxes, by path
@@ -237,6 +240,8 @@ pub struct Totals {
     pub partial_frame_bytes: u64,
     /// Failed TLS handshakes by reason.
     pub tls_handshake_failures: [u64; super::tls::HandshakeFailure::COUNT],
+    /// Refused tokens by reason.
+    pub auth_failures: [u64; super::grant::TokenRefusal::COUNT],
     /// Negotiated compression.
     pub compression: CompressionTotals,
     /// Cross-shard wake-ups by path ([`WAKE_MSG_RING`], [`WAKE_EVENTFD`]).
@@ -277,6 +282,9 @@ impl Totals {
                 .iter_mut()
                 .zip(&c.tls_handshake_failures)
             {
+                *a += b.load(Relaxed);
+            }
+            for (a, b) in t.auth_failures.iter_mut().zip(&c.auth_failures) {
                 *a += b.load(Relaxed);
             }
             t.compression.add(&c.compression);

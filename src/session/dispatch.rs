@@ -3,27 +3,18 @@
 
 use super::counters::ShardCounters;
 use super::env::Env;
+use super::grant::{Op, TokenRefusal};
 use super::host::{Host, Routed, SubscribeError};
-use super::output::{Bucket, Output};
+use super::output::{reply_buf, Bucket, Output};
+use super::token::{authenticate, Credentials};
 use crate::protocol::codec::Codec;
-use crate::protocol::frame::{BoundedPool, BufferPool};
-use crate::protocol::message;
+use crate::protocol::{auth, message};
 use crate::protocol::{parse_request, raw, ErrorCode, RequestKind};
 use bytes::Bytes;
 use std::ops::ControlFlow;
 
 /// Why a session is closing after an error frame.
 pub(crate) type Closing = (ErrorCode, &'static str);
-
-/// The reply buffer to append to, taken from the pool when empty.
-pub(crate) fn reply_buf<'o>(pool: &mut BoundedPool, out: &'o mut Output) -> &'o mut Vec<u8> {
-    if out.building.capacity() == 0 {
-        out.building = pool
-            .take()
-            .unwrap_or_else(|| Vec::with_capacity(super::env::REPLY_BUF_CAPACITY));
-    }
-    &mut out.building
-}
 
 /// The per-connection state one request may change.
 pub(crate) struct Caller<'s> {
@@ -36,6 +27,8 @@ pub(crate) struct Caller<'s> {
     /// A `hello` was answered on this connection.
     pub hello_seen: &'s mut bool,
     pub tls: bool,
+    /// What `auth` proved.
+    pub cred: &'s mut Credentials,
 }
 
 /// Handles one request frame; writes the response into `out`. Returns
@@ -83,30 +76,36 @@ pub(crate) fn handle_frame<H: Host>(
                     rej.error.request_type,
                 );
                 if !*me.authed {
-                    return ControlFlow::Break((
-                        ErrorCode::Unauthorized,
-                        "the first message must be auth",
-                    ));
+                    return token_refused(counters, TokenRefusal::Missing);
                 }
                 return ControlFlow::Continue(());
             }
         };
         // `hello` may come before `auth`; it does not authenticate.
         if !*me.authed && req.kind != RequestKind::Hello {
-            let token = req.get("token").and_then(|t| t.as_str());
-            let expected = config.auth_token.as_deref().unwrap_or("");
-            if req.kind == RequestKind::Auth
-                && token.is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
-            {
-                *me.authed = true;
-                counters.message(RequestKind::Auth);
-                message::write_auth_ok(buf, req.id.as_ref());
-                return ControlFlow::Continue(());
-            }
-            return ControlFlow::Break((
-                ErrorCode::Unauthorized,
-                "the first message must be auth with a valid token",
-            ));
+            let token = match req.kind {
+                RequestKind::Auth => req.get("token").and_then(|t| t.as_str()),
+                _ => None,
+            };
+            return match authenticate(config, token, now_ms) {
+                Ok(grant) => {
+                    *me.authed = true;
+                    counters.message(RequestKind::Auth);
+                    match grant.user() {
+                        Some(user) => {
+                            let expires_at = match &grant {
+                                super::grant::Grant::Token(c) => c.expires_at,
+                                _ => None,
+                            };
+                            auth::write_auth_ok_user(buf, req.id.as_ref(), user, expires_at)
+                        }
+                        None => message::write_auth_ok(buf, req.id.as_ref()),
+                    }
+                    me.cred.grant = grant;
+                    ControlFlow::Continue(())
+                }
+                Err(why) => token_refused(counters, why),
+            };
         }
         if rate > 0.0 && !me.bucket.take(rate, burst, now_ms) {
             refuse(
@@ -128,10 +127,30 @@ pub(crate) fn handle_frame<H: Host>(
             RequestKind::Echo => message::write_echo_response(buf, &req, now),
             RequestKind::Message => message::write_message_ack(buf, &req, now),
             RequestKind::Auth => message::write_auth_ok(buf, req.id.as_ref()),
+            RequestKind::Broadcast if !me.cred.grant.may_broadcast() => denied(counters, buf, &req),
+            RequestKind::Subscribe | RequestKind::Publish | RequestKind::History
+                if !me
+                    .cred
+                    .grant
+                    .permits(&config.namespaces, op_of(req.kind), req.channel()) =>
+            {
+                denied(counters, buf, &req)
+            }
+            RequestKind::Refresh => {
+                let token = req.get("token").and_then(|t| t.as_str());
+                match me.cred.refresh(config, token, now_ms) {
+                    Ok(expires_at) => {
+                        auth::write_refreshed(buf, req.id.as_ref(), expires_at);
+                        drop_refused(host, me.id, me.cred, config, buf);
+                    }
+                    Err(why) => return token_refused(counters, why),
+                }
+            }
             RequestKind::Broadcast => {
                 // Serialised once here; every recipient shares these bytes.
                 let mut frame = Vec::with_capacity(128);
-                message::write_broadcast_message(&mut frame, &req, me.client_id, now);
+                let user = me.cred.user();
+                message::write_broadcast_message_by(&mut frame, &req, me.client_id, user, now);
                 match host.broadcast(me.id, Bytes::from(frame)) {
                     Routed::Recipients(n) => message::write_broadcast_sent(buf, &req, n, now),
                     Routed::Placing(n) => message::write_broadcast_sent(buf, &req, n, now),
@@ -163,7 +182,7 @@ pub(crate) fn handle_frame<H: Host>(
                 let mut n = 2;
                 for (on, name) in [
                     (config.compression, "compression"),
-                    (config.auth_token.is_some(), "auth"),
+                    (config.auth_required(), "auth"),
                     (me.tls, "tls"),
                     (config.cluster, "cluster"),
                 ] {
@@ -210,8 +229,16 @@ pub(crate) fn handle_frame<H: Host>(
             RequestKind::Publish => {
                 // Serialised once, by the host's call (with the offset on
                 // a history channel); every subscriber shares these bytes.
+                let user = me.cred.user();
                 let mut write = |frame: &mut Vec<u8>, position: Option<(u64, &str)>| {
-                    message::write_channel_message(frame, &req, me.client_id, now, position)
+                    message::write_channel_message_by(
+                        frame,
+                        &req,
+                        me.client_id,
+                        user,
+                        now,
+                        position,
+                    )
                 };
                 match host.publish_with(me.id, req.channel(), now_ms, &mut write) {
                     (Routed::Recipients(n), p) => {
@@ -282,15 +309,49 @@ fn backplane_refused(
     refuse(counters, buf, req, ErrorCode::BackplaneUnavailable, message);
 }
 
-/// Compares secrets in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
+/// The permission a channel request needs.
+fn op_of(kind: RequestKind) -> Op {
+    match kind {
+        RequestKind::Publish => Op::Publish,
+        RequestKind::History => Op::History,
+        _ => Op::Subscribe,
     }
-    diff == 0 && a.len() == b.len()
+}
+
+/// Answers a request the grant does not allow; the connection stays.
+fn denied(counters: &ShardCounters, buf: &mut Vec<u8>, req: &crate::protocol::Request<'_, '_>) {
+    let text = match req.kind {
+        RequestKind::Broadcast => "your token does not allow broadcast",
+        _ => "your token or this channel's namespace does not allow this on this channel",
+    };
+    refuse(counters, buf, req, ErrorCode::PermissionDenied, text);
+}
+
+/// A refused `auth` or `refresh`: counted by reason, and the connection
+/// closes with `unauthorized` naming the check that failed.
+fn token_refused(counters: &ShardCounters, why: TokenRefusal) -> ControlFlow<Closing> {
+    super::counters::bump(&counters.auth_failures[why.index()], 1);
+    ControlFlow::Break((ErrorCode::Unauthorized, why.message()))
+}
+
+/// After a refresh: drops the subscriptions the new claims no longer
+/// allow, telling the client each one (`unsubscribed` with a `reason`).
+fn drop_refused<H: Host>(
+    host: &mut H,
+    conn: usize,
+    cred: &Credentials,
+    config: &super::SessionConfig,
+    buf: &mut Vec<u8>,
+) {
+    for channel in host.subscriptions_of(conn) {
+        if !cred
+            .grant
+            .permits(&config.namespaces, Op::Subscribe, &channel)
+        {
+            let held = host.unsubscribe(conn, &channel);
+            auth::write_dropped(buf, &channel, "permission_denied", held as u64);
+        }
+    }
 }
 
 /// Counts an error and answers `req` with it.

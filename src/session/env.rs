@@ -18,8 +18,6 @@ const POOL_MAX_CAPACITY: usize = 2 << 20;
 /// What one pool may hold in all (a shard has two: replies, straddles), so
 /// a burst of large messages does not pin memory afterwards.
 const POOL_MAX_BYTES: usize = 32 << 20;
-/// A reply buffer starts this large (one receive buffer of small replies).
-pub(crate) const REPLY_BUF_CAPACITY: usize = 16 << 10;
 /// The shard's TLS plaintext buffer: one full TLS record (16 KiB) of
 /// plaintext and then some, so rustls hands over a record per read.
 const TLS_PLAIN_BUF: usize = 32 << 10;

@@ -112,6 +112,13 @@ pub trait Host {
     fn unsubscribe(&mut self, conn: ConnId, channel: &str) -> usize;
     /// `conn` stops receiving (it is closing): drop its subscriptions.
     fn drop_subscriptions(&mut self, conn: ConnId);
+    /// The channels (and patterns) `conn` is subscribed to, for a check
+    /// after its token is refreshed. The default: none (a host that keeps
+    /// no subscriptions).
+    fn subscriptions_of(&self, conn: ConnId) -> Vec<Arc<str>> {
+        let _ = conn;
+        Vec::new()
+    }
     /// Writes the `server_stats` response to `get_stats` (a snapshot of
     /// the server's figures, `now` as its `current_time`) into `out`.
     fn write_stats(

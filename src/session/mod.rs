@@ -60,9 +60,12 @@ pub mod fake;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grant;
+mod handshake;
 pub mod host;
 mod output;
 pub mod tls;
+mod token;
 
 pub use config::SessionConfig;
 pub use env::Env;
@@ -74,8 +77,8 @@ use crate::protocol::{ErrorCode, FrameDecoder, HEADER_LEN};
 use bytes::Bytes;
 use config::SMALL_PARTIAL_BYTES;
 use counters::{bump, unbump};
-use dispatch::{handle_frame, reply_buf, Caller};
-use output::{Bucket, Output};
+use dispatch::{handle_frame, Caller};
+use output::{reply_buf, Bucket, Output};
 use std::ops::ControlFlow;
 use tls::{HandshakeFailure, Tls, TlsInput};
 
@@ -165,6 +168,8 @@ pub struct Session {
     codec: Option<Codec>,
     /// `hello` was answered.
     hello_seen: bool,
+    /// What `auth` proved: the grant and its expiry.
+    cred: token::Credentials,
 }
 
 impl Session {
@@ -180,7 +185,7 @@ impl Session {
         refusal: Option<&'static str>,
         transport: Transport,
     ) -> Session {
-        let authed = env.config.auth_token.is_none();
+        let authed = !env.config.auth_required();
         let mut s = Session {
             id,
             client_id,
@@ -202,6 +207,7 @@ impl Session {
             tls: None,
             codec: None,
             hello_seen: false,
+            cred: token::Credentials::default(),
         };
         if let Transport::Tls(conn) = transport {
             if env.tls_handshakes >= env.config.tls_max_handshakes {
@@ -230,6 +236,11 @@ impl Session {
     /// The peer's "ip:port".
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// The user (`sub`) of the token it authenticated with, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.cred.user()
     }
 
     /// The phase.
@@ -353,6 +364,7 @@ impl Session {
             established,
             codec,
             hello_seen,
+            cred,
             ..
         } = self;
         let mut straddle_pool = std::mem::replace(
@@ -375,6 +387,7 @@ impl Session {
                     codec,
                     hello_seen,
                     tls,
+                    cred,
                 };
                 frames += 1;
                 let start = out.building.len();
@@ -504,10 +517,14 @@ impl Session {
         self.close_now(env);
     }
 
-    /// Time passed (the shard calls this once a second): the idle timeout
-    /// and the drain and linger deadlines. Returns true if it closed.
+    /// Time passed (the shard calls this once a second): the idle timeout,
+    /// the drain and linger deadlines, and the token's expiry. Returns
+    /// true if it closed or queued a frame (`token_expired`).
     pub fn handle_tick<H: Host>(&mut self, env: &mut Env<'_, H>) -> bool {
         let now = env.now_mono_ms;
+        if self.phase == Phase::Open && self.tick_token(env) {
+            return true;
+        }
         let idle = env.config.idle_timeout_secs;
         if let (Phase::Open, Some(t)) = (self.phase, &self.tls) {
             if t.handshaking && now >= t.deadline {
@@ -752,34 +769,6 @@ impl Session {
         self.out.discard(&mut recycle);
         if let Some(t) = &mut self.tls {
             t.discard_plain(&mut recycle);
-        }
-    }
-
-    /// The TLS handshake finished (the transport no longer counts it as in
-    /// progress): the client is established (or, with an auth token, may
-    /// now authenticate).
-    fn handshake_finished<H: Host>(&mut self, env: &mut Env<'_, H>) {
-        if self.phase == Phase::Open && self.authed && !self.established {
-            self.establish(env);
-        }
-    }
-
-    /// Counts a failed handshake, once (and logs it, within the warning
-    /// budget); it no longer counts as in progress.
-    fn handshake_failed<H: Host>(&mut self, env: &mut Env<'_, H>, why: HandshakeFailure) {
-        if let Some(t) = &mut self.tls {
-            t.handshaking = false;
-            env.tls_handshakes -= 1;
-        }
-        bump(&env.counters.tls_handshake_failures[why.index()], 1);
-        if let Some(suppressed) = env.warn_budget.allow(env.now_mono_ms) {
-            tracing::warn!(
-                shard = env.shard,
-                client_id = %self.client_id,
-                reason = why.as_str(),
-                suppressed,
-                "TLS handshake failed"
-            );
         }
     }
 

@@ -1,6 +1,7 @@
 //! A session's outgoing bytes, and its rate-limit bucket.
 
 use crate::io::{Segment, SendBatch};
+use crate::protocol::frame::{BoundedPool, BufferPool};
 use bytes::Bytes;
 use std::collections::VecDeque;
 
@@ -95,4 +96,17 @@ impl Bucket {
             false
         }
     }
+}
+
+/// A reply buffer starts this large (one receive buffer of small replies).
+pub(crate) const REPLY_BUF_CAPACITY: usize = 16 << 10;
+
+/// The reply buffer to append to, taken from the pool when empty.
+pub(crate) fn reply_buf<'o>(pool: &mut BoundedPool, out: &'o mut Output) -> &'o mut Vec<u8> {
+    if out.building.capacity() == 0 {
+        out.building = pool
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(REPLY_BUF_CAPACITY));
+    }
+    &mut out.building
 }

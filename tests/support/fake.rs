@@ -259,7 +259,8 @@ fn serve(s: Arc<Shared>, stream: TcpStream) {
                     RequestKind::Subscribe
                     | RequestKind::Unsubscribe
                     | RequestKind::Publish
-                    | RequestKind::History => write_error(
+                    | RequestKind::History
+                    | RequestKind::Refresh => write_error(
                         &mut out,
                         req.id.as_ref(),
                         ErrorCode::UnknownType,

@@ -130,7 +130,7 @@ class Session:
     (None without hello, or from a server that predates it), and the frames
     that arrived before the handshake's answers."""
 
-    __slots__ = ("sock", "decoder", "encoder", "hello", "early")
+    __slots__ = ("sock", "decoder", "encoder", "hello", "early", "expires_at")
 
     def __init__(
         self,
@@ -145,6 +145,8 @@ class Session:
         self.encoder = encoder
         self.hello = hello
         self.early = early
+        #: ``auth_ok``'s ``expires_at`` (a JWT's ``exp``, Unix seconds), if any.
+        self.expires_at: Optional[int] = None
 
     @property
     def compression(self) -> Optional[str]:
@@ -191,6 +193,7 @@ def open_session(
             codec: Optional[Codec] = None
             threshold = DEFAULT_THRESHOLD
             early: List[Message] = []
+            expires_at: Any = None
             if with_hello:
                 assert offer is not None
                 codecs = hello_codecs(offer)
@@ -214,8 +217,9 @@ def open_session(
                 msg = protocol.auth_message(auth_token)
                 msg["id"] = next_id()
                 sent += len(encode(msg))
-                _, more = handshake(sock, decoder, msg, timeout)
+                auth_ok, more = handshake(sock, decoder, msg, timeout)
                 early += more
+                expires_at = auth_ok.get("expires_at")
             elif verify_message is not None and not with_hello:
                 msg = verify_message()
                 msg["id"] = next_id()
@@ -227,7 +231,9 @@ def open_session(
             raise
         encoder = FrameEncoder(codec, threshold)
         encoder.bytes_sent = sent
-        return Session(sock, decoder, encoder, hello, early)
+        session = Session(sock, decoder, encoder, hello, early)
+        session.expires_at = expires_at if isinstance(expires_at, int) else None
+        return session
 
 
 def wire_stats(

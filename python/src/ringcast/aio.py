@@ -30,7 +30,7 @@ import time
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Type, Union
 
-from . import protocol
+from . import protocol, tokens
 from ._net import HELLO_CLIENT, hello_codecs, read_hello_ok, wire_stats
 from .backoff import ReconnectPolicy
 from .channels import (
@@ -417,7 +417,13 @@ class Client:
         max_frame_bytes: int = protocol.CLIENT_MAX_FRAME_BYTES,
         compression: CompressionArg = None,
         reconnect: Optional[ReconnectPolicy] = None,
+        token_provider: Optional[Callable[[], Any]] = None,
     ) -> None:
+        #: Called (and awaited, if it returns an awaitable) for a fresh token
+        #: before every connection and before the current token expires.
+        self.token_provider = token_provider
+        #: The current token's expiry (Unix seconds) as the server said.
+        self.token_expires_at: Optional[int] = None
         #: The codecs offered in hello (None: no hello).
         self.compression_offer = resolve_offer(compression)
         self.host = host
@@ -474,7 +480,30 @@ class Client:
             await self.close()
             raise
         self._ready = True
+        if self.token_provider is not None:
+            task = asyncio.get_running_loop().create_task(tokens.refresh_loop(self))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return self
+
+    async def _token(self) -> Optional[str]:
+        """The token for a new connection: the provider's, else ``auth_token``."""
+        if self.token_provider is None:
+            return self.auth_token
+        return await tokens.provide(self.token_provider)
+
+    async def refresh(self, token: Optional[str] = None, *, timeout: Optional[float] = None) -> Optional[int]:
+        """Sends ``refresh`` with ``token`` (default: the provider's), a JWT
+        for the same user; returns its expiry (Unix seconds, or None)."""
+        if token is None:
+            if self.token_provider is None:
+                raise ValueError("refresh needs a token or a token_provider")
+            token = await self._token()
+            assert token is not None
+        reply = await self._call(protocol.refresh_message(token), "refreshed", timeout)
+        exp = reply.get("expires_at")
+        self.token_expires_at = exp if isinstance(exp, int) else None
+        return self.token_expires_at
 
     async def _handshake(self, verify: bool) -> None:
         """On a connection just opened: hello when compression is asked for,
@@ -489,18 +518,23 @@ class Client:
                 await self._hello_handshake()
                 helloed = True
             except ServerError as e:
-                if e.code != "unauthorized" or self.auth_token is None:
+                if e.code != "unauthorized" or (
+                    self.auth_token is None and self.token_provider is None
+                ):
                     raise
                 self._drop_transport()
                 await self._open()
-        if self.auth_token is not None:
+        token = await self._token()
+        if token is not None:
             try:
-                await self._call(
-                    protocol.auth_message(self.auth_token),
+                auth_ok = await self._call(
+                    protocol.auth_message(token),
                     None,
                     self.connect_timeout,
                     internal=True,
                 )
+                exp = auth_ok.get("expires_at")
+                self.token_expires_at = exp if isinstance(exp, int) else None
             except ConnectionClosed as e:
                 if e.code is not None:  # the server's unauthorized, without an id
                     raise ServerError(e.code, e.message or "") from None
@@ -905,6 +939,9 @@ class Client:
                 for sub in subs:
                     sub._handle_message(msg)
                 return
+        elif msg.get("type") == "unsubscribed" and "reason" in msg:
+            # Dropped by the server (a refresh narrowed the token).
+            self._subs.pop(msg.get("channel"), None)  # type: ignore[arg-type]
         elif msg.get("type") in ANSWER_TYPES and self._pending:
             fut = self._pending.pop(next(iter(self._pending)))
         if fut is not None:

@@ -12,7 +12,7 @@ import time
 from types import TracebackType
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Type, Union
 
-from . import protocol
+from . import protocol, tokens
 from ._net import Session, close_quietly, open_session, wire_stats
 from ._version import __version__
 from .backoff import ReconnectPolicy
@@ -348,7 +348,13 @@ class Client:
         max_queued_messages: int = 10_000,
         max_frame_bytes: int = protocol.CLIENT_MAX_FRAME_BYTES,
         compression: CompressionArg = None,
+        token_provider: Optional[Callable[[], str]] = None,
     ) -> None:
+        #: Called for a fresh token (a JWT) before every connection and
+        #: before the current token expires (see :mod:`ringcast.tokens`).
+        self.token_provider = token_provider
+        #: The current token's expiry (Unix seconds) as the server said.
+        self.token_expires_at: Optional[int] = None
         #: The codecs offered in hello (None: no hello).
         self.compression_offer = resolve_offer(compression)
         self.host = host
@@ -392,8 +398,24 @@ class Client:
         self._receiver.start()
         for msg in session.early:
             self._dispatch(msg)
+        self._refresher = tokens.start_refresher(self) if token_provider is not None else None
 
     # ----------------------------------------------------------- public API
+
+    def refresh(self, token: Optional[str] = None, *, timeout: Optional[float] = None) -> Optional[int]:
+        """Sends ``refresh`` with ``token`` (default: a new one from
+        ``token_provider``), a JWT for the same user; returns its expiry
+        (Unix seconds, None if it has none). A refused token is
+        :class:`ServerError` ``unauthorized``, and the server closes the
+        connection."""
+        if token is None:
+            if self.token_provider is None:
+                raise ValueError("refresh needs a token or a token_provider")
+            token = self.token_provider()
+        reply = self._call(protocol.refresh_message(token), "refreshed", timeout)
+        exp = reply.get("expires_at")
+        self.token_expires_at = exp if isinstance(exp, int) else None
+        return self.token_expires_at
 
     @property
     def connected(self) -> bool:
@@ -649,7 +671,7 @@ class Client:
             server_hostname=self.server_hostname,
             max_frame_bytes=self.max_frame_bytes,
             offer=self.compression_offer,
-            auth_token=self.auth_token,
+            auth_token=self.token_provider() if self.token_provider else self.auth_token,
             next_id=self._ids.__next__,
             verify_message=(lambda: protocol.ping_message(self.client_info)) if verify else None,
         )
@@ -659,6 +681,7 @@ class Client:
         once the receiver runs): its socket and encoder change together."""
         self._sock = session.sock
         self._session = session
+        self.token_expires_at = session.expires_at
 
     def _call(
         self,
@@ -826,6 +849,11 @@ class Client:
                 # An answer whose request timed out (or an id we never sent).
                 log.debug("dropping answer with unknown id: %.200s", msg)
                 return
+        elif msg.get("type") == "unsubscribed" and "reason" in msg:
+            # Dropped by the server (a refresh narrowed the token): not an
+            # answer; not to be made again after a reconnection.
+            with self._lock:
+                self._subs.pop(msg.get("channel"), None)  # type: ignore[arg-type]
         elif msg.get("type") in ANSWER_TYPES:
             # A server that does not copy ids (the seed's): oldest request first.
             with self._lock:

@@ -52,6 +52,7 @@ RESPONSE_TYPES: Dict[str, str] = {
     "unsubscribe": "unsubscribed",
     "publish": "published",
     "history": "history",
+    "refresh": "refreshed",
 }
 
 #: Answer types, for servers that do not copy ``id`` back (the seed's Python
@@ -308,6 +309,12 @@ def hello_message(compression: Sequence[str], client: str) -> Message:
 def auth_message(token: str) -> Message:
     """``{"type": "auth", "token": ...}``: the first frame when the server requires it."""
     return {"type": "auth", "token": token}
+
+
+def refresh_message(token: str) -> Message:
+    """``{"type": "refresh", "token": ...}``: a new JWT for the same user,
+    before (or just after) the current one expires."""
+    return {"type": "refresh", "token": token}
 
 
 def custom_message(message_type: str, data: Optional[Mapping[str, Any]] = None) -> Message:

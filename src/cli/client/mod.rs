@@ -46,7 +46,9 @@ pub struct ClientArgs {
         env = "RINGCAST_ADDR"
     )]
     pub addr: String,
-    /// Authentication token, sent first on every connection.
+    /// Authentication token, sent first on every connection: the server's
+    /// --auth-token, or a JWT signed with its --jwt-secret or
+    /// --jwt-public-key's private key.
     #[arg(long, env = "RINGCAST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print the raw frames received, one JSON object per line (performance

@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
+mod refresh;
 mod resume;
 
 type Callback = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -57,6 +58,9 @@ struct Inner {
     /// Subscribes sent after a reconnection, whose answers say recovered
     /// or lost: (channel, the answer).
     resubscribing: Mutex<Vec<(String, Receiver<Reply>)>>,
+    /// The current connection's token expiry (Unix seconds), from
+    /// `auth_ok` or the last `refreshed`; see `refresh`.
+    expires_at: Mutex<Option<u64>>,
 }
 
 /// A connection to a ringcast server. See the [module docs](super).
@@ -125,6 +129,7 @@ impl Client {
             io_thread: OnceLock::new(),
             channels: Mutex::new(HashMap::new()),
             resubscribing: Mutex::new(Vec::new()),
+            expires_at: Mutex::new(est.expires_at),
         });
         let mut threads = Vec::new();
         let i = inner.clone();
@@ -139,6 +144,14 @@ impl Client {
                 thread::Builder::new()
                     .name("ringcast-client-hb".into())
                     .spawn(move || heartbeat_main(i, every))?,
+            );
+        }
+        if inner.cfg.token_provider.is_some() {
+            let i = inner.clone();
+            threads.push(
+                thread::Builder::new()
+                    .name("ringcast-client-token".into())
+                    .spawn(move || refresh::refresh_main(i))?,
             );
         }
         Ok(Client {
@@ -569,6 +582,7 @@ fn io_main(inner: Arc<Inner>, first: Established) {
             conn,
             mut reader,
             early,
+            ..
         } = est;
         for m in early {
             inner.emit(Event::Message(m));
@@ -608,6 +622,7 @@ fn io_main(inner: Arc<Inner>, first: Established) {
                     st.phase = Phase::Connected;
                     st.conn = Some(e.conn.clone());
                 }
+                *lock(&inner.expires_at) = e.expires_at;
                 inner.changed.notify_all();
                 inner.emit(Event::Reconnected { attempt });
                 inner.resubscribe(&e.conn);

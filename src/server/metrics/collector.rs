@@ -368,6 +368,17 @@ impl Collector for ShardCollector {
             &reasons,
             |c, i| c.tls_handshake_failures[i].load(Relaxed),
         )?;
+        let reasons = crate::session::grant::TokenRefusal::ALL.map(|r| r.as_str());
+        self.per_shard_by(
+            &mut enc,
+            "ringcast_auth_failures",
+            "Refused auth and refresh tokens, by the check that failed (docs/PROTOCOL.md, \
+             Tokens): missing, static_token, too_large, malformed, alg_none, algorithm, \
+             signature, expired, not_yet_valid, audience, issuer, claims, other_user, not_token.",
+            "reason",
+            &reasons,
+            |c, i| c.auth_failures[i].load(Relaxed),
+        )?;
         let codecs = crate::protocol::codec::Codec::ALL.map(|c| c.as_str());
         self.per_shard_by_typed(
             &mut enc,

@@ -93,8 +93,10 @@ pub(crate) fn run(
     }
     let _ = ready.send(Ok(backend.features()));
     drop(ready);
+    let mut session_config = cfg.session_config(shared.cluster().is_some());
+    session_config.verifier = shared.verifier.clone();
     let mut env = Env::new(
-        cfg.session_config(shared.cluster().is_some()),
+        session_config,
         id,
         &shared.router.counters[id],
         ShardRoute::new(&shared.router, id),
