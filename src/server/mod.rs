@@ -23,6 +23,7 @@
 
 mod admission;
 pub mod config;
+mod http;
 mod listener;
 mod metrics;
 mod shard;

@@ -144,6 +144,10 @@ fn serve(listener: TcpListener, shared: Arc<Shared>, closing: Arc<AtomicBool>) {
 enum Route {
     Metrics,
     Healthz,
+    /// `GET /`: the dashboard page.
+    Dashboard,
+    /// `GET /v1/stats`: what `get_stats` answers.
+    Stats,
     NotFound,
     MethodNotAllowed,
     BadRequest,
@@ -173,6 +177,8 @@ fn route(head: &[u8]) -> (Route, bool) {
     let route = match path {
         "/metrics" => Route::Metrics,
         "/healthz" => Route::Healthz,
+        "/" => Route::Dashboard,
+        "/v1/stats" => Route::Stats,
         _ => Route::NotFound,
     };
     (route, head_only)
@@ -294,6 +300,37 @@ fn respond(
                 write_response(&mut stream, "200 OK", TEXT, b"ok\n", head_only)
             }
         }
+        Route::Dashboard => write_response(
+            &mut stream,
+            "200 OK",
+            super::http::dashboard::CONTENT_TYPE,
+            super::http::dashboard::PAGE.as_bytes(),
+            head_only,
+        ),
+        Route::Stats => {
+            let now_ms = crate::protocol::time::unix_ms_now();
+            let now = crate::protocol::time::TimestampCache::new()
+                .format(now_ms)
+                .to_string();
+            let mut frame = Vec::with_capacity(2048);
+            crate::route::report::write_stats(
+                &shared.router,
+                &crate::route::report::RssReader::new(),
+                &mut Vec::new(),
+                &mut frame,
+                None,
+                &now,
+                now_ms,
+            );
+            // The frame's 4-byte length prefix is not part of the JSON.
+            write_response(
+                &mut stream,
+                "200 OK",
+                "application/json",
+                &frame[4..],
+                head_only,
+            )
+        }
         Route::NotFound => write_response(
             &mut stream,
             "404 Not Found",
@@ -353,6 +390,11 @@ fn write_response(
     );
     if status.starts_with("405") {
         head.push_str("Allow: GET, HEAD\r\n");
+    }
+    if content_type == super::http::dashboard::CONTENT_TYPE {
+        head.push_str("Content-Security-Policy: ");
+        head.push_str(super::http::dashboard::CONTENT_SECURITY_POLICY);
+        head.push_str("\r\n");
     }
     head.push_str("\r\n");
     // One deadline for the whole response: a write timeout alone bounds

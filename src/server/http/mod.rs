@@ -1,0 +1,3 @@
+//! The operator's HTTP listener.
+
+pub(crate) mod dashboard;
