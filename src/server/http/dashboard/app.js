@@ -31,7 +31,9 @@ const state = {
 
 // ---------------------------------------------------------------- fetching
 
-class AuthError extends Error {}
+class AuthError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
 class HttpError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
@@ -42,7 +44,7 @@ async function api(path, init) {
   const res = await fetch(path, Object.assign({}, init, { headers, cache: "no-store" }));
   const text = await res.text();
   if (res.status === 401 || res.status === 403) {
-    throw new AuthError(errorMessage(text) || res.status + " " + res.statusText);
+    throw new AuthError(res.status, errorMessage(text) || res.status + " " + res.statusText);
   }
   if (!res.ok) throw new HttpError(res.status, errorMessage(text) || res.status + " " + res.statusText);
   return text;
@@ -303,10 +305,11 @@ function renderCluster(c) {
     const id = first(n, ["id", "node_id", "node"]);
     const tr = body.insertRow();
     tr.dataset.node = id;
-    cell(tr, id + (id === self ? " (this node)" : ""));
+    const here = n.self === true || id === self;
+    cell(tr, id + (here ? " (this node)" : ""));
     cell(tr, fmtCount(first(n, ["clients", "connected_clients"])), "num");
     const age = first(n, ["heartbeat_age_ms", "last_heartbeat_ms", "age_ms"]);
-    cell(tr, id === self ? "—" : age == null ? "?" : fmtSeconds(age / 1000) + " ago", "num");
+    cell(tr, here ? "—" : age == null ? "?" : fmtSeconds(age / 1000) + " ago", "num");
   }
   if (c.backplane != null) show("backplane", c.backplane, c.backplane);
   const buffered = first(c, ["buffered_bytes"]);
@@ -407,7 +410,13 @@ $("connections").addEventListener("click", async (ev) => {
   } catch (e) {
     out.textContent = "could not disconnect " + id + ": " + e.message;
     out.dataset.result = "error";
-    if (e instanceof AuthError) askForKey(e.message);
+    // 401: no key or a wrong one. A 403 says the server has no key set at
+    // all (writes need one): asking for a key would not help.
+    if (e instanceof AuthError && e.status === 401) {
+      state.key = null;
+      sessionStorage.removeItem(KEY_STORE);
+      askForKey(e.message);
+    }
   }
   schedule(0);
 });
