@@ -14,13 +14,17 @@
 # over the requests it counted: the HTTP thread's work counts too). Prints
 # the medians and each variant's ratio to `off`.
 #
-# Then, with OHA set to an oha binary (default: oha on PATH, then
-# /work/tools/bin/oha), publishes through POST /v1/publish: oha -c C -z D
-# with keep-alive, a key set, 0 and 1,000 subscribers... (see bench-results/README.md).
+# Then publishes through POST /v1/publish (keep-alive, an API key set,
+# --http-rate-limit 0, one subscriber on the channel reading everything):
+# oha (OHA, default oha on PATH then /work/tools/bin/oha) for PUB_SECS
+# (default 10) at each of PUB_CONNS (default "1 16 64") connections, or
+# Debian's wrk with the same request where oha is missing; publishes/s,
+# p50, p99, and the server's own publishes count beside the tool's.
 #
 #   scripts/bench-http.sh
 #   ROUNDS=5 DURATION=4 scripts/bench-http.sh
-#   NO_OHA=1 scripts/bench-http.sh
+#   NO_PATH=1 scripts/bench-http.sh     # only the publish load
+#   NO_PUBLISH=1 scripts/bench-http.sh  # only the message-path comparison
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
@@ -48,6 +52,7 @@ poll_like_the_dashboard() { # http port
 }
 
 echo "machine: $(machine)"
+if [ -z "${NO_PATH:-}" ]; then
 echo "repo HEAD: $(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown); $ROUNDS rounds x ${DURATION} s"
 : >"$TMP/rows"
 for pipeline in 32 1; do
@@ -98,3 +103,61 @@ for p in ("P32", "P1"):
         print(f"{p:8} {v:7} {t:>12,.0f} ({runs})  {t / bt:5.3f}  {statistics.median(r[2] for r in rs):>10,.0f}"
               f"     {c:8.4f}                  {c / bc:5.3f}")
 EOF
+fi
+
+[ -z "${NO_PUBLISH:-}" ] || exit 0
+OHA="${OHA:-$(command -v oha || echo /work/tools/bin/oha)}"
+KEY=bench-key
+PORT=$((PORT + 1)); HPORT=$((HPORT + 1))
+"$BIN" server --addr "127.0.0.1:$PORT" --idle-timeout-secs 0 --no-pin --http-addr "127.0.0.1:$HPORT" \
+  --api-key "$KEY" --http-rate-limit 0 >"$TMP/server.log" 2>&1 &
+SERVER_PID=$!
+wait_port "$PORT"; wait_port "$HPORT"
+# One subscriber, reading everything, so each publish is delivered once.
+python3 -c '
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+body = b"{\"type\":\"subscribe\",\"channel\":\"bench\"}"
+s.sendall(struct.pack(">I", len(body)) + body)
+while s.recv(1 << 20):
+    pass
+' "$PORT" &
+SUB=$!
+sleep 0.5
+BODY='{"channel":"bench","content":"hello from the HTTP API"}'
+publishes() {
+  curl -s -H "Authorization: Bearer $KEY" "http://127.0.0.1:$HPORT/v1/stats" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["publishes"])'
+}
+echo
+echo "POST /v1/publish, keep-alive, ${PUB_SECS:-10} s per row; machine: $(machine)"
+for c in ${PUB_CONNS:-1 16 64}; do
+  before=$(publishes)
+  if [ -x "$OHA" ]; then
+    "$OHA" -c "$c" -z "${PUB_SECS:-10}s" --no-tui --output-format json -m POST -T application/json \
+      -H "Authorization: Bearer $KEY" -d "$BODY" "http://127.0.0.1:$HPORT/v1/publish" >"$TMP/oha.json"
+    after=$(publishes)
+    python3 -c '
+import json, sys
+c, before, after, path, ver = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+r = json.load(open(path))
+s, p = r["summary"], r["latencyPercentiles"]
+codes = r.get("statusCodeDistribution", {})
+print(f"{ver}: -c {c:<3} publishes/s {s[\"requestsPerSec\"]:>9,.0f}  p50 {p[\"p50\"] * 1e3:.3f} ms  p99 {p[\"p99\"] * 1e3:.3f} ms"
+      f"  success {s[\"successRate\"] * 100:.2f} %  statuses {codes}  server counted {after - before:,} publishes")
+' "$c" "$before" "$after" "$TMP/oha.json" "$("$OHA" --version | head -1)"
+  else
+    {
+      echo 'wrk.method = "POST"'
+      echo "wrk.body = '$BODY'"
+      echo 'wrk.headers["Content-Type"] = "application/json"'
+      echo "wrk.headers[\"Authorization\"] = \"Bearer $KEY\""
+    } >"$TMP/post.lua"
+    wrk -t $((c < 2 ? 1 : 2)) -c "$c" -d "${PUB_SECS:-10}s" --latency -s "$TMP/post.lua" \
+      "http://127.0.0.1:$HPORT/v1/publish" >"$TMP/wrk.txt"
+    after=$(publishes)
+    echo "wrk (no oha): -c $c $(grep 'Requests/sec' "$TMP/wrk.txt" | tr -s ' ')  p50 $(awk '$1=="50%"{print $2}' "$TMP/wrk.txt")" \
+      " p99 $(awk '$1=="99%"{print $2}' "$TMP/wrk.txt")  $(grep -o 'Non-2xx.*' "$TMP/wrk.txt" || echo 'all 2xx')  server counted $((after - before)) publishes"
+  fi
+done
+kill "$SUB" 2>/dev/null || true

@@ -43,7 +43,7 @@ class HttpServer(RingcastServer):
             binary,
             free_port(),
             log_path,
-            ["--metrics-addr", f"127.0.0.1:{self.http_port}", *extra_args],
+            ["--http-addr", f"127.0.0.1:{self.http_port}", *extra_args],
         )
 
     @property

@@ -18,6 +18,7 @@
 //! buffer past its bound is refused (`backplane_unavailable` to its sender)
 //! and delivered locally only.
 
+pub mod control;
 pub mod entry;
 mod reader;
 mod seqs;
@@ -29,6 +30,7 @@ use crate::random::{random_u64, Rng};
 use crate::sync::lock;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
+pub use control::{ControlEntry, ControlOp};
 pub use entry::{BadEntry, Entry};
 use reader::Reader;
 use redis::Connection;
@@ -53,6 +55,9 @@ pub trait Host: Send + Sync + 'static {
     /// The writer's backlog fell back under [`PAUSE_PUBLISHERS_BYTES`]:
     /// publishers paused for it may resume.
     fn backlog_cleared(&self);
+    /// A control entry from another node, checked: act on this node's
+    /// clients (called on the reader thread, in stream order).
+    fn control(&self, op: ControlOp);
 }
 
 /// The stream every node writes to and reads from.
@@ -110,6 +115,15 @@ pub const FAULT_READER_PANICS_ENV: &str = "RINGCAST_TEST_FAULT_READER_PANICS";
 struct Outbound {
     frame: Bytes,
     channel: Option<Arc<str>>,
+    /// A control entry instead of a message (`frame` is then empty).
+    control: Option<Arc<ControlOp>>,
+}
+
+impl Outbound {
+    /// Bytes it holds of the buffer's bound.
+    fn size(&self) -> usize {
+        self.frame.len() + self.control.as_ref().map_or(0, |c| c.size())
+    }
 }
 
 /// What the writer has not yet written, with its sequence number.
@@ -157,6 +171,9 @@ pub struct Cluster {
     /// Node ids whose heartbeats were alive at the last read (the reader
     /// forgets the sequence numbers of the others).
     alive: Mutex<Arc<HashSet<String>>>,
+    /// The other nodes as their last heartbeats describe them (for
+    /// `GET /v1/cluster`).
+    peers: Mutex<Vec<Peer>>,
     /// What is left of the test-only fault hook ([`FAULT_READER_PANICS_ENV`]).
     fault_reader_panics: AtomicU64,
     writer_sleeping: AtomicBool,
@@ -171,6 +188,18 @@ impl std::fmt::Debug for Cluster {
             .field("node_id", &self.node_id)
             .finish_non_exhaustive()
     }
+}
+
+/// Another node, as its last heartbeat describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its node id.
+    pub id: String,
+    /// Clients connected to it.
+    pub clients: u64,
+    /// When it wrote the heartbeat (Unix ms); `None` from a node that does
+    /// not say.
+    pub heartbeat_unix_ms: Option<u64>,
 }
 
 /// The backplane's figures, for `get_stats` and metrics.
@@ -228,6 +257,7 @@ impl Cluster {
             reader_alive: AtomicBool::new(true),
             max_frame_bytes,
             alive: Mutex::new(Arc::new(HashSet::new())),
+            peers: Mutex::new(Vec::new()),
             fault_reader_panics: AtomicU64::new(
                 std::env::var(FAULT_READER_PANICS_ENV)
                     .ok()
@@ -264,7 +294,27 @@ impl Cluster {
         self.outbox.push(Outbound {
             frame: frame.clone(),
             channel: channel.cloned(),
+            control: None,
         });
+        true
+    }
+
+    /// Queues an operator's disconnect or unsubscribe for the other nodes
+    /// (see [`control`]); false when the buffer bound would be passed.
+    pub fn try_send_control(&self, op: ControlOp) -> bool {
+        let out = Outbound {
+            frame: Bytes::new(),
+            channel: None,
+            control: Some(Arc::new(op)),
+        };
+        let n = out.size();
+        if self.buffered.fetch_add(n, Ordering::AcqRel) + n > self.limit {
+            self.buffered.fetch_sub(n, Ordering::AcqRel);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.outbox.push(out);
+        self.wake_writer();
         true
     }
 
@@ -301,6 +351,11 @@ impl Cluster {
     /// take over.)
     pub fn backlogged(&self) -> bool {
         self.is_up() && self.buffered.load(Ordering::Relaxed) > PAUSE_PUBLISHERS_BYTES
+    }
+
+    /// The other nodes alive at the last heartbeat read.
+    pub fn peers(&self) -> Vec<Peer> {
+        lock(&self.peers).clone()
     }
 
     /// Whether Redis is reachable now.

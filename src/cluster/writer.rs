@@ -101,18 +101,26 @@ impl Writer {
                 .arg("n")
                 .arg(&c.node_id)
                 .arg("s")
-                .arg(p.seq)
-                .arg("f")
-                .arg(p.out.frame.as_ref());
-            if let Some(ch) = &p.out.channel {
-                cmd.arg("c").arg(ch.as_ref());
+                .arg(p.seq);
+            match &p.out.control {
+                Some(op) => {
+                    for (k, v) in op.fields() {
+                        cmd.arg(k).arg(v);
+                    }
+                }
+                None => {
+                    cmd.arg("f").arg(p.out.frame.as_ref());
+                    if let Some(ch) = &p.out.channel {
+                        cmd.arg("c").arg(ch.as_ref());
+                    }
+                }
             }
             cmd.ignore();
         }
         if self.pipe.query::<()>(conn).is_err() {
             return false;
         }
-        let bytes: usize = self.pending.drain(..n).map(|p| p.out.frame.len()).sum();
+        let bytes: usize = self.pending.drain(..n).map(|p| p.out.size()).sum();
         let was = c.buffered.fetch_sub(bytes, Ordering::AcqRel);
         if was > PAUSE_PUBLISHERS_BYTES && was - bytes <= PAUSE_PUBLISHERS_BYTES {
             host.backlog_cleared();
@@ -139,7 +147,10 @@ fn heartbeat(
 ) -> RedisResult<()> {
     slots.clear();
     let clients = host.local_figures(slots);
-    let mut body = format!("clients {clients}\n");
+    // `at`: when it was written, for the others' view of its age (nodes
+    // that do not know the line skip it, as any line they cannot read).
+    let now_ms = crate::protocol::time::unix_ms_now();
+    let mut body = format!("clients {clients}\nat {now_ms}\n");
     for (slot, n) in slots.iter() {
         body.push_str(&format!("{slot} {n}\n"));
     }
@@ -162,13 +173,24 @@ fn heartbeat(
     let mut clients = 0u64;
     let mut remote = vec![0u32; INTEREST_SLOTS];
     let mut alive = HashSet::new();
+    let mut peers = Vec::with_capacity(others.len());
     for (k, b) in others.iter().zip(bodies) {
         let Some(b) = b else { continue }; // expired between SCAN and MGET
-        alive.insert(k[NODE_KEY_PREFIX.len()..].to_owned());
+        let id = k[NODE_KEY_PREFIX.len()..].to_owned();
+        alive.insert(id.clone());
+        let mut peer = super::Peer {
+            id,
+            clients: 0,
+            heartbeat_unix_ms: None,
+        };
         for line in b.lines() {
             let mut f = line.split(' ');
             match (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) {
-                (Some("clients"), Some(n)) => clients += n,
+                (Some("clients"), Some(n)) => {
+                    clients += n;
+                    peer.clients = n;
+                }
+                (Some("at"), Some(ms)) => peer.heartbeat_unix_ms = Some(ms),
                 (Some(s), Some(n)) => {
                     if let Some(slot) = s.parse::<usize>().ok().filter(|s| *s < INTEREST_SLOTS) {
                         remote[slot] =
@@ -178,7 +200,10 @@ fn heartbeat(
                 _ => {}
             }
         }
+        peers.push(peer);
     }
+    peers.sort_by(|a, b| a.id.cmp(&b.id));
+    *lock(&c.peers) = peers;
     for (slot, n) in remote.into_iter().enumerate() {
         c.remote_interest.set(slot, n);
     }

@@ -51,11 +51,14 @@ pub enum ErrorCode {
     HelloRepeated,
     /// `history` on a channel that keeps no history (`history_size` 0).
     NoHistory,
+    /// An operator disconnected this client (`POST /v1/disconnect`); the
+    /// message is the reason given. The connection is closed.
+    Kicked,
 }
 
 impl ErrorCode {
     /// How many codes there are (the length of per-code counter arrays).
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
 
     /// Every code, in the order of per-code counters.
     pub const ALL: [ErrorCode; ErrorCode::COUNT] = [
@@ -77,6 +80,7 @@ impl ErrorCode {
         ErrorCode::CompressionError,
         ErrorCode::HelloRepeated,
         ErrorCode::NoHistory,
+        ErrorCode::Kicked,
     ];
 
     /// The wire string of this code.
@@ -100,6 +104,7 @@ impl ErrorCode {
             ErrorCode::CompressionError => "compression_error",
             ErrorCode::HelloRepeated => "hello_repeated",
             ErrorCode::NoHistory => "no_history",
+            ErrorCode::Kicked => "kicked",
         }
     }
 
@@ -129,6 +134,7 @@ impl ErrorCode {
                 | ErrorCode::Unauthorized
                 | ErrorCode::ShuttingDown
                 | ErrorCode::CompressionError
+                | ErrorCode::Kicked
         )
     }
 }

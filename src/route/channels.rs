@@ -28,9 +28,19 @@ pub use crate::session::SubscribeError;
 /// reported, still in a mailbox) is not delivered to that session.
 #[derive(Debug, Default)]
 pub struct ChannelIndex {
-    channels: HashMap<Arc<str>, HashMap<usize, u64>>,
+    channels: HashMap<Arc<str>, Members>,
     by_session: HashMap<usize, HashSet<Arc<str>>>,
     subscriptions: usize,
+}
+
+/// A channel's subscribers on a shard (each with its history mark), and
+/// what the shard delivered on it since it last had none (for
+/// `GET /v1/channels`: plain fields, this shard alone writes them).
+#[derive(Debug, Default)]
+struct Members {
+    subs: HashMap<usize, u64>,
+    publishes: u64,
+    deliveries: u64,
 }
 
 impl ChannelIndex {
@@ -59,7 +69,11 @@ impl ChannelIndex {
         };
         mine.insert(name.clone());
         let held = mine.len();
-        self.channels.entry(name).or_default().insert(session, mark);
+        self.channels
+            .entry(name)
+            .or_default()
+            .subs
+            .insert(session, mark);
         self.subscriptions += 1;
         interest.add(slot_of(channel));
         Ok(held)
@@ -96,11 +110,11 @@ impl ChannelIndex {
 
     fn remove_member(&mut self, interest: &Interest, session: usize, channel: &str) {
         if let Some(members) = self.channels.get_mut(channel) {
-            if members.remove(&session).is_some() {
+            if members.subs.remove(&session).is_some() {
                 self.subscriptions -= 1;
                 interest.remove(slot_of(channel));
             }
-            if members.is_empty() {
+            if members.subs.is_empty() {
                 self.channels.remove(channel);
             }
         }
@@ -123,7 +137,7 @@ impl ChannelIndex {
         self.channels
             .get(channel)
             .into_iter()
-            .flatten()
+            .flat_map(|m| &m.subs)
             .filter(move |(_, mark)| **mark < after)
             .map(|(k, _)| *k)
     }
@@ -137,7 +151,29 @@ impl ChannelIndex {
 
     /// How many sessions on this shard are subscribed to `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.channels.get(channel).map_or(0, HashMap::len)
+        self.channels.get(channel).map_or(0, |m| m.subs.len())
+    }
+
+    /// Counts one publication on `channel` queued to `delivered`
+    /// subscribers here (the shard's fan-out, once per delivery).
+    pub fn count_delivery(&mut self, channel: &str, delivered: u64) {
+        if let Some(m) = self.channels.get_mut(channel) {
+            m.publishes += 1;
+            m.deliveries += delivered;
+        }
+    }
+
+    /// Each channel with subscribers here: its name, subscribers,
+    /// publications and deliveries (see [`ChannelIndex::count_delivery`]).
+    pub fn channel_figures(&self) -> impl Iterator<Item = (&Arc<str>, u64, u64, u64)> + '_ {
+        self.channels
+            .iter()
+            .map(|(c, m)| (c, m.subs.len() as u64, m.publishes, m.deliveries))
+    }
+
+    /// The channels `session` is subscribed to.
+    pub fn channels_of(&self, session: usize) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.by_session.get(&session).into_iter().flatten()
     }
 
     /// Channels with at least one subscriber on this shard.

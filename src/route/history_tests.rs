@@ -38,7 +38,7 @@ fn fan_out(sh: &Shared, shard: usize, env: &mut TestEnv<'_>, sessions: &mut [Ses
             .subscribers_of(ch, d.history_seq)
             .collect();
         for k in keys {
-            assert!(sessions[k].push_broadcast(env, &d.frame, &d.packed));
+            assert!(sessions[k].push_broadcast(env, &d.frame, &d.packed, 1));
         }
     }
 }

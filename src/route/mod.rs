@@ -32,9 +32,11 @@
 #[cfg(test)]
 mod channel_tests;
 pub mod channels;
+pub mod control;
 #[cfg(test)]
 mod compress_tests;
 pub mod delivery;
+mod external;
 pub mod history;
 #[cfg(test)]
 mod history_tests;

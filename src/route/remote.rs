@@ -1,9 +1,10 @@
 //! The router as the backplane sees it ([`crate::cluster::Host`]): deliver
-//! another node's entry, the figures for this node's heartbeat, and resume
-//! publishers paused for the backplane.
+//! another node's entry, act on its control entry, the figures for this
+//! node's heartbeat, and resume publishers paused for the backplane.
 
 use super::Router;
-use crate::cluster::{Entry, Host};
+use super::control::Control;
+use crate::cluster::{ControlOp, Entry, Host};
 use crate::protocol::interest::INTEREST_SLOTS;
 
 impl Host for Router {
@@ -19,6 +20,24 @@ impl Host for Router {
             }
         }
         self.connected()
+    }
+
+    fn control(&self, op: ControlOp) {
+        // Nobody waits for the answer: the node that asked counted its own.
+        for m in self.mailboxes.iter() {
+            m.push_control(match op.clone() {
+                ControlOp::Disconnect { target, reason } => Control::Disconnect {
+                    target,
+                    reason,
+                    reply: Box::new(|_| {}),
+                },
+                ControlOp::Unsubscribe { target, channel } => Control::Unsubscribe {
+                    target,
+                    channel,
+                    reply: Box::new(|_| {}),
+                },
+            });
+        }
     }
 
     fn backlog_cleared(&self) {

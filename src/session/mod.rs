@@ -51,6 +51,7 @@
 
 mod compress;
 pub mod config;
+pub mod conninfo;
 pub mod counters;
 mod dispatch;
 mod env;
@@ -65,6 +66,7 @@ mod output;
 pub mod tls;
 
 pub use config::SessionConfig;
+pub use conninfo::ConnStats;
 pub use env::Env;
 pub use host::{ConnId, Handler, Host, Position, Routed, SubscribeError, Subscribed, WriteMessage};
 
@@ -165,6 +167,8 @@ pub struct Session {
     codec: Option<Codec>,
     /// `hello` was answered.
     hello_seen: bool,
+    /// Counters, user and close reason for the operator ([`conninfo`]).
+    stats: ConnStats,
 }
 
 impl Session {
@@ -202,6 +206,10 @@ impl Session {
             tls: None,
             codec: None,
             hello_seen: false,
+            stats: ConnStats {
+                connected_at_ms: env.now_ms,
+                ..ConnStats::default()
+            },
         };
         if let Transport::Tls(conn) = transport {
             if env.tls_handshakes >= env.config.tls_max_handshakes {
@@ -279,6 +287,7 @@ impl Session {
     /// caller, which owns the clock, times them).
     pub fn handle_data<H: Host>(&mut self, env: &mut Env<'_, H>, data: &mut [u8]) -> u64 {
         bump(&env.counters.bytes_received, data.len() as u64);
+        self.stats.bytes_in += data.len() as u64;
         let Some(mut tls) = self.tls.take() else {
             return self.handle_plaintext(env, data, false);
         };
@@ -407,6 +416,9 @@ impl Session {
                 ControlFlow::Continue(())
             });
         env.straddle_pool = straddle_pool;
+        // One answer per request handled (see `ConnStats::msgs_out`).
+        self.stats.msgs_in += frames;
+        self.stats.msgs_out += frames;
         env.set_partial(held, self.decoder.buffered_capacity());
         if let (None, Some(c)) = (codec_before, self.codec) {
             // Negotiated in this chunk: the client reads hello_ok before it
@@ -458,6 +470,7 @@ impl Session {
             }
         };
         bump(&env.counters.bytes_sent, n as u64);
+        self.stats.bytes_out += n as u64;
         let pool = &mut env.pool;
         batch.advance(n, |v| {
             drop(crate::protocol::frame::BufferPool::give(pool, v))
@@ -479,6 +492,7 @@ impl Session {
             return; // close_notify came first, then the FIN
         }
         self.eof = true;
+        self.stats.closing(conninfo::reason::PEER_CLOSED);
         if self.tls.as_ref().is_some_and(|t| t.handshaking) {
             self.handshake_failed(env, HandshakeFailure::Eof);
         }
@@ -498,6 +512,7 @@ impl Session {
     /// The connection broke: close at once.
     pub fn handle_failed<H: Host>(&mut self, env: &mut Env<'_, H>) {
         self.eof = true;
+        self.stats.closing(conninfo::reason::PEER_CLOSED);
         if self.tls.as_ref().is_some_and(|t| t.handshaking) {
             self.handshake_failed(env, HandshakeFailure::Eof);
         }
@@ -522,6 +537,7 @@ impl Session {
                 let idle = idle > 0 && now.saturating_sub(self.last_active) >= idle * 1000;
                 if idle {
                     tracing::debug!(client_id = %self.client_id, "idle timeout");
+                    self.stats.closing(conninfo::reason::IDLE_TIMEOUT);
                 }
                 idle
             }
@@ -536,7 +552,8 @@ impl Session {
 
     /// A broadcast or channel frame for this client: `plain`, serialised
     /// once for every recipient, and `packed`, the same compressed once per
-    /// codec where that paid (by [`Codec::index`]). A client that has
+    /// codec where that paid (by [`Codec::index`]); `frames`: the messages
+    /// in it (a gathered run holds several). A client that has
     /// fallen more than `max_pending_bytes` behind is cut with
     /// `slow_consumer` instead. Returns whether the frame was queued.
     pub fn push_broadcast<H: Host>(
@@ -544,6 +561,7 @@ impl Session {
         env: &mut Env<'_, H>,
         plain: &Bytes,
         packed: &[Option<Bytes>; Codec::COUNT],
+        frames: u64,
     ) -> bool {
         if !self.established {
             return false;
@@ -568,6 +586,7 @@ impl Session {
                 .frame_out(plain.len() - HEADER_LEN, frame.len() - HEADER_LEN);
         }
         self.out.push_shared(frame.clone());
+        self.stats.msgs_out += frames;
         true
     }
 
@@ -660,6 +679,7 @@ impl Session {
 
     /// Sends an error that ends the connection: flush it, then close.
     fn fail<H: Host>(&mut self, env: &mut Env<'_, H>, code: ErrorCode, msg: &str) {
+        self.stats.closing(conninfo::reason_of(code));
         let buf = reply_buf(&mut env.pool, &mut self.out);
         crate::protocol::message::write_error(buf, None, code, msg, None);
         env.counters.error(code);
@@ -752,34 +772,6 @@ impl Session {
         self.out.discard(&mut recycle);
         if let Some(t) = &mut self.tls {
             t.discard_plain(&mut recycle);
-        }
-    }
-
-    /// The TLS handshake finished (the transport no longer counts it as in
-    /// progress): the client is established (or, with an auth token, may
-    /// now authenticate).
-    fn handshake_finished<H: Host>(&mut self, env: &mut Env<'_, H>) {
-        if self.phase == Phase::Open && self.authed && !self.established {
-            self.establish(env);
-        }
-    }
-
-    /// Counts a failed handshake, once (and logs it, within the warning
-    /// budget); it no longer counts as in progress.
-    fn handshake_failed<H: Host>(&mut self, env: &mut Env<'_, H>, why: HandshakeFailure) {
-        if let Some(t) = &mut self.tls {
-            t.handshaking = false;
-            env.tls_handshakes -= 1;
-        }
-        bump(&env.counters.tls_handshake_failures[why.index()], 1);
-        if let Some(suppressed) = env.warn_budget.allow(env.now_mono_ms) {
-            tracing::warn!(
-                shard = env.shard,
-                client_id = %self.client_id,
-                reason = why.as_str(),
-                suppressed,
-                "TLS handshake failed"
-            );
         }
     }
 

@@ -4,8 +4,31 @@
 //! network, and it reads only the JSON API and `/metrics` (see
 //! docs/OPERATIONS.md, *The dashboard*).
 
+use super::reply::{self, Answer, ApiError};
+use super::routes::{Ctx, Req};
+use hyper::header::{HeaderValue, CACHE_CONTROL};
+use hyper::StatusCode;
+
+/// `GET /`: the page, with its content security policy. Open: the page
+/// holds no figure; what it reads asks for the key itself.
+pub(super) async fn page(_ctx: &Ctx, _req: Req) -> Result<Answer, ApiError> {
+    let mut r = reply::with_type(
+        StatusCode::OK,
+        CONTENT_TYPE,
+        bytes::Bytes::from_static(PAGE.as_bytes()),
+    );
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    // A new binary may serve a new page: never keep a stale one.
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(r)
+}
+
 /// The page, served as is.
-pub(crate) const PAGE: &str = concat!(
+const PAGE: &str = concat!(
     include_str!("dashboard/head.html"),
     "<style>\n",
     include_str!("dashboard/style.css"),
@@ -17,13 +40,13 @@ pub(crate) const PAGE: &str = concat!(
 );
 
 /// Its content type.
-pub(crate) const CONTENT_TYPE: &str = "text/html; charset=utf-8";
+const CONTENT_TYPE: &str = "text/html; charset=utf-8";
 
 /// Sent with the page: the browser itself refuses anything from another
 /// origin (scripts, styles, images, fetches), so "no external resources"
 /// holds even if a later edit slips one in. The script and style are
 /// inline, hence `'unsafe-inline'` for those two only.
-pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
      style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; form-action 'none'; \
      base-uri 'none'; frame-ancestors 'none'";
 

@@ -200,7 +200,7 @@ impl Shard<'_> {
             let Some(e) = self.sessions.get_mut(key) else {
                 continue;
             };
-            if e.session.push_broadcast(&mut self.env, &d.frame, &d.packed) {
+            if e.session.push_broadcast(&mut self.env, &d.frame, &d.packed, d.frames) {
                 delivered += d.frames;
                 if !e.push_dirty {
                     e.push_dirty = true;
@@ -213,6 +213,9 @@ impl Shard<'_> {
             }
         }
         self.recipients = keys;
+        if let Some(ch) = &d.channel {
+            self.env.host.channels.count_delivery(ch, delivered);
+        }
         let counter = match d.channel {
             None => &self.env.counters.broadcasts_delivered,
             Some(_) => &self.env.counters.channel_deliveries,
