@@ -11,6 +11,7 @@ checked to be a real PNG of the page.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -163,3 +164,68 @@ def test_the_page_loads_nothing_but_its_own_server(http_server: HttpServer, wd: 
     urls = wd.js("return performance.getEntriesByType('resource').map(e => e.name)")
     assert urls, "the page fetched nothing"
     assert all(u.startswith(http_server.base + "/") for u in urls), urls
+
+
+def test_the_page_asks_for_the_key_once_and_lists_and_disconnects_clients(
+    ringcast_bin: Path, tmp_path: Path, wd: WebDriver
+) -> None:
+    """With ``--api-key`` the page still loads, asks for the key when the API
+    answers 401, keeps it for the tab (a reload does not ask again), lists
+    the connections, and its disconnect button (two clicks) cuts the chosen
+    client, which first gets ``error`` ``kicked``."""
+    srv = HttpServer(ringcast_bin, tmp_path / "server.log", ["--api-key", "s3cret"])
+    srv.start()
+    victim = socket.create_connection(("127.0.0.1", srv.port), timeout=DEADLINE)
+    other = socket.create_connection(("127.0.0.1", srv.port), timeout=DEADLINE)
+    try:
+        wait_until(lambda: srv.stats("s3cret")["connected_clients"] == 2, what="two clients")
+        listed = json.loads(srv.get("/v1/connections?sort=cid", "s3cret")[1])["connections"]
+        victim_port = victim.getsockname()[1]
+        victim_id = next(c["client_id"] for c in listed if c["addr"].endswith(f":{victim_port}"))
+
+        wd.open(srv.base + "/")
+        wd.wait_js(
+            "return !document.getElementById('key-form').hidden", what="the key form", timeout=20
+        )
+        assert polls(wd) == 0
+        assert "unauthorized" in wd.js("return document.getElementById('key-error').textContent")
+        wd.type_into("#key-input", "s3cret")
+        wd.click("#key-form button")
+        wait_until(lambda: polls(wd) >= 2, timeout=30, what="polls with the key")
+        assert wd.js("return document.getElementById('key-form').hidden") is True
+        assert int(figures(wd, ["clients"])["clients"]) == 2
+        # Kept for the tab: a reload polls at once, without asking.
+        wd.js("location.reload()")
+        wait_until(lambda: polls(wd) >= 1, timeout=30, what="polls after a reload")
+        assert wd.js("return document.getElementById('key-form').hidden") is True
+
+        rows = wd.wait_js(
+            "const r = Array.from(document.querySelectorAll('#connections tbody tr'))"
+            ".map(tr => tr.dataset.clientId); return r.length == 2 ? r : null",
+            what="two connection rows",
+        )
+        assert sorted(rows) == sorted(c["client_id"] for c in listed)
+        button = f'#connections button[data-client-id="{victim_id}"]'
+        wd.click(button)
+        assert wd.js(f"return document.querySelector('{button}').textContent") == "confirm"
+        assert srv.stats("s3cret")["connected_clients"] == 2, "one click must not cut"
+        wd.click(button)
+        got = b""
+        victim.settimeout(DEADLINE)
+        while True:
+            data = victim.recv(65536)
+            if not data:
+                break
+            got += data
+        assert b'"code":"kicked"' in got, got
+        assert b"disconnected from the dashboard" in got, got
+        wait_until(
+            lambda: "disconnected " + victim_id
+            in wd.js("return document.getElementById('action-result').textContent"),
+            what="the page's confirmation",
+        )
+        wait_until(lambda: srv.stats("s3cret")["connected_clients"] == 1, what="one client left")
+    finally:
+        victim.close()
+        other.close()
+        srv.stop()

@@ -129,6 +129,12 @@ def test_top_shows_the_servers_figures_and_quits_on_q(
             lambda: (top.read(), [v for v in figure(top.text(), "msgs in/s") if v != "…"])[1],
             what="a rate on top's screen",
         )
+        # Every load connection is listed (the table has room for them).
+        ports = [f"127.0.0.1:{s.getsockname()[1]} " for s in load.socks]
+        wait_until(
+            lambda: (top.read(), all(p in top.text()[-6000:] for p in ports))[1],
+            what="the load's connections in top's table",
+        )
         text = top.text()
         stats = http_server.stats()
         top.send(b"q")
@@ -141,6 +147,7 @@ def test_top_shows_the_servers_figures_and_quits_on_q(
     assert figure(text, "clients")[-1] == str(stats["connected_clients"])
     assert f"ringcast top · http://{http_server.http_addr}" in text
     assert stats["io_backend"] in text
+    assert f"{load.connections} open, top by rate" in text
     # 2 pingers and a publisher at 40/s: about 120 requests a second.
     rates = [float(v.replace(",", "")) for v in figure(text, "msgs in/s") if v != "…"]
     assert 60 < rates[-1] < 180, rates
