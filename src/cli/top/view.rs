@@ -159,8 +159,8 @@ pub fn rows<'a>(
                 .total_cmp(&a.rate.unwrap_or(0.0))
                 .then(b.conn.msgs_out.cmp(&a.conn.msgs_out))
         }),
-        SortBy::Pending => rows.sort_by(|a, b| b.conn.pending_bytes.cmp(&a.conn.pending_bytes)),
-        SortBy::BytesOut => rows.sort_by(|a, b| b.conn.bytes_out.cmp(&a.conn.bytes_out)),
+        SortBy::Pending => rows.sort_by_key(|r| std::cmp::Reverse(r.conn.pending_bytes)),
+        SortBy::BytesOut => rows.sort_by_key(|r| std::cmp::Reverse(r.conn.bytes_out)),
     }
     rows
 }
