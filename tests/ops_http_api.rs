@@ -109,7 +109,8 @@ fn connections_have_every_field_and_filter_page_and_sort() {
         assert_eq!(c["msgs_in"], frames, "{c}");
         assert_eq!(c["msgs_out"], frames, "{c}");
         assert_eq!(c["subscriptions"], i as u64, "{c}");
-        assert!(c["bytes_in"].as_u64().unwrap() > 20 * frames, "{c}");
+        // A ping frame is 19 bytes, a subscribe more.
+        assert!(c["bytes_in"].as_u64().unwrap() >= 19 * frames, "{c}");
         assert!(c["bytes_out"].as_u64().unwrap() > 20 * frames, "{c}");
     }
     // Sorts: msgs_in descending is the clients in reverse; ascending, in order.
@@ -258,8 +259,9 @@ fn channels_are_listed_with_their_figures_and_history_position() {
     assert_eq!((eu["subscribers"].as_u64(), eu["publishes"].as_u64(), eu["deliveries"].as_u64()), (Some(2), Some(3), Some(6)));
     assert_eq!(eu["offset"], 3, "the history offset: {eu}");
     assert!(eu["epoch"].is_string(), "{eu}");
+    // Subscribing started the channel's history: offset 0, nothing yet.
     let news = v["channels"].as_array().unwrap().iter().find(|c| c["channel"] == "news").unwrap();
-    assert_eq!(keys(news).into_iter().collect::<HashSet<_>>(), HashSet::from(["channel", "subscribers", "publishes", "deliveries"]), "no history yet: {news}");
+    assert_eq!((news["offset"].as_u64(), news["publishes"].as_u64()), (Some(0), Some(0)), "{news}");
     // pattern, sort, order, paging.
     let orders = api.get_ok("/v1/channels?pattern=orders.*&sort=subscribers&order=asc");
     let names: Vec<&str> = orders["channels"].as_array().unwrap().iter().map(|c| c["channel"].as_str().unwrap()).collect();
@@ -314,8 +316,10 @@ fn publish_on_a_history_channel_answers_its_offset_and_epoch() {
     assert_eq!((first["recipients"].as_u64(), first["offset"].as_u64()), (Some(1), Some(1)));
     assert_eq!(second["offset"], 2);
     assert!(first["epoch"].is_string() && first["epoch"] == second["epoch"]);
-    let m = sub.recv();
-    assert_eq!((m["offset"].as_u64(), m["from"].as_str()), (Some(1), Some("api")), "{m}");
+    for n in 1..=2u64 {
+        let m = sub.recv();
+        assert_eq!((m["offset"].as_u64(), m["from"].as_str()), (Some(n), Some("api")), "{m}");
+    }
     let h = sub.request(&json!({"type": "history", "channel": "log"}));
     assert_eq!(h["publications"].as_array().map(Vec::len), Some(2), "{h}");
     assert_eq!(h["publications"][1]["from"], "api");
