@@ -19,7 +19,7 @@
 # oha (OHA, default oha on PATH then /work/tools/bin/oha) for PUB_SECS
 # (default 10) at each of PUB_CONNS (default "1 16 64") connections, or
 # Debian's wrk with the same request where oha is missing; publishes/s,
-# p50, p99, and the server's own publishes count beside the tool's.
+# p50, p99, and the deliveries the server counted beside the tool's count.
 #
 #   scripts/bench-http.sh
 #   ROUNDS=5 DURATION=4 scripts/bench-http.sh
@@ -125,9 +125,11 @@ while s.recv(1 << 20):
 SUB=$!
 sleep 0.5
 BODY='{"channel":"bench","content":"hello from the HTTP API"}'
+# What the subscriber was sent: one delivery per publish that reached it
+# (`publishes` in get_stats counts clients' publish requests only).
 publishes() {
   curl -s -H "Authorization: Bearer $KEY" "http://127.0.0.1:$HPORT/v1/stats" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["publishes"])'
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["channel_deliveries"])'
 }
 echo
 echo "POST /v1/publish, keep-alive, ${PUB_SECS:-10} s per row; machine: $(machine)"
@@ -144,7 +146,7 @@ r = json.load(open(path))
 s, p = r["summary"], r["latencyPercentiles"]
 codes = r.get("statusCodeDistribution", {})
 print(f"{ver}: -c {c:<3} publishes/s {s[\"requestsPerSec\"]:>9,.0f}  p50 {p[\"p50\"] * 1e3:.3f} ms  p99 {p[\"p99\"] * 1e3:.3f} ms"
-      f"  success {s[\"successRate\"] * 100:.2f} %  statuses {codes}  server counted {after - before:,} publishes")
+      f"  success {s[\"successRate\"] * 100:.2f} %  statuses {codes}  subscriber got {after - before:,}")
 ' "$c" "$before" "$after" "$TMP/oha.json" "$("$OHA" --version | head -1)"
   else
     {
@@ -157,7 +159,7 @@ print(f"{ver}: -c {c:<3} publishes/s {s[\"requestsPerSec\"]:>9,.0f}  p50 {p[\"p5
       "http://127.0.0.1:$HPORT/v1/publish" >"$TMP/wrk.txt"
     after=$(publishes)
     echo "wrk (no oha): -c $c $(grep 'Requests/sec' "$TMP/wrk.txt" | tr -s ' ')  p50 $(awk '$1=="50%"{print $2}' "$TMP/wrk.txt")" \
-      " p99 $(awk '$1=="99%"{print $2}' "$TMP/wrk.txt")  $(grep -o 'Non-2xx.*' "$TMP/wrk.txt" || echo 'all 2xx')  server counted $((after - before)) publishes"
+      " p99 $(awk '$1=="99%"{print $2}' "$TMP/wrk.txt")  $(grep -o 'Non-2xx.*' "$TMP/wrk.txt" || echo 'all 2xx')  subscriber got $((after - before))"
   fi
 done
 kill "$SUB" 2>/dev/null || true
