@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -159,6 +160,11 @@ def test_the_dashboard_shows_the_servers_figures_under_load(
 def test_the_page_loads_nothing_but_its_own_server(http_server: HttpServer, wd: WebDriver) -> None:
     """Every resource the browser fetched came from the server itself (the
     page must work on a machine with no network)."""
+    with urllib.request.urlopen(http_server.base + "/", timeout=DEADLINE) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+        csp = r.headers["Content-Security-Policy"]
+        assert csp.startswith("default-src 'none';") and "connect-src 'self'" in csp, csp
     wd.open(http_server.base + "/")
     wait_until(lambda: polls(wd) >= 1, timeout=30, what="a poll of the page")
     urls = wd.js("return performance.getEntriesByType('resource').map(e => e.name)")
