@@ -504,7 +504,10 @@ fn metrics_addr_is_a_former_name_of_http_addr() {
     // The former flag, the former variable, the former file key.
     let by_flag = parse(&print_config(&["--metrics-addr", "127.0.0.1:9101"], &[]));
     assert_eq!(by_flag["http_addr"].as_str(), want);
-    let by_env = parse(&print_config(&[], &[("RINGCAST_METRICS_ADDR", "127.0.0.1:9101")]));
+    let by_env = parse(&print_config(
+        &[],
+        &[("RINGCAST_METRICS_ADDR", "127.0.0.1:9101")],
+    ));
     assert_eq!(by_env["http_addr"].as_str(), want);
     let file = temp_file("former-key.toml", "metrics_addr = \"127.0.0.1:9101\"\n");
     let by_file = parse(&print_config(&["--config", file.to_str().unwrap()], &[]));

@@ -15,7 +15,10 @@ use support::wire::{frame_bytes, is_timestamp, keys, Client};
 const KEY: &str = "test-key-0123";
 
 /// A server with the HTTP listener on loopback and the key set.
-fn start(shards: usize, b: impl FnOnce(ringcast::server::ServerBuilder) -> ringcast::server::ServerBuilder) -> (ringcast::server::ServerHandle, Api) {
+fn start(
+    shards: usize,
+    b: impl FnOnce(ringcast::server::ServerBuilder) -> ringcast::server::ServerBuilder,
+) -> (ringcast::server::ServerHandle, Api) {
     let handle = spawn(b(builder(shards)
         .http_addr(Some("127.0.0.1:0".parse().unwrap()))
         .api_key(Some(KEY.into()))));
@@ -83,14 +86,37 @@ fn connections_have_every_field_and_filter_page_and_sort() {
         keys(&v).into_iter().collect::<HashSet<_>>(),
         HashSet::from(["node", "total", "offset", "limit", "connections"])
     );
-    assert_eq!((v["total"].as_u64(), v["offset"].as_u64(), v["limit"].as_u64()), (Some(5), Some(0), Some(256)));
+    assert_eq!(
+        (
+            v["total"].as_u64(),
+            v["offset"].as_u64(),
+            v["limit"].as_u64()
+        ),
+        (Some(5), Some(0), Some(256))
+    );
     let fields = [
-        "client_id", "addr", "user", "shard", "tls", "codec", "connected_at",
-        "last_activity", "idle_ms", "subscriptions", "msgs_in", "msgs_out",
-        "bytes_in", "bytes_out", "pending_bytes",
+        "client_id",
+        "addr",
+        "user",
+        "shard",
+        "tls",
+        "codec",
+        "connected_at",
+        "last_activity",
+        "idle_ms",
+        "subscriptions",
+        "msgs_in",
+        "msgs_out",
+        "bytes_in",
+        "bytes_out",
+        "pending_bytes",
     ];
     for c in &all {
-        assert_eq!(keys(c).into_iter().collect::<HashSet<_>>(), HashSet::from(fields), "{c}");
+        assert_eq!(
+            keys(c).into_iter().collect::<HashSet<_>>(),
+            HashSet::from(fields),
+            "{c}"
+        );
         assert!(is_timestamp(c["connected_at"].as_str().unwrap()), "{c}");
         assert!(is_timestamp(c["last_activity"].as_str().unwrap()), "{c}");
         assert_eq!(c["user"], Value::Null);
@@ -104,7 +130,10 @@ fn connections_have_every_field_and_filter_page_and_sort() {
     // answers out, bytes both ways.
     let clients: Vec<String> = cs.iter().map(Client::client_id).collect();
     for (i, id) in clients.iter().enumerate() {
-        let c = all.iter().find(|c| c["client_id"] == id.as_str()).expect("listed");
+        let c = all
+            .iter()
+            .find(|c| c["client_id"] == id.as_str())
+            .expect("listed");
         let frames = (2 * i + 1) as u64;
         assert_eq!(c["msgs_in"], frames, "{c}");
         assert_eq!(c["msgs_out"], frames, "{c}");
@@ -115,7 +144,10 @@ fn connections_have_every_field_and_filter_page_and_sort() {
     }
     // Sorts: msgs_in descending is the clients in reverse; ascending, in order.
     let by_in = listed(&api, "sort=msgs_in", 5);
-    assert_eq!(ids(&by_in), clients.iter().rev().cloned().collect::<Vec<_>>());
+    assert_eq!(
+        ids(&by_in),
+        clients.iter().rev().cloned().collect::<Vec<_>>()
+    );
     let by_in_asc = listed(&api, "sort=msgs_in&order=asc", 5);
     assert_eq!(ids(&by_in_asc), clients);
     let by_subs = listed(&api, "sort=subscriptions", 5);
@@ -127,9 +159,22 @@ fn connections_have_every_field_and_filter_page_and_sort() {
     assert_eq!(ids(&listed(&api, "sort=cid", 5)), clients);
     // Paging.
     let p = api.get_ok("/v1/connections?sort=msgs_in&order=asc&offset=1&limit=2");
-    assert_eq!((p["total"].as_u64(), p["offset"].as_u64(), p["limit"].as_u64()), (Some(5), Some(1), Some(2)));
-    assert_eq!(ids(p["connections"].as_array().unwrap()), clients[1..3].to_vec());
-    assert_eq!(api.get_ok("/v1/connections?offset=9")["connections"], json!([]));
+    assert_eq!(
+        (
+            p["total"].as_u64(),
+            p["offset"].as_u64(),
+            p["limit"].as_u64()
+        ),
+        (Some(5), Some(1), Some(2))
+    );
+    assert_eq!(
+        ids(p["connections"].as_array().unwrap()),
+        clients[1..3].to_vec()
+    );
+    assert_eq!(
+        api.get_ok("/v1/connections?offset=9")["connections"],
+        json!([])
+    );
     assert_eq!(api.get_ok("/v1/connections?limit=5000")["limit"], 1024);
     // Filters.
     let in_room3 = listed(&api, "channel=room.3", 1);
@@ -148,14 +193,30 @@ fn connections_have_every_field_and_filter_page_and_sort() {
     subs.sort();
     assert_eq!(subs, ["room.0", "room.1"]);
     // Bad parameters are refused, naming the choices.
-    for bad in ["sort=nope", "order=up", "state=gone", "limit=-1", "offset=x", "subs=2"] {
+    for bad in [
+        "sort=nope",
+        "order=up",
+        "state=gone",
+        "limit=-1",
+        "offset=x",
+        "subs=2",
+    ] {
         let a = api.get(&format!("/v1/connections?{bad}"));
-        assert_eq!((a.status, a.code().as_str()), (400, "invalid_query"), "{bad}: {}", a.body);
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (400, "invalid_query"),
+            "{bad}: {}",
+            a.body
+        );
     }
     // Idle time grows while a client is quiet.
     std::thread::sleep(Duration::from_millis(1100));
     let quiet = listed(&api, &format!("client_id={}", clients[0]), 1);
-    assert!(quiet[0]["idle_ms"].as_u64().unwrap() >= 1000, "{}", quiet[0]);
+    assert!(
+        quiet[0]["idle_ms"].as_u64().unwrap() >= 1000,
+        "{}",
+        quiet[0]
+    );
     drop(cs);
     handle.shutdown();
 }
@@ -163,7 +224,9 @@ fn connections_have_every_field_and_filter_page_and_sort() {
 /// Waits until the closed list for `client_id` holds one entry; returns it.
 fn closed_entry(api: &Api, client_id: &str) -> Value {
     poll(Duration::from_secs(10), || {
-        let v = api.get_ok(&format!("/v1/connections?state=closed&client_id={client_id}"));
+        let v = api.get_ok(&format!(
+            "/v1/connections?state=closed&client_id={client_id}"
+        ));
         v["connections"].as_array().unwrap().first().cloned()
     })
     .unwrap_or_else(|| panic!("{client_id} never listed as closed"))
@@ -189,11 +252,17 @@ fn closed_connections_are_kept_with_their_reason() {
     let mut kicked = Client::connect(addr);
     let kicked_id = kicked.client_id();
     assert_eq!(kicked.request(&json!({"type": "ping"}))["type"], "pong");
-    let v = api.post_ok("/v1/disconnect", &json!({"client_id": kicked_id, "reason": "maintenance"}));
+    let v = api.post_ok(
+        "/v1/disconnect",
+        &json!({"client_id": kicked_id, "reason": "maintenance"}),
+    );
     assert_eq!(v, json!({"disconnected": 1}));
     let last = kicked.read_until_closed(Duration::from_secs(5));
     assert_eq!(last.len(), 1, "{last:?}");
-    assert_eq!((last[0]["code"].as_str(), last[0]["message"].as_str()), (Some("kicked"), Some("maintenance")));
+    assert_eq!(
+        (last[0]["code"].as_str(), last[0]["message"].as_str()),
+        (Some("kicked"), Some("maintenance"))
+    );
 
     for (id, reason) in [
         (&gone, "peer_closed"),
@@ -211,10 +280,19 @@ fn closed_connections_are_kept_with_their_reason() {
     let mut live = Client::connect(addr);
     assert_eq!(live.request(&json!({"type": "ping"}))["type"], "pong");
     let all = api.get_ok("/v1/connections?state=all&limit=1024");
-    let all_ids: HashSet<String> = ids(all["connections"].as_array().unwrap()).into_iter().collect();
-    assert!(all_ids.contains(&live.client_id()) && all_ids.contains(&kicked_id), "{all}");
+    let all_ids: HashSet<String> = ids(all["connections"].as_array().unwrap())
+        .into_iter()
+        .collect();
+    assert!(
+        all_ids.contains(&live.client_id()) && all_ids.contains(&kicked_id),
+        "{all}"
+    );
     let open = api.get_ok("/v1/connections");
-    assert!(open["connections"].as_array().unwrap().iter().all(|c| c.get("reason").is_none()));
+    assert!(open["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c.get("reason").is_none()));
     handle.shutdown();
 }
 
@@ -240,7 +318,8 @@ fn channels_are_listed_with_their_figures_and_history_position() {
     subscribe(&mut subs[2], "news");
     let mut publisher = Client::connect(addr);
     for _ in 0..3 {
-        let v = publisher.request(&json!({"type": "publish", "channel": "orders.eu", "content": 1}));
+        let v =
+            publisher.request(&json!({"type": "publish", "channel": "orders.eu", "content": 1}));
         assert_eq!(v["type"], "published", "{v}");
     }
     for s in subs.iter_mut().take(2) {
@@ -253,21 +332,55 @@ fn channels_are_listed_with_their_figures_and_history_position() {
         (v["channels"][0]["deliveries"] == 6).then_some(v)
     })
     .expect("deliveries counted");
-    assert_eq!((v["total"].as_u64(), v["offset"].as_u64(), v["limit"].as_u64()), (Some(3), Some(0), Some(256)));
+    assert_eq!(
+        (
+            v["total"].as_u64(),
+            v["offset"].as_u64(),
+            v["limit"].as_u64()
+        ),
+        (Some(3), Some(0), Some(256))
+    );
     let eu = &v["channels"][0];
     assert_eq!(eu["channel"], "orders.eu", "most subscribers first: {v}");
-    assert_eq!((eu["subscribers"].as_u64(), eu["publishes"].as_u64(), eu["deliveries"].as_u64()), (Some(2), Some(3), Some(6)));
+    assert_eq!(
+        (
+            eu["subscribers"].as_u64(),
+            eu["publishes"].as_u64(),
+            eu["deliveries"].as_u64()
+        ),
+        (Some(2), Some(3), Some(6))
+    );
     assert_eq!(eu["offset"], 3, "the history offset: {eu}");
     assert!(eu["epoch"].is_string(), "{eu}");
     // Subscribing started the channel's history: offset 0, nothing yet.
-    let news = v["channels"].as_array().unwrap().iter().find(|c| c["channel"] == "news").unwrap();
-    assert_eq!((news["offset"].as_u64(), news["publishes"].as_u64()), (Some(0), Some(0)), "{news}");
+    let news = v["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "news")
+        .unwrap();
+    assert_eq!(
+        (news["offset"].as_u64(), news["publishes"].as_u64()),
+        (Some(0), Some(0)),
+        "{news}"
+    );
     // pattern, sort, order, paging.
     let orders = api.get_ok("/v1/channels?pattern=orders.*&sort=subscribers&order=asc");
-    let names: Vec<&str> = orders["channels"].as_array().unwrap().iter().map(|c| c["channel"].as_str().unwrap()).collect();
+    let names: Vec<&str> = orders["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["orders.us", "orders.eu"]);
     let top = api.get_ok("/v1/channels?sort=deliveries&limit=1");
-    assert_eq!((top["total"].as_u64(), top["channels"][0]["channel"].as_str()), (Some(3), Some("orders.eu")));
+    assert_eq!(
+        (
+            top["total"].as_u64(),
+            top["channels"][0]["channel"].as_str()
+        ),
+        (Some(3), Some("orders.eu"))
+    );
     let page2 = api.get_ok("/v1/channels?sort=publishes&offset=1&limit=5");
     assert_eq!(page2["channels"].as_array().unwrap().len(), 2);
     let a = api.get("/v1/channels?sort=bytes");
@@ -282,8 +395,15 @@ fn publish_and_broadcast_reach_clients_from_api() {
     let mut subs = Client::connect_many(addr, 3);
     subscribe(&mut subs[0], "news");
     subscribe(&mut subs[1], "news");
-    let v = api.post_ok("/v1/publish", &json!({"channel": "news", "content": {"headline": "hi"}}));
-    assert_eq!(v, json!({"recipients": 2}), "no offset or epoch without history");
+    let v = api.post_ok(
+        "/v1/publish",
+        &json!({"channel": "news", "content": {"headline": "hi"}}),
+    );
+    assert_eq!(
+        v,
+        json!({"recipients": 2}),
+        "no offset or epoch without history"
+    );
     for s in subs.iter_mut().take(2) {
         let m = s.recv();
         assert_eq!(m["type"], "channel_message");
@@ -300,7 +420,11 @@ fn publish_and_broadcast_reach_clients_from_api() {
     assert_eq!(v, json!({"recipients": 3}));
     for s in subs.iter_mut() {
         let m = s.recv();
-        assert_eq!((m["type"].as_str(), m["from"].as_str()), (Some("broadcast_message"), Some("api")), "{m}");
+        assert_eq!(
+            (m["type"].as_str(), m["from"].as_str()),
+            (Some("broadcast_message"), Some("api")),
+            "{m}"
+        );
         assert_eq!(m["content"], json!([1, 2, 3]));
     }
     handle.shutdown();
@@ -313,12 +437,19 @@ fn publish_on_a_history_channel_answers_its_offset_and_epoch() {
     subscribe(&mut sub, "log");
     let first = api.post_ok("/v1/publish", &json!({"channel": "log", "content": "a"}));
     let second = api.post_ok("/v1/publish", &json!({"channel": "log", "content": "b"}));
-    assert_eq!((first["recipients"].as_u64(), first["offset"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (first["recipients"].as_u64(), first["offset"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(second["offset"], 2);
     assert!(first["epoch"].is_string() && first["epoch"] == second["epoch"]);
     for n in 1..=2u64 {
         let m = sub.recv();
-        assert_eq!((m["offset"].as_u64(), m["from"].as_str()), (Some(n), Some("api")), "{m}");
+        assert_eq!(
+            (m["offset"].as_u64(), m["from"].as_str()),
+            (Some(n), Some("api")),
+            "{m}"
+        );
     }
     let h = sub.request(&json!({"type": "history", "channel": "log"}));
     assert_eq!(h["publications"].as_array().map(Vec::len), Some(2), "{h}");
@@ -335,14 +466,26 @@ fn disconnect_and_unsubscribe_by_client_id() {
     subscribe(&mut a, "chat");
     subscribe(&mut a, "other");
     subscribe(&mut b, "chat");
-    let v = api.post_ok("/v1/unsubscribe", &json!({"client_id": a.client_id(), "channel": "chat"}));
+    let v = api.post_ok(
+        "/v1/unsubscribe",
+        &json!({"client_id": a.client_id(), "channel": "chat"}),
+    );
     assert_eq!(v, json!({"unsubscribed": 1}));
-    let v = api.post_ok("/v1/unsubscribe", &json!({"client_id": a.client_id(), "channel": "chat"}));
+    let v = api.post_ok(
+        "/v1/unsubscribe",
+        &json!({"client_id": a.client_id(), "channel": "chat"}),
+    );
     assert_eq!(v, json!({"unsubscribed": 0}), "already gone");
-    assert_eq!(api.post_ok("/v1/publish", &json!({"channel": "chat", "content": 1}))["recipients"], 1);
+    assert_eq!(
+        api.post_ok("/v1/publish", &json!({"channel": "chat", "content": 1}))["recipients"],
+        1
+    );
     assert_eq!(b.recv()["channel"], "chat");
     a.expect_silence(Duration::from_millis(200));
-    let listed = api.get_ok(&format!("/v1/connections?client_id={}&subs=1", a.client_id()));
+    let listed = api.get_ok(&format!(
+        "/v1/connections?client_id={}&subs=1",
+        a.client_id()
+    ));
     assert_eq!(listed["connections"][0]["subscriptions"], json!(["other"]));
     // Disconnect: default reason; an unknown client is 0, not an error.
     let v = api.post_ok("/v1/disconnect", &json!({"client_id": b.client_id()}));
@@ -353,9 +496,19 @@ fn disconnect_and_unsubscribe_by_client_id() {
     let v = api.post_ok("/v1/disconnect", &json!({"client_id": "10.9.9.9:1"}));
     assert_eq!(v, json!({"disconnected": 0}));
     // By user: no connection has one yet (JWT auth fills it), so none.
-    assert_eq!(api.post_ok("/v1/disconnect", &json!({"user": "alice"})), json!({"disconnected": 0}));
-    assert_eq!(api.post_ok("/v1/unsubscribe", &json!({"user": "alice", "channel": "x"})), json!({"unsubscribed": 0}));
-    assert_eq!(a.request(&json!({"type": "ping"}))["type"], "pong", "the other client is untouched");
+    assert_eq!(
+        api.post_ok("/v1/disconnect", &json!({"user": "alice"})),
+        json!({"disconnected": 0})
+    );
+    assert_eq!(
+        api.post_ok("/v1/unsubscribe", &json!({"user": "alice", "channel": "x"})),
+        json!({"unsubscribed": 0})
+    );
+    assert_eq!(
+        a.request(&json!({"type": "ping"}))["type"],
+        "pong",
+        "the other client is untouched"
+    );
     wait_until(Duration::from_secs(5), "b is gone from the listing", || {
         api.get_ok("/v1/connections")["total"] == 1
     });

@@ -395,15 +395,20 @@ impl Layer {
     /// named by number only.
     pub fn from_toml(text: &str) -> Result<Layer, String> {
         let former = ALIASES.iter().find(|(_, old)| {
-            text.lines()
-                .any(|l| l.trim_start().strip_prefix(old).is_some_and(|r| r.trim_start().starts_with('=')))
+            text.lines().any(|l| {
+                l.trim_start()
+                    .strip_prefix(old)
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            })
         });
         if let Some((key, old)) = former {
             // A former key: renamed in the parsed table (line numbers in
             // errors are lost for this file, the names are not).
             let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
             if table.contains_key(*key) {
-                return Err(format!("{old} is the former name of {key}: give one of them"));
+                return Err(format!(
+                    "{old} is the former name of {key}: give one of them"
+                ));
             }
             if let Some(v) = table.remove(*old) {
                 table.insert((*key).to_string(), v);
@@ -488,9 +493,10 @@ impl ServerArgs {
         if settings.server.auth_token.as_deref() == Some("") {
             return Err("the auth token is empty".into());
         }
-        settings.server.api_key = match (settings.server.api_key.take(), &settings.api_key_file)
-        {
-            (Some(_), Some(_)) => return Err("give the API key or a file holding it, not both".into()),
+        settings.server.api_key = match (settings.server.api_key.take(), &settings.api_key_file) {
+            (Some(_), Some(_)) => {
+                return Err("give the API key or a file holding it, not both".into())
+            }
             (Some(k), None) => Some(k),
             (None, Some(path)) => Some(read_secret(path, "API key")?),
             (None, None) => None,

@@ -224,20 +224,32 @@ mod tests {
         assert!(with("c", Some("ch")).is_ok());
         assert_eq!(with("n", Some("")), Err(BadEntry::Node));
         assert_eq!(with("s", Some("x")), Err(BadEntry::Seq));
-        assert!(matches!(with("k", Some("explode")), Err(BadEntry::Control(_))));
+        assert!(matches!(
+            with("k", Some("explode")),
+            Err(BadEntry::Control(_))
+        ));
         assert!(matches!(with("t", Some("ip")), Err(BadEntry::Control(_))));
         assert!(matches!(with("v", Some("")), Err(BadEntry::Control(_))));
         let long = "x".repeat(MAX_VALUE_BYTES + 1);
         assert!(matches!(with("v", Some(&long)), Err(BadEntry::Control(_))));
         assert_eq!(with("c", Some("")), Err(BadEntry::Channel));
         assert_eq!(with("c", None), Err(BadEntry::Missing("c")));
-        assert!(matches!(with("r", Some("why")), Err(BadEntry::Control(_))), "a field an unsubscribe has not");
-        assert!(matches!(with("f", Some("frame")), Err(BadEntry::Control(_))), "a frame too");
+        assert!(
+            matches!(with("r", Some("why")), Err(BadEntry::Control(_))),
+            "a field an unsubscribe has not"
+        );
+        assert!(
+            matches!(with("f", Some("frame")), Err(BadEntry::Control(_))),
+            "a frame too"
+        );
         let mut bad_utf8 = fields(&good);
         bad_utf8.insert("v".into(), Value::BulkString(vec![0xff, 0xfe]));
         assert!(matches!(decode(&bad_utf8), Err(BadEntry::Control(_))));
         let mut not_a_string = fields(&good);
-        not_a_string.insert("t".into(), Value::Array(vec![Value::BulkString(b"user".to_vec())]));
+        not_a_string.insert(
+            "t".into(),
+            Value::Array(vec![Value::BulkString(b"user".to_vec())]),
+        );
         assert_eq!(decode(&not_a_string), Err(BadEntry::Missing("t")));
     }
 }

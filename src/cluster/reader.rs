@@ -1,8 +1,8 @@
 //! The reader thread: XREAD from the last id; other nodes' entries, each
 //! decoded and checked, to the host.
 
-use super::{control, entry};
 use super::seqs::SeqMap;
+use super::{control, entry};
 use super::{
     lock, Cluster, Host, BAD_ENTRY_LOG_EVERY, BATCH_ENTRIES, FAULT_READER_PANICS_ENV, HEARTBEAT,
     HEARTBEAT_TTL, IO_TIMEOUT, READ_BLOCK_MS, STREAM_KEY,

@@ -32,9 +32,9 @@
 #[cfg(test)]
 mod channel_tests;
 pub mod channels;
-pub mod control;
 #[cfg(test)]
 mod compress_tests;
+pub mod control;
 pub mod delivery;
 mod external;
 pub mod history;

@@ -2,8 +2,8 @@
 //! another node's entry, act on its control entry, the figures for this
 //! node's heartbeat, and resume publishers paused for the backplane.
 
-use super::Router;
 use super::control::Control;
+use super::Router;
 use crate::cluster::{ControlOp, Entry, Host};
 use crate::protocol::interest::INTEREST_SLOTS;
 

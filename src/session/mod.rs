@@ -61,6 +61,7 @@ pub mod fake;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod handshake;
 pub mod host;
 mod output;
 pub mod tls;

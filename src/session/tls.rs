@@ -25,8 +25,7 @@
 //! [`TLS_SEND_BYTES`] is encrypted ahead of the socket.
 
 use super::output::Output;
-use super::counters::bump;
-use super::{Env, Host, Phase};
+use super::{Env, Host};
 use crate::io::{Segment, SendBatch, MAX_SEND_SEGMENTS};
 use crate::protocol::frame::BufferPool;
 use rustls::ServerConnection;
@@ -309,36 +308,5 @@ impl Tls {
     /// once).
     pub fn discard_cipher(&mut self, recycle: impl FnOnce(Vec<u8>)) {
         recycle(std::mem::take(&mut self.cipher));
-    }
-}
-
-// The session's side of the handshake (its fields are the session's).
-impl super::Session {
-    /// The TLS handshake finished (the transport no longer counts it as in
-    /// progress): the client is established (or, with an auth token, may
-    /// now authenticate).
-    pub(super) fn handshake_finished<H: Host>(&mut self, env: &mut Env<'_, H>) {
-        if self.phase == Phase::Open && self.authed && !self.established {
-            self.establish(env);
-        }
-    }
-
-    /// Counts a failed handshake, once (and logs it, within the warning
-    /// budget); it no longer counts as in progress.
-    pub(super) fn handshake_failed<H: Host>(&mut self, env: &mut Env<'_, H>, why: HandshakeFailure) {
-        if let Some(t) = &mut self.tls {
-            t.handshaking = false;
-            env.tls_handshakes -= 1;
-        }
-        bump(&env.counters.tls_handshake_failures[why.index()], 1);
-        if let Some(suppressed) = env.warn_budget.allow(env.now_mono_ms) {
-            tracing::warn!(
-                shard = env.shard,
-                client_id = %self.client_id,
-                reason = why.as_str(),
-                suppressed,
-                "TLS handshake failed"
-            );
-        }
     }
 }

@@ -89,7 +89,10 @@ mod tests {
     fn keys_reads_writes_and_loopback() {
         let code = |r: Result<(), ApiError>| r.err().map(|e| e.code);
         let keyed = Keys::new(Some("s3cret"), true);
-        assert_eq!(code(keyed.check(Access::Read, &with(None))), Some(ErrorCode::Unauthorized));
+        assert_eq!(
+            code(keyed.check(Access::Read, &with(None))),
+            Some(ErrorCode::Unauthorized)
+        );
         assert_eq!(
             code(keyed.check(Access::Write, &with(Some("Bearer s3cre")))),
             Some(ErrorCode::Unauthorized)
@@ -99,13 +102,22 @@ mod tests {
             Some(ErrorCode::Unauthorized),
             "the key without its scheme"
         );
-        assert_eq!(code(keyed.check(Access::Write, &with(Some("Bearer s3cret")))), None);
+        assert_eq!(
+            code(keyed.check(Access::Write, &with(Some("Bearer s3cret")))),
+            None
+        );
         assert_eq!(code(keyed.check(Access::Open, &with(None))), None);
 
         let local = Keys::new(None, true);
         assert_eq!(code(local.check(Access::Read, &with(None))), None);
-        assert_eq!(code(local.check(Access::Write, &with(None))), Some(ErrorCode::Forbidden));
+        assert_eq!(
+            code(local.check(Access::Write, &with(None))),
+            Some(ErrorCode::Forbidden)
+        );
         let public = Keys::new(None, false);
-        assert_eq!(code(public.check(Access::Read, &with(None))), Some(ErrorCode::Forbidden));
+        assert_eq!(
+            code(public.check(Access::Read, &with(None))),
+            Some(ErrorCode::Forbidden)
+        );
     }
 }

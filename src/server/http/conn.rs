@@ -2,8 +2,9 @@
 //! HTTP/1 server with the head deadline, the write deadline, and the 408
 //! a client gets when it never finishes its first request head.
 
+use super::ctx::Ctx;
 use super::reply::{error_body, ErrorCode as Http};
-use super::routes::{self, Ctx};
+use super::routes;
 use super::{HEAD_TIMEOUT, MAX_HEAD, WRITE_TIMEOUT};
 use crate::server::Shared;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -123,7 +124,10 @@ async fn refuse(stream: TcpStream) {
 /// sends our FIN, and drops what the client still sends until it closes
 /// or the linger ends.
 async fn answer_and_close(s: std::net::TcpStream, status: u16, reason: &str, body: &str) {
-    let Ok(mut s) = s.set_nonblocking(true).and_then(|()| TcpStream::from_std(s)) else {
+    let Ok(mut s) = s
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(s))
+    else {
         return;
     };
     let answer = format!(

@@ -5,7 +5,7 @@
 //! docs/OPERATIONS.md, *The dashboard*).
 
 use super::reply::{self, Answer, ApiError};
-use super::routes::{Ctx, Req};
+use super::ctx::{Ctx, Req};
 use hyper::header::{HeaderValue, CACHE_CONTROL};
 use hyper::StatusCode;
 

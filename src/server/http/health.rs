@@ -2,8 +2,8 @@
 //! scrape reads is [`super::collector`]) and `GET /healthz`. Both answer
 //! with `Connection: close`, as the endpoint always did.
 
+use super::ctx::{Ctx, Req};
 use super::reply::{self, Answer, ApiError, ErrorCode};
-use super::routes::{Ctx, Req};
 use hyper::StatusCode;
 use prometheus_client::encoding::prometheus_text;
 use std::sync::atomic::Ordering;

@@ -34,8 +34,9 @@ impl RateLimiter {
         }
         if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(&ip) {
             let rate = self.rate;
-            self.buckets
-                .retain(|_, (tokens, at)| *tokens + rate * now.duration_since(*at).as_secs_f64() < rate);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + rate * now.duration_since(*at).as_secs_f64() < rate
+            });
         }
         let (tokens, at) = self.buckets.entry(ip).or_insert((self.rate, now));
         *tokens = (*tokens + self.rate * now.duration_since(*at).as_secs_f64()).min(self.rate);

@@ -7,8 +7,8 @@
 //! paged here on the listener's thread. Stats and cluster read the
 //! counters the shards and the backplane already keep.
 
+use super::ctx::{ok, Ctx, Req};
 use super::reply::{Answer, ApiError, ErrorCode};
-use super::routes::{ok, Ctx, Req};
 use crate::protocol::TimestampCache;
 use crate::route::control::{ConnSnapshot, Control, ShardSnapshot, CLOSED_KEEP};
 use serde_json::{json, Value};
@@ -179,8 +179,10 @@ pub(super) async fn connections(ctx: &Ctx, req: Req) -> Result<Answer, ApiError>
     }
     if closed {
         // The newest CLOSED_KEEP over all shards.
-        let mut gone: Vec<ConnSnapshot> =
-            shards.iter().flat_map(|s| s.closed.iter().cloned()).collect();
+        let mut gone: Vec<ConnSnapshot> = shards
+            .iter()
+            .flat_map(|s| s.closed.iter().cloned())
+            .collect();
         gone.sort_by_key(|c| std::cmp::Reverse(c.closed_at_ms));
         gone.truncate(CLOSED_KEEP);
         all.extend(gone);

@@ -1,8 +1,8 @@
 //! The operator's HTTP listener (`--http-addr`, alias `--metrics-addr`):
 //! `/metrics` (Prometheus text, [`collector`]), `/healthz`, and the JSON
-//! API under `/v1/` ([`listing`], [`writes`]), the dashboard at `/`
-//! ([`dashboard`]); the route table is
-//! [`routes`].
+//! API under `/v1/` ([`listing`], [`writes`]); the dashboard at `/`
+//! ([`dashboard`]); the route table is [`routes`], what handlers share
+//! [`ctx`].
 //!
 //! It runs hyper 1 (HTTP/1.1 only) on a tokio current-thread runtime on a
 //! thread of its own, `ringcast-http`: never on a shard. hyper because it
@@ -30,6 +30,7 @@
 mod auth;
 mod collector;
 mod conn;
+mod ctx;
 mod dashboard;
 mod health;
 mod limits;
@@ -62,16 +63,16 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr).map_err(|e| {
         let hint = match e.kind() {
-            io::ErrorKind::AddrInUse => {
-                " (something is listening there: pick another --http-addr)"
-            }
+            io::ErrorKind::AddrInUse => " (something is listening there: pick another --http-addr)",
             io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
             io::ErrorKind::AddrNotAvailable => " (no local interface has this address)",
             _ => "",
         };
         ServerError::Bind(io::Error::new(
             e.kind(),
-            format!("cannot listen for metrics on {addr} (the HTTP listener, --http-addr): {e}{hint}"),
+            format!(
+                "cannot listen for metrics on {addr} (the HTTP listener, --http-addr): {e}{hint}"
+            ),
         ))
     })
 }

@@ -10,11 +10,11 @@
 //! other nodes (src/cluster/control.rs); the count answered is this
 //! node's.
 
+use super::ctx::{ok, read_json, Ctx, Req};
 use super::reply::{Answer, ApiError, ErrorCode};
-use super::routes::{ok, read_json, Ctx, Req};
+use crate::cluster::ControlOp;
 use crate::protocol::message::{check_channel, write_broadcast_message, write_channel_message};
 use crate::protocol::{parse_request, JsonParser, TimestampCache};
-use crate::cluster::ControlOp;
 use crate::route::control::{Control, Target};
 use crate::session::Routed;
 use serde_json::{json, Map, Value};
@@ -37,7 +37,10 @@ fn object(v: Value, allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
     if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(ApiError::new(
             ErrorCode::InvalidField,
-            format!("unknown field {k:?}; this endpoint takes {}", allowed.join(", ")),
+            format!(
+                "unknown field {k:?}; this endpoint takes {}",
+                allowed.join(", ")
+            ),
         ));
     }
     Ok(m)
@@ -173,7 +176,10 @@ pub(super) async fn disconnect(ctx: &Ctx, req: Req) -> Result<Answer, ApiError> 
 /// `POST /v1/unsubscribe` `{client_id}` or `{user}`, `channel` →
 /// `{unsubscribed}`.
 pub(super) async fn unsubscribe(ctx: &Ctx, req: Req) -> Result<Answer, ApiError> {
-    let m = object(read_json(ctx, req).await?, &["client_id", "user", "channel"])?;
+    let m = object(
+        read_json(ctx, req).await?,
+        &["client_id", "user", "channel"],
+    )?;
     let target = target(&m)?;
     let channel: Arc<str> = Arc::from(channel(&m)?);
     let n: u64 = ctx

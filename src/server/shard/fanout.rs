@@ -200,7 +200,9 @@ impl Shard<'_> {
             let Some(e) = self.sessions.get_mut(key) else {
                 continue;
             };
-            if e.session.push_broadcast(&mut self.env, &d.frame, &d.packed, d.frames) {
+            if e.session
+                .push_broadcast(&mut self.env, &d.frame, &d.packed, d.frames)
+            {
                 delivered += d.frames;
                 if !e.push_dirty {
                     e.push_dirty = true;
