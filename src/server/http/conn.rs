@@ -124,10 +124,9 @@ async fn refuse(stream: TcpStream) {
 /// sends our FIN, and drops what the client still sends until it closes
 /// or the linger ends.
 async fn answer_and_close(s: std::net::TcpStream, status: u16, reason: &str, body: &str) {
-    let Ok(mut s) = s
-        .set_nonblocking(true)
-        .and_then(|()| TcpStream::from_std(s))
-    else {
+    // fcntl, not std's ioctl(FIONBIO): the seccomp profile refuses ioctl.
+    let nonblocking = socket2::SockRef::from(&s).set_nonblocking(true);
+    let Ok(mut s) = nonblocking.and_then(|()| TcpStream::from_std(s)) else {
         return;
     };
     let answer = format!(

@@ -88,7 +88,8 @@ impl HttpEndpoint {
     /// Starts serving on `listener`.
     pub fn start(listener: TcpListener, shared: Arc<Shared>) -> io::Result<HttpEndpoint> {
         let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
+        // fcntl, not std's ioctl(FIONBIO): the seccomp profile refuses ioctl.
+        socket2::SockRef::from(&listener).set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
