@@ -44,6 +44,10 @@ need() { # need <command or python module check> <debian package>
 }
 need 'command -v redis-server' redis-server
 need "python3 -c 'import venv, ensurepip'" python3-venv
+# The dashboard's browser test (python/tests/test_dashboard.py): headless
+# chromium driven through chromedriver.
+need 'command -v chromium' chromium
+need 'command -v chromedriver' chromium-driver
 
 export RINGCAST_SKIP_LOG="${RINGCAST_SKIP_LOG:-$(mktemp /tmp/ringcast-skipped.XXXXXX)}"
 : >"$RINGCAST_SKIP_LOG"

@@ -180,6 +180,8 @@ fn print_config_round_trips() {
             "100",
             "--metrics-addr",
             "127.0.0.1:9100",
+            "--api-key-file",
+            token.to_str().unwrap(),
             "--max-partial-bytes",
             "33554432",
             "--auth-token-file",
@@ -196,7 +198,10 @@ fn print_config_round_trips() {
     assert_eq!(first, second, "printing the printed config changes nothing");
     let cfg = parse(&second);
     assert_eq!(cfg["wake"].as_str(), Some("eventfd"));
-    assert_eq!(cfg["metrics_addr"].as_str(), Some("127.0.0.1:9100"));
+    // The former flag sets the renamed setting.
+    assert_eq!(cfg["http_addr"].as_str(), Some("127.0.0.1:9100"));
+    assert!(!cfg.contains_key("metrics_addr"));
+    assert_eq!(cfg["api_key_file"].as_str(), token.to_str());
     assert_eq!(cfg["auth_token_file"].as_str(), token.to_str());
 }
 
@@ -356,7 +361,8 @@ fn the_example_config_is_valid_and_names_every_key() {
     let token = temp_file("token-for-example", "t\n");
     let full_text = std::fs::read_to_string(&full)
         .unwrap()
-        .replace("/etc/ringcast/token", token.to_str().unwrap());
+        .replace("/etc/ringcast/token", token.to_str().unwrap())
+        .replace("/etc/ringcast/api-key", token.to_str().unwrap());
     std::fs::write(&full, full_text).unwrap();
     let all = parse(&print_config(&["--config", full.to_str().unwrap()], &[]));
     // Every key the server knows is documented in the example.
@@ -492,4 +498,32 @@ fn io_backend_from_flag_variable_and_file() {
         e.contains("`auto`, `io-uring`, `epoll`"),
         "names the values: {e}"
     );
+}
+
+#[test]
+fn metrics_addr_is_a_former_name_of_http_addr() {
+    let want = Some("127.0.0.1:9101");
+    // The former flag, the former variable, the former file key.
+    let by_flag = parse(&print_config(&["--metrics-addr", "127.0.0.1:9101"], &[]));
+    assert_eq!(by_flag["http_addr"].as_str(), want);
+    let by_env = parse(&print_config(
+        &[],
+        &[("RINGCAST_METRICS_ADDR", "127.0.0.1:9101")],
+    ));
+    assert_eq!(by_env["http_addr"].as_str(), want);
+    let file = temp_file("former-key.toml", "metrics_addr = \"127.0.0.1:9101\"\n");
+    let by_file = parse(&print_config(&["--config", file.to_str().unwrap()], &[]));
+    assert_eq!(by_file["http_addr"].as_str(), want);
+    // The new name wins over the former variable; both keys in one file is an error.
+    let both = parse(&print_config(
+        &["--http-addr", "127.0.0.1:9102"],
+        &[("RINGCAST_METRICS_ADDR", "127.0.0.1:9101")],
+    ));
+    assert_eq!(both["http_addr"].as_str(), Some("127.0.0.1:9102"));
+    let twice = temp_file(
+        "both-keys.toml",
+        "metrics_addr = \"127.0.0.1:9101\"\nhttp_addr = \"127.0.0.1:9102\"\n",
+    );
+    let e = config_error(&["--config", twice.to_str().unwrap()]);
+    assert!(e.contains("former name"), "{e}");
 }

@@ -46,6 +46,8 @@ fn http_raw(addr: SocketAddr, request: &[u8]) -> Response {
         .expect("a blank line ends the head");
     let status = head
         .strip_prefix("HTTP/1.1 ")
+        // An HTTP/1.0 request is answered in HTTP/1.0.
+        .or_else(|| head.strip_prefix("HTTP/1.0 "))
         .and_then(|r| r.get(..3))
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("bad status line in {head:?}"));

@@ -1,4 +1,4 @@
-//! The `ringcast` command line (clap): `server`, `client` and `bench`.
+//! The `ringcast` command line (clap): `server`, `client`, `bench` and `top`.
 //!
 //! Only argument structs and the glue that turns them into the library's
 //! configurations and runs them live here; the library modules
@@ -12,12 +12,14 @@
 //! - [`client`]: `ringcast client [demo|interactive|performance]`: its
 //!   flags and the program itself (src/cli/client/).
 //! - [`bench`](mod@bench): the load generator's flags.
+//! - [`top`]: `ringcast top`, a live terminal view over the HTTP API.
 
 pub mod bench;
 pub mod client;
 pub mod lifecycle;
 pub mod server;
 pub mod tls;
+pub mod top;
 
 use crate::bench::{Content, Workload};
 use crate::server::{IoBackend, WakeMode};
@@ -49,6 +51,8 @@ pub enum Cmd {
     Client(client::ClientArgs),
     /// Load-generate against a server and report latency and throughput.
     Bench(Box<bench::BenchArgs>),
+    /// A live terminal view of a server, read from its HTTP API (q quits).
+    Top(top::TopArgs),
 }
 
 /// Parses the process's arguments and runs the subcommand.
@@ -57,6 +61,7 @@ pub fn main() -> ExitCode {
         Cmd::Server(a) => lifecycle::run(*a),
         Cmd::Client(a) => client::run(a),
         Cmd::Bench(a) => bench::run(*a),
+        Cmd::Top(a) => top::run(a),
     }
 }
 

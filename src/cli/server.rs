@@ -211,11 +211,22 @@ server_settings!(layer! {
     auth_token_file: Option<PathBuf> = None,
     /// Read the JWT HMAC secret from this file (trailing newline ignored).
     jwt_secret_file: Option<PathBuf> = None,
+    /// Read the HTTP API key from this file (trailing newline ignored).
+    api_key_file: Option<PathBuf> = None,
     /// Log format: text, or json (one object per line).
     log_format: LogFormat = LogFormat::Text,
     /// Seconds between info log lines with the headline stats; 0 = off.
     stats_interval_secs: u64 = DEFAULT_STATS_INTERVAL_SECS,
 });
+
+/// Former names of settings, still accepted as flag, variable and file
+/// key: (setting, former name).
+const ALIASES: &[(&str, &str)] = &[("http_addr", "metrics_addr")];
+
+/// The former name of a setting, if it has one.
+fn alias_of(key: &str) -> Option<&'static str> {
+    ALIASES.iter().find(|(k, _)| *k == key).map(|(_, a)| *a)
+}
 
 /// One setting as the command line sees it.
 #[derive(Debug)]
@@ -284,15 +295,18 @@ fn add_flag(cmd: Command, row: &Row, parser: ValueParser, default: Option<toml::
         };
         help.push_str(&format!(" [default: {shown}]"));
     }
-    cmd.arg(
-        Arg::new(row.key)
-            .long(row.flag())
-            .env(row.variable())
-            .hide_env_values(row.has(Mark::Secret))
-            .value_name(row.key.to_ascii_uppercase())
-            .value_parser(parser)
-            .help(help),
-    )
+    let mut arg = Arg::new(row.key)
+        .long(row.flag())
+        .env(row.variable())
+        .hide_env_values(row.has(Mark::Secret))
+        .value_name(row.key.to_ascii_uppercase())
+        .value_parser(parser)
+        .help(help);
+    if let Some(old) = alias_of(row.key) {
+        // Its variable is read in `ServerArgs::resolve` (clap takes one).
+        arg = arg.alias(old.replace('_', "-"));
+    }
+    cmd.arg(arg)
 }
 
 /// The value a setting's flag or variable gave, if any.
@@ -383,6 +397,29 @@ impl Layer {
     /// line that may hold a secret (it mentions `token` or `secret`), which is
     /// named by number only.
     pub fn from_toml(text: &str) -> Result<Layer, String> {
+        let former = ALIASES.iter().find(|(_, old)| {
+            text.lines().any(|l| {
+                l.trim_start()
+                    .strip_prefix(old)
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            })
+        });
+        if let Some((key, old)) = former {
+            // A former key: renamed in the parsed table (line numbers in
+            // errors are lost for this file, the names are not).
+            let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+            if table.contains_key(*key) {
+                return Err(format!(
+                    "{old} is the former name of {key}: give one of them"
+                ));
+            }
+            if let Some(v) = table.remove(*old) {
+                table.insert((*key).to_string(), v);
+            }
+            return toml::Value::Table(table)
+                .try_into::<Layer>()
+                .map_err(|e| e.to_string());
+        }
         toml::from_str(text).map_err(|e: toml::de::Error| {
             let line_no = e
                 .span()
@@ -425,6 +462,14 @@ impl ServerArgs {
         if self.no_compression {
             given.compression = Some(false);
         }
+        if given.http_addr.is_none() {
+            // The former name's variable (its flag is a clap alias).
+            if let Ok(v) = std::env::var("RINGCAST_METRICS_ADDR") {
+                given.http_addr = Some(v.parse().map_err(|e| {
+                    format!("RINGCAST_METRICS_ADDR: {e} (want an address such as 127.0.0.1:9100)")
+                })?);
+            }
+        }
         if let Some(path) = &self.config {
             let mut file = Layer::from_file(path)?;
             // The token and the token file are one setting: either given
@@ -437,6 +482,10 @@ impl ServerArgs {
                 file.jwt_secret = None;
                 file.jwt_secret_file = None;
             }
+            if given.api_key.is_some() || given.api_key_file.is_some() {
+                file.api_key = None;
+                file.api_key_file = None;
+            }
             given.fill_from(file);
         }
         let mut settings = given.over_defaults();
@@ -446,7 +495,7 @@ impl ServerArgs {
                     return Err("give the auth token or a file holding it, not both".into())
                 }
                 (Some(t), None) => Some(t),
-                (None, Some(path)) => Some(read_token(path, "auth token")?),
+                (None, Some(path)) => Some(read_secret(path, "auth token")?),
                 (None, None) => None,
             };
         settings.server.jwt_secret =
@@ -455,19 +504,27 @@ impl ServerArgs {
                     return Err("give the JWT secret or a file holding it, not both".into())
                 }
                 (Some(t), None) => Some(t),
-                (None, Some(path)) => Some(read_token(path, "JWT secret")?),
+                (None, Some(path)) => Some(read_secret(path, "JWT secret")?),
                 (None, None) => None,
             };
         if settings.server.auth_token.as_deref() == Some("") {
             return Err("the auth token is empty".into());
         }
+        settings.server.api_key = match (settings.server.api_key.take(), &settings.api_key_file) {
+            (Some(_), Some(_)) => {
+                return Err("give the API key or a file holding it, not both".into())
+            }
+            (Some(k), None) => Some(k),
+            (None, Some(path)) => Some(read_secret(path, "API key")?),
+            (None, None) => None,
+        };
         settings.server.validate()?;
         Ok(settings)
     }
 }
 
-/// Reads a secret from a file, without its trailing line break.
-fn read_token(path: &Path, what: &str) -> Result<String, String> {
+/// Reads a secret (`what`) from a file, without its trailing line break.
+fn read_secret(path: &Path, what: &str) -> Result<String, String> {
     let t = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))?;
     Ok(t.trim_end_matches(['\n', '\r']).to_string())
@@ -488,6 +545,9 @@ impl Settings {
         }
         if self.server.jwt_secret.is_some() && self.jwt_secret_file.is_none() {
             out.push_str("# jwt_secret is set but not printed\n");
+        }
+        if self.server.api_key.is_some() && self.api_key_file.is_none() {
+            out.push_str("# api_key is set but not printed\n");
         }
         if self.server.backplane.is_some() {
             out.push_str("# backplane is set but not printed (its URL may hold a password)\n");
@@ -549,7 +609,7 @@ mod tests {
         assert_eq!(s.server, ServerConfig::default());
         s.server.wake = WakeMode::Eventfd;
         s.server.io_backend = IoBackend::IoUring;
-        s.server.metrics_addr = Some("127.0.0.1:9100".parse().unwrap());
+        s.server.http_addr = Some("127.0.0.1:9100".parse().unwrap());
         s.server.pin = false;
         s.stats_interval_secs = 0;
         let text = s.to_toml();

@@ -88,6 +88,9 @@ pub enum BadEntry {
     /// the entry's channel).
     #[error("payload is not a {0} JSON object")]
     Payload(&'static str),
+    /// A control entry ([`super::control`]) is malformed: why.
+    #[error("control entry: {0}")]
+    Control(&'static str),
 }
 
 /// Decodes and checks the fields of one stream entry. `scratch` is a

@@ -82,6 +82,23 @@ pub struct Reply {
     pub frame: Bytes,
 }
 
+/// Who learns a history publication's place once Redis has given it.
+pub enum Placement {
+    /// A session's `published` reply, through its node's router.
+    Reply(Reply),
+    /// A caller off the shards (the HTTP API), called on the writer thread.
+    Notify(Box<dyn FnOnce(Option<(u64, &str)>) + Send>),
+}
+
+impl std::fmt::Debug for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::Reply(r) => f.debug_tuple("Reply").field(r).finish(),
+            Placement::Notify(_) => f.write_str("Notify"),
+        }
+    }
+}
+
 /// What the writer needs to place history publications.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryTarget {

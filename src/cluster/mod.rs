@@ -18,6 +18,7 @@
 //! buffer past its bound is refused (`backplane_unavailable` to its sender)
 //! and delivered locally only.
 
+pub mod control;
 pub mod entry;
 pub mod history;
 mod reader;
@@ -29,6 +30,7 @@ use crate::protocol::interest::Interest;
 use crate::random::{random_u64, Rng};
 use crate::sync::lock;
 use bytes::Bytes;
+pub use control::{ControlEntry, ControlOp};
 use crossbeam_queue::SegQueue;
 pub use entry::{BadEntry, Entry};
 use reader::Reader;
@@ -79,6 +81,9 @@ pub trait Host: Send + Sync + 'static {
     fn history_epoch(&self, epoch: &str) {
         let _ = epoch;
     }
+    /// A control entry from another node, checked: act on this node's
+    /// clients (called on the reader thread, in stream order).
+    fn control(&self, op: ControlOp);
 }
 
 /// The stream every node writes to and reads from.
@@ -138,7 +143,16 @@ struct Outbound {
     channel: Option<Arc<str>>,
     /// A history channel's publication: placed by the history script,
     /// and answered with this reply.
-    history: Option<history::Reply>,
+    history: Option<history::Placement>,
+    /// A control entry instead of a message (`frame` is then empty).
+    control: Option<Arc<ControlOp>>,
+}
+
+impl Outbound {
+    /// Bytes it holds of the buffer's bound.
+    fn size(&self) -> usize {
+        self.frame.len() + self.control.as_ref().map_or(0, |c| c.size())
+    }
 }
 
 /// What the writer has not yet written, with its sequence number.
@@ -190,6 +204,9 @@ pub struct Cluster {
     history: Option<history::HistoryTarget>,
     /// The reader has loaded the history (or there is none to load).
     history_ready: AtomicBool,
+    /// The other nodes as their last heartbeats describe them (for
+    /// `GET /v1/cluster`).
+    peers: Mutex<Vec<Peer>>,
     /// What is left of the test-only fault hook ([`FAULT_READER_PANICS_ENV`]).
     fault_reader_panics: AtomicU64,
     writer_sleeping: AtomicBool,
@@ -204,6 +221,18 @@ impl std::fmt::Debug for Cluster {
             .field("node_id", &self.node_id)
             .finish_non_exhaustive()
     }
+}
+
+/// Another node, as its last heartbeat describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its node id.
+    pub id: String,
+    /// Clients connected to it.
+    pub clients: u64,
+    /// When it wrote the heartbeat (Unix ms); `None` from a node that does
+    /// not say.
+    pub heartbeat_unix_ms: Option<u64>,
 }
 
 /// The backplane's figures, for `get_stats` and metrics.
@@ -263,6 +292,7 @@ impl Cluster {
             alive: Mutex::new(Arc::new(HashSet::new())),
             history: None,
             history_ready: AtomicBool::new(false),
+            peers: Mutex::new(Vec::new()),
             fault_reader_panics: AtomicU64::new(
                 std::env::var(FAULT_READER_PANICS_ENV)
                     .ok()
@@ -306,7 +336,7 @@ impl Cluster {
         &self,
         frame: &Bytes,
         channel: &Arc<str>,
-        reply: history::Reply,
+        reply: history::Placement,
     ) -> bool {
         self.queue(frame, Some(channel), Some(reply))
     }
@@ -347,7 +377,7 @@ impl Cluster {
         &self,
         frame: &Bytes,
         channel: Option<&Arc<str>>,
-        history: Option<history::Reply>,
+        history: Option<history::Placement>,
     ) -> bool {
         let n = frame.len();
         if self.buffered.fetch_add(n, Ordering::AcqRel) + n > self.limit {
@@ -359,7 +389,28 @@ impl Cluster {
             frame: frame.clone(),
             channel: channel.cloned(),
             history,
+            control: None,
         });
+        true
+    }
+
+    /// Queues an operator's disconnect or unsubscribe for the other nodes
+    /// (see [`control`]); false when the buffer bound would be passed.
+    pub fn try_send_control(&self, op: ControlOp) -> bool {
+        let out = Outbound {
+            frame: Bytes::new(),
+            channel: None,
+            history: None,
+            control: Some(Arc::new(op)),
+        };
+        let n = out.size();
+        if self.buffered.fetch_add(n, Ordering::AcqRel) + n > self.limit {
+            self.buffered.fetch_sub(n, Ordering::AcqRel);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.outbox.push(out);
+        self.wake_writer();
         true
     }
 
@@ -396,6 +447,11 @@ impl Cluster {
     /// take over.)
     pub fn backlogged(&self) -> bool {
         self.is_up() && self.buffered.load(Ordering::Relaxed) > PAUSE_PUBLISHERS_BYTES
+    }
+
+    /// The other nodes alive at the last heartbeat read.
+    pub fn peers(&self) -> Vec<Peer> {
+        lock(&self.peers).clone()
     }
 
     /// Whether Redis is reachable now.

@@ -2,7 +2,7 @@
 //! decoded and checked, to the host.
 
 use super::seqs::SeqMap;
-use super::{entry, history};
+use super::{control, entry, history};
 use super::{
     lock, Cluster, Host, BAD_ENTRY_LOG_EVERY, BATCH_ENTRIES, FAULT_READER_PANICS_ENV, HEARTBEAT,
     HEARTBEAT_TTL, IO_TIMEOUT, READ_BLOCK_MS, STREAM_KEY,
@@ -140,6 +140,18 @@ impl Reader {
         fields: &std::collections::HashMap<String, redis::Value>,
         now: Instant,
     ) {
+        if control::is_control(fields) {
+            match control::decode(fields) {
+                Ok(e) => {
+                    if e.node != c.node_id && self.seqs.accept(&e.node, e.seq, now) {
+                        host.control(e.op);
+                        c.received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(why) => self.bad(c, why, now),
+            }
+            return;
+        }
         let e = match entry::decode(
             fields,
             c.max_frame_bytes,
@@ -147,14 +159,7 @@ impl Reader {
             &mut self.scratch,
         ) {
             Ok(e) => e,
-            Err(why) => {
-                c.bad_entries.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = self.bad_log.allow(now) {
-                    tracing::warn!(node_id = %c.node_id, reason = %why, suppressed,
-                        "skipped a malformed backplane entry (someone else writes to {STREAM_KEY}?)");
-                }
-                return;
-            }
+            Err(why) => return self.bad(c, why, now),
         };
         if e.node == c.node_id && e.placed.is_none() {
             return; // our own: delivered locally already
@@ -164,6 +169,15 @@ impl Reader {
         }
         host.deliver(e);
         c.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A malformed entry: counted, and logged within the warning budget.
+    fn bad(&mut self, c: &Cluster, why: entry::BadEntry, now: Instant) {
+        c.bad_entries.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.bad_log.allow(now) {
+            tracing::warn!(node_id = %c.node_id, reason = %why, suppressed,
+                "skipped a malformed backplane entry (someone else writes to {STREAM_KEY}?)");
+        }
     }
 }
 

@@ -157,11 +157,19 @@ impl Writer {
                 .arg("n")
                 .arg(&c.node_id)
                 .arg("s")
-                .arg(p.seq)
-                .arg("f")
-                .arg(p.out.frame.as_ref());
-            if let Some(ch) = &p.out.channel {
-                cmd.arg("c").arg(ch.as_ref());
+                .arg(p.seq);
+            match &p.out.control {
+                Some(op) => {
+                    for (k, v) in op.fields() {
+                        cmd.arg(k).arg(v);
+                    }
+                }
+                None => {
+                    cmd.arg("f").arg(p.out.frame.as_ref());
+                    if let Some(ch) = &p.out.channel {
+                        cmd.arg("c").arg(ch.as_ref());
+                    }
+                }
             }
             cmd.ignore();
         }
@@ -177,13 +185,17 @@ impl Writer {
         let mut placed = placed.into_iter();
         let mut bytes = 0;
         for p in self.pending.drain(..n) {
-            bytes += p.out.frame.len();
-            if let Some(reply) = p.out.history {
+            bytes += p.out.size();
+            if let Some(placement) = p.out.history {
                 let place = placed
                     .next()
                     .and_then(|v| redis::from_redis_value::<(u64, String)>(v).ok())
                     .filter(|(o, _)| *o > 0);
-                host.placed(reply, place.as_ref().map(|(o, e)| (*o, e.as_str())));
+                let place = place.as_ref().map(|(o, e)| (*o, e.as_str()));
+                match placement {
+                    history::Placement::Reply(reply) => host.placed(reply, place),
+                    history::Placement::Notify(f) => f(place),
+                }
             }
         }
         let was = c.buffered.fetch_sub(bytes, Ordering::AcqRel);
@@ -214,7 +226,10 @@ fn heartbeat(
     beat.slots.clear();
     beat.patterns.clear();
     let clients = host.local_figures(&mut beat.slots, &mut beat.patterns);
-    let mut body = format!("clients {clients}\n");
+    // `at`: when it was written, for the others' view of its age (nodes
+    // that do not know the line skip it, as any line they cannot read).
+    let now_ms = crate::protocol::time::unix_ms_now();
+    let mut body = format!("clients {clients}\nat {now_ms}\n");
     for (slot, n) in beat.slots.iter() {
         body.push_str(&format!("{slot} {n}\n"));
     }
@@ -242,13 +257,24 @@ fn heartbeat(
     let mut remote = vec![0u32; INTEREST_SLOTS];
     let mut patterns: HashMap<String, u64> = HashMap::new();
     let mut alive = HashSet::new();
+    let mut peers = Vec::with_capacity(others.len());
     for (k, b) in others.iter().zip(bodies) {
         let Some(b) = b else { continue }; // expired between SCAN and MGET
-        alive.insert(k[NODE_KEY_PREFIX.len()..].to_owned());
+        let id = k[NODE_KEY_PREFIX.len()..].to_owned();
+        alive.insert(id.clone());
+        let mut peer = super::Peer {
+            id,
+            clients: 0,
+            heartbeat_unix_ms: None,
+        };
         for line in b.lines() {
             let mut f = line.splitn(3, ' ');
             match (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) {
-                (Some("clients"), Some(n)) => clients += n,
+                (Some("clients"), Some(n)) => {
+                    clients += n;
+                    peer.clients = n;
+                }
+                (Some("at"), Some(ms)) => peer.heartbeat_unix_ms = Some(ms),
                 (Some("p"), Some(n)) => {
                     // Checked as a subscribe would be: another node's bad
                     // line is skipped, never matched.
@@ -266,7 +292,10 @@ fn heartbeat(
                 _ => {}
             }
         }
+        peers.push(peer);
     }
+    peers.sort_by(|a, b| a.id.cmp(&b.id));
+    *lock(&c.peers) = peers;
     for (slot, n) in remote.into_iter().enumerate() {
         c.remote_interest.set(slot, n);
     }

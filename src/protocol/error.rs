@@ -58,11 +58,14 @@ pub enum ErrorCode {
     /// `token_refresh_grace_secs`, or the connection is closed (with this
     /// code again).
     TokenExpired,
+    /// An operator disconnected this client (`POST /v1/disconnect`); the
+    /// message is the reason given. The connection is closed.
+    Kicked,
 }
 
 impl ErrorCode {
     /// How many codes there are (the length of per-code counter arrays).
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
 
     /// Every code, in the order of per-code counters.
     pub const ALL: [ErrorCode; ErrorCode::COUNT] = [
@@ -86,6 +89,7 @@ impl ErrorCode {
         ErrorCode::NoHistory,
         ErrorCode::PermissionDenied,
         ErrorCode::TokenExpired,
+        ErrorCode::Kicked,
     ];
 
     /// The wire string of this code.
@@ -111,6 +115,7 @@ impl ErrorCode {
             ErrorCode::NoHistory => "no_history",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Kicked => "kicked",
         }
     }
 
@@ -140,6 +145,7 @@ impl ErrorCode {
                 | ErrorCode::Unauthorized
                 | ErrorCode::ShuttingDown
                 | ErrorCode::CompressionError
+                | ErrorCode::Kicked
         )
     }
 }

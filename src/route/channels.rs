@@ -53,10 +53,20 @@ pub use crate::session::SubscribeError;
 /// reported, still in a mailbox) is not delivered to that session.
 #[derive(Debug, Default)]
 pub struct ChannelIndex {
-    channels: HashMap<Arc<str>, HashMap<usize, Mark>>,
+    channels: HashMap<Arc<str>, Members>,
     patterns: Sublist<usize>,
     by_session: HashMap<usize, HashSet<Arc<str>>>,
     subscriptions: usize,
+}
+
+/// A channel's subscribers on a shard (each with its history mark), and
+/// what the shard delivered on it since it last had none (for
+/// `GET /v1/channels`: plain fields, this shard alone writes them).
+#[derive(Debug, Default)]
+struct Members {
+    subs: HashMap<usize, Mark>,
+    publishes: u64,
+    deliveries: u64,
 }
 
 /// Where a subscription to a history channel begins, or where a history
@@ -115,7 +125,11 @@ impl ChannelIndex {
                 row.patterns.set(row.shard, channel, n - 1, n);
             }
         } else {
-            self.channels.entry(name).or_default().insert(session, mark);
+            self.channels
+                .entry(name)
+                .or_default()
+                .subs
+                .insert(session, mark);
             row.slots.add(slot_of(channel));
         }
         Ok(held)
@@ -159,10 +173,10 @@ impl ChannelIndex {
             return;
         }
         if let Some(members) = self.channels.get_mut(channel) {
-            if members.remove(&session).is_some() {
+            if members.subs.remove(&session).is_some() {
                 row.slots.remove(slot_of(channel));
             }
-            if members.is_empty() {
+            if members.subs.is_empty() {
                 self.channels.remove(channel);
             }
         }
@@ -181,7 +195,7 @@ impl ChannelIndex {
         self.channels
             .get(channel)
             .into_iter()
-            .flatten()
+            .flat_map(|m| &m.subs)
             .map(|(k, _)| *k)
     }
 
@@ -196,6 +210,7 @@ impl ChannelIndex {
         if let Some(members) = exact {
             out.extend(
                 members
+                    .subs
                     .iter()
                     .filter(|(_, mark)| at.is_none_or(|d| mark.admits(&d)))
                     .map(|(k, _)| *k),
@@ -207,7 +222,7 @@ impl ChannelIndex {
         let matched = self.patterns.matches(channel);
         match exact {
             None => out.extend(matched.iter().copied()),
-            Some(m) => out.extend(matched.iter().filter(|k| !m.contains_key(k)).copied()),
+            Some(m) => out.extend(matched.iter().filter(|k| !m.subs.contains_key(k)).copied()),
         }
     }
 
@@ -222,20 +237,37 @@ impl ChannelIndex {
     /// (subscribers and matching patterns, each session once).
     pub fn subscriber_count(&mut self, channel: &str) -> usize {
         let exact = self.channels.get(channel);
-        let n = exact.map_or(0, HashMap::len);
+        let n = exact.map_or(0, |m| m.subs.len());
         if self.patterns.pattern_count() == 0 {
             return n;
         }
         let matched = self.patterns.matches(channel);
         n + match exact {
             None => matched.len(),
-            Some(m) => matched.iter().filter(|k| !m.contains_key(k)).count(),
+            Some(m) => matched.iter().filter(|k| !m.subs.contains_key(k)).count(),
         }
     }
 
     /// Distinct patterns with at least one subscriber on this shard.
     pub fn pattern_count(&self) -> usize {
         self.patterns.pattern_count()
+    }
+
+    /// Counts one publication on `channel` queued to `delivered`
+    /// subscribers here (the shard's fan-out, once per delivery).
+    pub fn count_delivery(&mut self, channel: &str, delivered: u64) {
+        if let Some(m) = self.channels.get_mut(channel) {
+            m.publishes += 1;
+            m.deliveries += delivered;
+        }
+    }
+
+    /// Each channel with subscribers here: its name, subscribers,
+    /// publications and deliveries (see [`ChannelIndex::count_delivery`]).
+    pub fn channel_figures(&self) -> impl Iterator<Item = (&Arc<str>, u64, u64, u64)> + '_ {
+        self.channels
+            .iter()
+            .map(|(c, m)| (c, m.subs.len() as u64, m.publishes, m.deliveries))
     }
 
     /// Channels with at least one subscriber on this shard.

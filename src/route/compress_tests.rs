@@ -393,7 +393,7 @@ fn a_broadcast_to_mixed_recipients_is_compressed_once_per_codec() {
     let c = &sh.counters[0].compression;
     assert_eq!(c.compressions.load(Relaxed), 2, "one per codec in use");
     for (s, codec) in recipients.iter_mut().zip(codecs) {
-        assert!(s.push_broadcast(&mut env, &d.frame, &d.packed));
+        assert!(s.push_broadcast(&mut env, &d.frame, &d.packed, 1));
         let batch = s.poll_transmit(&mut env).expect("the broadcast");
         let seg = batch
             .segments

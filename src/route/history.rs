@@ -337,6 +337,15 @@ impl Store {
         (d, Position { offset, epoch })
     }
 
+    /// A channel's latest offset and epoch, when it keeps a log now
+    /// (read only: unlike [`Store::position`], no log is made).
+    pub fn peek(&self, channel: &str) -> Option<Position> {
+        self.logs.get(channel).map(|log| Position {
+            offset: log.top,
+            epoch: log.epoch.clone(),
+        })
+    }
+
     /// `channel`'s position now (its log is made if it has none). When
     /// `recover` is given and every publication after its offset is still
     /// kept under its epoch, and there are at most `recover_limit` of

@@ -41,7 +41,7 @@ pub(super) fn fan_out(sh: &Shared, shard: usize, env: &mut TestEnv<'_>, sessions
             .channels
             .recipients(ch, d.history_mark(), &mut keys);
         for k in keys {
-            assert!(sessions[k].push_broadcast(env, &d.frame, &d.packed));
+            assert!(sessions[k].push_broadcast(env, &d.frame, &d.packed, 1));
         }
     }
 }

@@ -6,7 +6,12 @@
 //! delivery, already serialised once into a shared `Bytes`, then wakes the
 //! target at most once per batch: the `notified` flag collapses wake-ups
 //! until the target has drained its queue.
+//!
+//! A second queue carries [`Control`] requests from the operator's API
+//! (listings, disconnect, unsubscribe); they are rare, so each push wakes
+//! the owner by its eventfd, and the owner serves them once per turn.
 
+use super::control::Control;
 use super::delivery::Delivery;
 use crate::io::sys::eventfd_signal;
 use crossbeam_queue::SegQueue;
@@ -16,6 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 /// One shard's inbound mailbox.
 pub struct Mailbox {
     queue: SegQueue<Delivery>,
+    /// Requests from outside the shards (see [`Control`]).
+    control: SegQueue<Control>,
     /// Set by a producer that has woken (or will wake) the target; cleared
     /// by the target before it drains.
     notified: AtomicBool,
@@ -53,6 +60,7 @@ impl Mailbox {
     pub fn new(event_fd: RawFd) -> Mailbox {
         Mailbox {
             queue: SegQueue::new(),
+            control: SegQueue::new(),
             notified: AtomicBool::new(false),
             ring_fd: AtomicI32::new(-1),
             event_fd,
@@ -84,6 +92,20 @@ impl Mailbox {
     /// later in the same turn: no wake-up is needed.
     pub fn push_own(&self, d: Delivery) {
         self.queue.push(d);
+    }
+
+    /// Queues a control request and wakes the owner (through its eventfd:
+    /// the caller is no shard and has no ring).
+    pub fn push_control(&self, c: Control) {
+        self.control.push(c);
+        eventfd_signal(self.event_fd);
+    }
+
+    /// Takes the queued control requests, in order (the owner, each turn).
+    pub fn drain_control(&self, mut f: impl FnMut(Control)) {
+        while let Some(c) = self.control.pop() {
+            f(c);
+        }
     }
 
     /// Publishes whether the owner's fan-out is behind.

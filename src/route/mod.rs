@@ -37,7 +37,9 @@ mod channel_tests;
 pub mod channels;
 #[cfg(test)]
 mod compress_tests;
+pub mod control;
 pub mod delivery;
+mod external;
 pub mod history;
 #[cfg(test)]
 mod history_tests;

@@ -1,13 +1,15 @@
 //! The router as the backplane sees it ([`crate::cluster::Host`]): deliver
-//! another node's entry, the figures for this node's heartbeat (and the
-//! other nodes' patterns from theirs), and resume
-//! publishers paused for the backplane.
+//! another node's entry (placed by Redis on a history channel), act on
+//! its control entry, the figures for this node's heartbeat (and the other
+//! nodes' patterns from theirs), and resume publishers paused for the
+//! backplane.
 
+use super::control::Control;
 use super::delivery::{Delivery, Target};
 use super::Router;
 use crate::cluster::entry::{check_frame, place};
 use crate::cluster::history::{Loaded, Reply};
-use crate::cluster::{Entry, Host};
+use crate::cluster::{ControlOp, Entry, Host};
 use crate::protocol::interest::INTEREST_SLOTS;
 use crate::protocol::time::unix_ms_now;
 use crate::protocol::JsonParser;
@@ -108,6 +110,24 @@ impl Host for Router {
     fn remote_pattern(&self, pattern: &str, old: u64, new: u64) {
         let col = self.patterns.remote();
         self.patterns.set(col, pattern, old as usize, new as usize);
+    }
+
+    fn control(&self, op: ControlOp) {
+        // Nobody waits for the answer: the node that asked counted its own.
+        for m in self.mailboxes.iter() {
+            m.push_control(match op.clone() {
+                ControlOp::Disconnect { target, reason } => Control::Disconnect {
+                    target,
+                    reason,
+                    reply: Box::new(|_| {}),
+                },
+                ControlOp::Unsubscribe { target, channel } => Control::Unsubscribe {
+                    target,
+                    channel,
+                    reply: Box::new(|_| {}),
+                },
+            });
+        }
     }
 
     fn backlog_cleared(&self) {

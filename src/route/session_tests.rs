@@ -148,10 +148,10 @@ fn cuts_a_slow_consumer_and_keeps_only_the_error() {
     let mut h = Harness::new(&sh);
     let b = Delivery::new(bytes::Bytes::from(vec![b'x'; 3_000]), None);
     for _ in 0..3 {
-        assert!(h.s.push_broadcast(&mut h.env, &b.frame, &b.packed));
+        assert!(h.s.push_broadcast(&mut h.env, &b.frame, &b.packed, 1));
     }
     // The fourth would pass 10,000 unread bytes.
-    assert!(!h.s.push_broadcast(&mut h.env, &b.frame, &b.packed));
+    assert!(!h.s.push_broadcast(&mut h.env, &b.frame, &b.packed, 1));
     assert!(matches!(h.s.phase(), Phase::Draining { .. }));
     assert!(
         !h.s.is_established(),
@@ -401,7 +401,7 @@ fn broadcasts_are_shared_not_copied_and_published_once() {
     let (d, sender) = env.host.outgoing.pop().expect("one frame");
     assert_eq!(sender, 0);
     assert!(d.channel.is_none(), "a broadcast names no channel");
-    assert!(b.push_broadcast(&mut env, &d.frame, &d.packed));
+    assert!(b.push_broadcast(&mut env, &d.frame, &d.packed, 1));
     let f = d.frame;
     let batch = b.poll_transmit(&mut env).expect("the broadcast");
     // The recipient's segment is the very buffer published.

@@ -293,6 +293,7 @@ impl Host for ShardRoute<'_> {
             frame: reply,
         };
         let channel = d.channel.clone().expect("a channel");
+        let reply = crate::cluster::history::Placement::Reply(reply);
         if !c.try_send_history(&d.frame, &channel, reply) {
             return false;
         }

@@ -244,11 +244,34 @@ macro_rules! server_settings {
             rate_burst: u32 = 0,
             /// How shards wake each other for cross-shard broadcasts.
             wake: WakeMode = WakeMode::MsgRing,
-            /// Serve Prometheus `/metrics` and `/healthz` over HTTP on this
-            /// address (off unless set; keep it on a private interface).
+            /// Serve HTTP on this address: Prometheus `/metrics`, `/healthz` and
+            /// the JSON API under `/v1/` (off unless set). Also `--metrics-addr`.
             ///
-            /// None = no endpoint, and no request timing.
-            metrics_addr: Option<std::net::SocketAddr> = None,
+            /// None = no listener, and no request timing. The former name,
+            /// `metrics_addr` (flag `--metrics-addr`, variable
+            /// `RINGCAST_METRICS_ADDR`, file key), still works. See
+            /// docs/OPERATIONS.md.
+            http_addr: Option<std::net::SocketAddr> = None,
+            /// Key the HTTP API requires, sent as `Authorization: Bearer <key>`.
+            ///
+            /// Writes (`POST /v1/…`) always need it and are refused without
+            /// one; reads need it unless `http_addr` is a loopback address
+            /// and no key is set. `api_key_file` may name a file holding it
+            /// instead (src/cli/server.rs).
+            [Secret] api_key: Option<String> = None,
+            /// HTTP connections open at once; one more gets 503.
+            ///
+            /// 4,096: every dashboard, scraper and API client of a node many
+            /// times over (a thousand idle ones included), while a flood of
+            /// idle sockets cannot take the process's descriptors (each holds
+            /// two until the head deadline cuts it).
+            http_max_connections: usize = 4096,
+            /// HTTP requests per second one IP address may make; 0 = unlimited.
+            ///
+            /// 1,000, with a second's worth of burst: a dashboard polls a few
+            /// times a second and a backend publishing through the API rarely
+            /// needs more from one address; one that does raises it.
+            http_rate_limit: u32 = 1000,
             /// Join a cluster: deliver broadcasts and publishes to the clients of
             /// every node through Redis Streams at this
             /// `redis://[user:pass@]host:port[/db]` URL.
@@ -434,6 +457,12 @@ impl ServerConfig {
                  the top bit of a frame's length marks a compressed frame"
                     .into(),
             );
+        }
+        if self.http_max_connections == 0 {
+            return Err("http_max_connections must be at least 1".into());
+        }
+        if self.api_key.as_deref() == Some("") {
+            return Err("the API key is empty".into());
         }
         if self.max_connections == 0 {
             return Err("max connections must be at least 1".into());

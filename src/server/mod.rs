@@ -23,9 +23,9 @@
 
 mod admission;
 pub mod config;
+mod http;
 pub mod jwt;
 mod listener;
-mod metrics;
 mod shard;
 pub mod stats;
 mod tls;
@@ -37,7 +37,7 @@ pub use crate::session::Handler;
 use crate::io::ListenerId;
 use crate::protocol::TimestampCache;
 use crate::route::{NodeInfo, RouteSettings, Router};
-use metrics::MetricsEndpoint;
+use http::HttpEndpoint;
 use stats::Totals;
 use std::collections::HashMap;
 use std::io;
@@ -186,6 +186,11 @@ impl ServerBuilder {
 
     config::server_settings!(builder_setters! {});
 
+    /// [`ServerBuilder::http_addr`], by its former name.
+    pub fn metrics_addr(self, v: Option<SocketAddr>) -> Self {
+        self.http_addr(v)
+    }
+
     /// Registers a handler for custom messages of type `type_name`.
     pub fn handler(mut self, type_name: &str, h: impl Handler) -> Self {
         self.handlers.insert(type_name.to_string(), Arc::new(h));
@@ -218,8 +223,8 @@ impl ServerBuilder {
             Some(addr) => Some(bind(addr, TLS_LISTENER)?),
             None => None,
         };
-        let metrics_listener = match self.config.metrics_addr {
-            Some(addr) => Some(metrics::bind(addr)?),
+        let http_listener = match self.config.http_addr {
+            Some(addr) => Some(http::bind(addr)?),
             None => None,
         };
         let io_backend = resolve_backend(self.config.io_backend)?;
@@ -255,7 +260,7 @@ impl ServerBuilder {
         Ok(Server {
             shared: Arc::new(shared),
             listeners,
-            metrics_listener,
+            http_listener,
             wake_fds,
             addrs: Addrs {
                 plain: plain_addr,
@@ -293,7 +298,7 @@ pub struct Server {
     shared: Arc<Shared>,
     /// Each shard's listeners.
     listeners: Vec<Vec<(TcpListener, ListenerId)>>,
-    metrics_listener: Option<TcpListener>,
+    http_listener: Option<TcpListener>,
     wake_fds: Vec<OwnedFd>,
     addrs: Addrs,
 }
@@ -365,7 +370,7 @@ impl Server {
         let mut handle = ServerHandle {
             shared: self.shared,
             threads,
-            metrics: None,
+            http: None,
             addrs: self.addrs,
         };
         if let Some(e) = first_err {
@@ -389,9 +394,9 @@ impl Server {
                 );
             }
         }
-        if let Some(l) = self.metrics_listener {
-            match MetricsEndpoint::start(l, handle.shared.clone()) {
-                Ok(m) => handle.metrics = Some(m),
+        if let Some(l) = self.http_listener {
+            match HttpEndpoint::start(l, handle.shared.clone()) {
+                Ok(m) => handle.http = Some(m),
                 Err(e) => {
                     handle.stop();
                     let _ = handle.join();
@@ -437,9 +442,9 @@ impl Server {
 pub struct ServerHandle {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-    /// The metrics endpoint, when configured; it outlives the shards'
-    /// drain (scrapes and `/healthz` = 503 still work then) and stops last.
-    metrics: Option<MetricsEndpoint>,
+    /// The HTTP listener, when configured; it outlives the shards' drain
+    /// (scrapes and `/healthz` = 503 still work then) and stops last.
+    http: Option<HttpEndpoint>,
     addrs: Addrs,
 }
 
@@ -477,10 +482,15 @@ impl ServerHandle {
         Reloader(self.shared.clone())
     }
 
-    /// The address of the metrics endpoint (with the real port when 0 was
-    /// asked for), if one is configured.
+    /// The address of the HTTP listener (metrics, health, API; with the
+    /// real port when 0 was asked for), if one is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpEndpoint::local_addr)
+    }
+
+    /// [`ServerHandle::http_addr`], by its former name.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(MetricsEndpoint::local_addr)
+        self.http_addr()
     }
 
     /// Current totals over all shards.
@@ -505,7 +515,7 @@ impl ServerHandle {
         Watcher(self.shared.clone())
     }
 
-    /// Waits for every shard to finish, then stops the metrics endpoint;
+    /// Waits for every shard to finish, then stops the HTTP listener;
     /// returns the final totals.
     pub fn join(mut self) -> Result<Totals, ServerError> {
         for t in self.threads.drain(..) {
@@ -514,7 +524,7 @@ impl ServerHandle {
         if let Some(c) = self.shared.cluster() {
             c.stop_and_join();
         }
-        if let Some(mut m) = self.metrics.take() {
+        if let Some(mut m) = self.http.take() {
             m.stop();
         }
         Ok(self.shared.totals(&mut Vec::new()))
@@ -539,7 +549,7 @@ impl Drop for ServerHandle {
         if let Some(c) = self.shared.cluster() {
             c.stop_and_join();
         }
-        if let Some(mut m) = self.metrics.take() {
+        if let Some(mut m) = self.http.take() {
             m.stop();
         }
     }

@@ -51,6 +51,7 @@
 
 mod compress;
 pub mod config;
+pub mod conninfo;
 pub mod counters;
 mod dispatch;
 mod env;
@@ -68,6 +69,7 @@ pub mod tls;
 mod token;
 
 pub use config::SessionConfig;
+pub use conninfo::ConnStats;
 pub use env::Env;
 pub use host::{ConnId, Handler, Host, Position, Routed, SubscribeError, Subscribed, WriteMessage};
 
@@ -170,6 +172,8 @@ pub struct Session {
     hello_seen: bool,
     /// What `auth` proved: the grant and its expiry.
     cred: token::Credentials,
+    /// Counters, user and close reason for the operator ([`conninfo`]).
+    stats: ConnStats,
 }
 
 impl Session {
@@ -208,6 +212,10 @@ impl Session {
             codec: None,
             hello_seen: false,
             cred: token::Credentials::default(),
+            stats: ConnStats {
+                connected_at_ms: env.now_ms,
+                ..ConnStats::default()
+            },
         };
         if let Transport::Tls(conn) = transport {
             if env.tls_handshakes >= env.config.tls_max_handshakes {
@@ -290,6 +298,7 @@ impl Session {
     /// caller, which owns the clock, times them).
     pub fn handle_data<H: Host>(&mut self, env: &mut Env<'_, H>, data: &mut [u8]) -> u64 {
         bump(&env.counters.bytes_received, data.len() as u64);
+        self.stats.bytes_in += data.len() as u64;
         let Some(mut tls) = self.tls.take() else {
             return self.handle_plaintext(env, data, false);
         };
@@ -420,6 +429,9 @@ impl Session {
                 ControlFlow::Continue(())
             });
         env.straddle_pool = straddle_pool;
+        // One answer per request handled (see `ConnStats::msgs_out`).
+        self.stats.msgs_in += frames;
+        self.stats.msgs_out += frames;
         env.set_partial(held, self.decoder.buffered_capacity());
         if let (None, Some(c)) = (codec_before, self.codec) {
             // Negotiated in this chunk: the client reads hello_ok before it
@@ -471,6 +483,7 @@ impl Session {
             }
         };
         bump(&env.counters.bytes_sent, n as u64);
+        self.stats.bytes_out += n as u64;
         let pool = &mut env.pool;
         batch.advance(n, |v| {
             drop(crate::protocol::frame::BufferPool::give(pool, v))
@@ -492,6 +505,7 @@ impl Session {
             return; // close_notify came first, then the FIN
         }
         self.eof = true;
+        self.stats.closing(conninfo::reason::PEER_CLOSED);
         if self.tls.as_ref().is_some_and(|t| t.handshaking) {
             self.handshake_failed(env, HandshakeFailure::Eof);
         }
@@ -511,6 +525,7 @@ impl Session {
     /// The connection broke: close at once.
     pub fn handle_failed<H: Host>(&mut self, env: &mut Env<'_, H>) {
         self.eof = true;
+        self.stats.closing(conninfo::reason::PEER_CLOSED);
         if self.tls.as_ref().is_some_and(|t| t.handshaking) {
             self.handshake_failed(env, HandshakeFailure::Eof);
         }
@@ -539,6 +554,7 @@ impl Session {
                 let idle = idle > 0 && now.saturating_sub(self.last_active) >= idle * 1000;
                 if idle {
                     tracing::debug!(client_id = %self.client_id, "idle timeout");
+                    self.stats.closing(conninfo::reason::IDLE_TIMEOUT);
                 }
                 idle
             }
@@ -553,7 +569,8 @@ impl Session {
 
     /// A broadcast or channel frame for this client: `plain`, serialised
     /// once for every recipient, and `packed`, the same compressed once per
-    /// codec where that paid (by [`Codec::index`]). A client that has
+    /// codec where that paid (by [`Codec::index`]); `frames`: the messages
+    /// in it (a gathered run holds several). A client that has
     /// fallen more than `max_pending_bytes` behind is cut with
     /// `slow_consumer` instead. Returns whether the frame was queued.
     pub fn push_broadcast<H: Host>(
@@ -561,6 +578,7 @@ impl Session {
         env: &mut Env<'_, H>,
         plain: &Bytes,
         packed: &[Option<Bytes>; Codec::COUNT],
+        frames: u64,
     ) -> bool {
         if !self.established {
             return false;
@@ -585,6 +603,7 @@ impl Session {
                 .frame_out(plain.len() - HEADER_LEN, frame.len() - HEADER_LEN);
         }
         self.out.push_shared(frame.clone());
+        self.stats.msgs_out += frames;
         true
     }
 
@@ -677,6 +696,7 @@ impl Session {
 
     /// Sends an error that ends the connection: flush it, then close.
     fn fail<H: Host>(&mut self, env: &mut Env<'_, H>, code: ErrorCode, msg: &str) {
+        self.stats.closing(conninfo::reason_of(code));
         let buf = reply_buf(&mut env.pool, &mut self.out);
         crate::protocol::message::write_error(buf, None, code, msg, None);
         env.counters.error(code);

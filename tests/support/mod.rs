@@ -12,6 +12,7 @@
 //!   helpers, for the client tests;
 //! - [`hostile`]: watchdog, seeded RNG, descriptor and RSS probes for the
 //!   hostile and resource tests;
+//! - [`http`]: a blocking HTTP/1.1 client for the HTTP listener's API;
 //! - [`pacing`]: a broadcast sender paced on its readers' progress;
 //! - [`tls`]: certificates made at test time (rcgen), TLS servers and clients;
 //! - [`redis`]: a real redis-server on a free port, for the cluster tests,
@@ -26,6 +27,7 @@
 
 pub mod fake;
 pub mod hostile;
+pub mod http;
 pub mod pacing;
 pub mod redis;
 pub mod server;

@@ -19,6 +19,7 @@ CLOSING_CODES = frozenset(
         "unauthorized",
         "shutting_down",
         "compression_error",
+        "kicked",
     }
 )
 

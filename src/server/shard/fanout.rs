@@ -215,7 +215,9 @@ impl Shard<'_> {
             let Some(e) = self.sessions.get_mut(key) else {
                 continue;
             };
-            if e.session.push_broadcast(&mut self.env, &d.frame, &d.packed) {
+            if e.session
+                .push_broadcast(&mut self.env, &d.frame, &d.packed, d.frames)
+            {
                 delivered += d.frames;
                 if !e.push_dirty {
                     e.push_dirty = true;
@@ -228,10 +230,15 @@ impl Shard<'_> {
             }
         }
         self.recipients = keys;
-        let counter = match (&d.channel, &d.to) {
-            (_, Some(_)) => return,
-            (None, None) => &self.env.counters.broadcasts_delivered,
-            (Some(_), None) => &self.env.counters.channel_deliveries,
+        if d.to.is_some() {
+            return; // a reply, not a delivery
+        }
+        if let Some(ch) = &d.channel {
+            self.env.host.channels.count_delivery(ch, delivered);
+        }
+        let counter = match d.channel {
+            None => &self.env.counters.broadcasts_delivered,
+            Some(_) => &self.env.counters.channel_deliveries,
         };
         crate::server::stats::bump(counter, delivered);
     }

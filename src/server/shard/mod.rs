@@ -8,6 +8,7 @@
 //! changed is asked what it wants (read or pause, FIN, close, send). The
 //! rules live in [`Session`]; this file only moves bytes and runs fan-out.
 
+mod control;
 mod fanout;
 
 use super::admission::Admission;
@@ -106,7 +107,7 @@ pub(crate) fn run(
     let mut shard = Shard {
         id,
         shared: &shared,
-        time_requests: cfg.metrics_addr.is_some(),
+        time_requests: cfg.http_addr.is_some(),
         backend,
         _wake_fd: wake_fd,
         sessions: Slab::new(),
@@ -125,6 +126,7 @@ pub(crate) fn run(
         stop_deadline: 0,
         next_tick: 0,
         last_tick_messages: 0,
+        closed: VecDeque::new(),
     };
     if let Err(e) = shard.run() {
         shared.failed_shards.fetch_add(1, Ordering::SeqCst);
@@ -174,6 +176,9 @@ struct Shard<'a> {
     /// Monotonic ms of the next housekeeping tick.
     next_tick: u64,
     last_tick_messages: u64,
+    /// Connections closed lately, for the operator's listing (see
+    /// `control`).
+    closed: VecDeque<crate::route::control::ConnSnapshot>,
 }
 
 impl Shard<'_> {
@@ -200,6 +205,7 @@ impl Shard<'_> {
             self.env.now_ms = crate::protocol::time::unix_ms_now();
             self.env.now_mono_ms = started.elapsed().as_millis() as u64;
             self.deliver_broadcasts();
+            self.serve_control();
             if self.env.now_mono_ms >= self.next_tick {
                 self.next_tick = self.env.now_mono_ms + tick_ms;
                 self.on_tick()?;
@@ -230,6 +236,7 @@ impl Shard<'_> {
             id,
             shared,
             time_requests,
+            closed,
             ..
         } = self;
         let shared: &Shared = shared;
@@ -261,6 +268,7 @@ impl Shard<'_> {
                 }
                 Event::Closed(Token(key)) => {
                     let e = sessions.remove(key);
+                    control::remember_closed(closed, *id, env, key, &e);
                     e.admitted.release(shared);
                     tracing::debug!(shard = *id, client_id = %e.session.client_id(), "connection closed");
                     return;
