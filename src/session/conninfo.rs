@@ -34,9 +34,6 @@ pub struct ConnStats {
     pub bytes_in: u64,
     /// Bytes the kernel took for sending (ciphertext on TLS).
     pub bytes_out: u64,
-    /// The authenticated user (JWT `sub`), when auth says who it is;
-    /// `None` until then (the token auth of today names nobody).
-    pub user: Option<Box<str>>,
     /// Why it closed, once it has begun to close; the first cause wins.
     pub reason: Option<&'static str>,
 }
@@ -54,7 +51,8 @@ pub(super) fn reason_of(code: ErrorCode) -> &'static str {
 }
 
 impl Session {
-    /// The connection's counters, user and close reason.
+    /// The connection's counters and close reason (its user is
+    /// [`Session::user`], from its token).
     pub fn stats(&self) -> &ConnStats {
         &self.stats
     }
@@ -67,11 +65,6 @@ impl Session {
     /// Whether it came over TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
-    }
-
-    /// Sets the user the connection authenticated as.
-    pub fn set_user(&mut self, user: Option<Box<str>>) {
-        self.stats.user = user;
     }
 
     /// An operator cuts this connection (`POST /v1/disconnect`): it gets

@@ -71,7 +71,7 @@ impl Shard<'_> {
             .filter(|(_, e)| e.session.phase() == crate::session::Phase::Open)
             .filter(|(_, e)| match target {
                 Target::ClientId(id) => e.session.client_id() == &**id,
-                Target::User(u) => e.session.stats().user.as_deref() == Some(&**u),
+                Target::User(u) => e.session.user() == Some(&**u),
             })
             .map(|(k, _)| k)
             .collect()
@@ -137,7 +137,7 @@ fn conn_snapshot(
     ConnSnapshot {
         addr: id.clone(),
         client_id: id,
-        user: st.user.as_deref().map(Arc::from),
+        user: s.user().map(Arc::from),
         shard,
         tls: s.is_tls(),
         codec: s.codec().map(|c| c.as_str()),
