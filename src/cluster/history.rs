@@ -82,12 +82,16 @@ pub struct Reply {
     pub frame: Bytes,
 }
 
+/// Told a history publication's place (offset, epoch), or `None` when it
+/// had been placed by an earlier try whose answer was lost.
+pub type Notify = Box<dyn FnOnce(Option<(u64, &str)>) + Send>;
+
 /// Who learns a history publication's place once Redis has given it.
 pub enum Placement {
     /// A session's `published` reply, through its node's router.
     Reply(Reply),
     /// A caller off the shards (the HTTP API), called on the writer thread.
-    Notify(Box<dyn FnOnce(Option<(u64, &str)>) + Send>),
+    Notify(Notify),
 }
 
 impl std::fmt::Debug for Placement {

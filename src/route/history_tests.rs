@@ -32,7 +32,7 @@ pub(super) fn fan_out(sh: &Shared, shard: usize, env: &mut TestEnv<'_>, sessions
     sh.mailboxes[shard].drain(|d| got.push(d));
     for d in got {
         if let Some(t) = &d.to {
-            assert!(sessions[t.conn].push_broadcast(env, &d.frame, &d.packed));
+            assert!(sessions[t.conn].push_broadcast(env, &d.frame, &d.packed, 1));
             continue;
         }
         let ch = d.channel.as_deref().expect("a channel message");
