@@ -51,6 +51,21 @@ pub(super) fn reason_of(code: ErrorCode) -> &'static str {
 }
 
 impl Session {
+    /// The compression codec negotiated with `hello`, if any.
+    pub fn codec(&self) -> Option<crate::protocol::codec::Codec> {
+        self.codec
+    }
+
+    /// The peer's "ip:port".
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The user (`sub`) of the token it authenticated with, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.cred.user()
+    }
+
     /// The connection's counters and close reason (its user is
     /// [`Session::user`], from its token).
     pub fn stats(&self) -> &ConnStats {

@@ -236,21 +236,6 @@ impl Session {
         s
     }
 
-    /// The compression codec negotiated with `hello`, if any.
-    pub fn codec(&self) -> Option<Codec> {
-        self.codec
-    }
-
-    /// The peer's "ip:port".
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
-    /// The user (`sub`) of the token it authenticated with, if any.
-    pub fn user(&self) -> Option<&str> {
-        self.cred.user()
-    }
-
     /// The phase.
     pub fn phase(&self) -> Phase {
         self.phase
