@@ -59,6 +59,17 @@ class Conn:
         assert r is not None, f"closed after {msg}"
         return r
 
+    def answer(self, msg: Dict[str, Any]) -> Dict[str, Any]:
+        """The answer to ``msg``, past the channel messages a connection
+        subscribed to what it publishes gets too (its own publication, by a
+        pattern or a channel, may come before the reply)."""
+        self.send(msg)
+        while True:
+            r = self.recv()
+            assert r is not None, f"closed after {msg}"
+            if r["type"] != "channel_message":
+                return r
+
     def quiet(self, secs: float = 0.3) -> List[Dict[str, Any]]:
         """Frames that arrive within ``secs`` (none expected, usually)."""
         got = list(self.pending)
@@ -272,7 +283,7 @@ def test_permissions_by_claim(hs_server: RingcastServer) -> None:
         ({"type": "history", "channel": "chat.public.room1"}, "history"),
     ]
     for req, want in allowed:
-        assert a.ask(req)["type"] == want, req
+        assert a.answer(req)["type"] == want, req
 
 
 def test_namespaces_and_print_config(ringcast_bin: Path, tmp_path: Path, backend: str) -> None:
@@ -306,7 +317,7 @@ def test_namespaces_and_print_config(ringcast_bin: Path, tmp_path: Path, backend
             ({"type": "publish", "channel": "system.alerts", "content": 1}, "error"),
             ({"type": "subscribe", "channel": "elsewhere"}, "error"),
         ]:
-            r = a.ask(req)
+            r = a.answer(req)
             assert r["type"] == want, (req, r)
             if want == "error":
                 assert r["code"] == "permission_denied"
