@@ -226,7 +226,29 @@ impl Store {
                 self.evict_oldest_of(&name);
             }
         }
-        let log = self.logs.get_mut(channel).expect("made above");
+        Some(self.keep(name, now_ms, offset, frame, body))
+    }
+
+    /// Sets `channel`'s latest offset as read from Redis at start, before
+    /// its kept publications are [`Store::insert`]ed (a mirror only).
+    pub fn set_top(&mut self, channel: &str, now_ms: u64, top: u64) {
+        let log = self.log(channel, now_ms, false);
+        if log.kept.is_empty() {
+            log.top = log.top.max(top);
+        }
+    }
+
+    /// Keeps `frame` as `name`'s publication at `offset` (its log exists),
+    /// evicts past the bounds, and returns its delivery.
+    fn keep(
+        &mut self,
+        name: Arc<str>,
+        now_ms: u64,
+        offset: u64,
+        frame: Bytes,
+        body: Range<usize>,
+    ) -> Delivery {
+        let log = self.logs.get_mut(&name).expect("made above");
         log.top = offset;
         log.last_ms = now_ms;
         self.seq += 1;
@@ -245,16 +267,7 @@ impl Store {
         let mut d = Delivery::new(frame, Some(name));
         d.history_seq = Some(self.seq);
         d.history_at = (self.gen, offset);
-        Some(d)
-    }
-
-    /// Sets `channel`'s latest offset as read from Redis at start, before
-    /// its kept publications are [`Store::insert`]ed (a mirror only).
-    pub fn set_top(&mut self, channel: &str, now_ms: u64, top: u64) {
-        let log = self.log(channel, now_ms, false);
-        if log.kept.is_empty() {
-            log.top = log.top.max(top);
-        }
+        d
     }
 
     /// Evicts past the per-channel count and the byte budget.
@@ -315,25 +328,7 @@ impl Store {
             .expect("made above")
             .0
             .clone();
-        let log = self.logs.get_mut(channel).expect("made above");
-        log.top = offset;
-        log.last_ms = now_ms;
-        self.seq += 1;
-        if log.kept.is_empty() {
-            self.by_age.insert(self.seq, name.clone());
-        }
-        log.kept.push_back(Kept {
-            seq: self.seq,
-            at_ms: now_ms,
-            frame: frame.clone(),
-            body: body.start as u32..body.end as u32,
-        });
-        self.figures.publications += 1;
-        self.figures.bytes += (frame.len() + KEPT_OVERHEAD) as u64;
-        self.trim(&name);
-        let mut d = Delivery::new(frame, Some(name));
-        d.history_seq = Some(self.seq);
-        d.history_at = (self.gen, offset);
+        let d = self.keep(name, now_ms, offset, frame, body);
         (d, Position { offset, epoch })
     }
 
