@@ -471,6 +471,11 @@ fn disconnect_and_unsubscribe_by_client_id() {
         &json!({"client_id": a.client_id(), "channel": "chat"}),
     );
     assert_eq!(v, json!({"unsubscribed": 1}));
+    // The client is told, as when a token refresh drops a subscription.
+    assert_eq!(
+        a.recv(),
+        json!({"type": "unsubscribed", "channel": "chat", "subscriptions": 1, "reason": "operator"})
+    );
     let v = api.post_ok(
         "/v1/unsubscribe",
         &json!({"client_id": a.client_id(), "channel": "chat"}),
@@ -495,7 +500,7 @@ fn disconnect_and_unsubscribe_by_client_id() {
     assert_eq!(last[0]["message"], "disconnected by an operator");
     let v = api.post_ok("/v1/disconnect", &json!({"client_id": "10.9.9.9:1"}));
     assert_eq!(v, json!({"disconnected": 0}));
-    // By user: no connection has one yet (JWT auth fills it), so none.
+    // By user: these connections have none (no JWT), so none match.
     assert_eq!(
         api.post_ok("/v1/disconnect", &json!({"user": "alice"})),
         json!({"disconnected": 0})

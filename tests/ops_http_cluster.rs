@@ -130,6 +130,17 @@ fn writes_through_one_node_act_on_every_node() {
             .get_ok(&format!("/v1/connections?client_id={s3}&subs=1"));
         l["connections"][0]["subscriptions"] == json!(["room"])
     });
+    // Node 3 told its client, as a local unsubscribe does.
+    let told = subs[2].recv();
+    assert_eq!(
+        (
+            told["type"].clone(),
+            told["channel"].clone(),
+            told["reason"].clone()
+        ),
+        (json!("unsubscribed"), json!("side"), json!("operator")),
+        "{told}"
+    );
     api.post_ok("/v1/publish", &json!({"channel": "side", "content": 1}));
     for s in subs.iter_mut().take(2) {
         assert_eq!(s.recv()["channel"], "side");

@@ -92,11 +92,32 @@ impl Shard<'_> {
         let mut n = 0;
         for key in self.matching(target) {
             if self.env.host.channels.is_subscribed(key, channel) {
-                self.env.host.unsubscribe(key, channel);
+                let held = self.env.host.unsubscribe(key, channel);
+                self.tell_unsubscribed(key, channel, held as u64);
                 n += 1;
             }
         }
         n
+    }
+
+    /// Tells session `key` that the operator dropped its subscription to
+    /// `channel` (`unsubscribed` with `reason: "operator"`, as a token
+    /// refresh that narrows the claims says `permission_denied`): a frame
+    /// for that session alone, through this shard's own mailbox, so it is
+    /// queued and flushed as any delivery.
+    fn tell_unsubscribed(&mut self, key: usize, channel: &str, held: u64) {
+        let Some(e) = self.sessions.get(key) else {
+            return;
+        };
+        let mut frame = Vec::with_capacity(96);
+        crate::protocol::auth::write_dropped(&mut frame, channel, "operator", held);
+        let mut d = crate::route::Delivery::new(bytes::Bytes::from(frame), None);
+        d.to = Some(crate::route::delivery::Target {
+            shard: self.id,
+            conn: key,
+            client_id: Arc::from(e.session.client_id()),
+        });
+        self.shared.router.mailboxes[self.id].push(d, false);
     }
 }
 
