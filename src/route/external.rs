@@ -57,6 +57,16 @@ impl Router {
         if !routed {
             return (Routed::LocalOnly, position, None);
         }
+        (
+            Routed::Recipients(self.external_recipients(channel)),
+            position,
+            None,
+        )
+    }
+
+    /// Subscribers of `channel` as an API publish is told them: every
+    /// shard's interest count, and the other nodes' last heartbeats.
+    fn external_recipients(&self, channel: &str) -> u64 {
         let slot = crate::protocol::interest::slot_of(channel);
         let here: u64 = (0..self.shards())
             .map(|i| u64::from(self.interest[i].count(slot)))
@@ -65,7 +75,7 @@ impl Router {
             .cluster
             .as_ref()
             .map_or(0, |c| c.remote_subscribers(slot));
-        (Routed::Recipients(here + there), position, None)
+        here + there
     }
 
     /// A history channel's publication in a cluster: Redis places it (see
@@ -90,12 +100,11 @@ impl Router {
             return (Routed::Nowhere, None, None);
         }
         c.wake_writer();
-        let slot = crate::protocol::interest::slot_of(channel);
-        let here: u64 = (0..self.shards())
-            .map(|i| u64::from(self.interest[i].count(slot)))
-            .sum();
-        let n = here + c.remote_subscribers(slot);
-        (Routed::Placing(n), None, Some(rx))
+        (
+            Routed::Placing(self.external_recipients(channel)),
+            None,
+            Some(rx),
+        )
     }
 
     /// Broadcasts `frame` (a `broadcast_message`) to every established
