@@ -7,7 +7,6 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::io::Read;
 use std::time::Duration;
 use support::hostile::serial;
 use support::redis::{available, Redis};
@@ -84,33 +83,7 @@ fn a_subscriber_reset_mid_flood_recovers_everything_on_another_node() {
     // replies are counted by a thread of their own.
     let mut publisher = Client::connect(nodes[1].addr);
     wait_until(MEMBERSHIP, "3 nodes", || nodes_seen(&mut publisher) == 3);
-    let mut replies = publisher.stream.try_clone().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 16];
-        let (mut seen, mut tail) = (0usize, Vec::new());
-        let want = br#""type":"published""#;
-        while seen < FLOOD as usize {
-            let n = replies.read(&mut buf).expect("replies");
-            assert!(n > 0, "the server closed the publisher");
-            tail.extend_from_slice(&buf[..n]);
-            seen += tail.windows(want.len()).filter(|w| w == want).count();
-            let keep = tail.len().min(want.len() - 1);
-            tail.drain(..tail.len() - keep);
-        }
-    });
-    let writer = std::thread::spawn(move || {
-        let mut batch = Vec::new();
-        for n in 1..=FLOOD {
-            batch.extend(support::wire::frame(
-                &json!({"type": "publish", "channel": "feed", "content": n}),
-            ));
-            if n % 100 == 0 {
-                publisher.send_raw(&batch);
-                batch.clear();
-            }
-        }
-        publisher
-    });
+    let flood = support::wire::Flood::start(publisher, "feed", FLOOD);
 
     let mut got = Vec::new();
     while got.len() < 1500 {
@@ -137,8 +110,7 @@ fn a_subscriber_reset_mid_flood_recovers_everything_on_another_node() {
         "not every publication once in order (first divergence at {:?})",
         got.iter().zip(&want).position(|(a, b)| a != b)
     );
-    let _publisher = writer.join().unwrap();
-    reader.join().unwrap();
+    flood.finish();
     again.expect_silence(Duration::from_millis(300));
 }
 

@@ -8,7 +8,6 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::io::Read;
 use std::time::{Duration, Instant};
 use support::server::{builder, spawn};
 use support::wire::{u64_of, Client};
@@ -80,36 +79,8 @@ fn a_subscriber_reset_mid_flood_recovers_every_publication_once_in_order() {
 
     // The publisher writes as fast as it can; its replies are read by a
     // thread of their own so neither side waits on the other.
-    let mut publisher = Client::connect(addr);
-    let mut replies = publisher.stream.try_clone().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 16];
-        let mut seen = 0usize;
-        let want = br#""type":"published""#;
-        let mut tail = Vec::new();
-        // Counts `published` replies until every publication is answered.
-        while seen < FLOOD as usize {
-            let n = replies.read(&mut buf).expect("replies");
-            assert!(n > 0, "the server closed the publisher");
-            tail.extend_from_slice(&buf[..n]);
-            seen += tail.windows(want.len()).filter(|w| w == want).count();
-            let keep = tail.len().min(want.len() - 1);
-            tail.drain(..tail.len() - keep);
-        }
-    });
-    let writer = std::thread::spawn(move || {
-        let mut batch = Vec::new();
-        for n in 1..=FLOOD {
-            batch.extend(support::wire::frame(
-                &json!({"type": "publish", "channel": "feed", "content": n}),
-            ));
-            if n % 100 == 0 {
-                publisher.send_raw(&batch);
-                batch.clear();
-            }
-        }
-        publisher
-    });
+    let publisher = Client::connect(addr);
+    let flood = support::wire::Flood::start(publisher, "feed", FLOOD);
 
     // Read part of the flood, then reset the connection mid-stream.
     let mut got = Vec::new();
@@ -134,8 +105,7 @@ fn a_subscriber_reset_mid_flood_recovers_every_publication_once_in_order() {
         "not every publication once in order (first divergence at {:?})",
         got.iter().zip(&want).position(|(a, b)| a != b)
     );
-    let _publisher = writer.join().unwrap();
-    reader.join().unwrap();
+    flood.finish();
     nothing_more(&mut again);
 }
 

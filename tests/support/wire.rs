@@ -406,3 +406,53 @@ impl Client {
         (0..n).map(|_| Client::connect(addr)).collect()
     }
 }
+
+/// A publisher flooding a channel with `publish` requests as fast as it
+/// can (contents 1..=n, in batches of 100), its `published` replies
+/// counted by a thread of their own so neither side waits on the other.
+pub struct Flood {
+    writer: std::thread::JoinHandle<Client>,
+    replies: std::thread::JoinHandle<()>,
+}
+
+impl Flood {
+    /// Starts flooding `channel` through `publisher`.
+    pub fn start(mut publisher: Client, channel: &str, n: u64) -> Flood {
+        let mut stream = publisher.stream.try_clone().expect("clone the publisher");
+        let replies = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let (mut seen, mut tail) = (0u64, Vec::new());
+            let want = br#""type":"published""#;
+            while seen < n {
+                let got = stream.read(&mut buf).expect("replies");
+                assert!(got > 0, "the server closed the publisher");
+                tail.extend_from_slice(&buf[..got]);
+                seen += tail.windows(want.len()).filter(|w| w == want).count() as u64;
+                let keep = tail.len().min(want.len() - 1);
+                tail.drain(..tail.len() - keep);
+            }
+        });
+        let channel = channel.to_owned();
+        let writer = std::thread::spawn(move || {
+            let mut batch = Vec::new();
+            for k in 1..=n {
+                batch.extend(frame(
+                    &json!({"type": "publish", "channel": channel, "content": k}),
+                ));
+                if k % 100 == 0 || k == n {
+                    publisher.send_raw(&batch);
+                    batch.clear();
+                }
+            }
+            publisher
+        });
+        Flood { writer, replies }
+    }
+
+    /// Waits until every publication was sent and answered.
+    pub fn finish(self) -> Client {
+        let publisher = self.writer.join().expect("the flood's writer");
+        self.replies.join().expect("the flood's reply counter");
+        publisher
+    }
+}
